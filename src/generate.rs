@@ -1,0 +1,116 @@
+//! Batched sampling with a KV cache: left padding with an attention mask, greedy or
+//! temperature / top-k / top-p sampling (the order of transformers' logits warpers), seeded,
+//! stopping on the model's end tokens.
+//!
+//! Each new token's log-probability under the unmodified model (temperature 1, no filtering)
+//! is returned with it: that is `log p_i` of the policy, which on-policy distillation needs.
+use crate::models::Model;
+use crate::nn::attention::Context;
+use anyhow::{ensure, Result};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    pub max_new_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f64,
+    /// 0 disables top-k.
+    pub top_k: i64,
+    /// 1 disables nucleus filtering.
+    pub top_p: f64,
+    pub ignore_eos: bool,
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self { max_new_tokens: 64, temperature: 1.0, top_k: 0, top_p: 1.0, ignore_eos: false, seed: 0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The sampled ids, including the end token when one was produced.
+    pub new_ids: Vec<i64>,
+    /// log p(new_ids[i] | prefix) under the model at temperature 1.
+    pub logprobs: Vec<f32>,
+    /// Whether the sequence ended with an end token (rather than the length limit).
+    pub finished: bool,
+}
+
+/// Picks the next token of every row of `logits` (batch, vocab).
+pub fn sample(logits: &Tensor, s: &Sampling) -> Tensor {
+    if s.temperature <= 0.0 {
+        return logits.argmax(-1, false);
+    }
+    let mut l = logits / s.temperature;
+    let vocab = l.size()[1];
+    if s.top_k > 0 && s.top_k < vocab {
+        let (top, _) = l.topk(s.top_k, -1, true, true);
+        let kth = top.narrow(1, s.top_k - 1, 1);
+        l = l.masked_fill(&l.lt_tensor(&kth), f64::NEG_INFINITY);
+    }
+    if s.top_p < 1.0 {
+        // Drop the low tail whose total mass is at most 1 - top_p, keeping at least one token.
+        let (sorted, idx) = l.sort(-1, false);
+        let cum = sorted.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
+        let remove = cum.le(1.0 - s.top_p);
+        let _ = remove.narrow(1, vocab - 1, 1).fill_(0);
+        let remove = remove.zeros_like().scatter(1, &idx, &remove);
+        l = l.masked_fill(&remove, f64::NEG_INFINITY);
+    }
+    l.softmax(-1, Kind::Float).multinomial(1, false).squeeze_dim(1)
+}
+
+/// Continues every prompt (token ids, special tokens included) by up to `s.max_new_tokens`.
+pub fn generate(model: &Model, prompts: &[Vec<i64>], s: &Sampling, eos: &[i64], pad_id: i64) -> Result<Vec<Generation>> {
+    ensure!(!prompts.is_empty(), "no prompts to generate from");
+    ensure!(prompts.iter().all(|p| !p.is_empty()), "an empty prompt cannot be continued");
+    let _guard = tch::no_grad_guard();
+    tch::manual_seed(s.seed as i64);
+    let device = model.device();
+    let b = prompts.len();
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(b * width);
+    let mut valid = Vec::with_capacity(b * width);
+    for p in prompts {
+        let pad = width - p.len();
+        ids.extend(std::iter::repeat(pad_id).take(pad).chain(p.iter().copied()));
+        valid.extend(std::iter::repeat(false).take(pad).chain(std::iter::repeat(true).take(p.len())));
+    }
+    let ids = Tensor::from_slice(&ids).view([b as i64, width as i64]).to_device(device);
+    let mut key_valid = Tensor::from_slice(&valid).view([b as i64, width as i64]).to_device(device);
+    // Positions count real tokens only, as transformers derives them from the attention mask.
+    let mut positions = (key_valid.cumsum(1, Kind::Int64) - 1).clamp_min(0);
+    let mut cache = model.new_cache();
+    let ctx = Context { positions: positions.shallow_clone(), key_valid: key_valid.shallow_clone(), past: 0 };
+    let mut logits = model.forward(&ids, &ctx, Some(&mut cache)).select(1, -1);
+    let mut out: Vec<Generation> = (0..b).map(|_| Generation { new_ids: vec![], logprobs: vec![], finished: false }).collect();
+    for step in 0..s.max_new_tokens {
+        let next = sample(&logits, s);
+        let lp = logits.log_softmax(-1, Kind::Float).gather(1, &next.unsqueeze(1), false).squeeze_dim(1);
+        let next_v: Vec<i64> = Vec::<i64>::try_from(next.to_device(Device::Cpu))?;
+        let lp_v: Vec<f32> = Vec::<f32>::try_from(lp.to_device(Device::Cpu))?;
+        let mut feed = Vec::with_capacity(b);
+        for (row, g) in out.iter_mut().enumerate() {
+            if g.finished {
+                feed.push(pad_id);
+                continue;
+            }
+            g.new_ids.push(next_v[row]);
+            g.logprobs.push(lp_v[row]);
+            g.finished = !s.ignore_eos && eos.contains(&next_v[row]);
+            feed.push(next_v[row]);
+        }
+        if out.iter().all(|g| g.finished) || step + 1 == s.max_new_tokens {
+            break;
+        }
+        let past = key_valid.size()[1];
+        key_valid = Tensor::cat(&[key_valid, Tensor::ones([b as i64, 1], (Kind::Bool, device))], 1);
+        positions = positions.narrow(1, positions.size()[1] - 1, 1) + 1;
+        let ctx = Context { positions: positions.shallow_clone(), key_valid: key_valid.shallow_clone(), past };
+        let feed = Tensor::from_slice(&feed).view([b as i64, 1]).to_device(device);
+        logits = model.forward(&feed, &ctx, Some(&mut cache)).select(1, -1);
+    }
+    Ok(out)
+}

@@ -1,0 +1,111 @@
+//! Resolving a model spec (a local directory or a hub id such as `Qwen/Qwen3-0.6B`) to a
+//! directory in Hugging Face layout.
+//!
+//! Hub ids are looked up in the standard cache first (`$HF_HUB_CACHE`, else `$HF_HOME/hub`,
+//! else `~/.cache/huggingface/hub`; `models--org--name/refs/<revision>` -> `snapshots/<sha>`),
+//! with no network. Only when files are missing and `HF_HUB_OFFLINE` is not set does hf-hub
+//! download them into that same cache. hf-hub itself reads neither `HF_HUB_CACHE` nor
+//! `HF_HUB_OFFLINE`, so both are handled here.
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// The files a model directory needs, besides the weights.
+const REQUIRED: [&str; 2] = ["config.json", "tokenizer.json"];
+const OPTIONAL: [&str; 4] = ["generation_config.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"];
+
+pub fn cache_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("HF_HUB_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Ok(home) = std::env::var("HF_HOME") {
+        return PathBuf::from(home).join("hub");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    home.join(".cache").join("huggingface").join("hub")
+}
+
+fn offline() -> bool {
+    matches!(std::env::var("HF_HUB_OFFLINE").as_deref(), Ok("1") | Ok("true") | Ok("TRUE") | Ok("yes") | Ok("ON") | Ok("on"))
+}
+
+/// The files of `dir` that a model needs and that are absent.
+fn missing_files(dir: &Path) -> Vec<String> {
+    let mut missing: Vec<String> = REQUIRED.iter().filter(|f| !dir.join(f).exists()).map(|f| f.to_string()).collect();
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let shards = std::fs::read_to_string(&index)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["weight_map"].as_object().map(|m| m.values().filter_map(|s| s.as_str().map(String::from)).collect::<Vec<_>>()))
+            .unwrap_or_default();
+        let mut shards: Vec<String> = shards.into_iter().filter(|s| !dir.join(s).exists()).collect();
+        shards.sort();
+        shards.dedup();
+        missing.extend(shards);
+    } else if !dir.join("model.safetensors").exists() {
+        missing.push("model.safetensors (or model.safetensors.index.json)".into());
+    }
+    missing
+}
+
+/// The snapshot directory of a cached hub repo, if its ref resolves.
+fn cached_snapshot(cache: &Path, repo: &str, revision: &str) -> Option<PathBuf> {
+    let repo_dir = cache.join(format!("models--{}", repo.replace('/', "--")));
+    let sha = std::fs::read_to_string(repo_dir.join("refs").join(revision)).ok();
+    let snapshot = repo_dir.join("snapshots").join(sha.as_deref().map(str::trim).unwrap_or(revision));
+    snapshot.is_dir().then_some(snapshot)
+}
+
+/// Resolves `spec` to a local model directory. `spec` is a directory, or `org/name[@revision]`.
+pub fn resolve(spec: &str) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
+    if path.exists() || repo.split('/').count() != 2 || repo.starts_with('.') || repo.starts_with('/') {
+        bail!("model {spec:?}: not a directory and not a hub id of the form org/name");
+    }
+    let cache = cache_dir();
+    if let Some(dir) = cached_snapshot(&cache, repo, revision) {
+        if missing_files(&dir).is_empty() {
+            return Ok(dir);
+        }
+    }
+    if offline() {
+        let missing = cached_snapshot(&cache, repo, revision)
+            .map(|d| missing_files(&d).join(", "))
+            .unwrap_or_else(|| "every file (the repo is not cached)".into());
+        bail!("model {spec}: HF_HUB_OFFLINE is set and the cache {} lacks {missing}", cache.display());
+    }
+    download(&cache, repo, revision).with_context(|| format!("model {spec}: not in the cache {} and the download failed", cache.display()))
+}
+
+fn download(cache: &Path, repo: &str, revision: &str) -> Result<PathBuf> {
+    use hf_hub::api::sync::ApiBuilder;
+    use hf_hub::{Repo, RepoType};
+    let api = ApiBuilder::from_env().with_cache_dir(cache.to_path_buf()).build()?;
+    let repo = api.repo(Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string()));
+    let config = repo.get("config.json")?;
+    let dir = config.parent().context("cache path without parent")?.to_path_buf();
+    repo.get("tokenizer.json")?;
+    for f in OPTIONAL {
+        let _ = repo.get(f); // absent in many repos
+    }
+    match repo.get("model.safetensors.index.json") {
+        Ok(index) => {
+            let text = std::fs::read_to_string(&index)?;
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            let mut shards: Vec<&str> = v["weight_map"].as_object().context("index without weight_map")?.values().filter_map(|s| s.as_str()).collect();
+            shards.sort();
+            shards.dedup();
+            for s in shards {
+                repo.get(s)?;
+            }
+        }
+        Err(_) => {
+            repo.get("model.safetensors")?;
+        }
+    }
+    Ok(dir)
+}

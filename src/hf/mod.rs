@@ -1,0 +1,4 @@
+//! Hugging Face file formats: safetensors checkpoints, tokenizers, the hub cache.
+pub mod hub;
+pub mod safetensors;
+pub mod tokenizer;

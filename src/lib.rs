@@ -1,0 +1,8 @@
+//! tokbridge: distill language models across model families on libtorch.
+//!
+//! See ARCHITECTURE.md for the map of modules and how one training step flows through them.
+pub mod generate;
+pub mod hf;
+pub mod models;
+pub mod nn;
+pub mod runtime;

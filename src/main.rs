@@ -1,0 +1,121 @@
+//! The `tokbridge` command line. Output formats of `score` and `generate` are a stable contract
+//! (DESIGN.md section 3); errors go to stderr as one line with a non-zero exit.
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use tch::{Kind, Tensor};
+use tokbridge::generate::{generate, Sampling};
+use tokbridge::runtime;
+
+#[derive(Parser)]
+#[command(name = "tokbridge", version, about = "Cross-tokenizer on-policy distillation of Hugging Face models on libtorch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// A model directory in Hugging Face layout, or a hub id (org/name[@revision]) from the local cache.
+    #[arg(long)]
+    model: String,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Log-probability of every token of TEXT given the tokens before it.
+    Score {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        text: String,
+        /// Print {"ids": [...], "logprobs": [...]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue PROMPT with the KV cache.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 0)]
+        top_k: i64,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Keep going past end tokens.
+        #[arg(long)]
+        ignore_eos: bool,
+        /// Print {"ids": [...], "new_ids": [...], "text": "..."}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        // One line: the chain of contexts, outermost first.
+        let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        eprintln!("error: {}", chain.join(": "));
+        std::process::exit(1);
+    }
+}
+
+fn open(args: &ModelArgs) -> Result<(tokbridge::models::Model, tokbridge::hf::tokenizer::Tokenizer)> {
+    let device = runtime::parse_device(&args.device)?;
+    let kind = runtime::parse_dtype(&args.dtype)?;
+    runtime::load(&args.model, device, kind)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Score { model, text, json } => {
+            let (m, tok) = open(&model)?;
+            let ids = tok.encode(&text, true)?;
+            anyhow::ensure!(ids.len() >= 2, "text {text:?} has {} token(s); scoring needs at least 2", ids.len());
+            let _guard = tch::no_grad_guard();
+            let input = Tensor::from_slice(&ids).unsqueeze(0).to_device(m.device());
+            let logits = m.logits(&input).squeeze_dim(0);
+            let n = ids.len() as i64;
+            let targets = input.squeeze_dim(0).narrow(0, 1, n - 1).unsqueeze(1);
+            let lp = logits.narrow(0, 0, n - 1).log_softmax(-1, Kind::Float).gather(1, &targets, false).squeeze_dim(1);
+            let logprobs = Vec::<f32>::try_from(lp.to_device(tch::Device::Cpu)).context("reading log-probs")?;
+            if json {
+                println!("{}", json!({ "ids": ids, "logprobs": logprobs }));
+            } else {
+                let total: f64 = logprobs.iter().map(|&x| x as f64).sum();
+                for (i, lp) in logprobs.iter().enumerate() {
+                    let piece = tok.inner.id_to_token(ids[i + 1] as u32).unwrap_or_default();
+                    println!("{:>6} {:>10.4}  {piece:?}", ids[i + 1], lp);
+                }
+                println!("total {total:.4} nats over {} tokens, mean {:.4}", logprobs.len(), total / logprobs.len() as f64);
+            }
+        }
+        Command::Generate { model, prompt, max_new_tokens, temperature, top_k, top_p, seed, ignore_eos, json } => {
+            let (m, tok) = open(&model)?;
+            let ids = tok.encode(&prompt, true)?;
+            let s = Sampling { max_new_tokens, temperature, top_k, top_p, ignore_eos, seed };
+            let g = generate(&m, &[ids.clone()], &s, &tok.eos_ids, tok.pad_id)?.remove(0);
+            let text = tok.decode(&g.new_ids, true)?;
+            if json {
+                println!("{}", json!({ "ids": ids, "new_ids": g.new_ids, "text": text }));
+            } else {
+                println!("{prompt}{text}");
+            }
+        }
+    }
+    Ok(())
+}

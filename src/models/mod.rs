@@ -1,0 +1,229 @@
+//! Model families and loading a Hugging Face model directory into a `VarStore`.
+//!
+//! `config.json`'s `model_type` picks the family (one closed enum, one `match`). Parameters are
+//! created under their Hugging Face names and filled from the checkpoint strictly: a missing,
+//! unexpected or mis-shaped tensor is an error naming the tensor and its file. The tied
+//! `lm_head.weight` is the one allowed absence. Weights are cast to the requested dtype after
+//! reading (tch would otherwise adopt the file's dtype).
+pub mod gemma;
+pub mod gpt2;
+pub mod llama;
+pub mod phi3;
+
+use crate::hf::safetensors::Checkpoint;
+use crate::nn::attention::{Context, KvCache};
+use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+    Gemma,
+    Gemma2,
+    Phi3,
+    Gpt2,
+}
+
+impl Family {
+    pub const ALL: [Family; 8] = [
+        Family::Llama,
+        Family::Mistral,
+        Family::Qwen2,
+        Family::Qwen3,
+        Family::Gemma,
+        Family::Gemma2,
+        Family::Phi3,
+        Family::Gpt2,
+    ];
+
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+            Family::Gemma => "gemma",
+            Family::Gemma2 => "gemma2",
+            Family::Phi3 => "phi3",
+            Family::Gpt2 => "gpt2",
+        }
+    }
+
+    pub fn from_model_type(model_type: &str) -> Result<Self> {
+        Self::ALL.into_iter().find(|f| f.model_type() == model_type).with_context(|| {
+            let names: Vec<_> = Self::ALL.iter().map(|f| f.model_type()).collect();
+            format!("unknown model_type {model_type:?} (supported: {})", names.join(", "))
+        })
+    }
+}
+
+/// The architecture-specific module tree.
+pub enum Arch {
+    Llama(llama::Model),
+    Gemma(gemma::Model),
+    Phi3(phi3::Model),
+    Gpt2(gpt2::Model),
+}
+
+/// A loaded causal language model.
+pub struct Model {
+    pub family: Family,
+    pub arch: Arch,
+    pub vs: VarStore,
+    /// config.json as read.
+    pub config: Value,
+    pub dir: PathBuf,
+    pub kind: Kind,
+    pub n_layers: usize,
+}
+
+impl Model {
+    /// Float32 logits (batch, seq, vocab) for `ids` (batch, seq) at `ctx`.
+    pub fn forward(&self, ids: &Tensor, ctx: &Context, cache: Option<&mut KvCache>) -> Tensor {
+        match &self.arch {
+            Arch::Llama(m) => m.forward(ids, ctx, cache),
+            Arch::Gemma(m) => m.forward(ids, ctx, cache),
+            Arch::Phi3(m) => m.forward(ids, ctx, cache),
+            Arch::Gpt2(m) => m.forward(ids, ctx, cache),
+        }
+    }
+
+    /// Logits of unpadded sequences (batch, seq) from position 0.
+    pub fn logits(&self, ids: &Tensor) -> Tensor {
+        let (b, t) = ids.size2().expect("ids are (batch, seq)");
+        self.forward(ids, &Context::dense(b, t, 0, ids.device()), None)
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.n_layers)
+    }
+}
+
+/// Per-layer masks of one forward pass, built once for the full and each sliding layer type.
+pub(crate) struct Masks {
+    full: Tensor,
+    sliding: Option<(i64, Tensor)>,
+}
+
+impl Masks {
+    pub(crate) fn new(ctx: &Context, windows: impl Iterator<Item = Option<i64>>, kind: Kind) -> Self {
+        let window = windows.flatten().next();
+        Self { full: ctx.mask(None, kind), sliding: window.map(|w| (w, ctx.mask(Some(w), kind))) }
+    }
+
+    pub(crate) fn get(&self, window: Option<i64>) -> &Tensor {
+        match (window, &self.sliding) {
+            (Some(w), Some((sw, m))) if w == *sw => m,
+            _ => &self.full,
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(config: &Value, path: &Path) -> Result<T> {
+    serde_json::from_value(config.clone()).with_context(|| format!("{}: invalid config", path.display()))
+}
+
+/// Loads the model in `dir` (config.json + safetensors) onto `device` in `kind`.
+pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Model> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
+    let config: Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))?;
+    let model_type = config
+        .get("model_type")
+        .and_then(Value::as_str)
+        .with_context(|| format!("{}: no \"model_type\"", config_path.display()))?;
+    let family = Family::from_model_type(model_type).with_context(|| config_path.display().to_string())?;
+    let vs = VarStore::new(device);
+    let root = vs.root();
+    let (arch, n_layers, tied) = match family {
+        Family::Llama | Family::Mistral | Family::Qwen2 | Family::Qwen3 => {
+            let c: llama::Config = parse(&config, &config_path)?;
+            let m = llama::Model::new(&root, &c, &config, family).with_context(|| config_path.display().to_string())?;
+            let tied = m.tied();
+            (Arch::Llama(m), c.num_hidden_layers, tied)
+        }
+        Family::Gemma | Family::Gemma2 => {
+            let c: gemma::Config = parse(&config, &config_path)?;
+            let m = gemma::Model::new(&root, &c, &config, family).with_context(|| config_path.display().to_string())?;
+            (Arch::Gemma(m), c.num_hidden_layers, true)
+        }
+        Family::Phi3 => {
+            let c: phi3::Config = parse(&config, &config_path)?;
+            let tied = c.tie_word_embeddings.unwrap_or(false);
+            let m = phi3::Model::new(&root, &c, &config).with_context(|| config_path.display().to_string())?;
+            (Arch::Phi3(m), c.num_hidden_layers, tied)
+        }
+        Family::Gpt2 => {
+            let c: gpt2::Config = parse(&config, &config_path)?;
+            let m = gpt2::Model::new(&root, &c).with_context(|| config_path.display().to_string())?;
+            (Arch::Gpt2(m), c.n_layer, true)
+        }
+    };
+    let mut vs = vs;
+    let checkpoint = Checkpoint::open(dir)?;
+    fill(&vs, &checkpoint, family, tied)?;
+    match kind {
+        Kind::Float => vs.float(),
+        Kind::BFloat16 => vs.bfloat16(),
+        Kind::Half => vs.half(),
+        Kind::Double => vs.double(),
+        other => bail!("unsupported model dtype {other:?}"),
+    }
+    Ok(Model { family, arch, vs, config, dir: dir.to_path_buf(), kind, n_layers: n_layers as usize })
+}
+
+/// The name a stored tensor has in our VarStore (GPT-2 hub files lack the `transformer.` prefix).
+fn canonical_name(family: Family, name: &str) -> String {
+    if family == Family::Gpt2 && !name.starts_with("transformer.") && name != "lm_head.weight" {
+        format!("transformer.{name}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// Stored tensors that transformers itself skips: non-persistent buffers of old checkpoints.
+fn ignorable(family: Family, name: &str, tied: bool) -> bool {
+    name.ends_with(".rotary_emb.inv_freq")
+        || (tied && name == "lm_head.weight")
+        || (family == Family::Gpt2 && (name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias")))
+}
+
+/// Copies every checkpoint tensor into its variable, strictly.
+fn fill(vs: &VarStore, ckpt: &Checkpoint, family: Family, tied: bool) -> Result<()> {
+    let mut vars = vs.variables();
+    let _guard = tch::no_grad_guard();
+    for stored in ckpt.names() {
+        let name = canonical_name(family, stored);
+        let file = ckpt.file_of(stored).map(|p| p.display().to_string()).unwrap_or_default();
+        let Some(mut var) = vars.remove(&name) else {
+            if ignorable(family, &name, tied) {
+                continue;
+            }
+            bail!("{file}: unexpected tensor {stored} (not part of a {} model with this config)", family.model_type());
+        };
+        let shape = ckpt.shape(stored)?;
+        if shape != var.size() {
+            bail!("{file}: tensor {stored} has shape {shape:?}, the config implies {:?}", var.size());
+        }
+        let t = ckpt.tensor(stored)?;
+        var.f_copy_(&t.to_kind(var.kind()).to_device(var.device()))
+            .with_context(|| format!("{file}: copying tensor {stored}"))?;
+    }
+    if let Some(name) = vars.keys().min() {
+        let dir = ckpt.names().next().and_then(|n| ckpt.file_of(n)).and_then(Path::parent);
+        let where_ = dir.map(|d| d.display().to_string()).unwrap_or_default();
+        bail!("{where_}: missing tensor {name} ({} missing in all)", vars.len());
+    }
+    Ok(())
+}

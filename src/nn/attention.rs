@@ -1,0 +1,126 @@
+//! Scaled dot-product attention with grouped KV heads, causal + padding + sliding-window masks,
+//! optional logit soft-capping (Gemma 2), and a KV cache for incremental decoding.
+//!
+//! Masks follow transformers' semantics: a query at absolute index `i` (cache positions, pads
+//! included) sees key `j` when `j <= i`, key `j` is not padding, and, for a sliding window `w`,
+//! `i - j < w`. Masked scores get the dtype's most negative finite value rather than -inf, so
+//! the rows of padding queries stay finite.
+use tch::{Device, Kind, Tensor};
+
+/// Where a forward pass sits: the positions of its tokens and which keys are real.
+pub struct Context {
+    /// (batch, seq) int64 rotary positions of the new tokens.
+    pub positions: Tensor,
+    /// (batch, past + seq) bool, true for real (non-padding) keys.
+    pub key_valid: Tensor,
+    /// Number of cached tokens before this call.
+    pub past: i64,
+}
+
+impl Context {
+    /// A context for unpadded sequences starting at position `past`.
+    pub fn dense(batch: i64, seq: i64, past: i64, device: Device) -> Self {
+        let positions = Tensor::arange_start(past, past + seq, (Kind::Int64, device)).unsqueeze(0).repeat([batch, 1]);
+        let key_valid = Tensor::ones([batch, past + seq], (Kind::Bool, device));
+        Self { positions, key_valid, past }
+    }
+
+    /// An additive mask (batch, 1, seq, past + seq) in `kind` for an optional sliding window.
+    pub fn mask(&self, window: Option<i64>, kind: Kind) -> Tensor {
+        let device = self.key_valid.device();
+        let total = self.key_valid.size()[1];
+        let seq = total - self.past;
+        let q = Tensor::arange_start(self.past, total, (Kind::Int64, device)).unsqueeze(1); // (seq, 1)
+        let k = Tensor::arange(total, (Kind::Int64, device)).unsqueeze(0); // (1, total)
+        let mut allowed = k.le_tensor(&q);
+        if let Some(w) = window {
+            allowed = allowed.logical_and(&(&q - &k).lt(w));
+        }
+        // (batch, 1, seq, total)
+        let allowed = allowed.view([1, 1, seq, total]).logical_and(&self.key_valid.view([-1, 1, 1, total]));
+        let zero = Tensor::zeros([1], (kind, device));
+        let neg = Tensor::full([1], min_value(kind), (kind, device));
+        zero.where_self(&allowed, &neg)
+    }
+}
+
+/// The most negative finite value of a floating dtype (what transformers uses for masking).
+pub fn min_value(kind: Kind) -> f64 {
+    match kind {
+        Kind::Half => -65504.0,
+        Kind::BFloat16 => -3.3895313892515355e38,
+        Kind::Double => f64::MIN,
+        _ => f32::MIN as f64,
+    }
+}
+
+/// Cached keys and values of every layer, each (batch, kv_heads, len, head_dim).
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        Self { layers: (0..n_layers).map(|_| None).collect() }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> i64 {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.size()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends the new keys and values of `layer` and returns the full ones.
+    pub fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+        let slot = &mut self.layers[layer];
+        let (k, v) = match slot.take() {
+            Some((pk, pv)) => (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2)),
+            None => (k, v),
+        };
+        *slot = Some((k.shallow_clone(), v.shallow_clone()));
+        (k, v)
+    }
+
+    /// Keeps only the batch rows in `rows` (int64 indices), e.g. to drop finished sequences.
+    pub fn select(&mut self, rows: &Tensor) {
+        for slot in self.layers.iter_mut().flatten() {
+            *slot = (slot.0.index_select(0, rows), slot.1.index_select(0, rows));
+        }
+    }
+}
+
+/// Keys/values through the cache when there is one.
+pub fn cached(cache: Option<&mut KvCache>, layer: usize, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+    match cache {
+        Some(c) => c.append(layer, k, v),
+        None => (k, v),
+    }
+}
+
+/// Attention of q (batch, heads, seq, dim) over k, v (batch, kv_heads, total, dim) with an
+/// additive `mask` (batch, 1, seq, total). Returns (batch, seq, heads * dim).
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, softcap: Option<f64>) -> Tensor {
+    let (b, h, t, d) = q.size4().expect("q is (batch, heads, seq, dim)");
+    let kv_heads = k.size()[1];
+    let (k, v) = if kv_heads != h {
+        let rep = h / kv_heads;
+        (k.repeat_interleave_self_int(rep, 1, None), v.repeat_interleave_self_int(rep, 1, None))
+    } else {
+        (k.shallow_clone(), v.shallow_clone())
+    };
+    let out = match softcap {
+        None => Tensor::scaled_dot_product_attention(q, &k, &v, Some(mask), 0.0, false, scale, false),
+        Some(cap) => {
+            // Eager attention as Gemma 2 does it: cap the scores, add the mask, softmax in f32.
+            let scores = q.matmul(&k.transpose(-2, -1)) * scale;
+            let scores = (scores / cap).tanh() * cap + mask;
+            scores.softmax(-1, Kind::Float).to_kind(q.kind()).matmul(&v)
+        }
+    };
+    // (batch, seq, heads * dim)
+    out.transpose(1, 2).contiguous().view([b, t, h * d])
+}
