@@ -6,3 +6,8 @@ pub mod hf;
 pub mod models;
 pub mod nn;
 pub mod runtime;
+pub mod train;
+pub mod recipe;
+pub mod data;
+pub mod recipes;
+pub mod export;

@@ -29,6 +29,31 @@ struct ModelArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a recipe file: `tokbridge run recipes/sft/tiny.yaml training.steps=20`.
+    Run {
+        recipe: std::path::PathBuf,
+        /// Overrides `key.path=value` (value parsed as YAML).
+        overrides: Vec<String>,
+        /// Continue the run in the recipe's output_dir from its latest checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Stop after N optimizer steps of this invocation, as an interruption would.
+        #[arg(long)]
+        stop_after: Option<usize>,
+    },
+    /// Write a run's latest checkpoint (or any model) as a Hugging Face model directory.
+    Export {
+        /// A run directory or a model (directory or hub id).
+        src: String,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// f32, bf16 or f16 (default: the dtype config.json declares).
+        #[arg(long)]
+        dtype: Option<String>,
+        /// Shard above this many bytes per file.
+        #[arg(long, default_value_t = 5_000_000_000)]
+        max_shard_bytes: u64,
+    },
     /// Log-probability of every token of TEXT given the tokens before it.
     Score {
         #[command(flatten)]
@@ -82,6 +107,15 @@ fn open(args: &ModelArgs) -> Result<(tokbridge::models::Model, tokbridge::hf::to
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Run { recipe, overrides, resume, stop_after } => {
+            let r = tokbridge::recipe::Recipe::load(&recipe, &overrides)?;
+            tokbridge::recipes::run(&r, &tokbridge::recipes::RunOptions { resume, stop_after })?;
+        }
+        Command::Export { src, out, dtype, max_shard_bytes } => {
+            let kind = dtype.as_deref().map(runtime::parse_dtype).transpose()?;
+            tokbridge::export::export(&src, &out, kind, max_shard_bytes)?;
+            eprintln!("exported {src} to {}", out.display());
+        }
         Command::Score { model, text, json } => {
             let (m, tok) = open(&model)?;
             let ids = tok.encode(&text, true)?;

@@ -42,10 +42,18 @@ impl Checkpoint {
         } else {
             bail!("{}: no model.safetensors or model.safetensors.index.json", dir.display());
         };
+        Self::from_files(shard_names.iter().map(|n| dir.join(n)).collect())
+    }
+
+    /// Opens one safetensors file (optimizer state, say).
+    pub fn open_file(path: &Path) -> Result<Self> {
+        Self::from_files(vec![path.to_path_buf()])
+    }
+
+    fn from_files(paths: Vec<PathBuf>) -> Result<Self> {
         let mut files = Vec::new();
         let mut index = BTreeMap::new();
-        for name in shard_names {
-            let path = dir.join(&name);
+        for path in paths {
             let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
             // SAFETY: the map is read-only and lives as long as the Checkpoint; checkpoints are
             // not expected to change under a running process.

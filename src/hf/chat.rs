@@ -1,0 +1,152 @@
+//! Chat templates: the Jinja template a model ships (`chat_template.jinja`, or `chat_template`
+//! in tokenizer_config.json, a string or a list of named templates) rendered with minijinja
+//! the way transformers' `apply_chat_template` does (trim_blocks, lstrip_blocks, Python string
+//! methods, `raise_exception`, `strftime_now`, special tokens in the context).
+//!
+//! Models without a template get the plain template: each user or system turn is its content
+//! and a newline, each assistant turn its content and the EOS token.
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self { role: role.into(), content: content.into() }
+    }
+}
+
+pub struct ChatTemplate {
+    env: Option<minijinja::Environment<'static>>,
+    pub bos_token: String,
+    pub eos_token: String,
+    specials: Vec<(String, String)>,
+}
+
+/// A special token in tokenizer_config.json: a string or `{"content": ...}`.
+fn token_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(String::from),
+        _ => None,
+    }
+}
+
+impl ChatTemplate {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: Value = if cfg_path.exists() {
+            let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", cfg_path.display()))?
+        } else {
+            Value::Null
+        };
+        let jinja = dir.join("chat_template.jinja");
+        let source = if jinja.exists() {
+            Some(std::fs::read_to_string(&jinja).with_context(|| format!("reading {}", jinja.display()))?)
+        } else {
+            match cfg.get("chat_template") {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                    .or_else(|| list.first())
+                    .and_then(|t| t.get("template"))
+                    .and_then(Value::as_str)
+                    .map(String::from),
+                _ => None,
+            }
+        };
+        let mut specials = vec![];
+        for key in ["bos_token", "eos_token", "pad_token", "unk_token"] {
+            if let Some(t) = token_text(cfg.get(key)) {
+                specials.push((key.to_string(), t));
+            }
+        }
+        let get = |k: &str| specials.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+        let (bos_token, eos_token) = (get("bos_token"), get("eos_token"));
+        let env = match source {
+            Some(src) => Some(environment(src).with_context(|| format!("{}: chat template does not compile", dir.display()))?),
+            None => None,
+        };
+        Ok(Self { env, bos_token, eos_token, specials })
+    }
+
+    pub fn has_template(&self) -> bool {
+        self.env.is_some()
+    }
+
+    /// Renders `messages`; with `add_generation_prompt`, ends with the assistant header.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let Some(env) = &self.env else {
+            return Ok(messages
+                .iter()
+                .map(|m| if m.role == "assistant" { format!("{}{}", m.content, self.eos_token) } else { format!("{}\n", m.content) })
+                .collect());
+        };
+        let mut ctx = serde_json::Map::new();
+        ctx.insert("messages".into(), serde_json::to_value(messages)?);
+        ctx.insert("add_generation_prompt".into(), add_generation_prompt.into());
+        for (k, v) in &self.specials {
+            ctx.insert(k.clone(), Value::String(v.clone()));
+        }
+        let tmpl = env.get_template("chat")?;
+        tmpl.render(minijinja::Value::from_serialize(&ctx)).map_err(|e| anyhow::anyhow!("rendering the chat template: {e:#}"))
+    }
+}
+
+fn environment(source: String) -> Result<minijinja::Environment<'static>> {
+    let mut env = minijinja::Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
+    env.add_template_owned("chat", source)?;
+    Ok(env)
+}
+
+/// Today's date (UTC) for the `%d %b %B %Y %m %y %A`-style formats chat templates use.
+fn strftime_now(fmt: &str) -> String {
+    let days = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() / 86400).unwrap_or(0) as i64;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
+    let month = MONTHS[(m - 1) as usize];
+    let weekday = DAYS[days.rem_euclid(7) as usize];
+    fmt.replace("%d", &format!("{d:02}"))
+        .replace("%m", &format!("{m:02}"))
+        .replace("%Y", &y.to_string())
+        .replace("%y", &format!("{:02}", y % 100))
+        .replace("%B", month)
+        .replace("%b", &month[..3])
+        .replace("%A", weekday)
+        .replace("%a", &weekday[..3])
+}
+
+/// Refuses a conversation that a chat template cannot sensibly render.
+pub fn check_roles(messages: &[Message]) -> Result<()> {
+    for m in messages {
+        if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") {
+            bail!("unknown role {:?} (use system, user, assistant or tool)", m.role);
+        }
+    }
+    Ok(())
+}

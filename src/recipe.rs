@@ -1,0 +1,495 @@
+//! Recipes: YAML files that name a recipe module and give it typed sections.
+//!
+//! Shaped like torchtune's configs (one file per run, `recipe:` picks the module) with TRL's
+//! knob names where they exist. Every struct denies unknown keys; serde_yaml reports the key
+//! path with its line and column. `key.path=value` overrides are applied to the YAML tree
+//! before it is typed; the resolved recipe is what a run directory keeps.
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_yaml::Value;
+use std::path::{Path, PathBuf};
+
+/// A model a recipe uses: a directory or hub id, its dtype and optionally its own device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub path: String,
+    #[serde(default = "f32")]
+    pub dtype: String,
+    /// Overrides the recipe's `device` for this model.
+    #[serde(default)]
+    pub device: Option<String>,
+}
+
+fn f32() -> String {
+    "f32".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// JSONL training set: `{"prompt", "response"}` or `{"messages": [...]}` per line.
+    pub train: PathBuf,
+    /// Held-out JSONL set for evaluation.
+    #[serde(default)]
+    pub eval: Option<PathBuf>,
+    /// Sequences longer than this (prompt + response tokens) are truncated, with a count.
+    #[serde(default = "d_max_length")]
+    pub max_length: usize,
+    #[serde(default = "yes")]
+    pub shuffle: bool,
+    /// Use only the first N examples.
+    #[serde(default)]
+    pub max_examples: Option<usize>,
+}
+
+fn d_max_length() -> usize {
+    1024
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerSpec {
+    pub lr: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "d_betas")]
+    pub betas: [f64; 2],
+    #[serde(default = "d_eps")]
+    pub eps: f64,
+    /// Clip the global gradient norm to this; null disables clipping (the norm is still logged).
+    #[serde(default = "d_clip")]
+    pub grad_clip: Option<f64>,
+}
+
+fn d_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+
+fn d_eps() -> f64 {
+    1e-8
+}
+
+fn d_clip() -> Option<f64> {
+    Some(1.0)
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Decay {
+    Cosine,
+    Linear,
+    Constant,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    #[serde(default)]
+    pub warmup_steps: usize,
+    #[serde(default = "d_decay")]
+    pub decay: Decay,
+    /// The learning rate at the end of the decay, as a fraction of `optimizer.lr`.
+    #[serde(default)]
+    pub min_lr_ratio: f64,
+}
+
+fn d_decay() -> Decay {
+    Decay::Cosine
+}
+
+impl Default for ScheduleSpec {
+    fn default() -> Self {
+        Self { warmup_steps: 0, decay: Decay::Cosine, min_lr_ratio: 0.0 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSpec {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step; the loss is normalised by the real token count of the window.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    /// Save a checkpoint every N steps (and always at the end).
+    #[serde(default)]
+    pub checkpoint_every: Option<usize>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Sampling settings for generation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingSpec {
+    #[serde(default = "d_temperature")]
+    pub temperature: f64,
+    #[serde(default = "d_top_p")]
+    pub top_p: f64,
+    #[serde(default)]
+    pub top_k: i64,
+    #[serde(default = "d_max_new")]
+    pub max_new_tokens: usize,
+}
+
+fn d_temperature() -> f64 {
+    1.0
+}
+
+fn d_top_p() -> f64 {
+    1.0
+}
+
+fn d_max_new() -> usize {
+    256
+}
+
+impl Default for SamplingSpec {
+    fn default() -> Self {
+        Self { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 256 }
+    }
+}
+
+/// One evaluation measure.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Scorer {
+    /// Greedy decoding; the final answer (`#### x` or `\boxed{x}`) must equal the reference's.
+    ExactMatch,
+    /// Mean accuracy of k samples per prompt at the given sampling settings (avg@k).
+    AvgAtK(AvgAtK),
+    /// Mean negative log-likelihood per reference response token, and its perplexity.
+    Nll,
+}
+
+/// avg@k settings: k samples per prompt with these sampling settings (the paper: k = 4,
+/// temperature 0.6, top-p 0.95, top-k 20).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AvgAtK {
+    pub k: usize,
+    #[serde(default = "d_temperature")]
+    pub temperature: f64,
+    #[serde(default = "d_top_p")]
+    pub top_p: f64,
+    #[serde(default)]
+    pub top_k: i64,
+    #[serde(default = "d_max_new")]
+    pub max_new_tokens: usize,
+}
+
+impl AvgAtK {
+    pub fn sampling(&self) -> SamplingSpec {
+        SamplingSpec { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, max_new_tokens: self.max_new_tokens }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSpec {
+    /// Evaluate every N optimizer steps (and at the start and end); in an `eval` recipe, ignored.
+    #[serde(default)]
+    pub every: Option<usize>,
+    /// `- exact_match`, `- nll`, `- avg_at_k: {k: 4, temperature: 0.6, ...}`.
+    #[serde(default = "d_scorers", with = "serde_yaml::with::singleton_map_recursive")]
+    pub scorers: Vec<Scorer>,
+    #[serde(default)]
+    pub max_examples: Option<usize>,
+    #[serde(default = "d_eval_batch")]
+    pub batch_size: usize,
+    /// Greedy generation length for exact_match.
+    #[serde(default = "d_max_new")]
+    pub max_new_tokens: usize,
+}
+
+fn d_scorers() -> Vec<Scorer> {
+    vec![Scorer::ExactMatch, Scorer::Nll]
+}
+
+fn d_eval_batch() -> usize {
+    16
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSpec {
+    #[serde(default = "yes")]
+    pub tensorboard: bool,
+    /// Show progress bars (off when stderr is not a terminal anyway).
+    #[serde(default = "yes")]
+    pub progress: bool,
+}
+
+impl Default for LoggingSpec {
+    fn default() -> Self {
+        Self { tensorboard: true, progress: true }
+    }
+}
+
+fn d_device() -> String {
+    "cpu".into()
+}
+
+/// `recipe: sft`: cross-entropy fine-tuning on response tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sft {
+    pub recipe: String,
+    #[serde(default)]
+    pub seed: u64,
+    pub output_dir: PathBuf,
+    #[serde(default = "d_device")]
+    pub device: String,
+    pub model: ModelSpec,
+    pub data: DataSpec,
+    pub optimizer: OptimizerSpec,
+    #[serde(default)]
+    pub schedule: ScheduleSpec,
+    pub training: TrainingSpec,
+    #[serde(default)]
+    pub eval: Option<EvalSpec>,
+    #[serde(default)]
+    pub logging: LoggingSpec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptsSpec {
+    /// JSONL with `prompt` or `messages` per line (a `response`, if present, is ignored).
+    pub prompts: PathBuf,
+    #[serde(default)]
+    pub max_examples: Option<usize>,
+}
+
+/// `recipe: teacher_responses`: the teacher answers every prompt; the result is an SFT dataset.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherResponses {
+    pub recipe: String,
+    #[serde(default)]
+    pub seed: u64,
+    /// Where the JSONL dataset goes (and its progress, for resuming).
+    pub output_dir: PathBuf,
+    #[serde(default = "d_device")]
+    pub device: String,
+    pub teacher: ModelSpec,
+    pub data: PromptsSpec,
+    #[serde(default)]
+    pub sampling: SamplingSpec,
+    #[serde(default = "d_eval_batch")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub logging: LoggingSpec,
+}
+
+/// `recipe: eval`: held-out evaluation of one model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Eval {
+    pub recipe: String,
+    #[serde(default)]
+    pub seed: u64,
+    pub output_dir: PathBuf,
+    #[serde(default = "d_device")]
+    pub device: String,
+    pub model: ModelSpec,
+    /// JSONL with prompts and reference responses.
+    pub data: PathBuf,
+    pub eval: EvalSpec,
+    #[serde(default)]
+    pub logging: LoggingSpec,
+}
+
+#[derive(Debug, Clone)]
+pub enum Recipe {
+    Sft(Sft),
+    TeacherResponses(TeacherResponses),
+    Eval(Eval),
+}
+
+pub const RECIPES: [&str; 3] = ["sft", "teacher_responses", "eval"];
+
+impl Recipe {
+    /// Reads `path`, applies `overrides` (`a.b.c=value`, value parsed as YAML) and types it.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading recipe {}", path.display()))?;
+        Self::parse(&text, overrides).with_context(|| format!("recipe {}", path.display()))
+    }
+
+    pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
+        let mut tree: Value = serde_yaml::from_str(text)?;
+        ensure!(tree.is_mapping(), "the recipe must be a YAML mapping");
+        for o in overrides {
+            apply_override(&mut tree, o)?;
+        }
+        // Without overrides, type the original text so errors carry its line numbers.
+        let resolved;
+        let text = if overrides.is_empty() {
+            text
+        } else {
+            resolved = serde_yaml::to_string(&tree)?;
+            &resolved
+        };
+        let name = tree.get("recipe").and_then(Value::as_str).context("missing key `recipe` (one of sft, teacher_responses, eval)")?;
+        let recipe = match name {
+            "sft" => Recipe::Sft(serde_yaml::from_str(text)?),
+            "teacher_responses" => Recipe::TeacherResponses(serde_yaml::from_str(text)?),
+            "eval" => Recipe::Eval(serde_yaml::from_str(text)?),
+            other => bail!("recipe: unknown recipe {other:?} (known: {})", RECIPES.join(", ")),
+        };
+        recipe.validate()?;
+        Ok(recipe)
+    }
+
+    /// Checks the values serde cannot: ranges and consistency. Errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Recipe::Sft(r) => {
+                validate_optimizer(&r.optimizer)?;
+                validate_training(&r.training)?;
+                ensure!(r.data.max_length >= 2, "data.max_length must be at least 2");
+                ensure!(r.schedule.min_lr_ratio >= 0.0 && r.schedule.min_lr_ratio <= 1.0, "schedule.min_lr_ratio must be in [0, 1]");
+                if let Some(e) = &r.eval {
+                    ensure!(r.data.eval.is_some(), "eval is set but data.eval (the held-out set) is not");
+                    validate_eval(e)?;
+                }
+            }
+            Recipe::TeacherResponses(r) => {
+                validate_sampling(&r.sampling, "sampling")?;
+                ensure!(r.batch_size > 0, "batch_size must be positive");
+            }
+            Recipe::Eval(r) => validate_eval(&r.eval)?,
+        }
+        Ok(())
+    }
+
+    /// The resolved recipe as YAML, for the run directory.
+    pub fn to_yaml(&self) -> Result<String> {
+        Ok(match self {
+            Recipe::Sft(r) => serde_yaml::to_string(r)?,
+            Recipe::TeacherResponses(r) => serde_yaml::to_string(r)?,
+            Recipe::Eval(r) => serde_yaml::to_string(r)?,
+        })
+    }
+}
+
+fn validate_optimizer(o: &OptimizerSpec) -> Result<()> {
+    ensure!(o.lr > 0.0 && o.lr.is_finite(), "optimizer.lr must be positive");
+    ensure!(o.weight_decay >= 0.0, "optimizer.weight_decay must be >= 0");
+    ensure!(o.betas.iter().all(|b| (0.0..1.0).contains(b)), "optimizer.betas must be in [0, 1)");
+    ensure!(o.eps > 0.0, "optimizer.eps must be positive");
+    ensure!(o.grad_clip.map_or(true, |c| c > 0.0), "optimizer.grad_clip must be positive or null");
+    Ok(())
+}
+
+fn validate_training(t: &TrainingSpec) -> Result<()> {
+    ensure!(t.steps > 0, "training.steps must be positive");
+    ensure!(t.batch_size > 0, "training.batch_size must be positive");
+    ensure!(t.grad_accum > 0, "training.grad_accum must be positive");
+    ensure!(t.checkpoint_every != Some(0), "training.checkpoint_every must be positive");
+    Ok(())
+}
+
+fn validate_sampling(s: &SamplingSpec, key: &str) -> Result<()> {
+    ensure!(s.temperature >= 0.0, "{key}.temperature must be >= 0");
+    ensure!(s.top_p > 0.0 && s.top_p <= 1.0, "{key}.top_p must be in (0, 1]");
+    ensure!(s.top_k >= 0, "{key}.top_k must be >= 0");
+    ensure!(s.max_new_tokens > 0, "{key}.max_new_tokens must be positive");
+    Ok(())
+}
+
+fn validate_eval(e: &EvalSpec) -> Result<()> {
+    ensure!(e.every != Some(0), "eval.every must be positive");
+    ensure!(e.batch_size > 0, "eval.batch_size must be positive");
+    ensure!(!e.scorers.is_empty(), "eval.scorers must not be empty");
+    for s in &e.scorers {
+        if let Scorer::AvgAtK(a) = s {
+            ensure!(a.k > 0, "eval.scorers.avg_at_k.k must be positive");
+            validate_sampling(&a.sampling(), "eval.scorers.avg_at_k")?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets `a.b.c` in `tree` to the YAML value after `=`. Intermediate mappings are created.
+fn apply_override(tree: &mut Value, spec: &str) -> Result<()> {
+    let (key, value) = spec.split_once('=').with_context(|| format!("override {spec:?} is not key.path=value"))?;
+    ensure!(!key.is_empty(), "override {spec:?} has an empty key");
+    let value: Value = serde_yaml::from_str(value).with_context(|| format!("override {key}: value is not YAML"))?;
+    let mut node = tree;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let map = node.as_mapping_mut().with_context(|| format!("override {key}: {} is not a mapping", parts[..i].join(".")))?;
+        let k = Value::String(part.to_string());
+        if i + 1 == parts.len() {
+            map.insert(k, value);
+            return Ok(());
+        }
+        node = map.entry(k).or_insert_with(|| Value::Mapping(Default::default()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SFT: &str = "recipe: sft\noutput_dir: runs/x\nmodel:\n  path: m\ndata:\n  train: t.jsonl\noptimizer:\n  lr: 1.0e-4\ntraining:\n  steps: 3\n  batch_size: 2\n";
+
+    #[test]
+    fn parses_with_defaults() {
+        let Recipe::Sft(r) = Recipe::parse(SFT, &[]).unwrap() else { panic!("not sft") };
+        assert_eq!(r.training.grad_accum, 1);
+        assert_eq!(r.optimizer.grad_clip, Some(1.0));
+        assert_eq!(r.schedule.decay, Decay::Cosine);
+        assert_eq!(r.data.max_length, 1024);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_line_and_column() {
+        let text = SFT.replace("  steps: 3", "  steps: 3\n  stepz: 4");
+        let e = format!("{:#}", Recipe::parse(&text, &[]).unwrap_err());
+        assert!(e.contains("unknown field `stepz`"), "{e}");
+        assert!(e.contains("line 11 column 3"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_missing_field_are_named() {
+        let e = format!("{:#}", Recipe::parse(&SFT.replace("steps: 3", "steps: many"), &[]).unwrap_err());
+        assert!(e.contains("training.steps") && e.contains("line 10"), "{e}");
+        let e = format!("{:#}", Recipe::parse(&SFT.replace("  lr: 1.0e-4\n", "  weight_decay: 0.1\n"), &[]).unwrap_err());
+        assert!(e.contains("missing field `lr`"), "{e}");
+        let e = format!("{:#}", Recipe::parse(&SFT.replace("recipe: sft", "recipe: ppo"), &[]).unwrap_err());
+        assert!(e.contains("unknown recipe \"ppo\""), "{e}");
+    }
+
+    #[test]
+    fn overrides_set_nested_keys_and_are_validated() {
+        let r = Recipe::parse(SFT, &["training.steps=7".into(), "optimizer.betas=[0.8, 0.9]".into()]).unwrap();
+        let Recipe::Sft(r) = r else { panic!() };
+        assert_eq!(r.training.steps, 7);
+        assert_eq!(r.optimizer.betas, [0.8, 0.9]);
+        let e = format!("{:#}", Recipe::parse(SFT, &["training.steps=0".into()]).unwrap_err());
+        assert!(e.contains("training.steps must be positive"), "{e}");
+        let e = format!("{:#}", Recipe::parse(SFT, &["training.stepz=1".into()]).unwrap_err());
+        assert!(e.contains("unknown field `stepz`"), "{e}");
+    }
+
+    #[test]
+    fn scorers_parse_in_both_forms() {
+        let text = format!("{SFT}eval:\n  scorers:\n    - exact_match\n    - avg_at_k: {{k: 4, temperature: 0.6, top_p: 0.95, top_k: 20}}\n    - nll\n");
+        let text = text.replace("  train: t.jsonl", "  train: t.jsonl\n  eval: e.jsonl");
+        let Recipe::Sft(r) = Recipe::parse(&text, &[]).unwrap() else { panic!() };
+        let scorers = r.eval.unwrap().scorers;
+        assert!(matches!(&scorers[1], Scorer::AvgAtK(a) if a.k == 4 && a.top_k == 20 && a.temperature == 0.6));
+    }
+}

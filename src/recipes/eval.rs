@@ -1,0 +1,149 @@
+//! Held-out evaluation with pluggable scorers: exact-match accuracy of the final answer under
+//! greedy decoding, avg@k under sampling, and mean NLL / perplexity of reference responses.
+//! Also the `eval` recipe, which runs them once on one model.
+use crate::data::{self, Example};
+use crate::generate::{generate, Sampling};
+use crate::hf::chat::ChatTemplate;
+use crate::hf::tokenizer::Tokenizer;
+use crate::models::Model;
+use crate::recipe::{self, EvalSpec, Scorer};
+use crate::train::{metrics, token_logprobs, Batch};
+use anyhow::Result;
+use tch::Kind;
+
+/// The final answer of a worked solution: the text after the last `####`, else the content of
+/// the last `\boxed{...}`; commas, `$` and a trailing period removed.
+pub fn final_answer(text: &str) -> Option<String> {
+    let raw = if let Some(i) = text.rfind("####") {
+        text[i + 4..].lines().next().unwrap_or("").to_string()
+    } else {
+        let start = text.rfind("\\boxed{")? + "\\boxed{".len();
+        let mut depth = 1;
+        let mut end = None;
+        for (i, c) in text[start..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = Some(start + i);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        text[start..end?].to_string()
+    };
+    let cleaned: String = raw.trim().chars().filter(|c| *c != ',' && *c != '$').collect();
+    let cleaned = cleaned.trim().trim_end_matches('.').trim().to_string();
+    (!cleaned.is_empty()).then_some(cleaned)
+}
+
+/// Whether two final answers agree (numerically when both are numbers).
+pub fn answers_match(a: &str, b: &str) -> bool {
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+        _ => a == b,
+    }
+}
+
+fn correct(generated: &str, reference: Option<&str>) -> bool {
+    match (final_answer(generated), reference.and_then(final_answer)) {
+        (Some(g), Some(r)) => answers_match(&g, &r),
+        _ => false,
+    }
+}
+
+/// Runs every scorer of `spec` on `examples`. Returns (metric name, value) pairs:
+/// `eval/exact_match`, `eval/response_tokens`, `eval/avg@k`, `eval/nll`, `eval/ppl`.
+pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &[Example], spec: &EvalSpec, seed: u64, show: bool) -> Result<Vec<(String, f64)>> {
+    let examples = &examples[..spec.max_examples.unwrap_or(examples.len()).min(examples.len())];
+    let prompts: Vec<Vec<i64>> = examples.iter().map(|e| data::prompt_ids(tok, chat, e.prompt())).collect::<Result<_>>()?;
+    let mut out = Vec::new();
+    for scorer in &spec.scorers {
+        match scorer {
+            Scorer::ExactMatch => {
+                let s = Sampling { max_new_tokens: spec.max_new_tokens, temperature: 0.0, seed, ..Sampling::default() };
+                let bar = metrics::progress(examples.len() as u64, "eval", show);
+                let (mut hits, mut tokens) = (0usize, 0usize);
+                for (chunk, exs) in prompts.chunks(spec.batch_size).zip(examples.chunks(spec.batch_size)) {
+                    for (g, e) in generate(model, chunk, &s, &tok.eos_ids, tok.pad_id)?.iter().zip(exs) {
+                        hits += usize::from(correct(&tok.decode(&g.new_ids, true)?, e.response()));
+                        tokens += g.new_ids.len();
+                    }
+                    bar.inc(chunk.len() as u64);
+                }
+                bar.finish_and_clear();
+                out.push(("eval/exact_match".into(), hits as f64 / examples.len() as f64));
+                out.push(("eval/response_tokens".into(), tokens as f64 / examples.len() as f64));
+            }
+            Scorer::AvgAtK(a) => {
+                let sp = a.sampling();
+                let bar = metrics::progress(examples.len() as u64, "avg@k", show);
+                let mut hits = 0usize;
+                let per = (spec.batch_size / a.k).max(1);
+                for (i, (chunk, exs)) in prompts.chunks(per).zip(examples.chunks(per)).enumerate() {
+                    let repeated: Vec<Vec<i64>> = chunk.iter().flat_map(|p| std::iter::repeat(p.clone()).take(a.k)).collect();
+                    let s = Sampling { max_new_tokens: sp.max_new_tokens, temperature: sp.temperature, top_k: sp.top_k, top_p: sp.top_p, ignore_eos: false, seed: seed.wrapping_add(i as u64) };
+                    let gens = generate(model, &repeated, &s, &tok.eos_ids, tok.pad_id)?;
+                    for (j, g) in gens.iter().enumerate() {
+                        hits += usize::from(correct(&tok.decode(&g.new_ids, true)?, exs[j / a.k].response()));
+                    }
+                    bar.inc(chunk.len() as u64);
+                }
+                bar.finish_and_clear();
+                out.push((format!("eval/avg@{}", a.k), hits as f64 / (examples.len() * a.k) as f64));
+            }
+            Scorer::Nll => {
+                let _g = tch::no_grad_guard();
+                let encoded: Vec<_> = examples.iter().filter(|e| e.response().is_some()).map(|e| data::encode(tok, chat, e, usize::MAX)).collect::<Result<_>>()?;
+                anyhow::ensure!(!encoded.is_empty(), "the nll scorer needs reference responses in the eval data");
+                let (mut nll, mut count) = (0.0, 0usize);
+                for chunk in encoded.chunks(spec.batch_size) {
+                    let refs: Vec<_> = chunk.iter().collect();
+                    let b = Batch::new(&refs, tok.pad_id, model.device());
+                    let lp = token_logprobs(&model.logits(&b.ids), &b.ids);
+                    nll -= (lp * &b.target_mask).sum(Kind::Double).double_value(&[]);
+                    count += b.n_targets;
+                }
+                let mean = nll / count.max(1) as f64;
+                out.push(("eval/nll".into(), mean));
+                out.push(("eval/ppl".into(), mean.exp()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The `eval` recipe: evaluates one model and writes `eval.json` in the output directory.
+pub fn run(r: &recipe::Eval) -> Result<()> {
+    let device = crate::runtime::parse_device(r.model.device.as_deref().unwrap_or(&r.device))?;
+    let (model, tok, chat) = super::load_model(&r.model, device)?;
+    let examples = data::read_jsonl(&r.data, None)?;
+    let results = evaluate(&model, &tok, &chat, &examples, &r.eval, r.seed, r.logging.progress)?;
+    let obj: serde_json::Map<String, serde_json::Value> = results.iter().map(|(k, v)| (k.clone(), (*v).into())).collect();
+    let path = r.output_dir.join("eval.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&obj)?)?;
+    for (k, v) in &results {
+        eprintln!("{k}: {v:.4}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_answers_are_extracted_and_compared() {
+        assert_eq!(final_answer("so 3 + 4 = 7\n#### 7").as_deref(), Some("7"));
+        assert_eq!(final_answer("#### 1,234.\nmore").as_deref(), Some("1234"));
+        assert_eq!(final_answer("The answer is \\boxed{\\frac{1}{2}}.").as_deref(), Some("\\frac{1}{2}"));
+        assert_eq!(final_answer("no answer here"), None);
+        assert!(answers_match("42", "42.0"));
+        assert!(!answers_match("42", "43"));
+        assert!(correct("work\n#### $1,000", Some("x\n#### 1000")));
+        assert!(!correct("#### 12", None));
+    }
+}

@@ -1,0 +1,62 @@
+//! Recipe modules: one readable function per recipe, dispatched from the typed `Recipe`.
+pub mod eval;
+pub mod sft;
+pub mod teacher_responses;
+
+use crate::hf::chat::ChatTemplate;
+use crate::hf::tokenizer::Tokenizer;
+use crate::models::Model;
+use crate::recipe::{ModelSpec, Recipe};
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use tch::Device;
+
+/// How a run is started from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue from the run directory's latest checkpoint.
+    pub resume: bool,
+    /// Stop after this many optimizer steps of this invocation, as an interruption would
+    /// (checkpoints written so far stay; `--resume` continues).
+    pub stop_after: Option<usize>,
+}
+
+pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
+    match recipe {
+        Recipe::Sft(r) => {
+            prepare_run_dir(&r.output_dir, recipe, opts.resume)?;
+            sft::run(r, opts)
+        }
+        Recipe::TeacherResponses(r) => {
+            // Always resumable: finished prompts are kept.
+            prepare_run_dir(&r.output_dir, recipe, true)?;
+            teacher_responses::run(r)
+        }
+        Recipe::Eval(r) => {
+            prepare_run_dir(&r.output_dir, recipe, true)?;
+            eval::run(r)
+        }
+    }
+}
+
+/// Creates the run directory and writes the resolved recipe. A directory that already holds
+/// a run is only reused with `resume`.
+fn prepare_run_dir(dir: &Path, recipe: &Recipe, resume: bool) -> Result<()> {
+    if !resume && (dir.join("checkpoints").exists() || dir.join("metrics.jsonl").exists()) {
+        bail!("output_dir {} already holds a run; pass --resume to continue it, or choose another output_dir", dir.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating output_dir {}", dir.display()))?;
+    let path = dir.join("recipe.yaml");
+    let tmp = crate::hf::safetensors::tmp_path(&path);
+    std::fs::write(&tmp, recipe.to_yaml()?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+/// Loads a recipe's model with its tokenizer and chat template.
+pub fn load_model(spec: &ModelSpec, device: Device) -> Result<(Model, Tokenizer, ChatTemplate)> {
+    let kind = crate::runtime::parse_dtype(&spec.dtype).context("model.dtype")?;
+    let (model, tok) = crate::runtime::load(&spec.path, device, kind)?;
+    let chat = ChatTemplate::load(&model.dir)?;
+    Ok((model, tok, chat))
+}

@@ -1,0 +1,143 @@
+//! The `sft` recipe: supervised fine-tuning with cross-entropy on response tokens. With a
+//! dataset of teacher-written answers (the `teacher_responses` recipe) it is the paper's main
+//! baseline, SFT on teacher responses.
+//!
+//! One optimizer step: `grad_accum` micro-batches drawn by the seeded sampler; the loss of
+//! each is its summed token NLL divided by the response-token count of the whole window (so
+//! accumulation equals one big batch, TRL #4719); global-norm clipping; AdamW; metrics;
+//! checkpoint and evaluation when due.
+use super::RunOptions;
+use crate::data::{self, Sampler};
+use crate::recipe::Sft;
+use crate::recipes::eval::evaluate;
+use crate::train::checkpoint::{self, TrainState};
+use crate::train::metrics::{progress, Metrics};
+use crate::train::optim::AdamW;
+use crate::train::schedule::lr_at;
+use crate::train::{token_logprobs, Batch};
+use anyhow::{bail, Context, Result};
+use std::time::Instant;
+use tch::Kind;
+
+pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
+    let run_dir = &r.output_dir;
+    let device = crate::runtime::parse_device(r.model.device.as_deref().unwrap_or(&r.device))?;
+    tch::manual_seed(r.seed as i64);
+
+    // Model: the latest checkpoint when resuming, else the recipe's model.
+    let resume_from = if opts.resume { checkpoint::latest(run_dir)? } else { None };
+    let mut spec = r.model.clone();
+    if let Some(dir) = &resume_from {
+        spec.path = dir.display().to_string();
+    }
+    let (model, tok, chat) = super::load_model(&spec, device)?;
+    let source_dir = model.dir.clone();
+
+    // Data: encode once, count truncations, drop examples left without response tokens.
+    let examples = data::read_jsonl(&r.data.train, r.data.max_examples)?;
+    let mut encoded = Vec::with_capacity(examples.len());
+    let (mut truncated, mut empty) = (0usize, 0usize);
+    for (i, ex) in examples.iter().enumerate() {
+        let e = data::encode(&tok, &chat, ex, r.data.max_length).with_context(|| format!("{} example {}", r.data.train.display(), i + 1))?;
+        truncated += usize::from(e.truncated);
+        if e.n_targets() == 0 {
+            empty += 1;
+        } else {
+            encoded.push(e);
+        }
+    }
+    if truncated > 0 {
+        eprintln!("warning: {truncated} of {} examples were longer than data.max_length = {} and were truncated", examples.len(), r.data.max_length);
+    }
+    if empty > 0 {
+        eprintln!("warning: {empty} examples have no response tokens (after truncation) and are skipped");
+    }
+    anyhow::ensure!(!encoded.is_empty(), "{}: no example has response tokens", r.data.train.display());
+    let eval_examples = match (&r.eval, &r.data.eval) {
+        (Some(_), Some(path)) => data::read_jsonl(path, None)?,
+        _ => vec![],
+    };
+
+    let mut opt = AdamW::new(&model.vs, &r.optimizer);
+    let mut state = TrainState { step: 0, epoch: 0, index: 0, counters: Default::default() };
+    if let Some(dir) = &resume_from {
+        state = checkpoint::read_state(dir)?;
+        let ckpt = crate::hf::safetensors::Checkpoint::open_file(&dir.join("optimizer.safetensors"))?;
+        opt.load_state(&ckpt, state.step as i64)?;
+        eprintln!("resuming {} from step {}", run_dir.display(), state.step);
+    }
+    let mut sampler = Sampler::at(encoded.len(), r.data.shuffle, r.seed, state.epoch, state.index);
+    let mut metrics = Metrics::open(run_dir, r.logging.tensorboard)?;
+    let eval_due = |step: usize| r.eval.as_ref().and_then(|e| e.every).is_some_and(|n| step % n == 0);
+    if state.step == 0 && r.eval.is_some() {
+        let results = evaluate(&model, &tok, &chat, &eval_examples, r.eval.as_ref().unwrap(), r.seed, r.logging.progress)?;
+        log_eval(&mut metrics, 0, &results)?;
+    }
+
+    let total = r.training.steps;
+    let bar = progress(total as u64, "sft", r.logging.progress);
+    bar.set_position(state.step as u64);
+    let mut elapsed = state.counters.get("time_s").copied().unwrap_or(0.0);
+    let mut tokens_seen = state.counters.get("tokens").copied().unwrap_or(0.0);
+    let mut steps_this_run = 0;
+    while state.step < total {
+        let started = Instant::now();
+        let lr = lr_at(state.step, total, r.optimizer.lr, &r.schedule);
+        let window: Vec<Vec<usize>> = (0..r.training.grad_accum).map(|_| sampler.next_batch(r.training.batch_size)).collect();
+        let n_targets: usize = window.iter().flatten().map(|&i| encoded[i].n_targets()).sum();
+        let mut loss_sum = 0.0;
+        opt.zero_grad();
+        for micro in &window {
+            let refs: Vec<_> = micro.iter().map(|&i| &encoded[i]).collect();
+            let b = Batch::new(&refs, tok.pad_id, device);
+            let nll = -(token_logprobs(&model.logits(&b.ids), &b.ids) * &b.target_mask).sum(Kind::Float);
+            (&nll / n_targets as f64).backward();
+            loss_sum += nll.double_value(&[]);
+        }
+        let loss = loss_sum / n_targets as f64;
+        if !loss.is_finite() {
+            let last = checkpoint::latest(run_dir)?.map_or("none".into(), |d| d.display().to_string());
+            bail!("non-finite loss ({loss}) at step {}; stopping. The last good checkpoint is {last}", state.step + 1);
+        }
+        let grad_norm = opt.clip_grad_norm(r.optimizer.grad_clip);
+        opt.step(lr);
+        state.step += 1;
+        steps_this_run += 1;
+        (state.epoch, state.index) = (sampler.epoch, sampler.index);
+        let secs = started.elapsed().as_secs_f64();
+        elapsed += secs;
+        tokens_seen += n_targets as f64;
+        state.counters.insert("time_s".into(), elapsed);
+        state.counters.insert("tokens".into(), tokens_seen);
+        metrics.log(state.step, &[
+            ("train/loss", loss),
+            ("train/lr", lr),
+            ("train/grad_norm", grad_norm),
+            ("train/tokens", n_targets as f64),
+            ("train/tokens_per_s", n_targets as f64 / secs),
+            ("train/epoch", state.epoch as f64 + state.index as f64 / encoded.len() as f64),
+            ("time_s", elapsed),
+        ])?;
+        bar.set_message(format!("loss {loss:.4} {:.0} tok/s", n_targets as f64 / secs));
+        bar.inc(1);
+        let last = state.step == total;
+        if last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0) {
+            checkpoint::save(run_dir, &model, &source_dir, &opt, &state)?;
+        }
+        if let Some(spec) = r.eval.as_ref().filter(|_| last || eval_due(state.step)) {
+            let results = evaluate(&model, &tok, &chat, &eval_examples, spec, r.seed, r.logging.progress)?;
+            log_eval(&mut metrics, state.step, &results)?;
+        }
+        if opts.stop_after == Some(steps_this_run) && !last {
+            bar.abandon_with_message("stopped (--stop-after)");
+            return Ok(());
+        }
+    }
+    bar.finish_with_message("done");
+    Ok(())
+}
+
+fn log_eval(metrics: &mut Metrics, step: usize, results: &[(String, f64)]) -> Result<()> {
+    let values: Vec<(&str, f64)> = results.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    metrics.log(step, &values)
+}

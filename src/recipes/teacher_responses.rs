@@ -1,0 +1,89 @@
+//! The `teacher_responses` recipe: the teacher answers every training prompt with batched
+//! KV-cache sampling, writing `responses.jsonl` (an SFT dataset in the input's own shape) and
+//! `stats.json` (prompts, generated tokens, wall time). Resumable: finished lines are kept and
+//! the batches after them are generated with the seeds they would have had.
+use crate::data;
+use crate::generate::{generate, Sampling};
+use crate::recipe::TeacherResponses;
+use crate::train::metrics::progress;
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::io::Write;
+use std::time::Instant;
+
+pub fn run(r: &TeacherResponses) -> Result<()> {
+    let device = crate::runtime::parse_device(r.teacher.device.as_deref().unwrap_or(&r.device))?;
+    let (model, tok, chat) = super::load_model(&r.teacher, device)?;
+    let examples = data::read_jsonl(&r.data.prompts, r.data.max_examples)?;
+    let out_path = r.output_dir.join("responses.jsonl");
+    let stats_path = r.output_dir.join("stats.json");
+
+    // Keep complete lines from an earlier, interrupted run; drop a torn last line.
+    let existing = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let done_lines: Vec<&str> = existing.split_inclusive('\n').filter(|l| l.ends_with('\n')).collect();
+    let done = if done_lines.len() >= examples.len() { examples.len() } else { done_lines.len() - done_lines.len() % r.batch_size };
+    let kept: String = done_lines[..done].concat();
+    let tmp = crate::hf::safetensors::tmp_path(&out_path);
+    std::fs::write(&tmp, &kept)?;
+    std::fs::rename(&tmp, &out_path)?;
+    let prior: serde_json::Value = std::fs::read_to_string(&stats_path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(json!({}));
+    let (mut generated, mut elapsed) = if done == 0 {
+        (0, 0.0)
+    } else if prior["prompts"].as_u64() == Some(done as u64) {
+        (prior["generated_tokens"].as_u64().unwrap_or(0), prior["time_s"].as_f64().unwrap_or(0.0))
+    } else {
+        // Killed between writing lines and stats: recount the kept responses' tokens.
+        let kept = data::read_jsonl(&out_path, None)?;
+        let mut n = 0u64;
+        for ex in &kept {
+            n += tok.encode(ex.response().unwrap_or(""), false)?.len() as u64;
+        }
+        (n, prior["time_s"].as_f64().unwrap_or(0.0))
+    };
+    if done > 0 {
+        eprintln!("teacher_responses: {done} of {} prompts already answered in {}", examples.len(), out_path.display());
+    }
+
+    let mut file = std::fs::OpenOptions::new().append(true).open(&out_path).with_context(|| format!("opening {}", out_path.display()))?;
+    let bar = progress(examples.len() as u64, "teacher", r.logging.progress);
+    bar.set_position(done as u64);
+    for (b, batch) in examples.chunks(r.batch_size).enumerate().skip(done / r.batch_size) {
+        let started = Instant::now();
+        let prompts: Vec<Vec<i64>> = batch.iter().map(|e| data::prompt_ids(&tok, &chat, e.prompt())).collect::<Result<_>>()?;
+        let s = Sampling {
+            max_new_tokens: r.sampling.max_new_tokens,
+            temperature: r.sampling.temperature,
+            top_k: r.sampling.top_k,
+            top_p: r.sampling.top_p,
+            ignore_eos: false,
+            seed: r.seed.wrapping_add(b as u64),
+        };
+        let gens = generate(&model, &prompts, &s, &tok.eos_ids, tok.pad_id)?;
+        let mut lines = String::new();
+        for (ex, g) in batch.iter().zip(&gens) {
+            let response = tok.decode(&g.new_ids, true)?;
+            generated += g.new_ids.len() as u64;
+            let line = match ex.prompt() {
+                [m] if m.role == "user" => json!({ "prompt": m.content, "response": response }),
+                msgs => {
+                    let mut all = serde_json::to_value(msgs)?;
+                    all.as_array_mut().expect("messages are an array").push(json!({"role": "assistant", "content": response}));
+                    json!({ "messages": all })
+                }
+            };
+            lines.push_str(&line.to_string());
+            lines.push('\n');
+        }
+        file.write_all(lines.as_bytes()).and_then(|_| file.flush()).with_context(|| format!("writing {}", out_path.display()))?;
+        elapsed += started.elapsed().as_secs_f64();
+        let answered = (b * r.batch_size + batch.len()) as u64;
+        let stats = json!({ "prompts": answered, "generated_tokens": generated, "time_s": elapsed });
+        let tmp = crate::hf::safetensors::tmp_path(&stats_path);
+        std::fs::write(&tmp, serde_json::to_string_pretty(&stats)?)?;
+        std::fs::rename(&tmp, &stats_path)?;
+        bar.inc(batch.len() as u64);
+    }
+    bar.finish_with_message("done");
+    eprintln!("teacher_responses: wrote {} ({} generated tokens)", out_path.display(), generated);
+    Ok(())
+}

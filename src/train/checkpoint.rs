@@ -1,0 +1,91 @@
+//! Checkpoints: `run_dir/checkpoints/step-NNNNNN/` is a complete Hugging Face model directory
+//! (model.safetensors under the original tensor names, config and tokenizer files) plus
+//! `optimizer.safetensors` and `state.json` (step, data position, seeds). Each is written
+//! under a temporary name and renamed into place, then `checkpoints/latest` is replaced the
+//! same way, so a kill at any moment leaves the previous checkpoint intact.
+use crate::hf::safetensors::{self, tmp_path};
+use crate::models::Model;
+use crate::train::optim::AdamW;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// What besides the weights a resumed run needs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainState {
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// Data sampler position.
+    pub epoch: u64,
+    pub index: usize,
+    /// Extra counters a recipe keeps (tokens seen, teacher tokens, wall time, ...).
+    #[serde(default)]
+    pub counters: std::collections::BTreeMap<String, f64>,
+}
+
+/// The files besides weights that make a directory a loadable model.
+pub const MODEL_FILES: [&str; 6] =
+    ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"];
+
+/// Copies the config and tokenizer files of model directory `src` into `dst`.
+pub fn copy_model_files(src: &Path, dst: &Path) -> Result<()> {
+    for f in MODEL_FILES {
+        let from = src.join(f);
+        if from.exists() {
+            std::fs::copy(&from, dst.join(f)).with_context(|| format!("copying {}", from.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The model's parameters under their Hugging Face names, sorted.
+pub fn named_weights(model: &Model) -> Vec<(String, tch::Tensor)> {
+    let mut w: Vec<_> = model.vs.variables().into_iter().map(|(n, t)| (n, t.detach())).collect();
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+/// Writes a checkpoint for `state.step` and points `latest` at it. Returns its directory.
+pub fn save(run_dir: &Path, model: &Model, source_dir: &Path, opt: &AdamW, state: &TrainState) -> Result<PathBuf> {
+    let root = run_dir.join("checkpoints");
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let name = format!("step-{:06}", state.step);
+    let dir = root.join(&name);
+    let tmp = tmp_path(&dir);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    copy_model_files(source_dir, &tmp)?;
+    safetensors::save(&named_weights(model), &tmp.join("model.safetensors"))?;
+    safetensors::save(&opt.state_tensors(), &tmp.join("optimizer.safetensors"))?;
+    std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("replacing {}", dir.display()))?;
+    }
+    std::fs::rename(&tmp, &dir).with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
+    let latest = root.join("latest");
+    let latest_tmp = tmp_path(&latest);
+    std::fs::write(&latest_tmp, &name)?;
+    std::fs::rename(&latest_tmp, &latest)?;
+    Ok(dir)
+}
+
+/// The directory of the newest complete checkpoint of a run, if any.
+pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
+    let root = run_dir.join("checkpoints");
+    let latest = root.join("latest");
+    if !latest.exists() {
+        return Ok(None);
+    }
+    let name = std::fs::read_to_string(&latest).with_context(|| format!("reading {}", latest.display()))?;
+    let dir = root.join(name.trim());
+    anyhow::ensure!(dir.join("state.json").exists(), "{}: names {}, which is incomplete", latest.display(), dir.display());
+    Ok(Some(dir))
+}
+
+pub fn read_state(dir: &Path) -> Result<TrainState> {
+    let path = dir.join("state.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a valid state", path.display()))
+}

@@ -1,0 +1,199 @@
+//! End-to-end recipe runs on the committed fixtures, through the `tokbridge` binary: SFT
+//! lowers the loss and writes a complete run directory; an interrupted run resumed from its
+//! checkpoint reproduces the uninterrupted loss curve; export reloads to identical logits;
+//! a diverging run stops with the last good checkpoint; teacher responses resume; eval writes
+//! its scores; every shipped recipe validates.
+mod common;
+
+use common::tempdir::TempDir;
+use std::path::Path;
+use std::process::{Command, Output};
+use tch::{Device, Kind, Tensor};
+
+fn tokbridge(args: &[&str]) -> Output {
+    let root = env!("CARGO_MANIFEST_DIR");
+    Command::new(env!("CARGO_BIN_EXE_tokbridge")).current_dir(root).args(args).output().expect("tokbridge runs")
+}
+
+fn ok(out: Output) -> Output {
+    assert!(out.status.success(), "tokbridge failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// metrics.jsonl as (step, object) pairs.
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// The last logged training loss of every step, in step order.
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    let mut by_step = std::collections::BTreeMap::new();
+    for m in metrics(run) {
+        if let Some(l) = m["train/loss"].as_f64() {
+            by_step.insert(m["step"].as_u64().unwrap(), l);
+        }
+    }
+    by_step.into_iter().collect()
+}
+
+fn sft(out: &Path, extra: &[&str], flags: &[&str]) -> Output {
+    let dir = format!("output_dir={}", out.display());
+    let mut args = vec!["run", "recipes/sft/tiny.yaml", &dir, "logging.progress=false"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(flags);
+    tokbridge(&args)
+}
+
+#[test]
+fn sft_lowers_the_loss_and_writes_a_run_directory() {
+    let tmp = TempDir::new();
+    let run = tmp.path().join("run");
+    ok(sft(&run, &["training.steps=8", "eval.every=8"], &[]));
+    let l = losses(&run);
+    assert_eq!(l.len(), 8);
+    assert!(l[7].1 < 0.6 * l[0].1, "loss did not fall enough: {l:?}");
+    let evals: Vec<f64> = metrics(&run).iter().filter_map(|m| m["eval/nll"].as_f64()).collect();
+    assert_eq!(evals.len(), 2, "eval at step 0 and at the end");
+    assert!(evals[1] < evals[0], "held-out NLL should fall: {evals:?}");
+    let first = &metrics(&run)[1];
+    for key in ["train/lr", "train/grad_norm", "train/tokens", "train/tokens_per_s"] {
+        assert!(first[key].as_f64().unwrap() > 0.0, "{key} missing in {first}");
+    }
+    let resolved = std::fs::read_to_string(run.join("recipe.yaml")).unwrap();
+    assert!(resolved.contains("steps: 8") && resolved.contains("every: 8"), "resolved recipe: {resolved}");
+    let tb: Vec<_> = std::fs::read_dir(run.join("tb")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(tb.iter().any(|p| p.file_name().unwrap().to_string_lossy().starts_with("events.out.tfevents.") && p.metadata().unwrap().len() > 100));
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    assert_eq!(latest, "step-000008");
+    // A second run into the same directory without --resume is refused.
+    let again = sft(&run, &["training.steps=8"], &[]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--resume"));
+}
+
+#[test]
+fn resumed_run_reproduces_the_uninterrupted_loss_curve() {
+    let tmp = TempDir::new();
+    let (full, cut) = (tmp.path().join("full"), tmp.path().join("cut"));
+    let extra = ["training.steps=8", "training.checkpoint_every=2", "eval=null"];
+    ok(sft(&full, &extra, &[]));
+    ok(sft(&cut, &extra, &["--stop-after", "3"]));
+    assert_eq!(losses(&cut).len(), 3, "the interrupted run stops after 3 steps");
+    assert_eq!(std::fs::read_to_string(cut.join("checkpoints/latest")).unwrap(), "step-000002");
+    ok(sft(&cut, &extra, &["--resume"]));
+    let (a, b) = (losses(&full), losses(&cut));
+    assert_eq!(a.len(), 8);
+    assert_eq!(a.len(), b.len());
+    for ((s, x), (_, y)) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "step {s}: uninterrupted {x} vs resumed {y}");
+    }
+}
+
+#[test]
+fn export_reloads_to_identical_logits_in_every_layout() {
+    let tmp = TempDir::new();
+    let run = tmp.path().join("run");
+    ok(sft(&run, &["training.steps=2", "eval=null"], &[]));
+    let ckpt = run.join("checkpoints/step-000002");
+    let ids = Tensor::from_slice(&[1i64, 40, 50, 60, 70, 80]).unsqueeze(0);
+    let _g = tch::no_grad_guard();
+    let reference = tokbridge::models::load(&ckpt, Device::Cpu, Kind::Float).unwrap().logits(&ids);
+    let out = tmp.path().join("export");
+    let out_s = out.to_str().unwrap();
+    ok(tokbridge(&["export", run.to_str().unwrap(), "--out", out_s]));
+    let exported = tokbridge::models::load(&out, Device::Cpu, Kind::Float).unwrap().logits(&ids);
+    assert_eq!((exported - &reference).abs().max().double_value(&[]), 0.0, "f32 export must be exact");
+    assert!(out.join("tokenizer.json").exists() && out.join("generation_config.json").exists());
+    let st = std::fs::read(out.join("model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8_lossy(&st[8..8 + header_len]);
+    assert!(header.contains("\"__metadata__\":{\"format\":\"pt\"}"), "{header}");
+    assert!(!out.join("model.safetensors.tmp").exists());
+
+    // Sharded bf16 export over the previous one: an index, and logits within bf16 rounding.
+    ok(tokbridge(&["export", run.to_str().unwrap(), "--out", out_s, "--dtype", "bf16", "--max-shard-bytes", "60000"]));
+    assert!(out.join("model.safetensors.index.json").exists() && !out.join("model.safetensors").exists());
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["dtype"], "bfloat16");
+    let bf16 = tokbridge::models::load(&out, Device::Cpu, Kind::Float).unwrap().logits(&ids);
+    let diff = (bf16 - &reference).abs().max().double_value(&[]);
+    assert!(diff > 0.0 && diff < 0.5, "bf16 logits differ by {diff}");
+
+    // A tied head stays tied: no lm_head tensor is written.
+    let tied = tmp.path().join("tied");
+    ok(tokbridge(&["export", "tests/fixtures/models/qwen2", "--out", tied.to_str().unwrap()]));
+    let c = tokbridge::hf::safetensors::Checkpoint::open(&tied).unwrap();
+    assert!(!c.contains("lm_head.weight") && c.contains("model.embed_tokens.weight"));
+
+    // Never replace a directory that is not a model.
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "keep me").unwrap();
+    let refused = tokbridge(&["export", run.to_str().unwrap(), "--out", foreign.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert_eq!(std::fs::read_to_string(foreign.join("notes.txt")).unwrap(), "keep me");
+}
+
+#[test]
+fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
+    let tmp = TempDir::new();
+    let run = tmp.path().join("run");
+    let out = sft(&run, &["optimizer.lr=1.0e+30", "optimizer.grad_clip=null", "schedule.warmup_steps=0", "training.checkpoint_every=1", "eval=null"], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("non-finite loss") && err.contains("step-000001"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(std::fs::read_to_string(run.join("checkpoints/latest")).unwrap(), "step-000001");
+}
+
+#[test]
+fn teacher_responses_resume_to_the_same_dataset() {
+    let tmp = TempDir::new();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let run = |dir: &Path| ok(tokbridge(&["run", "recipes/teacher_responses/tiny.yaml", &format!("output_dir={}", dir.display()), "logging.progress=false"]));
+    run(&a);
+    let full = std::fs::read_to_string(a.join("responses.jsonl")).unwrap();
+    assert_eq!(full.lines().count(), 16);
+    let examples = tokbridge::data::read_jsonl(&a.join("responses.jsonl"), None).unwrap();
+    assert!(examples.iter().all(|e| e.response().is_some()), "each line is an SFT example");
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("stats.json")).unwrap()).unwrap();
+    assert_eq!(stats["prompts"], 16);
+    assert!(stats["generated_tokens"].as_u64().unwrap() >= 16);
+
+    // An interrupted run: one full batch of 8 plus a torn line.
+    std::fs::create_dir_all(&b).unwrap();
+    let kept: String = full.split_inclusive('\n').take(9).collect();
+    std::fs::write(b.join("responses.jsonl"), format!("{kept}{{\"prompt\": \"torn")).unwrap();
+    run(&b);
+    assert_eq!(std::fs::read_to_string(b.join("responses.jsonl")).unwrap(), full);
+}
+
+#[test]
+fn eval_recipe_writes_every_score() {
+    let tmp = TempDir::new();
+    let out = tmp.path().join("eval");
+    ok(tokbridge(&["run", "recipes/eval/tiny.yaml", &format!("output_dir={}", out.display()), "logging.progress=false"]));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    for key in ["eval/exact_match", "eval/avg@4", "eval/nll", "eval/ppl", "eval/response_tokens"] {
+        assert!(v[key].is_number(), "{key} missing: {v}");
+    }
+    // A random model's perplexity is near its vocabulary size, far from 1.
+    assert!(v["eval/ppl"].as_f64().unwrap() > 50.0);
+}
+
+#[test]
+fn every_shipped_recipe_validates() {
+    let mut n = 0;
+    let mut stack = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "yaml") {
+                tokbridge::recipe::Recipe::load(&p, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 5, "found only {n} recipes");
+}
