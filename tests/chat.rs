@@ -1,0 +1,67 @@
+//! Chat templates against transformers' `apply_chat_template` on every fixture that has one,
+//! and the response mask of training examples.
+mod common;
+
+use tokbridge::data::{self, Example};
+use tokbridge::hf::chat::{ChatTemplate, Message};
+use tokbridge::hf::tokenizer::Tokenizer;
+
+#[derive(serde::Deserialize)]
+struct ChatRef {
+    messages: Vec<Message>,
+    prompt_text: String,
+    prompt_ids: Vec<i64>,
+    full_text: String,
+}
+
+fn chat_ref(dir: &std::path::Path) -> Option<ChatRef> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    v.get("chat").map(|c| serde_json::from_value(c.clone()).unwrap())
+}
+
+#[test]
+fn templates_render_as_transformers_does() {
+    let mut checked = 0;
+    for dir in common::model_dirs() {
+        let Some(r) = chat_ref(&dir) else { continue };
+        let chat = ChatTemplate::load(&dir).unwrap();
+        let tok = Tokenizer::load(&dir).unwrap();
+        assert!(chat.has_template(), "{}", dir.display());
+        assert_eq!(chat.render(&r.messages[..3], true).unwrap(), r.prompt_text, "{}", dir.display());
+        assert_eq!(chat.render(&r.messages, false).unwrap(), r.full_text, "{}", dir.display());
+        assert_eq!(data::prompt_ids(&tok, &chat, &r.messages[..3]).unwrap(), r.prompt_ids, "{}", dir.display());
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} fixtures have chat references");
+}
+
+#[test]
+fn only_assistant_turns_are_targets() {
+    for dir in common::model_dirs() {
+        let Some(r) = chat_ref(&dir) else { continue };
+        let chat = ChatTemplate::load(&dir).unwrap();
+        let tok = Tokenizer::load(&dir).unwrap();
+        let e = data::encode(&tok, &chat, &Example { messages: r.messages.clone() }, 10_000).unwrap();
+        let targets: Vec<i64> = e.ids.iter().zip(&e.target).filter(|(_, &t)| t).map(|(&i, _)| i).collect();
+        let context: Vec<i64> = e.ids.iter().zip(&e.target).filter(|(_, &t)| !t).map(|(&i, _)| i).collect();
+        let t = tok.decode(&targets, false).unwrap();
+        let c = tok.decode(&context, false).unwrap();
+        assert!(t.contains("12 + 30 = 42.") && t.contains("#### 84"), "{}: targets {t:?}", dir.display());
+        assert!(!t.contains("What is") && c.contains("What is 12 + 30?") && c.contains("And 42 * 2?"), "{}: context {c:?}", dir.display());
+        // The whole sequence is the template's rendering of the conversation.
+        assert_eq!(tok.decode(&e.ids, false).unwrap().replace(' ', ""), r.full_text.replace(' ', ""), "{}", dir.display());
+    }
+}
+
+#[test]
+fn plain_template_without_a_chat_template() {
+    let dir = common::fixtures().join("gpt2");
+    let chat = ChatTemplate::load(&dir).unwrap();
+    assert!(!chat.has_template());
+    let msgs = vec![Message::new("user", "What is 2 + 2?"), Message::new("assistant", "#### 4")];
+    assert_eq!(chat.render(&msgs, false).unwrap(), "What is 2 + 2?\n#### 4<|endoftext|>");
+    let tok = Tokenizer::load(&dir).unwrap();
+    let e = data::encode(&tok, &chat, &Example { messages: msgs }, 10_000).unwrap();
+    let targets: Vec<i64> = e.ids.iter().zip(&e.target).filter(|(_, &t)| t).map(|(&i, _)| i).collect();
+    assert_eq!(tok.decode(&targets, false).unwrap(), "#### 4<|endoftext|>");
+}
