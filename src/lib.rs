@@ -1,13 +1,14 @@
 //! tokbridge: distill language models across model families on libtorch.
 //!
 //! See ARCHITECTURE.md for the map of modules and how one training step flows through them.
+pub mod align;
+pub mod data;
+pub mod export;
 pub mod generate;
 pub mod hf;
 pub mod models;
 pub mod nn;
+pub mod recipe;
+pub mod recipes;
 pub mod runtime;
 pub mod train;
-pub mod recipe;
-pub mod data;
-pub mod recipes;
-pub mod export;

@@ -4,7 +4,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use tch::{Kind, Tensor};
+use tokbridge::align::{dpca, Masked};
 use tokbridge::generate::{generate, Sampling};
+use tokbridge::hf::tokenizer::Tokenizer;
 use tokbridge::runtime;
 
 #[derive(Parser)]
@@ -40,6 +42,23 @@ enum Command {
         /// Stop after N optimizer steps of this invocation, as an interruption would.
         #[arg(long)]
         stop_after: Option<usize>,
+    },
+    /// Align two tokenizations of TEXT into DPCA chunks and show them side by side.
+    Align {
+        /// Student model or tokenizer directory (or hub id).
+        #[arg(long)]
+        student: String,
+        /// Teacher model or tokenizer directory (or hub id).
+        #[arg(long)]
+        teacher: String,
+        #[arg(long)]
+        text: String,
+        /// Mask chunks with more than K tokens on a side.
+        #[arg(long, default_value_t = 6)]
+        max_chunk_tokens: usize,
+        /// Print {"chunks": [{"student": [ids], "teacher": [ids], "masked": bool}, ...]}.
+        #[arg(long)]
+        json: bool,
     },
     /// Write a run's latest checkpoint (or any model) as a Hugging Face model directory.
     Export {
@@ -110,6 +129,42 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run { recipe, overrides, resume, stop_after } => {
             let r = tokbridge::recipe::Recipe::load(&recipe, &overrides)?;
             tokbridge::recipes::run(&r, &tokbridge::recipes::RunOptions { resume, stop_after })?;
+        }
+        Command::Align { student, teacher, text, max_chunk_tokens, json } => {
+            let load = |spec: &str| -> Result<Tokenizer> { Tokenizer::load(&tokbridge::hf::hub::resolve_tokenizer(spec)?) };
+            let (st, tt) = (load(&student)?, load(&teacher)?);
+            let (sids, sp) = st.text_pieces(&text)?;
+            let (tids, tp) = tt.text_pieces(&text)?;
+            let chunks = dpca(&sp, &tp, max_chunk_tokens);
+            if json {
+                let out: Vec<_> = chunks
+                    .iter()
+                    .map(|c| json!({ "student": sids[c.student.clone()], "teacher": tids[c.teacher.clone()], "masked": c.is_masked() }))
+                    .collect();
+                println!("{}", json!({ "chunks": out }));
+            } else {
+                // Whole characters as quoted text, pieces of a character as hex bytes.
+                let show = |p: &[Vec<u8>]| {
+                    let one = |b: &Vec<u8>| match std::str::from_utf8(b) {
+                        Ok(s) => format!("{s:?}"),
+                        Err(_) => b.iter().map(|x| format!("<{x:02X}>")).collect(),
+                    };
+                    p.iter().map(one).collect::<Vec<_>>().join(" ")
+                };
+                println!("{:>5}  {:<40}  {:<40}  {}", "chunk", "student pieces", "teacher pieces", "");
+                for (i, c) in chunks.iter().enumerate() {
+                    let mark = match c.masked {
+                        Masked::No if c.student.len() == 1 && c.teacher.len() == 1 => "1:1".to_string(),
+                        Masked::No => format!("{}:{}", c.student.len(), c.teacher.len()),
+                        Masked::TooLong => format!("masked (>{max_chunk_tokens} tokens)"),
+                        Masked::Stuck => "masked (texts differ from here)".to_string(),
+                    };
+                    println!("{i:>5}  {:<40}  {:<40}  {mark}", show(&sp[c.student.clone()]), show(&tp[c.teacher.clone()]));
+                }
+                let one = chunks.iter().filter(|c| !c.is_masked() && c.student.len() == 1 && c.teacher.len() == 1).count();
+                let masked: usize = chunks.iter().filter(|c| c.is_masked()).map(|c| c.student.len()).sum();
+                println!("{} chunks ({one} 1:1); {} student / {} teacher tokens; {masked} student tokens masked", chunks.len(), sids.len(), tids.len());
+            }
         }
         Command::Export { src, out, dtype, max_shard_bytes } => {
             let kind = dtype.as_deref().map(runtime::parse_dtype).transpose()?;

@@ -29,8 +29,11 @@ fn offline() -> bool {
 }
 
 /// The files of `dir` that a model needs and that are absent.
-fn missing_files(dir: &Path) -> Vec<String> {
+fn missing_files(dir: &Path, weights: bool) -> Vec<String> {
     let mut missing: Vec<String> = REQUIRED.iter().filter(|f| !dir.join(f).exists()).map(|f| f.to_string()).collect();
+    if !weights {
+        return missing;
+    }
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let shards = std::fs::read_to_string(&index)
@@ -58,6 +61,15 @@ fn cached_snapshot(cache: &Path, repo: &str, revision: &str) -> Option<PathBuf> 
 
 /// Resolves `spec` to a local model directory. `spec` is a directory, or `org/name[@revision]`.
 pub fn resolve(spec: &str) -> Result<PathBuf> {
+    resolve_with(spec, true)
+}
+
+/// Like `resolve`, but only config and tokenizer files are needed (no weights are downloaded).
+pub fn resolve_tokenizer(spec: &str) -> Result<PathBuf> {
+    resolve_with(spec, false)
+}
+
+fn resolve_with(spec: &str, weights: bool) -> Result<PathBuf> {
     let path = Path::new(spec);
     if path.is_dir() {
         return Ok(path.to_path_buf());
@@ -68,20 +80,20 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
     }
     let cache = cache_dir();
     if let Some(dir) = cached_snapshot(&cache, repo, revision) {
-        if missing_files(&dir).is_empty() {
+        if missing_files(&dir, weights).is_empty() {
             return Ok(dir);
         }
     }
     if offline() {
         let missing = cached_snapshot(&cache, repo, revision)
-            .map(|d| missing_files(&d).join(", "))
+            .map(|d| missing_files(&d, weights).join(", "))
             .unwrap_or_else(|| "every file (the repo is not cached)".into());
         bail!("model {spec}: HF_HUB_OFFLINE is set and the cache {} lacks {missing}", cache.display());
     }
-    download(&cache, repo, revision).with_context(|| format!("model {spec}: not in the cache {} and the download failed", cache.display()))
+    download(&cache, repo, revision, weights).with_context(|| format!("model {spec}: not in the cache {} and the download failed", cache.display()))
 }
 
-fn download(cache: &Path, repo: &str, revision: &str) -> Result<PathBuf> {
+fn download(cache: &Path, repo: &str, revision: &str, weights: bool) -> Result<PathBuf> {
     use hf_hub::api::sync::ApiBuilder;
     use hf_hub::{Repo, RepoType};
     let api = ApiBuilder::from_env().with_cache_dir(cache.to_path_buf()).build()?;
@@ -91,6 +103,9 @@ fn download(cache: &Path, repo: &str, revision: &str) -> Result<PathBuf> {
     repo.get("tokenizer.json")?;
     for f in OPTIONAL {
         let _ = repo.get(f); // absent in many repos
+    }
+    if !weights {
+        return Ok(dir);
     }
     match repo.get("model.safetensors.index.json") {
         Ok(index) => {

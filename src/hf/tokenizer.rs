@@ -8,6 +8,8 @@ use std::path::Path;
 
 pub struct Tokenizer {
     pub inner: tokenizers::Tokenizer,
+    /// Per-id byte pieces and special flags, built on first use.
+    pieces: std::sync::OnceLock<Pieces>,
     /// Ids that end a generation.
     pub eos_ids: Vec<i64>,
     /// An id to pad batches with (pad, else the first end id, else 0); padded positions are masked.
@@ -52,7 +54,7 @@ impl Tokenizer {
             .chain(eos_ids.iter().copied())
             .next()
             .unwrap_or(0);
-        Ok(Self { inner, eos_ids, pad_id })
+        Ok(Self { inner, pieces: Default::default(), eos_ids, pad_id })
     }
 
     /// Token ids of `text`, with the special tokens the post-processor adds when `special`.
@@ -64,5 +66,84 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[i64], skip_special: bool) -> Result<String> {
         let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
         self.inner.decode(&ids, skip_special).map_err(|e| anyhow::anyhow!("decoding: {e}"))
+    }
+}
+
+/// The bytes each token id contributes to the text, and which ids are special tokens.
+#[derive(Debug, Clone, Default)]
+pub struct Pieces {
+    pub bytes: Vec<Vec<u8>>,
+    pub special: Vec<bool>,
+}
+
+/// GPT-2's byte-level alphabet: the printable char that stands for each byte.
+fn byte_level_table() -> std::collections::HashMap<char, u8> {
+    let mut printable: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
+    let mut chars = printable.clone();
+    let mut extra = 0;
+    for b in 0..256u32 {
+        if !printable.contains(&b) {
+            printable.push(b);
+            chars.push(256 + extra);
+            extra += 1;
+        }
+    }
+    printable.into_iter().zip(chars).map(|(b, c)| (char::from_u32(c).expect("valid char"), b as u8)).collect()
+}
+
+impl Tokenizer {
+    /// The byte piece of every id, read from the vocabulary (no decoding round trips):
+    /// byte-level vocabularies map their alphabet back to bytes; SentencePiece-style ones turn
+    /// `▁` into a space and `<0xHH>` byte-fallback tokens into that byte; added tokens are their
+    /// content.
+    pub fn pieces(&self) -> &Pieces {
+        self.pieces.get_or_init(|| {
+            let json: Value = serde_json::from_str(&self.inner.to_string(false).unwrap_or_default()).unwrap_or(Value::Null);
+            let decoder = json.get("decoder").map(|d| d.to_string()).unwrap_or_default();
+            let byte_level = decoder.contains("\"ByteLevel\"");
+            let byte_fallback = json["model"]["byte_fallback"].as_bool().unwrap_or(false);
+            let table = byte_level_table();
+            let added = self.inner.get_added_tokens_decoder();
+            let n = self.inner.get_vocab_size(true).max(added.keys().map(|&k| k as usize + 1).max().unwrap_or(0));
+            let mut p = Pieces { bytes: vec![vec![]; n], special: vec![false; n] };
+            for id in 0..n {
+                if let Some(a) = added.get(&(id as u32)) {
+                    p.bytes[id] = a.content.as_bytes().to_vec();
+                    p.special[id] = a.special;
+                    continue;
+                }
+                let Some(tok) = self.inner.id_to_token(id as u32) else { continue };
+                p.bytes[id] = if byte_level {
+                    tok.chars().map(|c| table.get(&c).copied().unwrap_or(b'?')).collect()
+                } else if byte_fallback && tok.len() == 6 && tok.starts_with("<0x") && tok.ends_with('>') {
+                    u8::from_str_radix(&tok[3..5], 16).map(|b| vec![b]).unwrap_or_else(|_| tok.as_bytes().to_vec())
+                } else {
+                    tok.replace('\u{2581}', " ").into_bytes()
+                };
+            }
+            p
+        })
+    }
+
+    /// Encodes `text` without special tokens, with each token's (start, end) byte offsets in `text`.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<i64>, Vec<(usize, usize)>)> {
+        let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+        Ok((enc.get_ids().iter().map(|&i| i as i64).collect(), enc.get_offsets().to_vec()))
+    }
+
+    /// Encodes a stand-alone `text` without special tokens and returns ids with their byte
+    /// pieces. SentencePiece-style normalizers prepend a space marker to the text; that space is
+    /// not part of `text`, so it is removed from the first piece.
+    pub fn text_pieces(&self, text: &str) -> Result<(Vec<i64>, Vec<Vec<u8>>)> {
+        let ids = self.encode(text, false)?;
+        let table = self.pieces();
+        let mut pieces: Vec<Vec<u8>> = ids.iter().map(|&i| table.bytes.get(i as usize).cloned().unwrap_or_default()).collect();
+        if pieces.first().is_some_and(|p| p.first() == Some(&b' ')) {
+            let all = pieces.concat();
+            if all.len() == text.len() + 1 && &all[1..] == text.as_bytes() {
+                pieces[0].remove(0);
+            }
+        }
+        Ok((ids, pieces))
     }
 }
