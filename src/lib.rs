@@ -6,6 +6,7 @@ pub mod data;
 pub mod export;
 pub mod generate;
 pub mod hf;
+pub mod loss;
 pub mod models;
 pub mod nn;
 pub mod recipe;

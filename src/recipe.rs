@@ -309,14 +309,208 @@ pub struct Eval {
     pub logging: LoggingSpec,
 }
 
+/// The training signal of the `opd` recipe.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum OpdLoss {
+    /// DPCA chunk alignment with chunk-level credit assignment and the PPO-clip surrogate (the paper).
+    Dpca,
+    /// ULD: sorted-probability L1 between positionally truncated distributions.
+    Uld,
+    /// GOLD: merged aligned groups, JSD on exact vocabulary matches, sorted L1 on the rest.
+    GoldHybrid,
+    /// ALM: binary cross-entropy between aligned chunk likelihoods at a temperature.
+    Alm,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpdData {
+    /// JSONL prompts (`prompt` or `messages`); responses, if present, feed the off-policy fraction.
+    pub train: PathBuf,
+    /// Held-out JSONL for evaluation (scorers, and the teacher-student log-prob gap).
+    #[serde(default)]
+    pub eval: Option<PathBuf>,
+    #[serde(default)]
+    pub max_examples: Option<usize>,
+    #[serde(default = "yes")]
+    pub shuffle: bool,
+    /// Prompts longer than this (student tokens) are skipped, with a count.
+    #[serde(default = "d_max_length")]
+    pub max_prompt_length: usize,
+}
+
+/// How the student samples its rollouts (paper defaults: temperature 1, top-p 1, one sample).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSpec {
+    #[serde(default = "d_temperature")]
+    pub temperature: f64,
+    #[serde(default = "d_top_p")]
+    pub top_p: f64,
+    #[serde(default)]
+    pub top_k: i64,
+    #[serde(default = "d_max_new")]
+    pub max_new_tokens: usize,
+    #[serde(default = "one")]
+    pub samples_per_prompt: usize,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        Self { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 256, samples_per_prompt: 1 }
+    }
+}
+
+/// DPCA and PPO settings (paper defaults).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpcaSpec {
+    /// K: chunks with more tokens than this on either side are masked.
+    #[serde(default = "d_k")]
+    pub max_chunk_tokens: usize,
+    #[serde(default = "d_clamp")]
+    pub adv_clamp: f64,
+    #[serde(default = "d_clip_low")]
+    pub clip_low: f64,
+    #[serde(default = "d_clip_high")]
+    pub clip_high: f64,
+    #[serde(default = "d_clamp")]
+    pub dual_clip: f64,
+}
+
+fn d_k() -> usize {
+    6
+}
+
+fn d_clamp() -> f64 {
+    10.0
+}
+
+fn d_clip_low() -> f64 {
+    0.2
+}
+
+fn d_clip_high() -> f64 {
+    0.28
+}
+
+impl Default for DpcaSpec {
+    fn default() -> Self {
+        Self { max_chunk_tokens: 6, adv_clamp: 10.0, clip_low: 0.2, clip_high: 0.28, dual_clip: 10.0 }
+    }
+}
+
+/// Settings of the baseline losses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineSpec {
+    /// ALM's binarization temperature.
+    #[serde(default = "d_alm_tau")]
+    pub alm_temperature: f64,
+    /// GOLD's JSD interpolation on matched tokens (TRL's `beta`).
+    #[serde(default = "d_beta")]
+    pub gold_beta: f64,
+    /// GOLD's matched / unmatched weights; both null means the adaptive matched fraction.
+    #[serde(default)]
+    pub gold_matched_weight: Option<f64>,
+    #[serde(default)]
+    pub gold_unmatched_weight: Option<f64>,
+}
+
+fn d_alm_tau() -> f64 {
+    100.0
+}
+
+fn d_beta() -> f64 {
+    0.5
+}
+
+impl Default for BaselineSpec {
+    fn default() -> Self {
+        Self { alm_temperature: 100.0, gold_beta: 0.5, gold_matched_weight: None, gold_unmatched_weight: None }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpdTraining {
+    /// Rollout steps (each takes `ppo_epochs` optimizer steps).
+    pub steps: usize,
+    /// Prompts per rollout step.
+    pub prompts_per_step: usize,
+    #[serde(default = "one")]
+    pub ppo_epochs: usize,
+    /// Sequences per forward/backward pass.
+    #[serde(default = "d_micro")]
+    pub micro_batch_size: usize,
+    #[serde(default)]
+    pub checkpoint_every: Option<usize>,
+}
+
+fn d_micro() -> usize {
+    8
+}
+
+/// `recipe: opd`: on-policy distillation from a teacher of any tokenizer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Opd {
+    pub recipe: String,
+    #[serde(default)]
+    pub seed: u64,
+    pub output_dir: PathBuf,
+    #[serde(default = "d_device")]
+    pub device: String,
+    pub student: ModelSpec,
+    pub teacher: ModelSpec,
+    pub data: OpdData,
+    #[serde(default = "d_opd_loss")]
+    pub loss: OpdLoss,
+    /// Fraction of steps trained on the student's own samples (GKD's `lmbda`); the rest use the
+    /// dataset's responses.
+    #[serde(default = "d_lmbda")]
+    pub lmbda: f64,
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+    #[serde(default)]
+    pub dpca: DpcaSpec,
+    #[serde(default)]
+    pub baselines: BaselineSpec,
+    /// Teacher sequences longer than this are truncated and their rollout masked entirely.
+    #[serde(default = "d_teacher_max")]
+    pub teacher_max_length: usize,
+    pub optimizer: OptimizerSpec,
+    #[serde(default)]
+    pub schedule: ScheduleSpec,
+    pub training: OpdTraining,
+    #[serde(default)]
+    pub eval: Option<EvalSpec>,
+    #[serde(default)]
+    pub logging: LoggingSpec,
+}
+
+fn d_opd_loss() -> OpdLoss {
+    OpdLoss::Dpca
+}
+
+fn d_lmbda() -> f64 {
+    1.0
+}
+
+fn d_teacher_max() -> usize {
+    4096
+}
+
 #[derive(Debug, Clone)]
 pub enum Recipe {
     Sft(Sft),
     TeacherResponses(TeacherResponses),
     Eval(Eval),
+    Opd(Opd),
 }
 
-pub const RECIPES: [&str; 3] = ["sft", "teacher_responses", "eval"];
+pub const RECIPES: [&str; 4] = ["sft", "teacher_responses", "eval", "opd"];
 
 impl Recipe {
     /// Reads `path`, applies `overrides` (`a.b.c=value`, value parsed as YAML) and types it.
@@ -339,11 +533,12 @@ impl Recipe {
             resolved = serde_yaml::to_string(&tree)?;
             &resolved
         };
-        let name = tree.get("recipe").and_then(Value::as_str).context("missing key `recipe` (one of sft, teacher_responses, eval)")?;
+        let name = tree.get("recipe").and_then(Value::as_str).context("missing key `recipe` (one of sft, teacher_responses, eval, opd)")?;
         let recipe = match name {
             "sft" => Recipe::Sft(serde_yaml::from_str(text)?),
             "teacher_responses" => Recipe::TeacherResponses(serde_yaml::from_str(text)?),
             "eval" => Recipe::Eval(serde_yaml::from_str(text)?),
+            "opd" => Recipe::Opd(serde_yaml::from_str(text)?),
             other => bail!("recipe: unknown recipe {other:?} (known: {})", RECIPES.join(", ")),
         };
         recipe.validate()?;
@@ -368,6 +563,31 @@ impl Recipe {
                 ensure!(r.batch_size > 0, "batch_size must be positive");
             }
             Recipe::Eval(r) => validate_eval(&r.eval)?,
+            Recipe::Opd(r) => {
+                validate_optimizer(&r.optimizer)?;
+                ensure!(r.training.steps > 0, "training.steps must be positive");
+                ensure!(r.training.prompts_per_step > 0, "training.prompts_per_step must be positive");
+                ensure!(r.training.ppo_epochs > 0, "training.ppo_epochs must be positive");
+                ensure!(r.training.micro_batch_size > 0, "training.micro_batch_size must be positive");
+                ensure!(r.training.checkpoint_every != Some(0), "training.checkpoint_every must be positive");
+                ensure!((0.0..=1.0).contains(&r.lmbda), "lmbda must be in [0, 1]");
+                ensure!(r.rollout.samples_per_prompt > 0, "rollout.samples_per_prompt must be positive");
+                let s = SamplingSpec { temperature: r.rollout.temperature, top_p: r.rollout.top_p, top_k: r.rollout.top_k, max_new_tokens: r.rollout.max_new_tokens };
+                validate_sampling(&s, "rollout")?;
+                ensure!(r.dpca.max_chunk_tokens > 0, "dpca.max_chunk_tokens must be positive");
+                ensure!(r.dpca.clip_low > 0.0 && r.dpca.clip_low < 1.0 && r.dpca.clip_high > 0.0, "dpca.clip_low must be in (0, 1) and dpca.clip_high positive");
+                ensure!(r.dpca.dual_clip > 1.0, "dpca.dual_clip must be greater than 1");
+                ensure!(r.baselines.alm_temperature > 0.0, "baselines.alm_temperature must be positive");
+                ensure!((0.0..=1.0).contains(&r.baselines.gold_beta), "baselines.gold_beta must be in [0, 1]");
+                ensure!(
+                    r.baselines.gold_matched_weight.is_some() == r.baselines.gold_unmatched_weight.is_some(),
+                    "baselines.gold_matched_weight and gold_unmatched_weight must both be set or both be null"
+                );
+                if let Some(e) = &r.eval {
+                    ensure!(r.data.eval.is_some(), "eval is set but data.eval (the held-out set) is not");
+                    validate_eval(e)?;
+                }
+            }
         }
         Ok(())
     }
@@ -378,6 +598,7 @@ impl Recipe {
             Recipe::Sft(r) => serde_yaml::to_string(r)?,
             Recipe::TeacherResponses(r) => serde_yaml::to_string(r)?,
             Recipe::Eval(r) => serde_yaml::to_string(r)?,
+            Recipe::Opd(r) => serde_yaml::to_string(r)?,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! Recipe modules: one readable function per recipe, dispatched from the typed `Recipe`.
 pub mod eval;
+pub mod opd;
 pub mod sft;
 pub mod teacher_responses;
 
@@ -35,6 +36,10 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
         Recipe::Eval(r) => {
             prepare_run_dir(&r.output_dir, recipe, true)?;
             eval::run(r)
+        }
+        Recipe::Opd(r) => {
+            prepare_run_dir(&r.output_dir, recipe, opts.resume)?;
+            opd::run(r, opts)
         }
     }
 }
