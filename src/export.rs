@@ -67,7 +67,8 @@ pub fn export(src: &str, out: &Path, kind: Option<Kind>, max_shard_bytes: u64) -
     Ok(())
 }
 
-fn write_dir(model: &crate::models::Model, src: &Path, dst: &Path, kind: Kind, max_shard_bytes: u64) -> Result<()> {
+/// Writes `model` as a Hugging Face directory `dst`, with the config and tokenizer files of `src`.
+pub fn write_dir(model: &crate::models::Model, src: &Path, dst: &Path, kind: Kind, max_shard_bytes: u64) -> Result<()> {
     copy_model_files(src, dst)?;
     let mut config = model.config.clone();
     if let Some(obj) = config.as_object_mut() {

@@ -42,6 +42,15 @@ enum Command {
         /// Stop after N optimizer steps of this invocation, as an interruption would.
         #[arg(long)]
         stop_after: Option<usize>,
+        /// Pipelines: redo stages that finished before.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Compare runs: report.md with the final table and accuracy plots (PNG and SVG).
+    Compare {
+        runs: Vec<std::path::PathBuf>,
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
     /// Align two tokenizations of TEXT into DPCA chunks and show them side by side.
     Align {
@@ -126,9 +135,13 @@ fn open(args: &ModelArgs) -> Result<(tokbridge::models::Model, tokbridge::hf::to
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { recipe, overrides, resume, stop_after } => {
+        Command::Run { recipe, overrides, resume, stop_after, fresh } => {
             let r = tokbridge::recipe::Recipe::load(&recipe, &overrides)?;
-            tokbridge::recipes::run(&r, &tokbridge::recipes::RunOptions { resume, stop_after })?;
+            tokbridge::recipes::run(&r, &tokbridge::recipes::RunOptions { resume, stop_after, fresh })?;
+        }
+        Command::Compare { runs, out } => {
+            anyhow::ensure!(!runs.is_empty(), "compare needs at least one run directory");
+            tokbridge::compare::from_dirs(&runs, &out)?;
         }
         Command::Align { student, teacher, text, max_chunk_tokens, json } => {
             let load = |spec: &str| -> Result<Tokenizer> { Tokenizer::load(&tokbridge::hf::hub::resolve_tokenizer(spec)?) };

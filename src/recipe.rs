@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 use std::path::{Path, PathBuf};
 
+pub type Vars = std::collections::BTreeMap<String, Value>;
+
 /// A model a recipe uses: a directory or hub id, its dtype and optionally its own device.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,6 +245,9 @@ fn d_device() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sft {
+    /// `${name}` placeholders substituted in the recipe text (defaults; overridable as `vars.name=...`).
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
     pub recipe: String,
     #[serde(default)]
     pub seed: u64,
@@ -259,6 +264,9 @@ pub struct Sft {
     pub eval: Option<EvalSpec>,
     #[serde(default)]
     pub logging: LoggingSpec,
+    /// After training, export the final model here as a Hugging Face directory (float32).
+    #[serde(default)]
+    pub export_to: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -274,6 +282,9 @@ pub struct PromptsSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TeacherResponses {
+    /// `${name}` placeholders substituted in the recipe text (defaults; overridable as `vars.name=...`).
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
     pub recipe: String,
     #[serde(default)]
     pub seed: u64,
@@ -295,6 +306,9 @@ pub struct TeacherResponses {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Eval {
+    /// `${name}` placeholders substituted in the recipe text (defaults; overridable as `vars.name=...`).
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
     pub recipe: String,
     #[serde(default)]
     pub seed: u64,
@@ -456,6 +470,9 @@ fn d_micro() -> usize {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Opd {
+    /// `${name}` placeholders substituted in the recipe text (defaults; overridable as `vars.name=...`).
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
     pub recipe: String,
     #[serde(default)]
     pub seed: u64,
@@ -488,6 +505,9 @@ pub struct Opd {
     pub eval: Option<EvalSpec>,
     #[serde(default)]
     pub logging: LoggingSpec,
+    /// After training, export the final model here as a Hugging Face directory (float32).
+    #[serde(default)]
+    pub export_to: Option<PathBuf>,
 }
 
 fn d_opd_loss() -> OpdLoss {
@@ -502,15 +522,160 @@ fn d_teacher_max() -> usize {
     4096
 }
 
+/// `recipe: make_task`: the demo's seeded arithmetic word-problem task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MakeTask {
+    pub recipe: String,
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
+    #[serde(default)]
+    pub seed: u64,
+    /// Writes train.jsonl and test.jsonl here.
+    pub output_dir: PathBuf,
+    pub train_size: usize,
+    pub test_size: usize,
+    #[serde(default = "d_min_digits")]
+    pub min_digits: usize,
+    #[serde(default = "d_max_digits")]
+    pub max_digits: usize,
+}
+
+fn d_min_digits() -> usize {
+    3
+}
+
+fn d_max_digits() -> usize {
+    5
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum SpaceStyle {
+    ByteLevel,
+    Metaspace,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum DigitStyle {
+    Split,
+    Group3,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatStyle {
+    Chatml,
+    Llama3,
+}
+
+/// `recipe: train_tokenizer`: a BPE tokenizer trained on JSONL text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainTokenizer {
+    pub recipe: String,
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
+    pub output_dir: PathBuf,
+    pub data: Vec<PathBuf>,
+    pub vocab_size: usize,
+    pub spaces: SpaceStyle,
+    pub digits: DigitStyle,
+    pub chat: ChatStyle,
+    /// Characters kept in the initial alphabet of metaspace vocabularies (the rest fall back to bytes).
+    #[serde(default = "d_alphabet")]
+    pub limit_alphabet: usize,
+}
+
+fn d_alphabet() -> usize {
+    100
+}
+
+/// `recipe: init_model`: a randomly initialised model of a Llama-style family, saved in
+/// Hugging Face layout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitModel {
+    pub recipe: String,
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
+    #[serde(default)]
+    pub seed: u64,
+    pub output_dir: PathBuf,
+    /// llama, mistral, qwen2 or qwen3.
+    pub model_type: String,
+    /// A directory with tokenizer.json and tokenizer_config.json.
+    pub tokenizer: PathBuf,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub num_key_value_heads: i64,
+    #[serde(default)]
+    pub head_dim: Option<i64>,
+    #[serde(default = "d_max_pos")]
+    pub max_position_embeddings: i64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+}
+
+fn d_max_pos() -> i64 {
+    2048
+}
+
+/// `recipe: pipeline`: recipe files run in order, each stage reused when it already finished
+/// with the same resolved recipe. `vars` are passed to every stage as `vars.NAME=VALUE`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub recipe: String,
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
+    /// Stage bookkeeping (`stages/NAME.done`, timings) lives here.
+    pub output_dir: PathBuf,
+    pub stages: Vec<PathBuf>,
+}
+
+/// One entry of a comparison.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareRun {
+    pub name: String,
+    /// A training run directory (metrics.jsonl) or an eval output directory (eval.json).
+    pub dir: PathBuf,
+    /// A teacher_responses output whose generation cost this run used (SFT on teacher answers).
+    #[serde(default)]
+    pub teacher_responses: Option<PathBuf>,
+}
+
+/// `recipe: compare`: report.md with the final table and plots of several runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compare {
+    pub recipe: String,
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
+    pub output_dir: PathBuf,
+    pub runs: Vec<CompareRun>,
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub enum Recipe {
     Sft(Sft),
     TeacherResponses(TeacherResponses),
     Eval(Eval),
     Opd(Opd),
+    MakeTask(MakeTask),
+    TrainTokenizer(TrainTokenizer),
+    InitModel(InitModel),
+    Pipeline(Pipeline),
+    Compare(Compare),
 }
 
-pub const RECIPES: [&str; 4] = ["sft", "teacher_responses", "eval", "opd"];
+pub const RECIPES: [&str; 9] = ["sft", "teacher_responses", "eval", "opd", "make_task", "train_tokenizer", "init_model", "pipeline", "compare"];
 
 impl Recipe {
     /// Reads `path`, applies `overrides` (`a.b.c=value`, value parsed as YAML) and types it.
@@ -520,6 +685,8 @@ impl Recipe {
     }
 
     pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
+        let substituted = substitute_vars(text, overrides)?;
+        let text = substituted.as_str();
         let mut tree: Value = serde_yaml::from_str(text)?;
         ensure!(tree.is_mapping(), "the recipe must be a YAML mapping");
         for o in overrides {
@@ -533,12 +700,17 @@ impl Recipe {
             resolved = serde_yaml::to_string(&tree)?;
             &resolved
         };
-        let name = tree.get("recipe").and_then(Value::as_str).context("missing key `recipe` (one of sft, teacher_responses, eval, opd)")?;
+        let name = tree.get("recipe").and_then(Value::as_str).with_context(|| format!("missing key `recipe` (one of {})", RECIPES.join(", ")))?;
         let recipe = match name {
             "sft" => Recipe::Sft(serde_yaml::from_str(text)?),
             "teacher_responses" => Recipe::TeacherResponses(serde_yaml::from_str(text)?),
             "eval" => Recipe::Eval(serde_yaml::from_str(text)?),
             "opd" => Recipe::Opd(serde_yaml::from_str(text)?),
+            "make_task" => Recipe::MakeTask(serde_yaml::from_str(text)?),
+            "train_tokenizer" => Recipe::TrainTokenizer(serde_yaml::from_str(text)?),
+            "init_model" => Recipe::InitModel(serde_yaml::from_str(text)?),
+            "pipeline" => Recipe::Pipeline(serde_yaml::from_str(text)?),
+            "compare" => Recipe::Compare(serde_yaml::from_str(text)?),
             other => bail!("recipe: unknown recipe {other:?} (known: {})", RECIPES.join(", ")),
         };
         recipe.validate()?;
@@ -588,6 +760,21 @@ impl Recipe {
                     validate_eval(e)?;
                 }
             }
+            Recipe::MakeTask(r) => {
+                ensure!(r.train_size > 0 && r.test_size > 0, "train_size and test_size must be positive");
+                ensure!(r.min_digits >= 1 && r.min_digits <= r.max_digits && r.max_digits <= 12, "need 1 <= min_digits <= max_digits <= 12");
+            }
+            Recipe::TrainTokenizer(r) => {
+                ensure!(!r.data.is_empty(), "data must list at least one JSONL file");
+                ensure!(r.vocab_size >= 300, "vocab_size must be at least 300 (specials and 256 bytes come first)");
+            }
+            Recipe::InitModel(r) => {
+                ensure!(r.hidden_size > 0 && r.num_hidden_layers > 0 && r.intermediate_size > 0, "sizes must be positive");
+                ensure!(r.num_attention_heads > 0 && r.num_key_value_heads > 0 && r.num_attention_heads % r.num_key_value_heads == 0, "num_attention_heads must be a positive multiple of num_key_value_heads");
+                ensure!(r.head_dim.is_some() || r.hidden_size % r.num_attention_heads == 0, "hidden_size must divide by num_attention_heads (or set head_dim)");
+            }
+            Recipe::Pipeline(r) => ensure!(!r.stages.is_empty(), "stages must not be empty"),
+            Recipe::Compare(r) => ensure!(!r.runs.is_empty(), "runs must not be empty"),
         }
         Ok(())
     }
@@ -599,6 +786,11 @@ impl Recipe {
             Recipe::TeacherResponses(r) => serde_yaml::to_string(r)?,
             Recipe::Eval(r) => serde_yaml::to_string(r)?,
             Recipe::Opd(r) => serde_yaml::to_string(r)?,
+            Recipe::MakeTask(r) => serde_yaml::to_string(r)?,
+            Recipe::TrainTokenizer(r) => serde_yaml::to_string(r)?,
+            Recipe::InitModel(r) => serde_yaml::to_string(r)?,
+            Recipe::Pipeline(r) => serde_yaml::to_string(r)?,
+            Recipe::Compare(r) => serde_yaml::to_string(r)?,
         })
     }
 }
@@ -639,6 +831,46 @@ fn validate_eval(e: &EvalSpec) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Replaces `${name}` in `text` with the recipe's `vars` (after `vars.name=...` overrides).
+/// Only scalars can be substituted; an unknown name is an error.
+fn substitute_vars(text: &str, overrides: &[String]) -> Result<String> {
+    if !text.contains("${") {
+        return Ok(text.to_string());
+    }
+    // Read `vars` from the text with every placeholder masked by a plain scalar, since a
+    // placeholder inside a flow collection (`{path: ${root}/x}`) is not YAML yet.
+    let mut masked = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        masked.push_str(&rest[..i]);
+        masked.push_str("_var_");
+        rest = rest[i..].find('}').map_or("", |e| &rest[i + e + 1..]);
+    }
+    masked.push_str(rest);
+    let mut tree: Value = serde_yaml::from_str(&masked)?;
+    for o in overrides.iter().filter(|o| o.starts_with("vars.")) {
+        apply_override(&mut tree, o)?;
+    }
+    let vars = tree.get("vars").and_then(Value::as_mapping).cloned().unwrap_or_default();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let end = rest[i..].find('}').with_context(|| format!("unclosed ${{ in {:?}", &rest[i..rest.len().min(i + 20)]))? + i;
+        let name = &rest[i + 2..end];
+        let value = vars.get(name).with_context(|| format!("${{{name}}} is used but vars.{name} is not set"))?;
+        out.push_str(match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => bail!("vars.{name} must be a string, number or bool"),
+        }.as_str());
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// Sets `a.b.c` in `tree` to the YAML value after `=`. Intermediate mappings are created.

@@ -135,6 +135,23 @@ fn parse<T: serde::de::DeserializeOwned>(config: &Value, path: &Path) -> Result<
 
 /// Loads the model in `dir` (config.json + safetensors) onto `device` in `kind`.
 pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Model> {
+    let (mut model, tied) = build(dir, device)?;
+    let checkpoint = Checkpoint::open(dir)?;
+    fill(&model.vs, &checkpoint, model.family, tied)?;
+    match kind {
+        Kind::Float => model.vs.float(),
+        Kind::BFloat16 => model.vs.bfloat16(),
+        Kind::Half => model.vs.half(),
+        Kind::Double => model.vs.double(),
+        other => bail!("unsupported model dtype {other:?}"),
+    }
+    model.kind = kind;
+    Ok(model)
+}
+
+/// The model that `dir/config.json` describes, with zero-filled float32 parameters, and
+/// whether its head is tied to the embeddings.
+pub fn build(dir: &Path, device: Device) -> Result<(Model, bool)> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
     let config: Value =
@@ -170,17 +187,7 @@ pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Model> {
             (Arch::Gpt2(m), c.n_layer, true)
         }
     };
-    let mut vs = vs;
-    let checkpoint = Checkpoint::open(dir)?;
-    fill(&vs, &checkpoint, family, tied)?;
-    match kind {
-        Kind::Float => vs.float(),
-        Kind::BFloat16 => vs.bfloat16(),
-        Kind::Half => vs.half(),
-        Kind::Double => vs.double(),
-        other => bail!("unsupported model dtype {other:?}"),
-    }
-    Ok(Model { family, arch, vs, config, dir: dir.to_path_buf(), kind, n_layers: n_layers as usize })
+    Ok((Model { family, arch, vs, config, dir: dir.to_path_buf(), kind: Kind::Float, n_layers: n_layers as usize }, tied))
 }
 
 /// The name a stored tensor has in our VarStore (GPT-2 hub files lack the `transformer.` prefix).

@@ -1,8 +1,12 @@
 //! Recipe modules: one readable function per recipe, dispatched from the typed `Recipe`.
 pub mod eval;
+pub mod init;
 pub mod opd;
+pub mod pipeline;
 pub mod sft;
+pub mod task;
 pub mod teacher_responses;
+pub mod tokenizer;
 
 use crate::hf::chat::ChatTemplate;
 use crate::hf::tokenizer::Tokenizer;
@@ -15,6 +19,8 @@ use tch::Device;
 /// How a run is started from the command line.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
+    /// Pipelines: redo finished stages.
+    pub fresh: bool,
     /// Continue from the run directory's latest checkpoint.
     pub resume: bool,
     /// Stop after this many optimizer steps of this invocation, as an interruption would
@@ -26,7 +32,8 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
     match recipe {
         Recipe::Sft(r) => {
             prepare_run_dir(&r.output_dir, recipe, opts.resume)?;
-            sft::run(r, opts)
+            sft::run(r, opts)?;
+            export_final(&r.output_dir, r.export_to.as_deref())
         }
         Recipe::TeacherResponses(r) => {
             // Always resumable: finished prompts are kept.
@@ -39,9 +46,39 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
         }
         Recipe::Opd(r) => {
             prepare_run_dir(&r.output_dir, recipe, opts.resume)?;
-            opd::run(r, opts)
+            opd::run(r, opts)?;
+            export_final(&r.output_dir, r.export_to.as_deref())
         }
+        Recipe::MakeTask(r) => task::run(r),
+        Recipe::TrainTokenizer(r) => tokenizer::run(r),
+        Recipe::InitModel(r) => init::run(r),
+        Recipe::Pipeline(r) => pipeline::run(r, opts),
+        Recipe::Compare(r) => crate::compare::run(r),
     }
+}
+
+/// Exports a finished run's last checkpoint when the recipe asks for it.
+fn export_final(run_dir: &Path, to: Option<&Path>) -> Result<()> {
+    let Some(to) = to else { return Ok(()) };
+    if checkpoint_step(run_dir)?.is_none() {
+        return Ok(()); // stopped early (--stop-after): nothing final to export
+    }
+    crate::export::export(&run_dir.display().to_string(), to, Some(tch::Kind::Float), 5_000_000_000)?;
+    eprintln!("exported {} to {}", run_dir.display(), to.display());
+    Ok(())
+}
+
+/// The step of the run's latest checkpoint if the run finished (its recipe's total).
+fn checkpoint_step(run_dir: &Path) -> Result<Option<usize>> {
+    let Some(dir) = crate::train::checkpoint::latest(run_dir)? else { return Ok(None) };
+    let state = crate::train::checkpoint::read_state(&dir)?;
+    let recipe = Recipe::load(&run_dir.join("recipe.yaml"), &[])?;
+    let total = match recipe {
+        Recipe::Sft(r) => r.training.steps,
+        Recipe::Opd(r) => r.training.steps,
+        _ => return Ok(None),
+    };
+    Ok((state.step == total).then_some(state.step))
 }
 
 /// Creates the run directory and writes the resolved recipe. A directory that already holds

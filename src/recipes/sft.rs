@@ -107,8 +107,10 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
         let secs = started.elapsed().as_secs_f64();
         elapsed += secs;
         tokens_seen += n_targets as f64;
+        let examples_seen = state.counters.get("examples").copied().unwrap_or(0.0) + window.iter().map(Vec::len).sum::<usize>() as f64;
         state.counters.insert("time_s".into(), elapsed);
         state.counters.insert("tokens".into(), tokens_seen);
+        state.counters.insert("examples".into(), examples_seen);
         metrics.log(state.step, &[
             ("train/loss", loss),
             ("train/lr", lr),
@@ -116,6 +118,8 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
             ("train/tokens", n_targets as f64),
             ("train/tokens_per_s", n_targets as f64 / secs),
             ("train/epoch", state.epoch as f64 + state.index as f64 / encoded.len() as f64),
+            ("budget/prompts", examples_seen),
+            ("budget/optimizer_steps", state.step as f64),
             ("time_s", elapsed),
         ])?;
         bar.set_message(format!("loss {loss:.4} {:.0} tok/s", n_targets as f64 / secs));

@@ -1,0 +1,224 @@
+//! Comparing runs: `report.md` with the final table (accuracy, avg@k, budgets, wall time) and
+//! plots of held-out accuracy against optimizer steps, wall time and teacher tokens, as PNG and
+//! SVG (plotters, with the DejaVu Sans font embedded so no system fonts are needed).
+//!
+//! Budgets: OPD runs count teacher forward tokens as they go; SFT on teacher answers pays the
+//! teacher's generated tokens and generation time up front (from its `teacher_responses`
+//! output), so its curves start there.
+use crate::recipe::{Compare, CompareRun, Recipe};
+use anyhow::{Context, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use serde_json::Value;
+use std::path::Path;
+
+/// One evaluation point of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Point {
+    pub step: f64,
+    pub time_s: f64,
+    pub teacher_tokens: f64,
+    pub accuracy: Option<f64>,
+    pub avg_k: Option<f64>,
+}
+
+/// What the report shows of one run.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub name: String,
+    pub points: Vec<Point>,
+    pub optimizer_steps: f64,
+    pub prompts: f64,
+    pub teacher_forward_tokens: f64,
+    pub teacher_generated_tokens: f64,
+    pub time_s: f64,
+    /// An evaluation-only entry (teacher, warm start): drawn as a reference line.
+    pub reference: bool,
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
+}
+
+fn avg_key(obj: &serde_json::Map<String, Value>) -> Option<f64> {
+    obj.iter().find(|(k, _)| k.starts_with("eval/avg@")).and_then(|(_, v)| v.as_f64())
+}
+
+/// Reads a run directory (metrics.jsonl) or an eval output (eval.json).
+pub fn summarize(run: &CompareRun) -> Result<Summary> {
+    let mut s = Summary { name: run.name.clone(), ..Default::default() };
+    let (mut gen_tokens, mut gen_time) = (0.0, 0.0);
+    if let Some(tr) = &run.teacher_responses {
+        let stats = read_json(&tr.join("stats.json"))?;
+        gen_tokens = stats["generated_tokens"].as_f64().unwrap_or(0.0);
+        gen_time = stats["time_s"].as_f64().unwrap_or(0.0);
+    }
+    s.teacher_generated_tokens = gen_tokens;
+    let eval_json = run.dir.join("eval.json");
+    let metrics = run.dir.join("metrics.jsonl");
+    if !metrics.exists() && eval_json.exists() {
+        let v = read_json(&eval_json)?;
+        let obj = v.as_object().context("eval.json is not an object")?;
+        s.reference = true;
+        s.points.push(Point { accuracy: obj.get("eval/exact_match").and_then(Value::as_f64), avg_k: avg_key(obj), ..Default::default() });
+        return Ok(s);
+    }
+    let text = std::fs::read_to_string(&metrics).with_context(|| format!("reading {}", metrics.display()))?;
+    let mut rows: Vec<serde_json::Map<String, Value>> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let v: Value = serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", metrics.display(), i + 1))?;
+        rows.push(v.as_object().cloned().unwrap_or_default());
+    }
+    // Budgets at each step, from the training lines (the last line of a step wins on resume).
+    let mut at: std::collections::BTreeMap<u64, (f64, f64)> = std::collections::BTreeMap::new();
+    for r in rows.iter().filter(|r| r.contains_key("train/loss")) {
+        let step = r["step"].as_u64().unwrap_or(0);
+        let time = r.get("time_s").and_then(Value::as_f64).unwrap_or(0.0);
+        let tokens = r.get("budget/teacher_forward_tokens").and_then(Value::as_f64).unwrap_or(0.0);
+        at.insert(step, (time, tokens));
+        s.optimizer_steps = r.get("budget/optimizer_steps").and_then(Value::as_f64).unwrap_or(step as f64);
+        s.prompts = r.get("budget/prompts").and_then(Value::as_f64).unwrap_or(0.0);
+        s.teacher_forward_tokens = tokens;
+        s.time_s = time + gen_time;
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    for r in rows.iter().filter(|r| r.contains_key("eval/exact_match") || avg_key(r).is_some()) {
+        let step = r["step"].as_u64().unwrap_or(0);
+        let (time, tokens) = at.get(&step).copied().unwrap_or((0.0, 0.0));
+        seen.insert(step, Point {
+            step: step as f64,
+            time_s: time + gen_time,
+            teacher_tokens: tokens + gen_tokens,
+            accuracy: r.get("eval/exact_match").and_then(Value::as_f64),
+            avg_k: avg_key(r),
+        });
+    }
+    s.points = seen.into_values().collect();
+    Ok(s)
+}
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or("–".into(), |v| format!("{:.1}%", 100.0 * v))
+}
+
+fn count(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+/// The markdown table of final results.
+pub fn table(runs: &[Summary]) -> String {
+    let mut t = String::from("| run | accuracy (greedy) | avg@k | optimizer steps | prompts | teacher forward tokens | teacher generated tokens | wall time |\n|---|---|---|---|---|---|---|---|\n");
+    for s in runs {
+        let last = s.points.last().cloned().unwrap_or_default();
+        if s.reference {
+            t.push_str(&format!("| {} | {} | {} | – | – | – | – | – |\n", s.name, pct(last.accuracy), pct(last.avg_k)));
+        } else {
+            t.push_str(&format!(
+                "| {} | {} | {} | {:.0} | {} | {} | {} | {:.0} s |\n",
+                s.name, pct(last.accuracy), pct(last.avg_k), s.optimizer_steps, count(s.prompts), count(s.teacher_forward_tokens), count(s.teacher_generated_tokens), s.time_s
+            ));
+        }
+    }
+    t
+}
+
+fn register_font() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    });
+}
+
+const COLORS: [RGBColor; 6] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(255, 127, 14), RGBColor(140, 86, 75)];
+
+/// One accuracy plot: a line per training run, dashed reference lines for eval-only entries.
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[Summary], x: fn(&Point) -> f64, x_label: &str, title: &str) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("drawing {title}: {e:?}");
+    root.fill(&WHITE).map_err(err)?;
+    let xmax = runs.iter().flat_map(|s| s.points.iter().map(x)).fold(0.0, f64::max).max(1.0) * 1.02;
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..xmax, 0f64..1f64)
+        .map_err(err)?;
+    chart.configure_mesh().x_desc(x_label).y_desc("held-out accuracy (greedy)").y_label_formatter(&|v| format!("{:.0}%", v * 100.0)).label_style(("sans-serif", 14)).draw().map_err(err)?;
+    for (i, s) in runs.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let style = ShapeStyle::from(&color).stroke_width(2);
+        if s.reference {
+            let Some(acc) = s.points.first().and_then(|p| p.accuracy) else { continue };
+            let dashes: Vec<f64> = (0..40).map(|k| k as f64 * xmax / 40.0).collect();
+            let series = dashes.chunks(2).filter(|c| c.len() == 2).map(|c| PathElement::new(vec![(c[0], acc), (c[1], acc)], style));
+            chart.draw_series(series).map_err(err)?.label(format!("{} ({:.0}%)", s.name, acc * 100.0)).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        } else {
+            let pts: Vec<(f64, f64)> = s.points.iter().filter_map(|p| p.accuracy.map(|a| (x(p), a))).collect();
+            chart.draw_series(LineSeries::new(pts.clone(), style)).map_err(err)?.label(s.name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+            chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled()))).map_err(err)?;
+        }
+    }
+    chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).label_font(("sans-serif", 14)).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Writes report.md and the plots (PNG and SVG) into `out`.
+pub fn report(runs: &[Summary], out: &Path, title: &str) -> Result<()> {
+    register_font();
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let plots: [(&str, fn(&Point) -> f64, &str, &str); 3] = [
+        ("accuracy_vs_steps", |p| p.step, "optimizer steps", "Accuracy against optimizer steps"),
+        ("accuracy_vs_time", |p| p.time_s, "wall time (s)", "Accuracy against wall time"),
+        ("accuracy_vs_teacher_tokens", |p| p.teacher_tokens, "teacher tokens (forward + generated)", "Accuracy against teacher tokens"),
+    ];
+    for (name, x, label, caption) in plots {
+        let png = out.join(format!("{name}.png"));
+        draw(&BitMapBackend::new(&png, (900, 560)).into_drawing_area(), runs, x, label, caption)?;
+        let svg = out.join(format!("{name}.svg"));
+        draw(&SVGBackend::new(&svg, (900, 560)).into_drawing_area(), runs, x, label, caption)?;
+    }
+    let mut md = format!("# {title}\n\n{}\n", table(runs));
+    md.push_str("\nAccuracy is greedy exact match of the final `#### answer` on the held-out split; avg@k is the mean accuracy of k samples per prompt. SFT on teacher answers pays the teacher's generation (tokens and time) before training, so its curves start there; OPD pays teacher forward tokens as it trains.\n\n");
+    for (name, _, _, caption) in plots {
+        md.push_str(&format!("## {caption}\n\n![{caption}]({name}.png)\n\n"));
+    }
+    std::fs::write(out.join("report.md"), md).with_context(|| format!("writing {}", out.join("report.md").display()))?;
+    Ok(())
+}
+
+/// The `compare` recipe.
+pub fn run(r: &Compare) -> Result<()> {
+    let runs: Vec<Summary> = r.runs.iter().map(summarize).collect::<Result<_>>()?;
+    report(&runs, &r.output_dir, r.title.as_deref().unwrap_or("tokbridge comparison"))?;
+    eprintln!("{}", table(&runs));
+    eprintln!("report: {}", r.output_dir.join("report.md").display());
+    Ok(())
+}
+
+/// `tokbridge compare RUN_DIR... --out DIR`: names are the directory names; an SFT run whose
+/// training data is a `teacher_responses` output is charged that output's cost.
+pub fn from_dirs(dirs: &[std::path::PathBuf], out: &Path) -> Result<()> {
+    let runs = dirs
+        .iter()
+        .map(|d| {
+            let name = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| d.display().to_string());
+            let mut teacher_responses = None;
+            if let Ok(Recipe::Sft(s)) = Recipe::load(&d.join("recipe.yaml"), &[]) {
+                teacher_responses = s.data.train.parent().filter(|p| p.join("stats.json").exists()).map(Path::to_path_buf);
+            }
+            CompareRun { name, dir: d.clone(), teacher_responses }
+        })
+        .collect();
+    run(&Compare { recipe: "compare".into(), vars: Default::default(), output_dir: out.to_path_buf(), runs, title: None })
+}

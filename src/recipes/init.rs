@@ -1,0 +1,83 @@
+//! The `init_model` recipe: a new, randomly initialised model of a Llama-style family (llama,
+//! mistral, qwen2, qwen3) for a trained tokenizer, written through the export path and loaded
+//! back through the loader. Initialisation follows transformers' `_init_weights`: normal(0,
+//! 0.02) matrices and embeddings, zero biases, unit norm weights.
+use crate::export::write_dir;
+use crate::models::{self, Family};
+use crate::recipe::InitModel;
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use tch::{Device, Kind};
+
+pub fn run(r: &InitModel) -> Result<()> {
+    let family = Family::from_model_type(&r.model_type)?;
+    if !matches!(family, Family::Llama | Family::Mistral | Family::Qwen2 | Family::Qwen3) {
+        bail!("init_model: model_type {} is not supported (llama, mistral, qwen2, qwen3)", r.model_type);
+    }
+    let tok = crate::hf::tokenizer::Tokenizer::load(&r.tokenizer).with_context(|| format!("tokenizer {}", r.tokenizer.display()))?;
+    let cfg_path = r.tokenizer.join("tokenizer_config.json");
+    let tcfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?)?;
+    let id = |key: &str| tcfg[key].as_str().and_then(|t| tok.inner.token_to_id(t)).map(|i| i as i64);
+    let vocab = tok.inner.get_vocab_size(true) as i64;
+    let head_dim = r.head_dim.unwrap_or(r.hidden_size / r.num_attention_heads);
+    let config = json!({
+        "architectures": [match family { Family::Qwen3 => "Qwen3ForCausalLM", Family::Qwen2 => "Qwen2ForCausalLM", Family::Mistral => "MistralForCausalLM", _ => "LlamaForCausalLM" }],
+        "model_type": r.model_type,
+        "vocab_size": vocab,
+        "hidden_size": r.hidden_size,
+        "intermediate_size": r.intermediate_size,
+        "num_hidden_layers": r.num_hidden_layers,
+        "num_attention_heads": r.num_attention_heads,
+        "num_key_value_heads": r.num_key_value_heads,
+        "head_dim": head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": r.max_position_embeddings,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        "tie_word_embeddings": r.tie_word_embeddings,
+        "attention_bias": false,
+        "bos_token_id": id("bos_token"),
+        "eos_token_id": id("eos_token"),
+        "pad_token_id": id("pad_token"),
+        "dtype": "float32",
+    });
+    // Stage the config and tokenizer, build the model from them, initialise, export.
+    let stage = crate::hf::safetensors::tmp_path(&r.output_dir.with_extension("init"));
+    std::fs::create_dir_all(&stage)?;
+    for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
+        if r.tokenizer.join(f).exists() {
+            std::fs::copy(r.tokenizer.join(f), stage.join(f))?;
+        }
+    }
+    std::fs::write(stage.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    let gen = json!({"bos_token_id": id("bos_token"), "eos_token_id": id("eos_token"), "pad_token_id": id("pad_token")});
+    std::fs::write(stage.join("generation_config.json"), serde_json::to_string_pretty(&gen)?)?;
+    let (model, _) = models::build(&stage, Device::Cpu)?;
+    tch::manual_seed(r.seed as i64);
+    {
+        let _g = tch::no_grad_guard();
+        for (name, mut t) in model.vs.variables() {
+            if name.ends_with("norm.weight") {
+                let _ = t.fill_(1.0);
+            } else if name.ends_with(".bias") {
+                let _ = t.zero_();
+            } else {
+                let _ = t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.02));
+            }
+        }
+    }
+    let out = crate::hf::safetensors::tmp_path(&r.output_dir);
+    std::fs::create_dir_all(&out)?;
+    write_dir(&model, &stage, &out, Kind::Float, u64::MAX)?;
+    std::fs::remove_dir_all(&stage)?;
+    if r.output_dir.exists() {
+        std::fs::remove_dir_all(&r.output_dir)?;
+    }
+    std::fs::rename(&out, &r.output_dir)?;
+    let back = models::load(&r.output_dir, Device::Cpu, Kind::Float)?;
+    let params: i64 = back.vs.variables().values().map(|t| t.numel() as i64).sum();
+    eprintln!("init_model: {} with {:.2}M parameters in {}", r.model_type, params as f64 / 1e6, r.output_dir.display());
+    Ok(())
+}
+
+use tch::Tensor;

@@ -1,0 +1,66 @@
+//! The `pipeline` recipe: ordinary recipe files run in order as stages. A stage whose resolved
+//! recipe matches the one recorded when it last finished is reused; `--fresh` redoes it. An
+//! interrupted training stage resumes from its checkpoint. The pipeline's `vars` reach every
+//! stage as `vars.NAME=VALUE` overrides, so one override retargets the whole pipeline.
+use super::RunOptions;
+use crate::recipe::{Pipeline, Recipe};
+use anyhow::{Context, Result};
+use std::path::Path;
+use std::time::Instant;
+
+fn scalar(v: &serde_yaml::Value) -> String {
+    match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+    }
+}
+
+/// The directory a stage writes, if it is a run directory this pipeline may clear.
+fn run_dir(r: &Recipe) -> Option<&Path> {
+    match r {
+        Recipe::Sft(x) => Some(&x.output_dir),
+        Recipe::Opd(x) => Some(&x.output_dir),
+        Recipe::Eval(x) => Some(&x.output_dir),
+        _ => None,
+    }
+}
+
+pub fn run(r: &Pipeline, opts: &RunOptions) -> Result<()> {
+    let marks = r.output_dir.join("stages");
+    std::fs::create_dir_all(&marks).with_context(|| format!("creating {}", marks.display()))?;
+    let overrides: Vec<String> = r.vars.iter().map(|(k, v)| format!("vars.{k}={}", scalar(v))).collect();
+    let started = Instant::now();
+    let n = r.stages.len();
+    for (i, path) in r.stages.iter().enumerate() {
+        let stage = Recipe::load(path, &overrides).with_context(|| format!("pipeline stage {}", path.display()))?;
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| format!("stage{i}"));
+        let resolved = stage.to_yaml()?;
+        let mark = marks.join(format!("{name}.done"));
+        if !opts.fresh && std::fs::read_to_string(&mark).ok().as_deref() == Some(resolved.as_str()) {
+            eprintln!("[{}/{n}] {name}: finished before, reused", i + 1);
+            continue;
+        }
+        let _ = std::fs::remove_file(&mark);
+        // A half-done training stage with the same recipe resumes; anything else starts clean.
+        let mut resume = false;
+        if let Some(dir) = run_dir(&stage) {
+            let same = std::fs::read_to_string(dir.join("recipe.yaml")).ok().as_deref() == Some(resolved.as_str());
+            if same && !opts.fresh && crate::train::checkpoint::latest(dir)?.is_some() {
+                resume = true;
+            } else if dir.join("recipe.yaml").exists() {
+                std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+            }
+        }
+        eprintln!("[{}/{n}] {name}{}", i + 1, if resume { " (resuming)" } else { "" });
+        let t0 = Instant::now();
+        super::run(&stage, &RunOptions { resume, fresh: opts.fresh, stop_after: None }).with_context(|| format!("pipeline stage {}", path.display()))?;
+        let secs = t0.elapsed().as_secs_f64();
+        std::fs::write(marks.join(format!("{name}.json")), serde_json::json!({ "seconds": secs }).to_string())?;
+        let tmp = crate::hf::safetensors::tmp_path(&mark);
+        std::fs::write(&tmp, &resolved)?;
+        std::fs::rename(&tmp, &mark)?;
+        eprintln!("[{}/{n}] {name}: {secs:.1} s", i + 1);
+    }
+    eprintln!("pipeline {}: {:.1} s", r.output_dir.display(), started.elapsed().as_secs_f64());
+    Ok(())
+}

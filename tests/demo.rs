@@ -1,0 +1,67 @@
+//! The demo pipeline scaled down to seconds: every stage runs through the real recipes, the
+//! report has every method with its plots as PNG and SVG, a second run reuses every stage, and
+//! `tokbridge compare` works on the run directories.
+mod common;
+
+use common::tempdir::TempDir;
+use std::process::Command;
+
+fn tokbridge(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tokbridge")).current_dir(env!("CARGO_MANIFEST_DIR")).args(args).output().expect("runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn scaled_down_demo_runs_end_to_end() {
+    let tmp = TempDir::new();
+    let root = tmp.path().join("demo");
+    let vars = [
+        format!("vars.root={}", root.display()),
+        "vars.train_size=160".into(),
+        "vars.test_size=8".into(),
+        "vars.teacher_steps=4".into(),
+        "vars.warmup_steps=3".into(),
+        "vars.prompts=16".into(),
+        "vars.steps=2".into(),
+        "vars.prompts_per_step=4".into(),
+        "vars.eval_every=2".into(),
+        "vars.eval_examples=4".into(),
+        "vars.max_new_tokens=24".into(),
+    ];
+    let mut args = vec!["run", "recipes/demo.yaml"];
+    args.extend(vars.iter().map(String::as_str));
+    let (ok, err) = tokbridge(&args);
+    assert!(ok, "demo failed: {err}");
+
+    let report = std::fs::read_to_string(root.join("report/report.md")).unwrap();
+    for method in ["teacher (qwen3)", "student warm start (llama)", "SFT on teacher answers", "OPD (DPCA)", "OPD (GOLD hybrid)"] {
+        let row = report.lines().find(|l| l.starts_with(&format!("| {method} |"))).unwrap_or_else(|| panic!("no row for {method} in {report}"));
+        assert_eq!(row.matches('|').count(), 9, "{row}");
+        assert!(row.contains('%'), "{row}");
+    }
+    for plot in ["accuracy_vs_steps", "accuracy_vs_time", "accuracy_vs_teacher_tokens"] {
+        let png = std::fs::read(root.join(format!("report/{plot}.png"))).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{plot}.png is not a PNG");
+        assert!(png.len() > 5000, "{plot}.png looks empty");
+        let svg = std::fs::read_to_string(root.join(format!("report/{plot}.svg"))).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("OPD (DPCA)"), "{plot}.svg lacks its legend");
+        assert!(report.contains(&format!("({plot}.png)")), "the report embeds {plot}.png");
+    }
+    // Models went through the export path and load back.
+    for m in ["teacher", "student-warm"] {
+        tokbridge::models::load(&root.join(m), tch::Device::Cpu, tch::Kind::Float).unwrap();
+    }
+
+    // Run again: every stage is reused.
+    let (ok, err) = tokbridge(&args);
+    assert!(ok, "{err}");
+    assert_eq!(err.matches("finished before, reused").count(), 14, "{err}");
+
+    // The compare command on the run directories.
+    let out = tmp.path().join("cmp");
+    let dirs: Vec<String> = ["sft-on-teacher", "opd-dpca"].iter().map(|d| root.join(d).display().to_string()).collect();
+    let (ok, err) = tokbridge(&["compare", &dirs[0], &dirs[1], "--out", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| sft-on-teacher |") && md.contains("| opd-dpca |"));
+}
