@@ -189,7 +189,7 @@ pub fn report(runs: &[Summary], out: &Path, title: &str) -> Result<()> {
         draw(&SVGBackend::new(&svg, (900, 560)).into_drawing_area(), runs, x, label, caption)?;
     }
     let mut md = format!("# {title}\n\n{}\n", table(runs));
-    md.push_str("\nAccuracy is greedy exact match of the final `#### answer` on the held-out split; avg@k is the mean accuracy of k samples per prompt. SFT on teacher answers pays the teacher's generation (tokens and time) before training, so its curves start there; OPD pays teacher forward tokens as it trains.\n\n");
+    md.push_str("\nAccuracy is greedy exact match of the final `#### answer` on the held-out split; avg@k is the mean accuracy of k samples per prompt. Wall time is training time (evaluations excluded); SFT on teacher answers also pays the teacher's generation (tokens and time) before training, so its curves start there; OPD pays teacher forward tokens as it trains.\n\n");
     for (name, _, _, caption) in plots {
         md.push_str(&format!("## {caption}\n\n![{caption}]({name}.png)\n\n"));
     }

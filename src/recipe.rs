@@ -539,6 +539,9 @@ pub struct MakeTask {
     pub min_digits: usize,
     #[serde(default = "d_max_digits")]
     pub max_digits: usize,
+    /// Whether steps may carry or borrow (false: each step changes exactly one digit).
+    #[serde(default = "yes")]
+    pub carries: bool,
 }
 
 fn d_min_digits() -> usize {

@@ -1,5 +1,6 @@
-//! The `pipeline` recipe: ordinary recipe files run in order as stages. A stage whose resolved
-//! recipe matches the one recorded when it last finished is reused; `--fresh` redoes it. An
+//! The `pipeline` recipe: ordinary recipe files run in order as stages. A stage is reused when
+//! its resolved recipe, and those of every stage before it, match what was recorded when it
+//! last finished (so a changed stage reruns everything after it); `--fresh` redoes all. An
 //! interrupted training stage resumes from its checkpoint. The pipeline's `vars` reach every
 //! stage as `vars.NAME=VALUE` overrides, so one override retargets the whole pipeline.
 use super::RunOptions;
@@ -7,6 +8,15 @@ use crate::recipe::{Pipeline, Recipe};
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Instant;
+
+/// FNV-1a, 64 bit: a hash that is stable across builds, for the record of upstream stages.
+fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
 
 fn scalar(v: &serde_yaml::Value) -> String {
     match v {
@@ -31,12 +41,15 @@ pub fn run(r: &Pipeline, opts: &RunOptions) -> Result<()> {
     let overrides: Vec<String> = r.vars.iter().map(|(k, v)| format!("vars.{k}={}", scalar(v))).collect();
     let started = Instant::now();
     let n = r.stages.len();
+    let mut upstream = 0xcbf2_9ce4_8422_2325u64;
     for (i, path) in r.stages.iter().enumerate() {
         let stage = Recipe::load(path, &overrides).with_context(|| format!("pipeline stage {}", path.display()))?;
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| format!("stage{i}"));
         let resolved = stage.to_yaml()?;
+        let record = format!("{resolved}# upstream stages: {upstream:016x}\n");
+        upstream = fnv1a(resolved.as_bytes(), upstream);
         let mark = marks.join(format!("{name}.done"));
-        if !opts.fresh && std::fs::read_to_string(&mark).ok().as_deref() == Some(resolved.as_str()) {
+        if !opts.fresh && std::fs::read_to_string(&mark).ok().as_deref() == Some(record.as_str()) {
             eprintln!("[{}/{n}] {name}: finished before, reused", i + 1);
             continue;
         }
@@ -57,7 +70,7 @@ pub fn run(r: &Pipeline, opts: &RunOptions) -> Result<()> {
         let secs = t0.elapsed().as_secs_f64();
         std::fs::write(marks.join(format!("{name}.json")), serde_json::json!({ "seconds": secs }).to_string())?;
         let tmp = crate::hf::safetensors::tmp_path(&mark);
-        std::fs::write(&tmp, &resolved)?;
+        std::fs::write(&tmp, &record)?;
         std::fs::rename(&tmp, &mark)?;
         eprintln!("[{}/{n}] {name}: {secs:.1} s", i + 1);
     }

@@ -21,18 +21,25 @@ const THINGS: [(&str, &str, &str); 6] = [
     ("marbles", "wins", "loses"),
 ];
 
-/// One problem: (prompt, worked solution).
-pub fn problem(rng: &mut Rng, digits: usize) -> (String, String) {
-    let pick = |rng: &mut Rng, n: usize| (rng.next_u64() % n as u64) as usize;
-    let name = NAMES[pick(rng, NAMES.len())];
-    let (thing, gain, lose) = THINGS[pick(rng, THINGS.len())];
+/// One problem: (prompt, worked solution). With `carries` false, the added hundreds never carry
+/// and the removed tens never borrow, so each step changes exactly one digit: a task a small
+/// model learns in minutes on a CPU, where every digit must still be written out.
+pub fn problem(rng: &mut Rng, digits: usize, carries: bool) -> (String, String) {
+    let pick = |rng: &mut Rng, n: u64| rng.next_u64() % n;
+    let name = NAMES[pick(rng, NAMES.len() as u64) as usize];
+    let (thing, gain, lose) = THINGS[pick(rng, THINGS.len() as u64) as usize];
     let lo = 10u64.pow(digits as u32 - 1);
-    let a = lo + rng.next_u64() % (9 * lo);
-    // The added amount is a round number of hundreds, the removed one of tens: the carries stay
-    // local, so a small model can learn the task, but every digit still has to be written.
-    let b = (1 + rng.next_u64() % 9) * 100;
+    let mut a = lo + pick(rng, 9 * lo);
+    let (b, c) = if carries {
+        ((1 + pick(rng, 9)) * 100, (1 + pick(rng, 9)) * 10)
+    } else {
+        // Hundreds digit h of a at most 8, tens digit t at least 1; then b = X00 with
+        // h + X <= 9 and c = Y0 with Y <= t.
+        let (h, t) = (pick(rng, 9), 1 + pick(rng, 9));
+        a = a - (a / 100 % 10) * 100 - (a / 10 % 10) * 10 + h * 100 + t * 10;
+        ((1 + pick(rng, 9 - h)) * 100, (1 + pick(rng, t)) * 10)
+    };
     let s1 = a + b;
-    let c = (1 + rng.next_u64() % 9) * 10;
     let s2 = s1 - c;
     let prompt = format!("{name} has {a} {thing}. {name} {gain} {b} more and then {lose} {c}. How many {thing} does {name} have now?");
     let solution = format!("{name} starts with {a} {thing}. After getting {b} more: {a} + {b} = {s1}. After losing {c}: {s1} - {c} = {s2}.\n#### {s2}");
@@ -46,7 +53,7 @@ pub fn run(r: &MakeTask) -> Result<()> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             let digits = r.min_digits + (rng.next_u64() % (r.max_digits - r.min_digits + 1) as u64) as usize;
-            let (p, s) = problem(rng, digits);
+            let (p, s) = problem(rng, digits, r.carries);
             if seen.insert(p.clone()) {
                 out.push((p, s));
             }
@@ -78,13 +85,20 @@ mod tests {
     #[test]
     fn solutions_are_correct_and_seeded() {
         let mut rng = Rng(5);
-        for _ in 0..200 {
-            let (p, s) = problem(&mut rng, 4);
+        for i in 0..400 {
+            let (p, s) = problem(&mut rng, 4, i % 2 == 0);
             let nums: Vec<u64> = p.split(|c: char| !c.is_ascii_digit()).filter(|t| !t.is_empty()).map(|t| t.parse().unwrap()).collect();
             assert_eq!(nums.len(), 3, "{p}");
             let want = nums[0] + nums[1] - nums[2];
             assert_eq!(final_answer(&s), Some(want.to_string()), "{p} / {s}");
+            assert!((1000..10000).contains(&nums[0]), "{p}");
+            if i % 2 == 1 {
+                // Carry-free: each step changes one digit of the running total.
+                let diff = |x: u64, y: u64| x.to_string().chars().zip(y.to_string().chars()).filter(|(a, b)| a != b).count();
+                assert_eq!(diff(nums[0], nums[0] + nums[1]), 1, "{p}");
+                assert_eq!(diff(nums[0] + nums[1], want), 1, "{p}");
+            }
         }
-        assert_eq!(problem(&mut Rng(9), 5), problem(&mut Rng(9), 5));
+        assert_eq!(problem(&mut Rng(9), 5, true), problem(&mut Rng(9), 5, true));
     }
 }
