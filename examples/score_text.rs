@@ -14,10 +14,8 @@ fn main() -> Result<()> {
     anyhow::ensure!(ids.len() >= 2, "the text needs at least two tokens");
     let _guard = tch::no_grad_guard();
     let input = Tensor::from_slice(&ids).unsqueeze(0);
-    let logp = model.logits(&input).log_softmax(-1, Kind::Float);
-    let n = ids.len() as i64;
-    let targets = input.narrow(1, 1, n - 1).unsqueeze(-1);
-    let mean = logp.narrow(1, 0, n - 1).gather(2, &targets, false).mean(Kind::Float).double_value(&[]);
+    let logp = tokbridge::train::token_logprobs(&model.logits(&input), &input);
+    let mean = logp.mean(Kind::Float).double_value(&[]);
     println!("{} ({}): {} tokens, mean log-prob {mean:.4}", spec, model.family.model_type(), ids.len());
     Ok(())
 }

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 use tokbridge::align::{dpca, Masked};
 use tokbridge::generate::{generate, Sampling};
 use tokbridge::hf::tokenizer::Tokenizer;
@@ -190,10 +190,7 @@ fn run(cli: Cli) -> Result<()> {
             anyhow::ensure!(ids.len() >= 2, "text {text:?} has {} token(s); scoring needs at least 2", ids.len());
             let _guard = tch::no_grad_guard();
             let input = Tensor::from_slice(&ids).unsqueeze(0).to_device(m.device());
-            let logits = m.logits(&input).squeeze_dim(0);
-            let n = ids.len() as i64;
-            let targets = input.squeeze_dim(0).narrow(0, 1, n - 1).unsqueeze(1);
-            let lp = logits.narrow(0, 0, n - 1).log_softmax(-1, Kind::Float).gather(1, &targets, false).squeeze_dim(1);
+            let lp = tokbridge::train::token_logprobs(&m.logits(&input), &input).squeeze_dim(0);
             let logprobs = Vec::<f32>::try_from(lp.to_device(tch::Device::Cpu)).context("reading log-probs")?;
             if json {
                 println!("{}", json!({ "ids": ids, "logprobs": logprobs }));
