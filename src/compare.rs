@@ -153,7 +153,15 @@ where
         .y_label_area_size(56)
         .build_cartesian_2d(0f64..xmax, 0f64..1f64)
         .map_err(err)?;
-    chart.configure_mesh().x_desc(x_label).y_desc("held-out accuracy (greedy)").y_label_formatter(&|v| format!("{:.0}%", v * 100.0)).label_style(("sans-serif", 14)).draw().map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc("held-out accuracy (greedy)")
+        .x_label_formatter(&|v| count(*v))
+        .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(err)?;
     for (i, s) in runs.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let style = ShapeStyle::from(&color).stroke_width(2);
