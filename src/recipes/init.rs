@@ -7,7 +7,7 @@ use crate::models::{self, Family};
 use crate::recipe::InitModel;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 pub fn run(r: &InitModel) -> Result<()> {
     let family = Family::from_model_type(&r.model_type)?;
@@ -79,5 +79,3 @@ pub fn run(r: &InitModel) -> Result<()> {
     eprintln!("init_model: {} with {:.2}M parameters in {}", r.model_type, params as f64 / 1e6, r.output_dir.display());
     Ok(())
 }
-
-use tch::Tensor;

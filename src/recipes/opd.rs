@@ -26,7 +26,7 @@ use crate::train::metrics::{progress, Metrics};
 use crate::train::optim::AdamW;
 use crate::train::schedule::lr_at;
 use crate::train::token_logprobs;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -92,7 +92,6 @@ pub struct Rollout {
 /// first response token, the byte piece of each response token, and whether a token straddles
 /// the prompt/response boundary (its chunk is then masked).
 fn teacher_sequence(teacher: &Side, messages: &[Message], body_ids: &[i64], body: &[u8], finished: bool) -> Result<(Vec<i64>, usize, Vec<Vec<u8>>, bool)> {
-    let prompt = teacher.chat.render(messages, true)?;
     let table = teacher.tok.pieces();
     if teacher.same_vocab {
         let mut ids = data::prompt_ids(&teacher.tok, &teacher.chat, messages)?;
@@ -104,6 +103,7 @@ fn teacher_sequence(teacher: &Side, messages: &[Message], body_ids: &[i64], body
         let pieces = ids[start..].iter().map(|&i| table.bytes.get(i as usize).cloned().unwrap_or_default()).collect();
         return Ok((ids, start, pieces, false));
     }
+    let prompt = teacher.chat.render(messages, true)?;
     let mut text = prompt.clone();
     text.push_str(&String::from_utf8_lossy(body));
     let (mut ids, offsets) = if teacher.chat.has_template() {
@@ -549,8 +549,7 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
             }
             loss_value = epoch_loss / norm;
             if !loss_value.is_finite() {
-                let last = checkpoint::latest(run_dir)?.map_or("none".into(), |d| d.display().to_string());
-                bail!("non-finite loss ({loss_value}) at step {}; stopping. The last good checkpoint is {last}", state.step + 1);
+                return Err(checkpoint::non_finite_loss(run_dir, loss_value, state.step + 1));
             }
             grad_norm = opt.clip_grad_norm(r.optimizer.grad_clip);
             opt.step(lr);
@@ -606,8 +605,7 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
     Ok(())
 }
 
-/// The vocabulary size of a model's output layer.
+/// The vocabulary size of a model's output layer (config.json's `vocab_size`).
 fn logits_width(m: &Model) -> i64 {
-    let _g = tch::no_grad_guard();
-    m.logits(&Tensor::zeros([1, 1], (Kind::Int64, m.device()))).size()[2]
+    m.config["vocab_size"].as_i64().unwrap_or(0)
 }

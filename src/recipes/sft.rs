@@ -15,7 +15,7 @@ use crate::train::metrics::{progress, Metrics};
 use crate::train::optim::AdamW;
 use crate::train::schedule::lr_at;
 use crate::train::{token_logprobs, Batch};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::time::Instant;
 use tch::Kind;
 
@@ -96,8 +96,7 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
         }
         let loss = loss_sum / n_targets as f64;
         if !loss.is_finite() {
-            let last = checkpoint::latest(run_dir)?.map_or("none".into(), |d| d.display().to_string());
-            bail!("non-finite loss ({loss}) at step {}; stopping. The last good checkpoint is {last}", state.step + 1);
+            return Err(checkpoint::non_finite_loss(run_dir, loss, state.step + 1));
         }
         let grad_norm = opt.clip_grad_norm(r.optimizer.grad_clip);
         opt.step(lr);

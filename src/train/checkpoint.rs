@@ -89,3 +89,9 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: not a valid state", path.display()))
 }
+
+/// The error that stops a run whose loss became NaN or infinite, naming the last good checkpoint.
+pub fn non_finite_loss(run_dir: &Path, loss: f64, step: usize) -> anyhow::Error {
+    let last = latest(run_dir).ok().flatten().map_or("none".into(), |d| d.display().to_string());
+    anyhow::anyhow!("non-finite loss ({loss}) at step {step}; stopping. The last good checkpoint is {last}")
+}
