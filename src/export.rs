@@ -19,7 +19,7 @@ pub fn source_dir(src: &str) -> Result<PathBuf> {
     crate::hf::hub::resolve(src)
 }
 
-fn dtype_name(kind: Kind) -> &'static str {
+pub fn dtype_name(kind: Kind) -> &'static str {
     match kind {
         Kind::BFloat16 => "bfloat16",
         Kind::Half => "float16",
@@ -36,10 +36,11 @@ pub fn declared_dtype(config: &Value) -> Kind {
     }
 }
 
-/// Exports `src` to `out` in `kind` (None: the dtype its config declares).
-pub fn export(src: &str, out: &Path, kind: Option<Kind>, max_shard_bytes: u64) -> Result<()> {
+/// Exports `src` to `out` in `kind` (None: the dtype its config declares), converting on
+/// `device`.
+pub fn export(src: &str, out: &Path, kind: Option<Kind>, max_shard_bytes: u64, device: Device) -> Result<()> {
     let dir = source_dir(src)?;
-    let model = crate::models::load(&dir, Device::Cpu, Kind::Float)?;
+    let model = crate::models::load(&dir, device, Kind::Float)?;
     let kind = kind.unwrap_or_else(|| declared_dtype(&model.config));
     let tmp = tmp_path(out);
     if tmp.exists() {

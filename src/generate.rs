@@ -83,7 +83,8 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], s: &Sampling, eos: &[i64], 
     // Positions count real tokens only, as transformers derives them from the attention mask.
     let mut positions = (key_valid.cumsum(1, Kind::Int64) - 1).clamp_min(0);
     let mut cache = model.new_cache();
-    let ctx = Context { positions: positions.shallow_clone(), key_valid: key_valid.shallow_clone(), past: 0 };
+    let ctx = Context::new(positions.shallow_clone(), key_valid.shallow_clone(), 0);
+    let padded = ctx.padded;
     let mut logits = model.forward(&ids, &ctx, Some(&mut cache)).select(1, -1);
     let mut out: Vec<Generation> = (0..b).map(|_| Generation { new_ids: vec![], logprobs: vec![], finished: false }).collect();
     for step in 0..s.max_new_tokens {
@@ -108,7 +109,7 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], s: &Sampling, eos: &[i64], 
         let past = key_valid.size()[1];
         key_valid = Tensor::cat(&[key_valid, Tensor::ones([b as i64, 1], (Kind::Bool, device))], 1);
         positions = positions.narrow(1, positions.size()[1] - 1, 1) + 1;
-        let ctx = Context { positions: positions.shallow_clone(), key_valid: key_valid.shallow_clone(), past };
+        let ctx = Context { positions: positions.shallow_clone(), key_valid: key_valid.shallow_clone(), past, padded };
         let feed = Tensor::from_slice(&feed).view([b as i64, 1]).to_device(device);
         logits = model.forward(&feed, &ctx, Some(&mut cache)).select(1, -1);
     }

@@ -81,6 +81,9 @@ enum Command {
         /// Shard above this many bytes per file.
         #[arg(long, default_value_t = 5_000_000_000)]
         max_shard_bytes: u64,
+        /// Where to load and convert the weights: cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Log-probability of every token of TEXT given the tokens before it.
     Score {
@@ -179,9 +182,9 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{} chunks ({one} 1:1); {} student / {} teacher tokens; {masked} student tokens masked", chunks.len(), sids.len(), tids.len());
             }
         }
-        Command::Export { src, out, dtype, max_shard_bytes } => {
+        Command::Export { src, out, dtype, max_shard_bytes, device } => {
             let kind = dtype.as_deref().map(runtime::parse_dtype).transpose()?;
-            tokbridge::export::export(&src, &out, kind, max_shard_bytes)?;
+            tokbridge::export::export(&src, &out, kind, max_shard_bytes, runtime::parse_device(&device)?)?;
             eprintln!("exported {src} to {}", out.display());
         }
         Command::Score { model, text, json } => {

@@ -123,6 +123,10 @@ pub struct TrainingSpec {
     /// Save a checkpoint every N steps (and always at the end).
     #[serde(default)]
     pub checkpoint_every: Option<usize>,
+    /// Recompute each block's activations in the backward pass instead of keeping them
+    /// (torchtune's enable_activation_checkpointing, TRL's gradient_checkpointing).
+    #[serde(default)]
+    pub activation_checkpointing: bool,
 }
 
 fn one() -> usize {
@@ -460,6 +464,9 @@ pub struct OpdTraining {
     pub micro_batch_size: usize,
     #[serde(default)]
     pub checkpoint_every: Option<usize>,
+    /// Recompute each student block's activations in the backward pass instead of keeping them.
+    #[serde(default)]
+    pub activation_checkpointing: bool,
 }
 
 fn d_micro() -> usize {
@@ -621,6 +628,13 @@ pub struct InitModel {
     pub max_position_embeddings: i64,
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// Embedding rows; default the tokenizer's vocabulary (real models often pad it, e.g. to a
+    /// multiple of 64 or to 128256).
+    #[serde(default)]
+    pub vocab_size: Option<i64>,
+    /// dtype of the written weights.
+    #[serde(default = "f32")]
+    pub dtype: String,
 }
 
 fn d_max_pos() -> i64 {

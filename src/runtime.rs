@@ -1,5 +1,5 @@
-//! Parsing the `--device` and `--dtype` choices users give, and loading a model spec with its
-//! tokenizer in one call.
+//! Parsing the `--device` and `--dtype` choices users give, saying which device a run uses,
+//! its peak memory, and loading a model spec with its tokenizer in one call.
 use crate::hf::{hub, tokenizer::Tokenizer};
 use crate::models::{self, Model};
 use anyhow::{bail, Context, Result};
@@ -45,4 +45,55 @@ pub fn load(spec: &str, device: Device, kind: Kind) -> Result<(Model, Tokenizer)
     let model = models::load(&dir, device, kind).with_context(|| format!("loading model {spec}"))?;
     let tok = Tokenizer::load(&dir)?;
     Ok((model, tok))
+}
+
+/// A line naming `device`: the GPU's index and count, or the CPU thread count.
+pub fn describe(device: Device) -> String {
+    match device {
+        Device::Cuda(n) => format!("cuda:{n} (of {} CUDA device(s), cuDNN {})", tch::Cuda::device_count(), if tch::Cuda::cudnn_is_available() { "on" } else { "off" }),
+        _ => format!("cpu ({} threads)", tch::get_num_threads()),
+    }
+}
+
+/// Peak memory so far in GiB. On CPU the process's peak resident set (VmHWM). On CUDA the
+/// memory in use on the device as the CUDA runtime reports it: libtorch's caching allocator
+/// keeps what it reserved at its peak, so this is the peak reservation plus the CUDA context
+/// (and whatever other processes hold on that GPU). None when it cannot be read.
+pub fn peak_memory_gib(device: Device) -> Option<f64> {
+    const GIB: f64 = (1u64 << 30) as f64;
+    match device {
+        Device::Cuda(n) => cuda_used_bytes(n).map(|b| b as f64 / GIB),
+        _ => {
+            let status = std::fs::read_to_string("/proc/self/status").ok()?;
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024.0 / GIB)
+        }
+    }
+}
+
+/// total − free bytes of CUDA device `n`, through the CUDA runtime libtorch already loaded
+/// (looked up at run time, so CPU builds need no CUDA symbol).
+fn cuda_used_bytes(n: usize) -> Option<u64> {
+    type GetDevice = unsafe extern "C" fn(*mut i32) -> i32;
+    type SetDevice = unsafe extern "C" fn(i32) -> i32;
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+    let sym = |name: &std::ffi::CStr| {
+        // SAFETY: dlsym with RTLD_DEFAULT only looks a name up among the loaded libraries.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+        (!p.is_null()).then_some(p)
+    };
+    let (get, set, info) = (sym(c"cudaGetDevice")?, sym(c"cudaSetDevice")?, sym(c"cudaMemGetInfo")?);
+    // SAFETY: the symbols are the CUDA runtime's functions with these C signatures.
+    unsafe {
+        let (get, set, info): (GetDevice, SetDevice, MemGetInfo) = (std::mem::transmute(get), std::mem::transmute(set), std::mem::transmute(info));
+        let mut current = 0i32;
+        if get(&mut current) != 0 || set(n as i32) != 0 {
+            return None;
+        }
+        let (mut free, mut total) = (0usize, 0usize);
+        let status = info(&mut free, &mut total);
+        set(current);
+        (status == 0).then(|| (total - free) as u64)
+    }
 }

@@ -104,6 +104,29 @@ fn unknown_device_and_dtype_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown dtype \"f8\""));
 }
 
+#[test]
+fn cuda_is_refused_with_one_line_where_there_is_none() {
+    let dir = common::fixtures().join("gpt2");
+    let run = common::tempdir::TempDir::new();
+    let out_dir = format!("output_dir={}", run.path().join("r").display());
+    let cases: [Vec<&str>; 2] = [
+        vec!["score", "--model", dir.to_str().unwrap(), "--text", "a b", "--device", "cuda"],
+        vec!["run", "recipes/sft/tiny.yaml", "device=cuda:0", "training.steps=1", "logging.progress=false", &out_dir],
+    ];
+    for args in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_tokbridge")).current_dir(env!("CARGO_MANIFEST_DIR")).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if tch::Cuda::is_available() {
+            assert!(out.status.success(), "{args:?} on a CUDA machine: {err}");
+            continue;
+        }
+        assert!(!out.status.success(), "{args:?} should fail without a GPU");
+        let last = err.trim_end().lines().last().unwrap_or_default();
+        assert!(last.starts_with("error: ") && last.contains("device cuda") && last.contains("no CUDA GPU"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
 /// Lays a fixture out as the hub cache does: refs/main -> snapshots/<sha>/.
 fn fake_cache(root: &Path, repo: &str, fixture: &str) {
     let repo_dir = root.join(format!("models--{}", repo.replace('/', "--")));

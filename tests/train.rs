@@ -89,6 +89,22 @@ fn resumed_run_reproduces_the_uninterrupted_loss_curve() {
 }
 
 #[test]
+fn activation_checkpointing_gives_the_same_loss_curve_and_logs_peak_memory() {
+    let tmp = TempDir::new();
+    let (plain, re) = (tmp.path().join("plain"), tmp.path().join("re"));
+    let extra = ["training.steps=4", "eval=null"];
+    ok(sft(&plain, &extra, &[]));
+    ok(sft(&re, &[&extra[..], &["training.activation_checkpointing=true"]].concat(), &[]));
+    let (a, b) = (losses(&plain), losses(&re));
+    assert_eq!(a.len(), 4);
+    for ((s, x), (_, y)) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "step {s}: plain {x} vs recomputed {y}");
+    }
+    let peak = metrics(&re)[0]["memory/peak_gib"].as_f64().expect("memory/peak_gib logged");
+    assert!(peak > 0.01 && peak < 64.0, "peak resident memory {peak} GiB");
+}
+
+#[test]
 fn export_reloads_to_identical_logits_in_every_layout() {
     let tmp = TempDir::new();
     let run = tmp.path().join("run");

@@ -7,13 +7,13 @@
 //! Follows `modeling_gemma.py` and `modeling_gemma2.py` (eager attention, which Gemma 2 needs
 //! for soft-capping).
 use super::Family;
-use crate::nn::attention::{attend, cached, Context, KvCache};
+use crate::nn::attention::{attend, cached, Context, KvCache, Mask};
 use crate::nn::rotary::{self, Rotary};
 use crate::nn::{Activation, Embedding, GatedMlp, Linear, RmsNorm};
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
 use tch::nn::Path;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
@@ -78,7 +78,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor, cos_sin: &(Tensor, Tensor), mask: &Tensor, layer: usize, cache: Option<&mut KvCache>) -> Tensor {
+    fn forward(&self, x: &Tensor, cos_sin: &(Tensor, Tensor), mask: &Mask, layer: usize, cache: Option<&mut KvCache>) -> Tensor {
         let (b, t, _) = x.size3().expect("x is (batch, seq, hidden)");
         // (batch, heads, seq, head_dim)
         let q = self.q_proj.forward(x).view([b, t, self.heads, self.head_dim]).transpose(1, 2);
@@ -157,32 +157,42 @@ impl Model {
             final_softcap: if v2 { cfg.final_logit_softcapping } else { None },
         })
     }
+}
 
-    pub fn forward(&self, ids: &Tensor, ctx: &Context, mut cache: Option<&mut KvCache>) -> Tensor {
+impl super::Layers for Model {
+    fn embed(&self, ids: &Tensor, _ctx: &Context) -> Tensor {
         let x = self.embed_tokens.forward(ids);
-        let kind = x.kind();
-        let scale = Tensor::from(self.embed_scale as f32).to_kind(kind).to_device(x.device());
-        let mut x = x * scale;
-        let cos_sin = self.rotary.cos_sin(&ctx.positions, kind);
-        let masks = super::Masks::new(ctx, self.layers.iter().map(|l| l.window), kind);
-        for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.self_attn.forward(&layer.input_layernorm.forward(&x), &cos_sin, masks.get(layer.window), i, cache.as_deref_mut());
-            match (&layer.pre_feedforward_layernorm, &layer.post_feedforward_layernorm) {
-                (Some(pre), Some(post)) => {
-                    x = x + layer.post_attention_layernorm.forward(&h);
-                    x = &x + post.forward(&layer.mlp.forward(&pre.forward(&x)));
-                }
-                _ => {
-                    x = x + h;
-                    x = &x + layer.mlp.forward(&layer.post_attention_layernorm.forward(&x));
-                }
+        let scale = Tensor::from(self.embed_scale as f32).to_kind(x.kind()).to_device(x.device());
+        x * scale
+    }
+
+    fn shared(&self, ctx: &Context, kind: Kind) -> super::Shared {
+        // Soft-capped (Gemma 2) attention is eager and needs mask tensors.
+        let explicit = self.layers.iter().any(|l| l.self_attn.softcap.is_some());
+        let masks = super::Masks::new(ctx, self.layers.iter().map(|l| l.window), kind, explicit);
+        super::Shared { cos_sin: self.rotary.cos_sin(&ctx.positions, kind), masks }
+    }
+
+    fn block(&self, i: usize, x: &Tensor, s: &super::Shared, cache: Option<&mut KvCache>) -> Tensor {
+        let layer = &self.layers[i];
+        let h = layer.self_attn.forward(&layer.input_layernorm.forward(x), &s.cos_sin, s.masks.get(layer.window), i, cache);
+        match (&layer.pre_feedforward_layernorm, &layer.post_feedforward_layernorm) {
+            (Some(pre), Some(post)) => {
+                let x = x + layer.post_attention_layernorm.forward(&h);
+                &x + post.forward(&layer.mlp.forward(&pre.forward(&x)))
+            }
+            _ => {
+                let x = x + h;
+                &x + layer.mlp.forward(&layer.post_attention_layernorm.forward(&x))
             }
         }
-        let logits = self.embed_tokens.logits(&self.norm.forward(&x));
+    }
+
+    fn head(&self, x: &Tensor) -> Tensor {
+        let logits = self.embed_tokens.logits(&self.norm.forward(x));
         match self.final_softcap {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,
         }
     }
 }
-

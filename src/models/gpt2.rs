@@ -110,20 +110,31 @@ impl Model {
             heads: cfg.n_head,
         })
     }
+}
 
-    pub fn forward(&self, ids: &Tensor, ctx: &Context, mut cache: Option<&mut KvCache>) -> Tensor {
-        let mut x = self.wte.forward(ids) + self.wpe.forward(&ctx.positions);
+impl super::Layers for Model {
+    fn embed(&self, ids: &Tensor, ctx: &Context) -> Tensor {
+        self.wte.forward(ids) + self.wpe.forward(&ctx.positions)
+    }
+
+    fn shared(&self, ctx: &Context, kind: tch::Kind) -> super::Shared {
+        let masks = super::Masks::new(ctx, std::iter::empty(), kind, false);
+        super::Shared { cos_sin: (Tensor::new(), Tensor::new()), masks }
+    }
+
+    fn block(&self, i: usize, x: &Tensor, s: &super::Shared, cache: Option<&mut KvCache>) -> Tensor {
+        let blk = &self.h[i];
         let (b, t, e) = x.size3().expect("(batch, seq, hidden)");
         let d = e / self.heads;
-        let mask = ctx.mask(None, x.kind());
-        for (i, blk) in self.h.iter().enumerate() {
-            let qkv = blk.c_attn.forward(&blk.ln_1.forward(&x));
-            // (batch, heads, seq, head_dim) each
-            let split = |j: i64| qkv.narrow(2, j * e, e).view([b, t, self.heads, d]).transpose(1, 2);
-            let (k, v) = cached(cache.as_deref_mut(), i, split(1), split(2));
-            x = x + blk.attn_proj.forward(&attend(&split(0), &k, &v, &mask, blk.scale, None));
-            x = &x + blk.mlp_proj.forward(&self.act.forward(&blk.c_fc.forward(&blk.ln_2.forward(&x))));
-        }
-        self.wte.logits(&self.ln_f.forward(&x))
+        let qkv = blk.c_attn.forward(&blk.ln_1.forward(x));
+        // (batch, heads, seq, head_dim) each
+        let split = |j: i64| qkv.narrow(2, j * e, e).view([b, t, self.heads, d]).transpose(1, 2);
+        let (k, v) = cached(cache, i, split(1), split(2));
+        let x = x + blk.attn_proj.forward(&attend(&split(0), &k, &v, s.masks.get(None), blk.scale, None));
+        &x + blk.mlp_proj.forward(&self.act.forward(&blk.c_fc.forward(&blk.ln_2.forward(&x))))
+    }
+
+    fn head(&self, x: &Tensor) -> Tensor {
+        self.wte.logits(&self.ln_f.forward(x))
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! Follows `modeling_llama.py`, `modeling_mistral.py`, `modeling_qwen2.py`, `modeling_qwen3.py`.
 use super::Family;
-use crate::nn::attention::{attend, cached, Context, KvCache};
+use crate::nn::attention::{attend, cached, Context, KvCache, Mask};
 use crate::nn::rotary::{self, Rotary};
 use crate::nn::{Activation, Embedding, GatedMlp, Linear, RmsNorm};
 use anyhow::{Context as _, Result};
@@ -104,7 +104,7 @@ impl Attention {
         }
     }
 
-    fn forward(&self, x: &Tensor, cos_sin: &(Tensor, Tensor), mask: &Tensor, layer: usize, cache: Option<&mut KvCache>) -> Tensor {
+    fn forward(&self, x: &Tensor, cos_sin: &(Tensor, Tensor), mask: &Mask, layer: usize, cache: Option<&mut KvCache>) -> Tensor {
         let (b, t, _) = x.size3().expect("x is (batch, seq, hidden)");
         // (batch, seq, heads, head_dim)
         let mut q = self.q_proj.forward(x).view([b, t, self.heads, self.head_dim]);
@@ -165,24 +165,32 @@ impl Model {
         })
     }
 
-    /// Float32 logits (batch, seq, vocab) for `ids` (batch, seq).
-    pub fn forward(&self, ids: &Tensor, ctx: &Context, mut cache: Option<&mut KvCache>) -> Tensor {
-        let mut x = self.embed_tokens.forward(ids);
-        let cos_sin = self.rotary.cos_sin(&ctx.positions, x.kind());
-        let masks = super::Masks::new(ctx, self.layers.iter().map(|l| l.window), x.kind());
-        for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.self_attn.forward(&layer.input_layernorm.forward(&x), &cos_sin, masks.get(layer.window), i, cache.as_deref_mut());
-            x = x + h;
-            x = &x + layer.mlp.forward(&layer.post_attention_layernorm.forward(&x));
-        }
-        let x = self.norm.forward(&x);
+    pub fn tied(&self) -> bool {
+        self.lm_head.is_none()
+    }
+}
+
+impl super::Layers for Model {
+    fn embed(&self, ids: &Tensor, _ctx: &Context) -> Tensor {
+        self.embed_tokens.forward(ids)
+    }
+
+    fn shared(&self, ctx: &Context, kind: tch::Kind) -> super::Shared {
+        let masks = super::Masks::new(ctx, self.layers.iter().map(|l| l.window), kind, false);
+        super::Shared { cos_sin: self.rotary.cos_sin(&ctx.positions, kind), masks }
+    }
+
+    fn block(&self, i: usize, x: &Tensor, s: &super::Shared, cache: Option<&mut KvCache>) -> Tensor {
+        let layer = &self.layers[i];
+        let x = x + layer.self_attn.forward(&layer.input_layernorm.forward(x), &s.cos_sin, s.masks.get(layer.window), i, cache);
+        &x + layer.mlp.forward(&layer.post_attention_layernorm.forward(&x))
+    }
+
+    fn head(&self, x: &Tensor) -> Tensor {
+        let x = self.norm.forward(x);
         match &self.lm_head {
             Some(head) => head.forward(&x).to_kind(tch::Kind::Float),
             None => self.embed_tokens.logits(&x),
         }
-    }
-
-    pub fn tied(&self) -> bool {
-        self.lm_head.is_none()
     }
 }

@@ -11,7 +11,7 @@ pub mod llama;
 pub mod phi3;
 
 use crate::hf::safetensors::Checkpoint;
-use crate::nn::attention::{Context, KvCache};
+use crate::nn::attention::{Context, KvCache, Mask};
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -83,21 +83,100 @@ pub struct Model {
     pub n_layers: usize,
 }
 
+/// One family's forward pass in parts, so that a caller can run the blocks itself
+/// (activation recomputation). `Model::forward` is embed, every block, head.
+pub(crate) trait Layers {
+    /// Token (and learned position) embeddings, (batch, seq, hidden), in the model's dtype.
+    fn embed(&self, ids: &Tensor, ctx: &Context) -> Tensor;
+    /// What every block of one pass shares: rotary tables and masks.
+    fn shared(&self, ctx: &Context, kind: Kind) -> Shared;
+    /// Block `i` on the residual stream `x`.
+    fn block(&self, i: usize, x: &Tensor, s: &Shared, cache: Option<&mut KvCache>) -> Tensor;
+    /// Float32 logits from the last block's output.
+    fn head(&self, x: &Tensor) -> Tensor;
+}
+
+/// The per-pass tensors blocks share.
+pub(crate) struct Shared {
+    /// Rotary cos and sin for the pass's positions (empty for learned positions).
+    pub cos_sin: (Tensor, Tensor),
+    pub masks: Masks,
+}
+
 impl Model {
-    /// Float32 logits (batch, seq, vocab) for `ids` (batch, seq) at `ctx`.
-    pub fn forward(&self, ids: &Tensor, ctx: &Context, cache: Option<&mut KvCache>) -> Tensor {
+    fn layers(&self) -> &dyn Layers {
         match &self.arch {
-            Arch::Llama(m) => m.forward(ids, ctx, cache),
-            Arch::Gemma(m) => m.forward(ids, ctx, cache),
-            Arch::Phi3(m) => m.forward(ids, ctx, cache),
-            Arch::Gpt2(m) => m.forward(ids, ctx, cache),
+            Arch::Llama(m) => m,
+            Arch::Gemma(m) => m,
+            Arch::Phi3(m) => m,
+            Arch::Gpt2(m) => m,
         }
+    }
+
+    /// Float32 logits (batch, seq, vocab) for `ids` (batch, seq) at `ctx`.
+    pub fn forward(&self, ids: &Tensor, ctx: &Context, mut cache: Option<&mut KvCache>) -> Tensor {
+        let l = self.layers();
+        let mut x = l.embed(ids, ctx);
+        let s = l.shared(ctx, x.kind());
+        for i in 0..self.n_layers {
+            x = l.block(i, &x, &s, cache.as_deref_mut());
+        }
+        l.head(&x)
     }
 
     /// Logits of unpadded sequences (batch, seq) from position 0.
     pub fn logits(&self, ids: &Tensor) -> Tensor {
         let (b, t) = ids.size2().expect("ids are (batch, seq)");
         self.forward(ids, &Context::dense(b, t, 0, ids.device()), None)
+    }
+
+    /// Computes `loss_of(logits of ids)` (ids unpadded from position 0, or right-padded) and
+    /// back-propagates the loss into the parameters' gradients; returns its value and what
+    /// `loss_of` returned beside it. With `recompute` (activation checkpointing) the blocks
+    /// first run without a graph, keeping only each block's input; after the head's backward
+    /// every block runs again with its graph, last first, and is back-propagated with the
+    /// gradient of its output. Activation memory is then one block's instead of all of them,
+    /// for one more forward pass of the blocks; the gradients are the same.
+    pub fn backward<T>(&self, ids: &Tensor, recompute: bool, loss_of: impl FnOnce(&Tensor) -> Result<(Tensor, T)>) -> Result<(f64, T)> {
+        if !recompute {
+            let (loss, extra) = loss_of(&self.logits(ids))?;
+            if loss.requires_grad() {
+                loss.backward();
+            }
+            return Ok((loss.double_value(&[]), extra));
+        }
+        let (b, t) = ids.size2().context("ids are (batch, seq)")?;
+        let ctx = Context::dense(b, t, 0, ids.device());
+        let l = self.layers();
+        let s = l.shared(&ctx, self.kind);
+        let mut inputs = Vec::with_capacity(self.n_layers);
+        let top = tch::no_grad(|| {
+            let mut x = l.embed(ids, &ctx);
+            for i in 0..self.n_layers {
+                inputs.push(x.shallow_clone());
+                x = l.block(i, &x, &s, None);
+            }
+            x
+        });
+        let top = top.detach().set_requires_grad(true);
+        let (loss, extra) = loss_of(&l.head(&top))?;
+        let value = loss.double_value(&[]);
+        if !loss.requires_grad() {
+            return Ok((value, extra));
+        }
+        loss.backward();
+        let mut grad = top.grad();
+        for i in (0..self.n_layers).rev() {
+            let x = inputs[i].detach().set_requires_grad(true);
+            inputs[i] = Tensor::new();
+            (l.block(i, &x, &s, None) * &grad).sum(Kind::Float).backward();
+            grad = x.grad();
+        }
+        let e = l.embed(ids, &ctx);
+        if e.requires_grad() {
+            (e * grad).sum(Kind::Float).backward();
+        }
+        Ok((value, extra))
     }
 
     pub fn device(&self) -> Device {
@@ -109,19 +188,23 @@ impl Model {
     }
 }
 
-/// Per-layer masks of one forward pass, built once for the full and each sliding layer type.
+/// Per-layer masks of one forward pass, made once for the full and the sliding layer type.
 pub(crate) struct Masks {
-    full: Tensor,
-    sliding: Option<(i64, Tensor)>,
+    full: Mask,
+    sliding: Option<(i64, Mask)>,
 }
 
 impl Masks {
-    pub(crate) fn new(ctx: &Context, windows: impl Iterator<Item = Option<i64>>, kind: Kind) -> Self {
+    /// `explicit`: always mask tensors (eager attention).
+    pub(crate) fn new(ctx: &Context, windows: impl Iterator<Item = Option<i64>>, kind: Kind, explicit: bool) -> Self {
         let window = windows.flatten().next();
-        Self { full: ctx.mask(None, kind), sliding: window.map(|w| (w, ctx.mask(Some(w), kind))) }
+        Self {
+            full: ctx.attn_mask(None, kind, explicit),
+            sliding: window.map(|w| (w, ctx.attn_mask(Some(w), kind, explicit))),
+        }
     }
 
-    pub(crate) fn get(&self, window: Option<i64>) -> &Tensor {
+    pub(crate) fn get(&self, window: Option<i64>) -> &Mask {
         match (window, &self.sliding) {
             (Some(w), Some((sw, m))) if w == *sw => m,
             _ => &self.full,

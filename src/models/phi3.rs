@@ -99,28 +99,39 @@ impl Model {
             window: cfg.sliding_window,
         })
     }
+}
 
-    pub fn forward(&self, ids: &Tensor, ctx: &Context, mut cache: Option<&mut KvCache>) -> Tensor {
-        let mut x = self.embed_tokens.forward(ids);
+impl super::Layers for Model {
+    fn embed(&self, ids: &Tensor, _ctx: &Context) -> Tensor {
+        self.embed_tokens.forward(ids)
+    }
+
+    fn shared(&self, ctx: &Context, kind: Kind) -> super::Shared {
+        let masks = super::Masks::new(ctx, std::iter::once(self.window), kind, false);
+        super::Shared { cos_sin: self.rotary.cos_sin(&ctx.positions, kind), masks }
+    }
+
+    fn block(&self, i: usize, x: &Tensor, s: &super::Shared, cache: Option<&mut KvCache>) -> Tensor {
+        let layer = &self.layers[i];
         let (b, t, _) = x.size3().expect("(batch, seq, hidden)");
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
-        let (cos, sin) = self.rotary.cos_sin(&ctx.positions, x.kind());
-        let mask = ctx.mask(self.window, x.kind());
-        for (i, layer) in self.layers.iter().enumerate() {
-            let qkv = layer.qkv_proj.forward(&layer.input_layernorm.forward(&x));
-            // (batch, heads, seq, head_dim)
-            let q = qkv.narrow(2, 0, h * d).view([b, t, h, d]).transpose(1, 2);
-            let k = qkv.narrow(2, h * d, kv * d).view([b, t, kv, d]).transpose(1, 2);
-            let v = qkv.narrow(2, (h + kv) * d, kv * d).view([b, t, kv, d]).transpose(1, 2);
-            let (q, k) = (rotary::apply(&q, &cos, &sin), rotary::apply(&k, &cos, &sin));
-            let (k, v) = cached(cache.as_deref_mut(), i, k, v);
-            x = x + layer.o_proj.forward(&attend(&q, &k, &v, &mask, (d as f64).powf(-0.5), None));
-            let gate_up = layer.gate_up_proj.forward(&layer.post_attention_layernorm.forward(&x));
-            let inter = gate_up.size()[2] / 2;
-            let up = gate_up.narrow(2, inter, inter) * self.act.forward(&gate_up.narrow(2, 0, inter));
-            x = &x + layer.down_proj.forward(&up);
-        }
-        let x = self.norm.forward(&x);
+        let (cos, sin) = &s.cos_sin;
+        let qkv = layer.qkv_proj.forward(&layer.input_layernorm.forward(x));
+        // (batch, heads, seq, head_dim)
+        let q = qkv.narrow(2, 0, h * d).view([b, t, h, d]).transpose(1, 2);
+        let k = qkv.narrow(2, h * d, kv * d).view([b, t, kv, d]).transpose(1, 2);
+        let v = qkv.narrow(2, (h + kv) * d, kv * d).view([b, t, kv, d]).transpose(1, 2);
+        let (q, k) = (rotary::apply(&q, cos, sin), rotary::apply(&k, cos, sin));
+        let (k, v) = cached(cache, i, k, v);
+        let x = x + layer.o_proj.forward(&attend(&q, &k, &v, s.masks.get(self.window), (d as f64).powf(-0.5), None));
+        let gate_up = layer.gate_up_proj.forward(&layer.post_attention_layernorm.forward(&x));
+        let inter = gate_up.size()[2] / 2;
+        let up = gate_up.narrow(2, inter, inter) * self.act.forward(&gate_up.narrow(2, 0, inter));
+        &x + layer.down_proj.forward(&up)
+    }
+
+    fn head(&self, x: &Tensor) -> Tensor {
+        let x = self.norm.forward(x);
         match &self.lm_head {
             Some(head) => head.forward(&x).to_kind(Kind::Float),
             None => self.embed_tokens.logits(&x),

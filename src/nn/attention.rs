@@ -4,7 +4,9 @@
 //! Masks follow transformers' semantics: a query at absolute index `i` (cache positions, pads
 //! included) sees key `j` when `j <= i`, key `j` is not padding, and, for a sliding window `w`,
 //! `i - j < w`. Masked scores get the dtype's most negative finite value rather than -inf, so
-//! the rows of padding queries stay finite.
+//! the rows of padding queries stay finite. Unpadded passes whose window does not bite (all of
+//! training) use SDPA's `is_causal` without a mask tensor, so libtorch may pick its fused
+//! (flash) kernels; grouped KV heads go to SDPA as they are (`enable_gqa`), not repeated.
 use tch::{Device, Kind, Tensor};
 
 /// Where a forward pass sits: the positions of its tokens and which keys are real.
@@ -15,14 +17,44 @@ pub struct Context {
     pub key_valid: Tensor,
     /// Number of cached tokens before this call.
     pub past: i64,
+    /// Whether any key is padding.
+    pub padded: bool,
+}
+
+/// What one layer's attention may see.
+pub enum Mask {
+    /// The causal triangle of an unpadded pass from position 0 (SDPA's `is_causal`).
+    Causal,
+    /// Every key (one new token over an unpadded cache).
+    All,
+    /// An additive (batch, 1, seq, total) mask.
+    Additive(Tensor),
 }
 
 impl Context {
+    pub fn new(positions: Tensor, key_valid: Tensor, past: i64) -> Self {
+        let padded = !bool::try_from(key_valid.all()).unwrap_or(false);
+        Self { positions, key_valid, past, padded }
+    }
+
     /// A context for unpadded sequences starting at position `past`.
     pub fn dense(batch: i64, seq: i64, past: i64, device: Device) -> Self {
         let positions = Tensor::arange_start(past, past + seq, (Kind::Int64, device)).unsqueeze(0).repeat([batch, 1]);
         let key_valid = Tensor::ones([batch, past + seq], (Kind::Bool, device));
-        Self { positions, key_valid, past }
+        Self { positions, key_valid, past, padded: false }
+    }
+
+    /// The mask of a layer with an optional sliding `window`; an explicit tensor when
+    /// `explicit` (eager attention needs one) or when no shortcut applies.
+    pub fn attn_mask(&self, window: Option<i64>, kind: Kind, explicit: bool) -> Mask {
+        let total = self.key_valid.size()[1];
+        let seq = total - self.past;
+        let window_bites = window.is_some_and(|w| w < total);
+        match (explicit || self.padded || window_bites, self.past, seq) {
+            (false, 0, _) => Mask::Causal,
+            (false, _, 1) => Mask::All,
+            _ => Mask::Additive(self.mask(window, kind)),
+        }
     }
 
     /// An additive mask (batch, 1, seq, past + seq) in `kind` for an optional sliding window.
@@ -101,25 +133,24 @@ pub fn cached(cache: Option<&mut KvCache>, layer: usize, k: Tensor, v: Tensor) -
     }
 }
 
-/// Attention of q (batch, heads, seq, dim) over k, v (batch, kv_heads, total, dim) with an
-/// additive `mask` (batch, 1, seq, total). Returns (batch, seq, heads * dim).
-pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, softcap: Option<f64>) -> Tensor {
+/// Attention of q (batch, heads, seq, dim) over k, v (batch, kv_heads, total, dim) under
+/// `mask`. Returns (batch, seq, heads * dim).
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Mask, scale: f64, softcap: Option<f64>) -> Tensor {
     let (b, h, t, d) = q.size4().expect("q is (batch, heads, seq, dim)");
-    let kv_heads = k.size()[1];
-    let (k, v) = if kv_heads != h {
-        let rep = h / kv_heads;
-        (k.repeat_interleave_self_int(rep, 1, None), v.repeat_interleave_self_int(rep, 1, None))
-    } else {
-        (k.shallow_clone(), v.shallow_clone())
-    };
-    let out = match softcap {
-        None => Tensor::scaled_dot_product_attention(q, &k, &v, Some(mask), 0.0, false, scale, false),
-        Some(cap) => {
+    let gqa = k.size()[1] != h;
+    let out = match (softcap, mask) {
+        (None, Mask::Causal) => Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, true, scale, gqa),
+        (None, Mask::All) => Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, false, scale, gqa),
+        (None, Mask::Additive(m)) => Tensor::scaled_dot_product_attention(q, k, v, Some(m), 0.0, false, scale, gqa),
+        (Some(cap), Mask::Additive(m)) => {
             // Eager attention as Gemma 2 does it: cap the scores, add the mask, softmax in f32.
+            let rep = h / k.size()[1];
+            let (k, v) = (k.repeat_interleave_self_int(rep, 1, None), v.repeat_interleave_self_int(rep, 1, None));
             let scores = q.matmul(&k.transpose(-2, -1)) * scale;
-            let scores = (scores / cap).tanh() * cap + mask;
+            let scores = (scores / cap).tanh() * cap + m;
             scores.softmax(-1, Kind::Float).to_kind(q.kind()).matmul(&v)
         }
+        (Some(_), _) => panic!("soft-capped attention needs an explicit mask (Context::attn_mask with explicit)"),
     };
     // (batch, seq, heads * dim)
     out.transpose(1, 2).contiguous().view([b, t, h * d])

@@ -18,7 +18,12 @@ pub fn run(r: &InitModel) -> Result<()> {
     let cfg_path = r.tokenizer.join("tokenizer_config.json");
     let tcfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?)?;
     let id = |key: &str| tcfg[key].as_str().and_then(|t| tok.inner.token_to_id(t)).map(|i| i as i64);
-    let vocab = tok.inner.get_vocab_size(true) as i64;
+    let tok_vocab = tok.inner.get_vocab_size(true) as i64;
+    let vocab = r.vocab_size.unwrap_or(tok_vocab);
+    if vocab < tok_vocab {
+        bail!("init_model: vocab_size {vocab} is smaller than the tokenizer's {tok_vocab} tokens");
+    }
+    let kind = crate::runtime::parse_dtype(&r.dtype).context("dtype")?;
     let head_dim = r.head_dim.unwrap_or(r.hidden_size / r.num_attention_heads);
     let config = json!({
         "architectures": [match family { Family::Qwen3 => "Qwen3ForCausalLM", Family::Qwen2 => "Qwen2ForCausalLM", Family::Mistral => "MistralForCausalLM", _ => "LlamaForCausalLM" }],
@@ -39,7 +44,7 @@ pub fn run(r: &InitModel) -> Result<()> {
         "bos_token_id": id("bos_token"),
         "eos_token_id": id("eos_token"),
         "pad_token_id": id("pad_token"),
-        "dtype": "float32",
+        "dtype": crate::export::dtype_name(kind),
     });
     // Stage the config and tokenizer, build the model from them, initialise, export.
     let stage = crate::hf::safetensors::tmp_path(&r.output_dir.with_extension("init"));
@@ -68,13 +73,13 @@ pub fn run(r: &InitModel) -> Result<()> {
     }
     let out = crate::hf::safetensors::tmp_path(&r.output_dir);
     std::fs::create_dir_all(&out)?;
-    write_dir(&model, &stage, &out, Kind::Float, u64::MAX)?;
+    write_dir(&model, &stage, &out, kind, u64::MAX)?;
     std::fs::remove_dir_all(&stage)?;
     if r.output_dir.exists() {
         std::fs::remove_dir_all(&r.output_dir)?;
     }
     std::fs::rename(&out, &r.output_dir)?;
-    let back = models::load(&r.output_dir, Device::Cpu, Kind::Float)?;
+    let back = models::load(&r.output_dir, Device::Cpu, kind)?;
     let params: i64 = back.vs.variables().values().map(|t| t.numel() as i64).sum();
     eprintln!("init_model: {} with {:.2}M parameters in {}", r.model_type, params as f64 / 1e6, r.output_dir.display());
     Ok(())

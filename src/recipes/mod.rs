@@ -63,7 +63,7 @@ fn export_final(run_dir: &Path, to: Option<&Path>) -> Result<()> {
     if checkpoint_step(run_dir)?.is_none() {
         return Ok(()); // stopped early (--stop-after): nothing final to export
     }
-    crate::export::export(&run_dir.display().to_string(), to, Some(tch::Kind::Float), 5_000_000_000)?;
+    crate::export::export(&run_dir.display().to_string(), to, Some(tch::Kind::Float), 5_000_000_000, Device::Cpu)?;
     eprintln!("exported {} to {}", run_dir.display(), to.display());
     Ok(())
 }
@@ -99,6 +99,7 @@ fn prepare_run_dir(dir: &Path, recipe: &Recipe, resume: bool) -> Result<()> {
 pub fn load_model(spec: &ModelSpec, device: Device) -> Result<(Model, Tokenizer, ChatTemplate)> {
     let kind = crate::runtime::parse_dtype(&spec.dtype).context("model.dtype")?;
     let (model, tok) = crate::runtime::load(&spec.path, device, kind)?;
+    eprintln!("model {} ({}, {}) on {}", spec.path, model.family.model_type(), spec.dtype, crate::runtime::describe(device));
     let chat = ChatTemplate::load(&model.dir)?;
     Ok((model, tok, chat))
 }

@@ -334,11 +334,9 @@ impl Diagnostics {
 
 /// The loss of one micro-batch of rollouts, summed (the caller divides by the batch's
 /// normaliser), and the number of clipped tokens (DPCA only).
-fn micro_loss(r: &Opd, student: &Side, batch: &[&Rollout], matches: Option<&VocabMatch>) -> Result<(Tensor, f64)> {
-    let device = student.device();
-    let (ids, starts) = rows(batch, student.tok.pad_id, device);
-    let logits = student.model.logits(&ids);
-    let new_logp = token_logprobs(&logits, &ids);
+fn micro_loss(r: &Opd, batch: &[&Rollout], matches: Option<&VocabMatch>, logits: &Tensor, ids: &Tensor, starts: &[usize]) -> Result<(Tensor, f64)> {
+    let device = ids.device();
+    let new_logp = token_logprobs(logits, ids);
     let width = new_logp.size()[1];
     match r.loss {
         OpdLoss::Dpca => {
@@ -540,11 +538,12 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
             let mut epoch_loss = 0.0;
             for chunk in rollouts.chunks(r.training.micro_batch_size) {
                 let refs: Vec<&Rollout> = chunk.iter().collect();
-                let (l, c) = micro_loss(r, &student, &refs, matches.as_ref())?;
-                if l.requires_grad() {
-                    (&l / norm).backward();
-                }
-                epoch_loss += l.double_value(&[]);
+                let (ids, starts) = rows(&refs, student.tok.pad_id, student.device());
+                let (l, c) = student.model.backward(&ids, r.training.activation_checkpointing, |logits| {
+                    let (l, c) = micro_loss(r, &refs, matches.as_ref(), logits, &ids, &starts)?;
+                    Ok((l / norm, c))
+                })?;
+                epoch_loss += l * norm;
                 clipped += c;
             }
             loss_value = epoch_loss / norm;
@@ -566,7 +565,7 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
         add(&mut state, "prompts", picks.len() as f64);
         add(&mut state, "teacher_forward_tokens", diag.teacher_tokens as f64);
         add(&mut state, "optimizer_steps", r.training.ppo_epochs as f64);
-        metrics.log(state.step, &[
+        let mut values = vec![
             ("train/loss", loss_value),
             ("train/lr", lr),
             ("train/grad_norm", grad_norm),
@@ -586,7 +585,11 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
             ("budget/teacher_generated_tokens", 0.0),
             ("budget/optimizer_steps", counter(&state, "optimizer_steps")),
             ("time_s", counter(&state, "time_s")),
-        ])?;
+        ];
+        if let Some(gib) = crate::runtime::peak_memory_gib(student.device()) {
+            values.push(("memory/peak_gib", gib));
+        }
+        metrics.log(state.step, &values)?;
         bar.set_message(format!("loss {loss_value:.4} gap {:.3} masked {:.0}%", diag.gap_per_token(), 100.0 * diag.masked as f64 / diag.tokens.max(1) as f64));
         bar.inc(1);
         let last = state.step == total;

@@ -90,9 +90,12 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
         for micro in &window {
             let refs: Vec<_> = micro.iter().map(|&i| &encoded[i]).collect();
             let b = Batch::new(&refs, tok.pad_id, device);
-            let nll = -(token_logprobs(&model.logits(&b.ids), &b.ids) * &b.target_mask).sum(Kind::Float);
-            (&nll / n_targets as f64).backward();
-            loss_sum += nll.double_value(&[]);
+            let (_, nll) = model.backward(&b.ids, r.training.activation_checkpointing, |logits| {
+                let nll = -(token_logprobs(logits, &b.ids) * &b.target_mask).sum(Kind::Float);
+                let value = nll.double_value(&[]);
+                Ok((nll / n_targets as f64, value))
+            })?;
+            loss_sum += nll;
         }
         let loss = loss_sum / n_targets as f64;
         if !loss.is_finite() {
@@ -110,7 +113,7 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
         state.counters.insert("time_s".into(), elapsed);
         state.counters.insert("tokens".into(), tokens_seen);
         state.counters.insert("examples".into(), examples_seen);
-        metrics.log(state.step, &[
+        let mut values = vec![
             ("train/loss", loss),
             ("train/lr", lr),
             ("train/grad_norm", grad_norm),
@@ -120,7 +123,11 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
             ("budget/prompts", examples_seen),
             ("budget/optimizer_steps", state.step as f64),
             ("time_s", elapsed),
-        ])?;
+        ];
+        if let Some(gib) = crate::runtime::peak_memory_gib(device) {
+            values.push(("memory/peak_gib", gib));
+        }
+        metrics.log(state.step, &values)?;
         bar.set_message(format!("loss {loss:.4} {:.0} tok/s", n_targets as f64 / secs));
         bar.inc(1);
         let last = state.step == total;
