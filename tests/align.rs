@@ -3,7 +3,8 @@
 //! style), and SentencePiece-style BPE with byte fallback and `▁` spaces (gemma, mistral).
 mod common;
 
-use tokbridge::align::{dpca, Chunk, Masked};
+use common::check_alignment as check;
+use tokbridge::align::{dpca, Masked};
 use tokbridge::hf::tokenizer::Tokenizer;
 
 fn tok(name: &str) -> Tokenizer {
@@ -18,41 +19,6 @@ const TEXTS: [&str; 6] = [
     "  leading spaces and trailing   ",
     "数学 is 'math' in Chinese; ДА means yes.",
 ];
-
-/// Every invariant that must hold for any pair on any text.
-fn check(s: &Tokenizer, t: &Tokenizer, text: &str) -> Vec<Chunk> {
-    let (sids, sp) = s.text_pieces(text).unwrap();
-    let (tids, tp) = t.text_pieces(text).unwrap();
-    let chunks = dpca(&sp, &tp, 6);
-    // Chunks cover both sides in order, without gaps.
-    let (mut si, mut ti) = (0, 0);
-    for c in &chunks {
-        assert_eq!((c.student.start, c.teacher.start), (si, ti), "gap before {c:?}");
-        (si, ti) = (c.student.end, c.teacher.end);
-    }
-    assert_eq!((si, ti), (sids.len(), tids.len()));
-    // Each side's pieces concatenate back to the text, and every aligned chunk is the same
-    // bytes on both sides, ending on a character boundary.
-    assert_eq!(sp.concat(), text.as_bytes(), "student pieces of {text:?}");
-    assert_eq!(tp.concat(), text.as_bytes(), "teacher pieces of {text:?}");
-    for c in chunks.iter().filter(|c| c.masked != Masked::Stuck) {
-        let a = sp[c.student.clone()].concat();
-        assert_eq!(a, tp[c.teacher.clone()].concat(), "chunk {c:?} of {text:?}");
-        let one_to_one = c.student.len() == 1 && c.teacher.len() == 1;
-        assert!(one_to_one || std::str::from_utf8(&a).is_ok(), "chunk {c:?} cuts a character");
-        // Minimal: no proper prefix pair of the chunk is itself aligned.
-        for k in c.student.start + 1..c.student.end {
-            let prefix = sp[c.student.start..k].concat();
-            for j in c.teacher.start + 1..c.teacher.end {
-                if tp[c.teacher.start..j].concat() == prefix {
-                    assert!(std::str::from_utf8(&prefix).is_err(), "chunk {c:?} is not minimal");
-                }
-            }
-        }
-    }
-    assert!(chunks.iter().all(|c| c.masked != Masked::Stuck), "{text:?} got stuck: {chunks:?}");
-    chunks
-}
 
 #[test]
 fn every_fixture_pair_aligns_every_text() {

@@ -95,7 +95,7 @@ impl Tokenizer {
     /// The byte piece of every id, read from the vocabulary (no decoding round trips):
     /// byte-level vocabularies map their alphabet back to bytes; SentencePiece-style ones turn
     /// `▁` into a space and `<0xHH>` byte-fallback tokens into that byte; added tokens are their
-    /// content.
+    /// content (with `▁` as a space in SentencePiece-style vocabularies).
     pub fn pieces(&self) -> &Pieces {
         self.pieces.get_or_init(|| {
             let json: Value = serde_json::from_str(&self.inner.to_string(false).unwrap_or_default()).unwrap_or(Value::Null);
@@ -108,7 +108,9 @@ impl Tokenizer {
             let mut p = Pieces { bytes: vec![vec![]; n], special: vec![false; n] };
             for id in 0..n {
                 if let Some(a) = added.get(&(id as u32)) {
-                    p.bytes[id] = a.content.as_bytes().to_vec();
+                    // Added tokens are matched on the normalized text: in SentencePiece-style
+                    // vocabularies `▁` stands for a space there too (Gemma 3's whitespace runs).
+                    p.bytes[id] = if byte_level { a.content.as_bytes().to_vec() } else { a.content.replace('\u{2581}', " ").into_bytes() };
                     p.special[id] = a.special;
                     continue;
                 }

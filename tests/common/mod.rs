@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: the committed fixtures and their references.
 #![allow(dead_code)]
 use serde::Deserialize;
+use tokbridge::align::{dpca, Chunk, Masked};
+use tokbridge::hf::tokenizer::Tokenizer;
 use std::path::PathBuf;
 
 pub fn fixtures() -> PathBuf {
@@ -32,6 +34,41 @@ pub struct Reference {
 pub fn reference(dir: &std::path::Path) -> Reference {
     let text = std::fs::read_to_string(dir.join("reference.json")).expect("reference.json");
     serde_json::from_str(&text).expect("valid reference.json")
+}
+
+/// Every invariant that must hold for any pair on any text.
+pub fn check_alignment(s: &Tokenizer, t: &Tokenizer, text: &str) -> Vec<Chunk> {
+    let (sids, sp) = s.text_pieces(text).unwrap();
+    let (tids, tp) = t.text_pieces(text).unwrap();
+    let chunks = dpca(&sp, &tp, 6);
+    // Chunks cover both sides in order, without gaps.
+    let (mut si, mut ti) = (0, 0);
+    for c in &chunks {
+        assert_eq!((c.student.start, c.teacher.start), (si, ti), "gap before {c:?}");
+        (si, ti) = (c.student.end, c.teacher.end);
+    }
+    assert_eq!((si, ti), (sids.len(), tids.len()));
+    // Each side's pieces concatenate back to the text, and every aligned chunk is the same
+    // bytes on both sides, ending on a character boundary.
+    assert_eq!(sp.concat(), text.as_bytes(), "student pieces of {text:?}");
+    assert_eq!(tp.concat(), text.as_bytes(), "teacher pieces of {text:?}");
+    for c in chunks.iter().filter(|c| c.masked != Masked::Stuck) {
+        let a = sp[c.student.clone()].concat();
+        assert_eq!(a, tp[c.teacher.clone()].concat(), "chunk {c:?} of {text:?}");
+        let one_to_one = c.student.len() == 1 && c.teacher.len() == 1;
+        assert!(one_to_one || std::str::from_utf8(&a).is_ok(), "chunk {c:?} cuts a character");
+        // Minimal: no proper prefix pair of the chunk is itself aligned.
+        for k in c.student.start + 1..c.student.end {
+            let prefix = sp[c.student.start..k].concat();
+            for j in c.teacher.start + 1..c.teacher.end {
+                if tp[c.teacher.start..j].concat() == prefix {
+                    assert!(std::str::from_utf8(&prefix).is_err(), "chunk {c:?} is not minimal");
+                }
+            }
+        }
+    }
+    assert!(chunks.iter().all(|c| c.masked != Masked::Stuck), "{text:?} got stuck: {chunks:?}");
+    chunks
 }
 
 /// Copies a fixture into a fresh temporary directory that the test may damage.
