@@ -119,7 +119,7 @@ impl super::Layers for Model {
 
     fn shared(&self, ctx: &Context, kind: tch::Kind) -> super::Shared {
         let masks = super::Masks::new(ctx, std::iter::empty(), kind, false);
-        super::Shared { cos_sin: (Tensor::new(), Tensor::new()), masks }
+        super::Shared { cos_sin: (Tensor::new(), Tensor::new()), masks, cos_sin_local: None }
     }
 
     fn block(&self, i: usize, x: &Tensor, s: &super::Shared, cache: Option<&mut KvCache>) -> Tensor {

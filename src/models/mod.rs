@@ -26,18 +26,20 @@ pub enum Family {
     Qwen3,
     Gemma,
     Gemma2,
+    Gemma3,
     Phi3,
     Gpt2,
 }
 
 impl Family {
-    pub const ALL: [Family; 8] = [
+    pub const ALL: [Family; 9] = [
         Family::Llama,
         Family::Mistral,
         Family::Qwen2,
         Family::Qwen3,
         Family::Gemma,
         Family::Gemma2,
+        Family::Gemma3,
         Family::Phi3,
         Family::Gpt2,
     ];
@@ -50,6 +52,7 @@ impl Family {
             Family::Qwen3 => "qwen3",
             Family::Gemma => "gemma",
             Family::Gemma2 => "gemma2",
+            Family::Gemma3 => "gemma3_text",
             Family::Phi3 => "phi3",
             Family::Gpt2 => "gpt2",
         }
@@ -100,6 +103,8 @@ pub(crate) trait Layers {
 pub(crate) struct Shared {
     /// Rotary cos and sin for the pass's positions (empty for learned positions).
     pub cos_sin: (Tensor, Tensor),
+    /// Those of sliding-window layers when they have their own rope (Gemma 3).
+    pub cos_sin_local: Option<(Tensor, Tensor)>,
     pub masks: Masks,
 }
 
@@ -253,7 +258,7 @@ pub fn build(dir: &Path, device: Device) -> Result<(Model, bool)> {
             let tied = m.tied();
             (Arch::Llama(m), c.num_hidden_layers, tied)
         }
-        Family::Gemma | Family::Gemma2 => {
+        Family::Gemma | Family::Gemma2 | Family::Gemma3 => {
             let c: gemma::Config = parse(&config, &config_path)?;
             let m = gemma::Model::new(&root, &c, &config, family).with_context(|| config_path.display().to_string())?;
             (Arch::Gemma(m), c.num_hidden_layers, true)

@@ -108,7 +108,7 @@ impl super::Layers for Model {
 
     fn shared(&self, ctx: &Context, kind: Kind) -> super::Shared {
         let masks = super::Masks::new(ctx, std::iter::once(self.window), kind, false);
-        super::Shared { cos_sin: self.rotary.cos_sin(&ctx.positions, kind), masks }
+        super::Shared { cos_sin: self.rotary.cos_sin(&ctx.positions, kind), masks, cos_sin_local: None }
     }
 
     fn block(&self, i: usize, x: &Tensor, s: &super::Shared, cache: Option<&mut KvCache>) -> Tensor {
