@@ -37,7 +37,7 @@ fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
 fn unknown_model_type_lists_the_supported_ones() {
     let tmp = common::scratch_copy("qwen2");
     edit_config(tmp.path(), |v| v["model_type"] = "mamba".into());
-    assert_fails_with(tmp.path(), &["config.json", "unknown model_type \"mamba\"", "llama, mistral, qwen2, qwen3, gemma, gemma2, phi3, gpt2"]);
+    assert_fails_with(tmp.path(), &["config.json", "unknown model_type \"mamba\"", "llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, gpt2"]);
 }
 
 #[test]
