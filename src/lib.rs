@@ -6,6 +6,7 @@ pub mod compare;
 pub mod data;
 pub mod export;
 pub mod generate;
+pub mod gguf;
 pub mod hf;
 pub mod loss;
 pub mod models;

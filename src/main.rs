@@ -85,6 +85,16 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Convert a GGUF file (llama.cpp) into a Hugging Face model directory.
+    Convert {
+        #[arg(long)]
+        gguf: std::path::PathBuf,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// f32, bf16 or f16 for the dequantized weights.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
     /// Log-probability of every token of TEXT given the tokens before it.
     Score {
         #[command(flatten)]
@@ -186,6 +196,10 @@ fn run(cli: Cli) -> Result<()> {
             let kind = dtype.as_deref().map(runtime::parse_dtype).transpose()?;
             tokbridge::export::export(&src, &out, kind, max_shard_bytes, runtime::parse_device(&device)?)?;
             eprintln!("exported {src} to {}", out.display());
+        }
+        Command::Convert { gguf, out, dtype } => {
+            tokbridge::gguf::convert::convert(&gguf, &out, runtime::parse_dtype(&dtype)?)?;
+            eprintln!("converted {} to {}", gguf.display(), out.display());
         }
         Command::Score { model, text, json } => {
             let (m, tok) = open(&model)?;
