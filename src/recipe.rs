@@ -744,14 +744,14 @@ impl Recipe {
                 ensure!(r.schedule.min_lr_ratio >= 0.0 && r.schedule.min_lr_ratio <= 1.0, "schedule.min_lr_ratio must be in [0, 1]");
                 if let Some(e) = &r.eval {
                     ensure!(r.data.eval.is_some(), "eval is set but data.eval (the held-out set) is not");
-                    validate_eval(e)?;
+                    validate_eval(e, true)?;
                 }
             }
             Recipe::TeacherResponses(r) => {
                 validate_sampling(&r.sampling, "sampling")?;
                 ensure!(r.batch_size > 0, "batch_size must be positive");
             }
-            Recipe::Eval(r) => validate_eval(&r.eval)?,
+            Recipe::Eval(r) => validate_eval(&r.eval, true)?,
             Recipe::Opd(r) => {
                 validate_optimizer(&r.optimizer)?;
                 ensure!(r.training.steps > 0, "training.steps must be positive");
@@ -774,7 +774,7 @@ impl Recipe {
                 );
                 if let Some(e) = &r.eval {
                     ensure!(r.data.eval.is_some(), "eval is set but data.eval (the held-out set) is not");
-                    validate_eval(e)?;
+                    validate_eval(e, false)?;
                 }
             }
             Recipe::MakeTask(r) => {
@@ -837,10 +837,12 @@ fn validate_sampling(s: &SamplingSpec, key: &str) -> Result<()> {
     Ok(())
 }
 
-fn validate_eval(e: &EvalSpec) -> Result<()> {
+/// `scored`: the recipe measures nothing but its scorers (opd also measures the held-out
+/// teacher-student gap, so it may have none).
+fn validate_eval(e: &EvalSpec, scored: bool) -> Result<()> {
     ensure!(e.every != Some(0), "eval.every must be positive");
     ensure!(e.batch_size > 0, "eval.batch_size must be positive");
-    ensure!(!e.scorers.is_empty(), "eval.scorers must not be empty");
+    ensure!(!scored || !e.scorers.is_empty(), "eval.scorers must not be empty");
     for s in &e.scorers {
         if let Scorer::AvgAtK(a) = s {
             ensure!(a.k > 0, "eval.scorers.avg_at_k.k must be positive");

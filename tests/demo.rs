@@ -57,6 +57,16 @@ fn scaled_down_demo_runs_end_to_end() {
     assert!(ok, "{err}");
     assert_eq!(err.matches("finished before, reused").count(), 14, "{err}");
 
+    // A redone stage reruns every stage after it, from empty directories (no stale answers).
+    std::fs::remove_file(root.join("stages/10_teacher_responses.done")).unwrap();
+    let stale = root.join("teacher-responses/responses.jsonl");
+    std::fs::write(&stale, "{\"prompt\": \"stale\", \"response\": \"stale\"}\n").unwrap();
+    let (ok, err) = tokbridge(&args);
+    assert!(ok, "{err}");
+    assert_eq!(err.matches("finished before, reused").count(), 9, "{err}");
+    assert!(err.contains("[14/14] 14_compare\n") && !err.contains("(resuming)"), "{err}");
+    assert!(!std::fs::read_to_string(&stale).unwrap().contains("stale"), "teacher answers were not redone");
+
     // The compare command on the run directories.
     let out = tmp.path().join("cmp");
     let dirs: Vec<String> = ["sft-on-teacher", "opd-dpca"].iter().map(|d| root.join(d).display().to_string()).collect();

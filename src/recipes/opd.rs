@@ -284,6 +284,9 @@ struct Diagnostics {
     one_to_one: usize,
     multi: usize,
     gap: f64,
+    /// Teacher log-likelihood of the aligned response text, and its teacher token count.
+    teacher_logq: f64,
+    teacher_aligned: usize,
     finished: usize,
     teacher_tokens: usize,
     /// Rollouts whose alignment got stuck (texts diverged) or whose teacher view was truncated.
@@ -316,6 +319,8 @@ fn diagnose(rollouts: &[Rollout]) -> Diagnostics {
             let lt: f64 = r.logq[c.teacher.clone()].iter().map(|&x| x as f64).sum();
             let ls: f64 = r.old_logp[c.student.clone()].iter().map(|&x| x as f64).sum();
             d.gap += lt - ls;
+            d.teacher_logq += lt;
+            d.teacher_aligned += c.teacher.len();
         }
     }
     d
@@ -329,6 +334,11 @@ impl Diagnostics {
     /// Mean (log q − log p) per aligned student token: minus a sampled reverse-KL estimate.
     fn gap_per_token(&self) -> f64 {
         self.gap / self.unmasked().max(1) as f64
+    }
+
+    /// Mean teacher log-prob per aligned teacher token of the student's responses.
+    fn teacher_logprob(&self) -> f64 {
+        self.teacher_logq / self.teacher_aligned.max(1) as f64
     }
 }
 
@@ -502,7 +512,9 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
         let mut rollouts = make_rollouts(r, &student, &teacher, &eval_examples, &eval_prompts, &picks, true, r.seed ^ 0xE7A1)?;
         score_teacher(&teacher, &mut rollouts, r.training.micro_batch_size, false)?;
         old_logprobs(&student, &mut rollouts, r.training.micro_batch_size)?;
-        values.push(("eval/logq_minus_logp".into(), diagnose(&rollouts).gap_per_token()));
+        let d = diagnose(&rollouts);
+        values.push(("eval/logq_minus_logp".into(), d.gap_per_token()));
+        values.push(("eval/teacher_logprob".into(), d.teacher_logprob()));
         let v: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         metrics.log(step, &v)
     };
@@ -574,6 +586,7 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
             ("opd/chunks_one_to_one", diag.one_to_one as f64),
             ("opd/chunks_multi_token", diag.multi as f64),
             ("opd/logq_minus_logp", diag.gap_per_token()),
+            ("opd/teacher_logprob", diag.teacher_logprob()),
             ("opd/clip_fraction", clipped / (norm * r.training.ppo_epochs as f64)),
             ("opd/response_length", diag.tokens as f64 / rollouts.len().max(1) as f64),
             ("opd/eot_rate", diag.finished as f64 / rollouts.len().max(1) as f64),

@@ -1,8 +1,11 @@
 //! The `pipeline` recipe: ordinary recipe files run in order as stages. A stage is reused when
 //! its resolved recipe, and those of every stage before it, match what was recorded when it
-//! last finished (so a changed stage reruns everything after it); `--fresh` redoes all. An
-//! interrupted training stage resumes from its checkpoint. The pipeline's `vars` reach every
-//! stage as `vars.NAME=VALUE` overrides, so one override retargets the whole pipeline.
+//! last finished and no stage before it ran again (so a changed or redone stage reruns
+//! everything after it); `--fresh` redoes all. A stage interrupted in the same context (same
+//! recipe, same upstream) resumes: training from its checkpoint, teacher answers from the
+//! answers written; a stage rerun for any other reason starts from an empty directory. The
+//! pipeline's `vars` reach every stage as `vars.NAME=VALUE` overrides, so one override
+//! retargets the whole pipeline.
 use super::RunOptions;
 use crate::recipe::{Pipeline, Recipe};
 use anyhow::{Context, Result};
@@ -31,6 +34,7 @@ fn run_dir(r: &Recipe) -> Option<&Path> {
         Recipe::Sft(x) => Some(&x.output_dir),
         Recipe::Opd(x) => Some(&x.output_dir),
         Recipe::Eval(x) => Some(&x.output_dir),
+        Recipe::TeacherResponses(x) => Some(&x.output_dir),
         _ => None,
     }
 }
@@ -42,38 +46,48 @@ pub fn run(r: &Pipeline, opts: &RunOptions) -> Result<()> {
     let started = Instant::now();
     let n = r.stages.len();
     let mut upstream = 0xcbf2_9ce4_8422_2325u64;
+    let mut ran = false;
     for (i, path) in r.stages.iter().enumerate() {
         let stage = Recipe::load(path, &overrides).with_context(|| format!("pipeline stage {}", path.display()))?;
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| format!("stage{i}"));
         let resolved = stage.to_yaml()?;
         let record = format!("{resolved}# upstream stages: {upstream:016x}\n");
         upstream = fnv1a(resolved.as_bytes(), upstream);
-        let mark = marks.join(format!("{name}.done"));
-        if !opts.fresh && std::fs::read_to_string(&mark).ok().as_deref() == Some(record.as_str()) {
+        let (mark, started) = (marks.join(format!("{name}.done")), marks.join(format!("{name}.started")));
+        let same = |p: &Path| std::fs::read_to_string(p).ok().as_deref() == Some(record.as_str());
+        if !opts.fresh && !ran && same(&mark) {
             eprintln!("[{}/{n}] {name}: finished before, reused", i + 1);
             continue;
         }
+        ran = true;
         let _ = std::fs::remove_file(&mark);
-        // A half-done training stage with the same recipe resumes; anything else starts clean.
+        // Interrupted in this very context: resume. Anything else starts clean.
+        let interrupted = !opts.fresh && same(&started);
         let mut resume = false;
         if let Some(dir) = run_dir(&stage) {
-            let same = std::fs::read_to_string(dir.join("recipe.yaml")).ok().as_deref() == Some(resolved.as_str());
-            if same && !opts.fresh && crate::train::checkpoint::latest(dir)?.is_some() {
+            let has_checkpoint = crate::train::checkpoint::latest(dir)?.is_some();
+            if interrupted && (has_checkpoint || matches!(stage, Recipe::TeacherResponses(_))) {
                 resume = true;
             } else if dir.join("recipe.yaml").exists() {
                 std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
             }
         }
+        write_atomically(&started, &record)?;
         eprintln!("[{}/{n}] {name}{}", i + 1, if resume { " (resuming)" } else { "" });
         let t0 = Instant::now();
         super::run(&stage, &RunOptions { resume, fresh: opts.fresh, stop_after: None }).with_context(|| format!("pipeline stage {}", path.display()))?;
         let secs = t0.elapsed().as_secs_f64();
         std::fs::write(marks.join(format!("{name}.json")), serde_json::json!({ "seconds": secs }).to_string())?;
-        let tmp = crate::hf::safetensors::tmp_path(&mark);
-        std::fs::write(&tmp, &record)?;
-        std::fs::rename(&tmp, &mark)?;
+        write_atomically(&mark, &record)?;
+        let _ = std::fs::remove_file(&started);
         eprintln!("[{}/{n}] {name}: {secs:.1} s", i + 1);
     }
     eprintln!("pipeline {}: {:.1} s", r.output_dir.display(), started.elapsed().as_secs_f64());
     Ok(())
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let tmp = crate::hf::safetensors::tmp_path(path);
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }

@@ -1,0 +1,131 @@
+//! The Rust side of the benchmarks against PyTorch/transformers (benches/python/step.py does
+//! the same work there; benches/compare.py runs both in alternation and prints the ratios).
+//!
+//!   cargo bench --bench step -- train  [--hidden 384 --layers 8 ...]   forward + backward + AdamW
+//!   cargo bench --bench step -- sample                                  8 prompts, 128 new tokens
+//!
+//! The model is a randomly initialised llama (about 30M parameters by default: hidden 384,
+//! 8 layers, 6 heads / 2 KV heads, MLP 1536, vocabulary 32000, tied), float32, on the CPU with
+//! `--threads` threads. Prints one JSON line: median and spread of the timed repetitions, the
+//! throughput and the process's peak resident memory.
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+use tokbridge::generate::{generate, Sampling};
+use tokbridge::recipe::OptimizerSpec;
+use tokbridge::train::{optim::AdamW, token_logprobs};
+
+struct Args {
+    mode: String,
+    hidden: i64,
+    layers: i64,
+    heads: i64,
+    kv_heads: i64,
+    inter: i64,
+    vocab: i64,
+    batch: i64,
+    seq: i64,
+    new_tokens: usize,
+    reps: usize,
+    threads: i32,
+}
+
+fn parse() -> Args {
+    let mut a = Args { mode: "train".into(), hidden: 384, layers: 8, heads: 6, kv_heads: 2, inter: 1536, vocab: 32000, batch: 8, seq: 256, new_tokens: 128, reps: 10, threads: 2 };
+    let argv: Vec<String> = std::env::args().skip(1).filter(|x| x != "--bench").collect();
+    let mut it = argv.iter();
+    while let Some(k) = it.next() {
+        let mut v = || it.next().expect("a value after the flag").parse::<i64>().expect("an integer");
+        match k.as_str() {
+            "train" | "sample" => a.mode = k.clone(),
+            "--hidden" => a.hidden = v(),
+            "--layers" => a.layers = v(),
+            "--heads" => a.heads = v(),
+            "--kv-heads" => a.kv_heads = v(),
+            "--inter" => a.inter = v(),
+            "--vocab" => a.vocab = v(),
+            "--batch" => a.batch = v(),
+            "--seq" => a.seq = v(),
+            "--new-tokens" => a.new_tokens = v() as usize,
+            "--reps" => a.reps = v() as usize,
+            "--threads" => a.threads = v() as i32,
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    a
+}
+
+fn model(a: &Args) -> tokbridge::models::Model {
+    let dir = std::env::temp_dir().join(format!("tokbridge-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = serde_json::json!({
+        "model_type": "llama", "vocab_size": a.vocab, "hidden_size": a.hidden, "intermediate_size": a.inter,
+        "num_hidden_layers": a.layers, "num_attention_heads": a.heads, "num_key_value_heads": a.kv_heads,
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "tie_word_embeddings": true,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let (m, _) = tokbridge::models::build(&dir, Device::Cpu).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    tch::manual_seed(0);
+    let _g = tch::no_grad_guard();
+    for (name, mut t) in m.vs.variables() {
+        if name.ends_with("norm.weight") {
+            let _ = t.fill_(1.0);
+        } else {
+            let _ = t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.02));
+        }
+    }
+    m
+}
+
+fn main() {
+    let a = parse();
+    tch::set_num_threads(a.threads);
+    let m = model(&a);
+    let params: i64 = m.vs.variables().values().map(|t| t.numel() as i64).sum();
+    let mut times = Vec::new();
+    let tokens;
+    match a.mode.as_str() {
+        "train" => {
+            let spec = OptimizerSpec { lr: 1e-4, weight_decay: 0.01, betas: [0.9, 0.999], eps: 1e-8, grad_clip: None };
+            let mut opt = AdamW::new(&m.vs, &spec);
+            let ids = Tensor::randint(a.vocab, [a.batch, a.seq], (Kind::Int64, Device::Cpu));
+            for rep in 0..a.reps + 2 {
+                let t0 = Instant::now();
+                opt.zero_grad();
+                m.backward(&ids, false, |logits| Ok((-token_logprobs(logits, &ids).mean(Kind::Float), ()))).unwrap();
+                opt.step(1e-4);
+                if rep >= 2 {
+                    times.push(t0.elapsed().as_secs_f64());
+                }
+            }
+            tokens = a.batch * a.seq;
+        }
+        "sample" => {
+            let mut rng = tokbridge::data::Rng(1);
+            let prompts: Vec<Vec<i64>> = (0..8).map(|_| (0..16).map(|_| (rng.next_u64() % a.vocab as u64) as i64).collect()).collect();
+            let s = Sampling { max_new_tokens: a.new_tokens, temperature: 0.0, ignore_eos: true, ..Sampling::default() };
+            for rep in 0..a.reps.min(5) + 1 {
+                let t0 = Instant::now();
+                let g = generate(&m, &prompts, &s, &[], 0).unwrap();
+                assert!(g.iter().all(|x| x.new_ids.len() == a.new_tokens));
+                if rep >= 1 {
+                    times.push(t0.elapsed().as_secs_f64());
+                }
+            }
+            tokens = 8 * a.new_tokens as i64;
+        }
+        other => panic!("unknown mode {other} (train, sample)"),
+    }
+    times.sort_by(f64::total_cmp);
+    let n = times.len();
+    let median = if n % 2 == 1 { times[n / 2] } else { (times[n / 2 - 1] + times[n / 2]) / 2.0 };
+    println!(
+        "{}",
+        serde_json::json!({
+            "side": "tokbridge", "mode": a.mode, "params": params, "median_s": median,
+            "min_s": times[0], "max_s": times[times.len() - 1], "tokens_per_s": tokens as f64 / median,
+            "peak_rss_gib": tokbridge::runtime::peak_memory_gib(Device::Cpu),
+        })
+    );
+}
