@@ -59,7 +59,7 @@ def main():
     th = ["--threads", str(a.threads)]
     qwen, llama = asset("qwen3"), asset("llama3")
     cases = {
-        "train": ("training step, llama ~30M, batch 8 x 256, f32", [step, "train", *th], [sys.executable, "benches/python/step.py", "train", *th]),
+        "train": ("training step, llama ~30M, batch 8 x 256, f32", [step, "train", *th, "--reps", "6"], [sys.executable, "benches/python/step.py", "train", *th, "--reps", "6"]),
         "sample": ("sampling, 8 prompts x 128 new tokens, KV cache", [step, "sample", *th], [sys.executable, "benches/python/step.py", "sample", *th]),
         "dpca": ("DPCA, ~1k-token responses, Qwen3 vs Llama 3 tokenizers", [align, "--real", qwen, llama], [sys.executable, "benches/python/dpca_ref.py", qwen, llama]),
     }

@@ -90,15 +90,28 @@ fn main() {
             let spec = OptimizerSpec { lr: 1e-4, weight_decay: 0.01, betas: [0.9, 0.999], eps: 1e-8, grad_clip: None };
             let mut opt = AdamW::new(&m.vs, &spec);
             let ids = Tensor::randint(a.vocab, [a.batch, a.seq], (Kind::Int64, Device::Cpu));
+            let mut parts = [0f64; 3];
             for rep in 0..a.reps + 2 {
                 let t0 = Instant::now();
                 opt.zero_grad();
-                m.backward(&ids, false, |logits| Ok((-token_logprobs(logits, &ids).mean(Kind::Float), ()))).unwrap();
+                let mut t1 = t0;
+                m.backward(&ids, false, |logits| {
+                    let loss = -token_logprobs(logits, &ids).mean(Kind::Float);
+                    t1 = Instant::now();
+                    Ok((loss, ()))
+                })
+                .unwrap();
+                let t2 = Instant::now();
                 opt.step(1e-4);
                 if rep >= 2 {
                     times.push(t0.elapsed().as_secs_f64());
+                    parts[0] += (t1 - t0).as_secs_f64();
+                    parts[1] += (t2 - t1).as_secs_f64();
+                    parts[2] += t2.elapsed().as_secs_f64();
                 }
             }
+            let n = a.reps as f64;
+            eprintln!("per step: forward + loss {:.3} s, backward {:.3} s, AdamW {:.3} s", parts[0] / n, parts[1] / n, parts[2] / n);
             tokens = a.batch * a.seq;
         }
         "sample" => {

@@ -37,8 +37,11 @@ impl Batch {
 }
 
 /// log p(ids[:, t+1] | ids[:, ..=t]) for every position, (batch, len - 1), from float32 logits.
+///
+/// The log-softmax runs over the whole (contiguous) logits and the last position is dropped
+/// from the small result: narrowing the logits first would copy them, forward and backward.
 pub fn token_logprobs(logits: &Tensor, ids: &Tensor) -> Tensor {
     let len = ids.size()[1];
-    let targets = ids.narrow(1, 1, len - 1).unsqueeze(-1);
-    logits.narrow(1, 0, len - 1).log_softmax(-1, Kind::Float).gather(2, &targets, false).squeeze_dim(-1)
+    let targets = Tensor::cat(&[ids.narrow(1, 1, len - 1), ids.narrow(1, len - 1, 1)], 1).unsqueeze(-1);
+    logits.log_softmax(-1, Kind::Float).gather(2, &targets, false).squeeze_dim(-1).narrow(1, 0, len - 1)
 }
