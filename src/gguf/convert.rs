@@ -37,6 +37,9 @@ pub fn convert(path: &Path, out: &Path, kind: Kind) -> Result<()> {
     let fam = family(&arch).with_context(|| ctx("architecture"))?;
     let config = config(&g, &arch, fam).with_context(|| ctx("config"))?;
     let (tokenizer, tok_config) = tokenizer(&g, fam).with_context(|| ctx("tokenizer"))?;
+    if out.exists() {
+        ensure!(out.join("config.json").exists() || out.read_dir()?.next().is_none(), "{} exists and is not a model directory; refusing to replace it", out.display());
+    }
 
     let stage = crate::hf::safetensors::tmp_path(out);
     if stage.exists() {
@@ -62,11 +65,15 @@ pub fn convert(path: &Path, out: &Path, kind: Kind) -> Result<()> {
         let _ = std::fs::remove_dir_all(&stage);
         return Err(e);
     }
+    // Replace an older conversion only once the new one is complete.
+    let old = out.with_file_name(format!("{}.old{}", out.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
     if out.exists() {
-        ensure!(out.join("config.json").exists() || out.read_dir()?.next().is_none(), "{} exists and is not a model directory; refusing to replace it", out.display());
-        std::fs::remove_dir_all(out)?;
+        std::fs::rename(out, &old).with_context(|| format!("moving the old {} aside", out.display()))?;
     }
     std::fs::rename(&stage, out).with_context(|| format!("renaming {} to {}", stage.display(), out.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
     Ok(())
 }
 
