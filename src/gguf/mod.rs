@@ -172,10 +172,13 @@ impl Gguf {
         let data_start = c.at.div_ceil(align) * align;
         let mut tensors = Vec::with_capacity(n_tensors);
         for (name, shape, ty, offset) in records {
-            let n: i64 = shape.iter().product();
-            let len = ty.bytes_for(n as usize).with_context(|| format!("tensor {name}: {n} values are not whole {ty:?} blocks"))?;
-            let start = data_start + offset;
-            ensure!(start + len <= map.len(), "tensor {name} runs past the end of the file (truncated?)");
+            let n = shape.iter().try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)));
+            let n = n.with_context(|| format!("tensor {name} has an impossible shape {shape:?}"))?;
+            let len = ty.bytes_for(n).with_context(|| format!("tensor {name}: {n} values are not whole {ty:?} blocks"))?;
+            let start = data_start.checked_add(offset);
+            let fits = start.and_then(|s| s.checked_add(len)).is_some_and(|end| end <= map.len());
+            ensure!(fits, "tensor {name} runs past the end of the file (truncated?)");
+            let start = start.unwrap_or_default();
             tensors.push(TensorInfo { name, shape, ty, start, len });
         }
         Ok(Self { path: path.to_path_buf(), metadata, tensors, map })

@@ -84,7 +84,11 @@ impl GgmlType {
     /// Bytes that `n` values take; None when `n` is not a whole number of blocks.
     pub fn bytes_for(self, n: usize) -> Option<usize> {
         let (values, bytes) = self.block();
-        (n % values == 0).then(|| n / values * bytes)
+        if n % values == 0 {
+            (n / values).checked_mul(bytes)
+        } else {
+            None
+        }
     }
 }
 
