@@ -372,11 +372,14 @@ pub struct RolloutSpec {
     pub max_new_tokens: usize,
     #[serde(default = "one")]
     pub samples_per_prompt: usize,
+    /// Keep sampling past end tokens to exactly max_new_tokens (benchmarks of long responses).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 impl Default for RolloutSpec {
     fn default() -> Self {
-        Self { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 256, samples_per_prompt: 1 }
+        Self { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 256, samples_per_prompt: 1, ignore_eos: false }
     }
 }
 

@@ -226,7 +226,7 @@ pub fn make_rollouts(r: &Opd, student: &Side, teacher: &Side, examples: &[Exampl
             temperature: r.rollout.temperature,
             top_k: r.rollout.top_k,
             top_p: r.rollout.top_p,
-            ignore_eos: false,
+            ignore_eos: r.rollout.ignore_eos,
             seed,
         };
         let mut stops = student.tok.eos_ids.clone();
