@@ -86,35 +86,61 @@ pub fn min_value(kind: Kind) -> f64 {
     }
 }
 
-/// Cached keys and values of every layer, each (batch, kv_heads, len, head_dim).
+/// Cached keys and values of every layer: buffers (batch, kv_heads, capacity, head_dim) of
+/// which the first `len` positions are filled. New positions are written in place and the
+/// capacity doubles when full, so decoding N tokens copies O(N) values, not O(N²) as growing
+/// the cache by concatenation would. Used under no_grad (generation).
 #[derive(Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    len: i64,
+    /// Positions written by the layers of the current call (all layers append the same count).
+    pending: i64,
 }
 
 impl KvCache {
     pub fn new(n_layers: usize) -> Self {
-        Self { layers: (0..n_layers).map(|_| None).collect() }
+        Self { layers: (0..n_layers).map(|_| None).collect(), len: 0, pending: 0 }
     }
 
     /// Number of cached positions.
     pub fn len(&self) -> i64 {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.size()[2])
+        self.len + self.pending
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Appends the new keys and values of `layer` and returns the full ones.
+    /// Appends the new keys and values of `layer` and returns views of all of them.
     pub fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+        if layer == 0 {
+            // A new forward call: what the previous call appended is now committed.
+            self.len += self.pending;
+            self.pending = 0;
+        }
+        let t = k.size()[2];
+        let need = self.len + t;
         let slot = &mut self.layers[layer];
-        let (k, v) = match slot.take() {
-            Some((pk, pv)) => (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2)),
-            None => (k, v),
-        };
-        *slot = Some((k.shallow_clone(), v.shallow_clone()));
-        (k, v)
+        let grow = slot.as_ref().is_none_or(|(kb, _)| kb.size()[2] < need);
+        if grow {
+            let cap = (need * 2).max(64);
+            let alloc = |x: &Tensor| {
+                let (b, h, _, d) = x.size4().expect("(batch, kv_heads, seq, head_dim)");
+                Tensor::zeros([b, h, cap, d], (x.kind(), x.device()))
+            };
+            let (kb, vb) = (alloc(&k), alloc(&v));
+            if let Some((ok, ov)) = slot.as_ref() {
+                kb.narrow(2, 0, self.len).copy_(&ok.narrow(2, 0, self.len));
+                vb.narrow(2, 0, self.len).copy_(&ov.narrow(2, 0, self.len));
+            }
+            *slot = Some((kb, vb));
+        }
+        let (kb, vb) = slot.as_ref().expect("allocated above");
+        kb.narrow(2, self.len, t).copy_(&k);
+        vb.narrow(2, self.len, t).copy_(&v);
+        self.pending = t;
+        (kb.narrow(2, 0, need), vb.narrow(2, 0, need))
     }
 
     /// Keeps only the batch rows in `rows` (int64 indices), e.g. to drop finished sequences.

@@ -537,9 +537,12 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
 
         // Rollout, teacher view, teacher scoring, alignment, old log-probs.
         let mut rollouts = make_rollouts(r, &student, &teacher, &examples, &prompts, &picks, on_policy, seed)?;
+        let t_rollout = started.elapsed().as_secs_f64();
         let want_probs = matches!(r.loss, OpdLoss::Uld | OpdLoss::GoldHybrid);
         score_teacher(&teacher, &mut rollouts, r.training.micro_batch_size, want_probs)?;
+        let t_teacher = started.elapsed().as_secs_f64();
         old_logprobs(&student, &mut rollouts, r.training.micro_batch_size)?;
+        let t_old = started.elapsed().as_secs_f64();
         let diag = diagnose(&rollouts);
 
         // Update: ppo_epochs optimizer steps over the whole rollout batch.
@@ -598,6 +601,12 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
             ("budget/teacher_generated_tokens", 0.0),
             ("budget/optimizer_steps", counter(&state, "optimizer_steps")),
             ("time_s", counter(&state, "time_s")),
+            // Where the step's time went: sampling + teacher view + alignment, the teacher's
+            // forward, the student's old log-probs, and the update.
+            ("time/rollout_s", t_rollout),
+            ("time/teacher_s", t_teacher - t_rollout),
+            ("time/old_logprobs_s", t_old - t_teacher),
+            ("time/update_s", secs - t_old),
         ];
         if let Some(gib) = crate::runtime::peak_memory_gib(student.device()) {
             values.push(("memory/peak_gib", gib));
