@@ -238,25 +238,6 @@ fn weights(g: &Gguf, fam: Family, config: &Json, kind: Kind) -> Result<Vec<(Stri
     Ok(out)
 }
 
-/// GPT-2's byte-level alphabet, byte -> char.
-fn byte_alphabet() -> Vec<char> {
-    let mut printable: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
-    let mut chars = printable.clone();
-    let mut extra = 0;
-    for b in 0..256u32 {
-        if !printable.contains(&b) {
-            printable.push(b);
-            chars.push(256 + extra);
-            extra += 1;
-        }
-    }
-    let mut table = vec!['\0'; 256];
-    for (b, c) in printable.into_iter().zip(chars) {
-        table[b as usize] = char::from_u32(c).expect("valid char");
-    }
-    table
-}
-
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -300,8 +281,8 @@ fn tokenizer(g: &Gguf, fam: Family) -> Result<(Json, Json)> {
     };
     let gemma = matches!(fam, Family::Gemma | Family::Gemma2 | Family::Gemma3);
     let merges: Vec<(String, String)> = if byte_level {
-        let alphabet: std::collections::HashSet<char> = byte_alphabet().into_iter().collect();
-        let table = byte_alphabet();
+        let table = crate::hf::tokenizer::byte_level_alphabet();
+        let alphabet: std::collections::HashSet<char> = table.iter().copied().collect();
         for t in tokens.iter_mut() {
             if !t.chars().all(|c| alphabet.contains(&c)) {
                 *t = t.bytes().map(|b| table[b as usize]).collect();

@@ -76,8 +76,8 @@ pub struct Pieces {
     pub special: Vec<bool>,
 }
 
-/// GPT-2's byte-level alphabet: the printable char that stands for each byte.
-fn byte_level_table() -> std::collections::HashMap<char, u8> {
+/// GPT-2's byte-level alphabet: the printable char that stands for each byte, by byte.
+pub fn byte_level_alphabet() -> [char; 256] {
     let mut printable: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
     let mut chars = printable.clone();
     let mut extra = 0;
@@ -88,7 +88,11 @@ fn byte_level_table() -> std::collections::HashMap<char, u8> {
             extra += 1;
         }
     }
-    printable.into_iter().zip(chars).map(|(b, c)| (char::from_u32(c).expect("valid char"), b as u8)).collect()
+    let mut table = ['\0'; 256];
+    for (b, c) in printable.into_iter().zip(chars) {
+        table[b as usize] = char::from_u32(c).expect("valid char");
+    }
+    table
 }
 
 impl Tokenizer {
@@ -102,7 +106,7 @@ impl Tokenizer {
             let decoder = json.get("decoder").map(|d| d.to_string()).unwrap_or_default();
             let byte_level = decoder.contains("\"ByteLevel\"");
             let byte_fallback = json["model"]["byte_fallback"].as_bool().unwrap_or(false);
-            let table = byte_level_table();
+            let table: std::collections::HashMap<char, u8> = byte_level_alphabet().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
             let added = self.inner.get_added_tokens_decoder();
             let n = self.inner.get_vocab_size(true).max(added.keys().map(|&k| k as usize + 1).max().unwrap_or(0));
             let mut p = Pieces { bytes: vec![vec![]; n], special: vec![false; n] };
