@@ -2,12 +2,15 @@
 //! the same work there; benches/compare.py runs both in alternation and prints the ratios).
 //!
 //!   cargo bench --bench step -- train  [--hidden 384 --layers 8 ...]   forward + backward + AdamW
+//!   cargo bench --bench step -- train --full-logits                     the same on unchunked logits
 //!   cargo bench --bench step -- sample                                  8 prompts, 128 new tokens
 //!
 //! The model is a randomly initialised llama (about 30M parameters by default: hidden 384,
 //! 8 layers, 6 heads / 2 KV heads, MLP 1536, vocabulary 32000, tied), float32, on the CPU with
 //! `--threads` threads. Prints one JSON line: median and spread of the timed repetitions, the
-//! throughput and the process's peak resident memory.
+//! throughput and the process's peak resident memory. Training goes through
+//! `Model::backward_tokens` as the SFT recipe does (the head in chunks of positions), with the
+//! allocator set up as the `tokbridge` binary sets it (`runtime::keep_freed_memory`).
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use tokbridge::generate::{generate, Sampling};
@@ -27,16 +30,19 @@ struct Args {
     new_tokens: usize,
     reps: usize,
     threads: i32,
+    /// Train on the full logits (`Model::backward`) instead of the chunked head (`backward_tokens`).
+    full_logits: bool,
 }
 
 fn parse() -> Args {
-    let mut a = Args { mode: "train".into(), hidden: 384, layers: 8, heads: 6, kv_heads: 2, inter: 1536, vocab: 32000, batch: 8, seq: 256, new_tokens: 128, reps: 10, threads: 2 };
+    let mut a = Args { mode: "train".into(), hidden: 384, layers: 8, heads: 6, kv_heads: 2, inter: 1536, vocab: 32000, batch: 8, seq: 256, new_tokens: 128, reps: 10, threads: 2, full_logits: false };
     let argv: Vec<String> = std::env::args().skip(1).filter(|x| x != "--bench").collect();
     let mut it = argv.iter();
     while let Some(k) = it.next() {
         let mut v = || it.next().expect("a value after the flag").parse::<i64>().expect("an integer");
         match k.as_str() {
             "train" | "sample" => a.mode = k.clone(),
+            "--full-logits" => a.full_logits = true,
             "--hidden" => a.hidden = v(),
             "--layers" => a.layers = v(),
             "--heads" => a.heads = v(),
@@ -80,6 +86,7 @@ fn model(a: &Args) -> tokbridge::models::Model {
 
 fn main() {
     let a = parse();
+    tokbridge::runtime::keep_freed_memory();
     tch::set_num_threads(a.threads);
     let m = model(&a);
     let params: i64 = m.vs.variables().values().map(|t| t.numel() as i64).sum();
@@ -90,28 +97,26 @@ fn main() {
             let spec = OptimizerSpec { lr: 1e-4, weight_decay: 0.01, betas: [0.9, 0.999], eps: 1e-8, grad_clip: None };
             let mut opt = AdamW::new(&m.vs, &spec);
             let ids = Tensor::randint(a.vocab, [a.batch, a.seq], (Kind::Int64, Device::Cpu));
-            let mut parts = [0f64; 3];
+            let mut parts = [0f64; 2];
             for rep in 0..a.reps + 2 {
                 let t0 = Instant::now();
                 opt.zero_grad();
-                let mut t1 = t0;
-                m.backward(&ids, false, |logits| {
-                    let loss = -token_logprobs(logits, &ids).mean(Kind::Float);
-                    t1 = Instant::now();
-                    Ok((loss, ()))
-                })
-                .unwrap();
-                let t2 = Instant::now();
+                let n = (a.batch * (a.seq - 1)) as f64;
+                if a.full_logits {
+                    m.backward(&ids, false, |logits| Ok((-token_logprobs(logits, &ids).sum(Kind::Float) / n, ()))).unwrap();
+                } else {
+                    m.backward_tokens(&ids, false, |lp, _| Ok(-lp.sum(Kind::Float) / n)).unwrap();
+                }
+                let t1 = Instant::now();
                 opt.step(1e-4);
                 if rep >= 2 {
                     times.push(t0.elapsed().as_secs_f64());
                     parts[0] += (t1 - t0).as_secs_f64();
-                    parts[1] += (t2 - t1).as_secs_f64();
-                    parts[2] += t2.elapsed().as_secs_f64();
+                    parts[1] += t1.elapsed().as_secs_f64();
                 }
             }
             let n = a.reps as f64;
-            eprintln!("per step: forward + loss {:.3} s, backward {:.3} s, AdamW {:.3} s", parts[0] / n, parts[1] / n, parts[2] / n);
+            eprintln!("per step: forward and backward {:.3} s, AdamW {:.3} s", parts[0] / n, parts[1] / n);
             tokens = a.batch * a.seq;
         }
         "sample" => {

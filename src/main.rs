@@ -132,6 +132,7 @@ enum Command {
 }
 
 fn main() {
+    runtime::keep_freed_memory();
     if let Err(e) = run(Cli::parse()) {
         // One line: the chain of contexts, outermost first.
         let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();

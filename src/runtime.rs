@@ -29,6 +29,21 @@ fn cuda(n: usize) -> Result<Device> {
     Ok(Device::Cuda(n))
 }
 
+/// Lets the process keep and reuse the memory that freed tensors leave (glibc's malloc). By
+/// default glibc returns a freed block above its dynamic threshold to the kernel, so every
+/// training step maps its large tensors afresh and the kernel zeroes each page again: a tenth of
+/// a CPU training step went to page faults. Blocks up to 32 MiB (the size `Model::backward_tokens`
+/// keeps its chunks under) now stay in the heap, and the heap is not trimmed. Called once at
+/// start by the binaries; the peak resident memory is unchanged.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before any other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 /// `f32`, `bf16` or `f16` (and their long names).
 pub fn parse_dtype(s: &str) -> Result<Kind> {
     Ok(match s {

@@ -104,8 +104,10 @@ fn batched_left_padded_generation_equals_single() {
     }
 }
 
-/// Every parameter's gradient of a masked NLL over a right-padded batch.
-fn gradients(model: &models::Model, ids: &Tensor, recompute: bool) -> (f64, Vec<(String, Tensor)>) {
+/// Every parameter's gradient of a masked NLL over a right-padded batch: through
+/// `Model::backward` on the full logits, or through `Model::backward_tokens` when
+/// `model.logits_per_chunk` is set.
+fn gradients(model: &models::Model, ids: &Tensor, recompute: bool, chunked: bool) -> (f64, Vec<(String, Tensor)>) {
     for (_, v) in model.vs.variables() {
         let mut g = v.grad();
         if g.defined() {
@@ -113,38 +115,57 @@ fn gradients(model: &models::Model, ids: &Tensor, recompute: bool) -> (f64, Vec<
         }
     }
     let mask = ids.narrow(1, 1, ids.size()[1] - 1).ne(0).to_kind(Kind::Float);
-    let (loss, ()) = model
-        .backward(ids, recompute, |logits| {
-            let lp = tokbridge::train::token_logprobs(logits, ids);
-            Ok((-(lp * &mask).sum(Kind::Float) / 10.0, ()))
-        })
-        .unwrap();
+    let loss = if chunked {
+        let mut starts = Vec::new();
+        let loss = model
+            .backward_tokens(ids, recompute, |lp, t0| {
+                starts.push(t0);
+                Ok(-(lp * mask.narrow(1, t0, lp.size()[1])).sum(Kind::Float) / 10.0)
+            })
+            .unwrap();
+        assert!(starts.len() > 3, "the head ran in {} chunks", starts.len());
+        loss
+    } else {
+        let (loss, ()) = model
+            .backward(ids, recompute, |logits| {
+                let lp = tokbridge::train::token_logprobs(logits, ids);
+                Ok((-(lp * &mask).sum(Kind::Float) / 10.0, ()))
+            })
+            .unwrap();
+        loss
+    };
     let mut grads: Vec<(String, Tensor)> = model.vs.variables().into_iter().map(|(n, v)| (n, v.grad().copy())).collect();
     grads.sort_by(|a, b| a.0.cmp(&b.0));
     (loss, grads)
 }
 
 #[test]
-fn activation_recomputation_gives_the_same_gradients() {
+fn recomputation_and_the_chunked_head_give_the_same_gradients() {
     for dir in common::model_dirs() {
-        let (model, tok) = load(&dir);
+        let (mut model, tok) = load(&dir);
         let texts = ["Tom has 12 apples and buys 30 more.", "def f(x):\n    return x * 7"];
         let enc: Vec<Vec<i64>> = texts.iter().map(|t| tok.encode(t, true).unwrap()).collect();
         let len = enc.iter().map(Vec::len).max().unwrap();
         let flat: Vec<i64> = enc.iter().flat_map(|e| e.iter().copied().chain(std::iter::repeat(0)).take(len)).collect();
         let ids = Tensor::from_slice(&flat).view([2, len as i64]);
-        let (plain_loss, plain) = gradients(&model, &ids, false);
-        let (re_loss, re) = gradients(&model, &ids, true);
-        assert!((plain_loss - re_loss).abs() < 1e-6 * plain_loss.abs().max(1.0), "{}: loss {plain_loss} vs {re_loss}", dir.display());
-        assert_eq!(plain.len(), re.len());
-        let mut nonzero = 0;
-        for ((name, a), (_, b)) in plain.iter().zip(&re) {
-            assert!(a.defined() && b.defined(), "{}: {name} has no gradient", dir.display());
-            let scale = a.abs().max().double_value(&[]).max(1e-12);
-            let diff = (a - b).abs().max().double_value(&[]);
-            assert!(diff <= 1e-4 * scale, "{}: {name} gradient differs by {diff} (scale {scale})", dir.display());
-            nonzero += usize::from(scale > 1e-8);
+        let (plain_loss, plain) = gradients(&model, &ids, false, false);
+        let vocab = model.config["vocab_size"].as_i64().unwrap();
+        // Three positions of both rows per chunk.
+        model.logits_per_chunk = Some(vocab * 2 * 3);
+        for (recompute, chunked) in [(true, false), (false, true), (true, true)] {
+            let what = format!("{} (recompute {recompute}, chunked head {chunked})", dir.display());
+            let (loss, grads) = gradients(&model, &ids, recompute, chunked);
+            assert!((plain_loss - loss).abs() < 1e-6 * plain_loss.abs().max(1.0), "{what}: loss {plain_loss} vs {loss}");
+            assert_eq!(plain.len(), grads.len());
+            let mut nonzero = 0;
+            for ((name, a), (_, b)) in plain.iter().zip(&grads) {
+                assert!(a.defined() && b.defined(), "{what}: {name} has no gradient");
+                let scale = a.abs().max().double_value(&[]).max(1e-12);
+                let diff = (a - b).abs().max().double_value(&[]);
+                assert!(diff <= 1e-4 * scale, "{what}: {name} gradient differs by {diff} (scale {scale})");
+                nonzero += usize::from(scale > 1e-8);
+            }
+            assert!(nonzero * 2 > plain.len(), "{what}: most gradients are zero");
         }
-        assert!(nonzero * 2 > plain.len(), "{}: most gradients are zero", dir.display());
     }
 }

@@ -84,6 +84,9 @@ pub struct Model {
     pub dir: PathBuf,
     pub kind: Kind,
     pub n_layers: usize,
+    /// How many logits one chunk of `backward_tokens` may hold; `None`: 2^23 (32 MiB in
+    /// float32, which glibc then reuses without fresh page faults) on the CPU, 2^27 on a GPU.
+    pub logits_per_chunk: Option<i64>,
 }
 
 /// One family's forward pass in parts, so that a caller can run the blocks itself
@@ -150,38 +153,55 @@ impl Model {
             }
             return Ok((loss.double_value(&[]), extra));
         }
-        let (b, t) = ids.size2().context("ids are (batch, seq)")?;
-        let ctx = Context::dense(b, t, 0, ids.device());
-        let l = self.layers();
-        let s = l.shared(&ctx, self.kind);
-        let mut inputs = Vec::with_capacity(self.n_layers);
-        let top = tch::no_grad(|| {
-            let mut x = l.embed(ids, &ctx);
-            for i in 0..self.n_layers {
-                inputs.push(x.shallow_clone());
-                x = l.block(i, &x, &s, None);
-            }
-            x
-        });
-        let top = top.detach().set_requires_grad(true);
-        let (loss, extra) = loss_of(&l.head(&top))?;
+        let pass = Pass::new(self, ids, true)?;
+        let top = pass.top.detach().set_requires_grad(true);
+        let (loss, extra) = loss_of(&pass.l.head(&top))?;
         let value = loss.double_value(&[]);
-        if !loss.requires_grad() {
-            return Ok((value, extra));
-        }
-        loss.backward();
-        let mut grad = top.grad();
-        for i in (0..self.n_layers).rev() {
-            let x = inputs[i].detach().set_requires_grad(true);
-            inputs[i] = Tensor::new();
-            (l.block(i, &x, &s, None) * &grad).sum(Kind::Float).backward();
-            grad = x.grad();
-        }
-        let e = l.embed(ids, &ctx);
-        if e.requires_grad() {
-            (e * grad).sum(Kind::Float).backward();
+        if loss.requires_grad() {
+            loss.backward();
+            pass.backward(top.grad());
         }
         Ok((value, extra))
+    }
+
+    /// `backward` for a loss that is a sum over positions of a function of each position's
+    /// next-token log-prob (cross-entropy, the PPO surrogate). The head and its log-softmax run
+    /// over chunks of positions and each chunk is back-propagated at once, so the
+    /// vocabulary-sized tensors (logits, log-softmax, their gradients) exist for one chunk at a
+    /// time, as in Liger's fused linear cross-entropy. `loss_of(lp, t0)` gets the log-probs
+    /// (batch, n) of positions `t0..t0 + n`, numbered as `train::token_logprobs` numbers them,
+    /// and returns their part of the loss; the value returned is the sum of the parts.
+    pub fn backward_tokens(&self, ids: &Tensor, recompute: bool, mut loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
+        let pass = Pass::new(self, ids, recompute)?;
+        let (b, t) = (pass.batch, pass.seq);
+        let hidden = pass.top.size()[2];
+        let device = self.device();
+        let vocab = self.config.get("vocab_size").and_then(Value::as_i64).unwrap_or(1).max(1);
+        let budget = self.logits_per_chunk.unwrap_or(if device == Device::Cpu { 1 << 23 } else { 1 << 27 });
+        let step = (budget / (vocab * b)).max(1);
+        let (mut value, mut grads, mut any_grad) = (0.0, Vec::new(), false);
+        let mut t0 = 0;
+        while t0 < t - 1 {
+            let n = step.min(t - 1 - t0);
+            let h = pass.top.narrow(1, t0, n).detach().set_requires_grad(true);
+            let targets = ids.narrow(1, t0 + 1, n).unsqueeze(-1);
+            let lp = pass.l.head(&h).log_softmax(-1, Kind::Float).gather(2, &targets, false).squeeze_dim(-1);
+            let loss = loss_of(&lp, t0)?;
+            value += loss.double_value(&[]);
+            if loss.requires_grad() {
+                loss.backward();
+                grads.push(h.grad());
+                any_grad = true;
+            } else {
+                grads.push(h.zeros_like());
+            }
+            t0 += n;
+        }
+        if any_grad {
+            grads.push(Tensor::zeros([b, 1, hidden], (pass.top.kind(), device)));
+            pass.backward(Tensor::cat(&grads, 1));
+        }
+        Ok(value)
     }
 
     pub fn device(&self) -> Device {
@@ -190,6 +210,68 @@ impl Model {
 
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.n_layers)
+    }
+}
+
+/// One training forward of the blocks, up to the last block's output, kept so that the
+/// gradient of that output can be sent back through the blocks and the embeddings.
+struct Pass<'a> {
+    l: &'a dyn Layers,
+    ids: &'a Tensor,
+    ctx: Context,
+    shared: Shared,
+    batch: i64,
+    seq: i64,
+    /// The last block's output: with its graph, or (recomputation) without.
+    top: Tensor,
+    /// Recomputation: each block's input, without graph.
+    inputs: Vec<Tensor>,
+}
+
+impl<'a> Pass<'a> {
+    fn new(model: &'a Model, ids: &'a Tensor, recompute: bool) -> Result<Self> {
+        let (b, t) = ids.size2().context("ids are (batch, seq)")?;
+        let ctx = Context::dense(b, t, 0, ids.device());
+        let l = model.layers();
+        let shared = l.shared(&ctx, model.kind);
+        let mut inputs = Vec::new();
+        let top = if recompute {
+            tch::no_grad(|| {
+                let mut x = l.embed(ids, &ctx);
+                for i in 0..model.n_layers {
+                    inputs.push(x.shallow_clone());
+                    x = l.block(i, &x, &shared, None);
+                }
+                x
+            })
+        } else {
+            let mut x = l.embed(ids, &ctx);
+            for i in 0..model.n_layers {
+                x = l.block(i, &x, &shared, None);
+            }
+            x
+        };
+        Ok(Self { l, ids, ctx, shared, batch: b, seq: t, top, inputs })
+    }
+
+    /// Back-propagates `grad`, the loss's gradient with respect to `top`.
+    fn backward(mut self, mut grad: Tensor) {
+        if self.inputs.is_empty() {
+            if self.top.requires_grad() {
+                (&self.top * grad).sum(Kind::Float).backward();
+            }
+            return;
+        }
+        for i in (0..self.inputs.len()).rev() {
+            let x = self.inputs[i].detach().set_requires_grad(true);
+            self.inputs[i] = Tensor::new();
+            (self.l.block(i, &x, &self.shared, None) * &grad).sum(Kind::Float).backward();
+            grad = x.grad();
+        }
+        let e = self.l.embed(self.ids, &self.ctx);
+        if e.requires_grad() {
+            (e * grad).sum(Kind::Float).backward();
+        }
     }
 }
 
@@ -275,7 +357,7 @@ pub fn build(dir: &Path, device: Device) -> Result<(Model, bool)> {
             (Arch::Gpt2(m), c.n_layer, true)
         }
     };
-    Ok((Model { family, arch, vs, config, dir: dir.to_path_buf(), kind: Kind::Float, n_layers: n_layers as usize }, tied))
+    Ok((Model { family, arch, vs, config, dir: dir.to_path_buf(), kind: Kind::Float, n_layers: n_layers as usize, logits_per_chunk: None }, tied))
 }
 
 /// The name a stored tensor has in our VarStore (GPT-2 hub files lack the `transformer.` prefix).

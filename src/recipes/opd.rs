@@ -344,23 +344,49 @@ impl Diagnostics {
 
 /// The loss of one micro-batch of rollouts, summed (the caller divides by the batch's
 /// normaliser), and the number of clipped tokens (DPCA only).
+/// DPCA's per-token inputs of one micro-batch in the training layout (B, L − 1): advantages,
+/// the mask of unmasked response tokens, and the old log-probs.
+struct DpcaInputs {
+    adv: Tensor,
+    mask: Tensor,
+    old: Tensor,
+    clip: PpoClip,
+}
+
+impl DpcaInputs {
+    fn new(r: &Opd, batch: &[&Rollout], starts: &[usize], width: i64, device: Device) -> Self {
+        let clamp = r.dpca.adv_clamp as f32;
+        let adv: Vec<Vec<f32>> = batch.iter().map(|x| if x.truncated { vec![0.0; x.response.len()] } else { loss::chunk_advantages(&x.chunks, &x.old_logp, &x.logq, clamp) }).collect();
+        let mask: Vec<Vec<f32>> = batch.iter().map(|x| response_mask(x)).collect();
+        let old: Vec<&[f32]> = batch.iter().map(|x| x.old_logp.as_slice()).collect();
+        Self {
+            adv: scatter(&adv.iter().map(Vec::as_slice).collect::<Vec<_>>(), starts, width, device),
+            mask: scatter(&mask.iter().map(Vec::as_slice).collect::<Vec<_>>(), starts, width, device),
+            old: scatter(&old, starts, width, device),
+            clip: PpoClip { low: r.dpca.clip_low, high: r.dpca.clip_high, dual: r.dpca.dual_clip },
+        }
+    }
+
+    /// The summed PPO surrogate of positions `t0..t0 + n` given their new log-probs (B, n),
+    /// and how many of them clipping changed.
+    fn loss(&self, new_logp: &Tensor, t0: i64) -> (Tensor, f64) {
+        let n = new_logp.size()[1];
+        let [adv, mask, old] = [&self.adv, &self.mask, &self.old].map(|t| t.narrow(1, t0, n));
+        let (per_token, clipped) = loss::ppo_surrogate(new_logp, &old, &adv, self.clip);
+        let clipped = (clipped * &mask).sum(Kind::Float).double_value(&[]);
+        ((per_token * mask).sum(Kind::Float), clipped)
+    }
+}
+
+/// The summed loss of one micro-batch for the losses that need the student's logits (ALM's
+/// chunk sums, ULD's and GOLD's distributions); DPCA goes through `DpcaInputs` in chunks.
 fn micro_loss(r: &Opd, batch: &[&Rollout], matches: Option<&VocabMatch>, logits: &Tensor, ids: &Tensor, starts: &[usize]) -> Result<(Tensor, f64)> {
     let device = ids.device();
     let new_logp = token_logprobs(logits, ids);
-    let width = new_logp.size()[1];
     match r.loss {
         OpdLoss::Dpca => {
-            let clamp = r.dpca.adv_clamp as f32;
-            let adv: Vec<Vec<f32>> = batch.iter().map(|x| if x.truncated { vec![0.0; x.response.len()] } else { loss::chunk_advantages(&x.chunks, &x.old_logp, &x.logq, clamp) }).collect();
-            let mask: Vec<Vec<f32>> = batch.iter().map(|x| response_mask(x)).collect();
-            let old: Vec<&[f32]> = batch.iter().map(|x| x.old_logp.as_slice()).collect();
-            let adv_t = scatter(&adv.iter().map(Vec::as_slice).collect::<Vec<_>>(), &starts, width, device);
-            let mask_t = scatter(&mask.iter().map(Vec::as_slice).collect::<Vec<_>>(), &starts, width, device);
-            let old_t = scatter(&old, &starts, width, device);
-            let clip = PpoClip { low: r.dpca.clip_low, high: r.dpca.clip_high, dual: r.dpca.dual_clip };
-            let (per_token, clipped) = loss::ppo_surrogate(&new_logp, &old_t, &adv_t, clip);
-            let clipped = (clipped * &mask_t).sum(Kind::Float).double_value(&[]);
-            Ok(((per_token * mask_t).sum(Kind::Float), clipped))
+            let width = new_logp.size()[1];
+            Ok(DpcaInputs::new(r, batch, starts, width, device).loss(&new_logp, 0))
         }
         OpdLoss::Alm => {
             let mut total = Tensor::zeros([], (Kind::Float, device));
@@ -554,10 +580,23 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
             for chunk in rollouts.chunks(r.training.micro_batch_size) {
                 let refs: Vec<&Rollout> = chunk.iter().collect();
                 let (ids, starts) = rows(&refs, student.tok.pad_id, student.device());
-                let (l, c) = student.model.backward(&ids, r.training.activation_checkpointing, |logits| {
-                    let (l, c) = micro_loss(r, &refs, matches.as_ref(), logits, &ids, &starts)?;
-                    Ok((l / norm, c))
-                })?;
+                let recompute = r.training.activation_checkpointing;
+                let (l, c) = if r.loss == OpdLoss::Dpca {
+                    // Token-wise: the head and its log-softmax run in chunks of positions.
+                    let inputs = DpcaInputs::new(r, &refs, &starts, ids.size()[1] - 1, ids.device());
+                    let mut clipped = 0.0;
+                    let l = student.model.backward_tokens(&ids, recompute, |lp, t0| {
+                        let (l, c) = inputs.loss(lp, t0);
+                        clipped += c;
+                        Ok(l / norm)
+                    })?;
+                    (l, clipped)
+                } else {
+                    student.model.backward(&ids, recompute, |logits| {
+                        let (l, c) = micro_loss(r, &refs, matches.as_ref(), logits, &ids, &starts)?;
+                        Ok((l / norm, c))
+                    })?
+                };
                 epoch_loss += l * norm;
                 clipped += c;
             }

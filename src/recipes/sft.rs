@@ -14,7 +14,7 @@ use crate::train::checkpoint::{self, TrainState};
 use crate::train::metrics::{progress, Metrics};
 use crate::train::optim::AdamW;
 use crate::train::schedule::lr_at;
-use crate::train::{token_logprobs, Batch};
+use crate::train::Batch;
 use anyhow::{Context, Result};
 use std::time::Instant;
 use tch::Kind;
@@ -90,12 +90,11 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
         for micro in &window {
             let refs: Vec<_> = micro.iter().map(|&i| &encoded[i]).collect();
             let b = Batch::new(&refs, tok.pad_id, device);
-            let (_, nll) = model.backward(&b.ids, r.training.activation_checkpointing, |logits| {
-                let nll = -(token_logprobs(logits, &b.ids) * &b.target_mask).sum(Kind::Float);
-                let value = nll.double_value(&[]);
-                Ok((nll / n_targets as f64, value))
+            let loss = model.backward_tokens(&b.ids, r.training.activation_checkpointing, |lp, t0| {
+                let mask = b.target_mask.narrow(1, t0, lp.size()[1]);
+                Ok(-(lp * mask).sum(Kind::Float) / n_targets as f64)
             })?;
-            loss_sum += nll;
+            loss_sum += loss * n_targets as f64;
         }
         let loss = loss_sum / n_targets as f64;
         if !loss.is_finite() {

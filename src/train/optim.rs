@@ -81,7 +81,8 @@ impl AdamW {
         norm
     }
 
-    /// One AdamW update at learning rate `lr`.
+    /// One AdamW update at learning rate `lr`, in place and in the order of torch's
+    /// single-tensor AdamW (`lerp_`, `addcmul_`, `addcdiv_`): one temporary per parameter.
     pub fn step(&mut self, lr: f64) {
         let _g = tch::no_grad_guard();
         self.steps += 1;
@@ -101,12 +102,14 @@ impl AdamW {
             if p.decay && self.spec.weight_decay > 0.0 {
                 let _ = w.g_mul_scalar_(1.0 - lr * self.spec.weight_decay);
             }
-            let _ = p.exp_avg.g_mul_scalar_(b1);
-            let _ = p.exp_avg.g_add_(&(&grad * (1.0 - b1)));
-            let _ = p.exp_avg_sq.g_mul_scalar_(b2);
-            let _ = p.exp_avg_sq.g_add_(&(&grad * &grad * (1.0 - b2)));
-            let denom = p.exp_avg_sq.sqrt() / bc2.sqrt() + self.spec.eps;
-            let _ = w.g_sub_(&(&p.exp_avg / denom * (lr / bc1)));
+            let _ = p.exp_avg.lerp_(&grad, 1.0 - b1);
+            let _ = p.exp_avg_sq.g_mul_scalar_(b2).addcmul_(&grad, &(&grad * (1.0 - b2)));
+            if lr > 0.0 {
+                // w -= lr / bc1 * m / (sqrt(v / bc2) + eps), as w += m / denom with the step folded into denom.
+                let mut denom = p.exp_avg_sq.sqrt();
+                let _ = denom.g_div_scalar_(bc2.sqrt()).g_add_scalar_(self.spec.eps).g_mul_scalar_(-bc1 / lr);
+                let _ = w.addcdiv_(&p.exp_avg, &denom);
+            }
             if p.master.is_some() {
                 let _ = p.var.copy_(&w.to_kind(p.var.kind()));
             }
