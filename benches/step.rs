@@ -17,7 +17,7 @@ use tokbridge::generate::{generate, Sampling};
 use tokbridge::recipe::OptimizerSpec;
 use tokbridge::train::{optim::AdamW, token_logprobs};
 
-struct Args {
+pub struct Args {
     mode: String,
     hidden: i64,
     layers: i64,
@@ -32,12 +32,13 @@ struct Args {
     threads: i32,
     /// Train on the full logits (`Model::backward`) instead of the chunked head (`backward_tokens`).
     full_logits: bool,
+    /// `Model::logits_per_chunk` (0: the default).
+    chunk: i64,
 }
 
-fn parse() -> Args {
-    let mut a = Args { mode: "train".into(), hidden: 384, layers: 8, heads: 6, kv_heads: 2, inter: 1536, vocab: 32000, batch: 8, seq: 256, new_tokens: 128, reps: 10, threads: 2, full_logits: false };
-    let argv: Vec<String> = std::env::args().skip(1).filter(|x| x != "--bench").collect();
-    let mut it = argv.iter();
+pub fn parse(argv: &[String]) -> Args {
+    let mut a = Args { mode: "train".into(), hidden: 384, layers: 8, heads: 6, kv_heads: 2, inter: 1536, vocab: 32000, batch: 8, seq: 256, new_tokens: 128, reps: 10, threads: 2, full_logits: false, chunk: 0 };
+    let mut it = argv.iter().filter(|x| *x != "--bench");
     while let Some(k) = it.next() {
         let mut v = || it.next().expect("a value after the flag").parse::<i64>().expect("an integer");
         match k.as_str() {
@@ -54,6 +55,7 @@ fn parse() -> Args {
             "--new-tokens" => a.new_tokens = v() as usize,
             "--reps" => a.reps = v() as usize,
             "--threads" => a.threads = v() as i32,
+            "--logits-per-chunk" => a.chunk = v(),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -85,10 +87,17 @@ fn model(a: &Args) -> tokbridge::models::Model {
 }
 
 fn main() {
-    let a = parse();
     tokbridge::runtime::keep_freed_memory();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let a = parse(&argv);
     tch::set_num_threads(a.threads);
-    let m = model(&a);
+    println!("{}", run(&a));
+}
+
+/// Runs the benchmark `a` describes; its result as one JSON object.
+pub fn run(a: &Args) -> serde_json::Value {
+    let mut m = model(a);
+    m.logits_per_chunk = (a.chunk > 0).then_some(a.chunk);
     let params: i64 = m.vs.variables().values().map(|t| t.numel() as i64).sum();
     let mut times = Vec::new();
     let tokens;
@@ -138,12 +147,9 @@ fn main() {
     times.sort_by(f64::total_cmp);
     let n = times.len();
     let median = if n % 2 == 1 { times[n / 2] } else { (times[n / 2 - 1] + times[n / 2]) / 2.0 };
-    println!(
-        "{}",
-        serde_json::json!({
-            "side": "tokbridge", "mode": a.mode, "params": params, "median_s": median,
-            "min_s": times[0], "max_s": times[times.len() - 1], "tokens_per_s": tokens as f64 / median,
-            "peak_rss_gib": tokbridge::runtime::peak_memory_gib(Device::Cpu),
-        })
-    );
+    serde_json::json!({
+        "side": "tokbridge", "mode": a.mode, "params": params, "median_s": median,
+        "min_s": times[0], "max_s": times[times.len() - 1], "tokens_per_s": tokens as f64 / median,
+        "peak_rss_gib": tokbridge::runtime::peak_memory_gib(Device::Cpu),
+    })
 }
