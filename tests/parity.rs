@@ -173,7 +173,7 @@ fn recomputation_and_the_chunked_head_give_the_same_gradients() {
 
 /// Three training steps against transformers + `torch.optim.AdamW` (train_reference.json, made
 /// by scripts/fixtures/make_train_reference.py): the mean cross-entropy of a right-padded batch
-/// through the chunked head, gradient clipping and AdamW with tokbridge's decay groups. Each
+/// through the chunked head (with and without recomputation), gradient clipping and AdamW with tokbridge's decay groups. Each
 /// step's loss and gradient norm, and the log-probs after the last step, must agree.
 #[test]
 fn three_training_steps_match_torch_adamw() {
@@ -189,37 +189,40 @@ fn three_training_steps_match_torch_adamw() {
         let mask: Vec<f32> = lengths.iter().flat_map(|&n| (1..w as usize).map(move |i| if i < n { 1.0 } else { 0.0 })).collect();
         let mask = Tensor::from_slice(&mask).view([b, w - 1]);
         let n_targets: usize = lengths.iter().map(|n| n - 1).sum();
-        let (mut model, _) = load(&dir);
-        model.logits_per_chunk = Some(model.config["vocab_size"].as_i64().unwrap() * b * 4);
-        let f = |k: &str| r[k].as_f64().unwrap();
-        let spec = OptimizerSpec {
-            lr: f("lr"),
-            weight_decay: f("weight_decay"),
-            betas: [r["betas"][0].as_f64().unwrap(), r["betas"][1].as_f64().unwrap()],
-            eps: f("eps"),
-            grad_clip: Some(f("grad_clip")),
-        };
-        let mut opt = AdamW::new(&model.vs, &spec);
-        for step in 0..r["steps"].as_u64().unwrap() as usize {
-            opt.zero_grad();
-            let loss = model
-                .backward_tokens(&ids, false, |lp, t0| Ok(-(lp * mask.narrow(1, t0, lp.size()[1])).sum(Kind::Float) / n_targets as f64))
-                .unwrap();
-            let norm = opt.clip_grad_norm(spec.grad_clip);
-            opt.step(spec.lr);
-            let (want_loss, want_norm) = (r["losses"][step].as_f64().unwrap(), r["grad_norms"][step].as_f64().unwrap());
-            assert!((loss - want_loss).abs() < 1e-5 * want_loss.abs(), "{}: step {step} loss {loss} vs torch {want_loss}", dir.display());
-            assert!((norm - want_norm).abs() < 1e-4 * want_norm, "{}: step {step} grad norm {norm} vs torch {want_norm}", dir.display());
-        }
-        let _g = tch::no_grad_guard();
-        let lp = model.logits(&ids).log_softmax(-1, Kind::Double);
-        let mut worst: f64 = 0.0;
-        for (bi, row) in rows.iter().enumerate() {
-            for i in 0..lengths[bi] - 1 {
-                let want = r["logprobs_after"][bi][i].as_f64().unwrap();
-                worst = worst.max((lp.double_value(&[bi as i64, i as i64, row[i + 1]]) - want).abs());
+        for recompute in [false, true] {
+            let what = format!("{} (recompute {recompute})", dir.display());
+            let (mut model, _) = load(&dir);
+            model.logits_per_chunk = Some(model.config["vocab_size"].as_i64().unwrap() * b * 4);
+            let f = |k: &str| r[k].as_f64().unwrap();
+            let spec = OptimizerSpec {
+                lr: f("lr"),
+                weight_decay: f("weight_decay"),
+                betas: [r["betas"][0].as_f64().unwrap(), r["betas"][1].as_f64().unwrap()],
+                eps: f("eps"),
+                grad_clip: Some(f("grad_clip")),
+            };
+            let mut opt = AdamW::new(&model.vs, &spec);
+            for step in 0..r["steps"].as_u64().unwrap() as usize {
+                opt.zero_grad();
+                let loss = model
+                    .backward_tokens(&ids, recompute, |lp, t0| Ok(-(lp * mask.narrow(1, t0, lp.size()[1])).sum(Kind::Float) / n_targets as f64))
+                    .unwrap();
+                let norm = opt.clip_grad_norm(spec.grad_clip);
+                opt.step(spec.lr);
+                let (want_loss, want_norm) = (r["losses"][step].as_f64().unwrap(), r["grad_norms"][step].as_f64().unwrap());
+                assert!((loss - want_loss).abs() < 1e-5 * want_loss.abs(), "{what}: step {step} loss {loss} vs torch {want_loss}");
+                assert!((norm - want_norm).abs() < 1e-4 * want_norm, "{what}: step {step} grad norm {norm} vs torch {want_norm}");
             }
+            let _g = tch::no_grad_guard();
+            let lp = model.logits(&ids).log_softmax(-1, Kind::Double);
+            let mut worst: f64 = 0.0;
+            for (bi, row) in rows.iter().enumerate() {
+                for i in 0..lengths[bi] - 1 {
+                    let want = r["logprobs_after"][bi][i].as_f64().unwrap();
+                    worst = worst.max((lp.double_value(&[bi as i64, i as i64, row[i + 1]]) - want).abs());
+                }
+            }
+            assert!(worst < 1e-3, "{what}: log-probs after training differ from torch's by up to {worst}");
         }
-        assert!(worst < 1e-3, "{}: log-probs after training differ from torch's by up to {worst}", dir.display());
     }
 }

@@ -84,8 +84,8 @@ pub struct Model {
     pub dir: PathBuf,
     pub kind: Kind,
     pub n_layers: usize,
-    /// How many logits one chunk of `backward_tokens` may hold; `None`: 2^23 (32 MiB in
-    /// float32, which glibc then reuses without fresh page faults) on the CPU, 2^27 on a GPU.
+    /// How many logits one chunk of `backward_tokens` may hold; `None`: 2^25 (128 MiB in
+    /// float32) on the CPU, 2^27 on a GPU.
     pub logits_per_chunk: Option<i64>,
 }
 
@@ -177,7 +177,7 @@ impl Model {
         let hidden = pass.top.size()[2];
         let device = self.device();
         let vocab = self.config.get("vocab_size").and_then(Value::as_i64).unwrap_or(1).max(1);
-        let budget = self.logits_per_chunk.unwrap_or(if device == Device::Cpu { 1 << 23 } else { 1 << 27 });
+        let budget = self.logits_per_chunk.unwrap_or(if device == Device::Cpu { 1 << 25 } else { 1 << 27 });
         let step = (budget / (vocab * b)).max(1);
         let (mut value, mut grads, mut any_grad) = (0.0, Vec::new(), false);
         let mut t0 = 0;
