@@ -173,13 +173,13 @@ impl Model {
     /// and returns their part of the loss; the value returned is the sum of the parts.
     pub fn backward_tokens(&self, ids: &Tensor, recompute: bool, mut loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
         let pass = Pass::new(self, ids, recompute)?;
-        let (b, t) = (pass.batch, pass.seq);
-        let hidden = pass.top.size()[2];
+        let (b, t, hidden) = pass.top.size3()?;
         let device = self.device();
         let vocab = self.config.get("vocab_size").and_then(Value::as_i64).unwrap_or(1).max(1);
         let budget = self.logits_per_chunk.unwrap_or(if device == Device::Cpu { 1 << 25 } else { 1 << 27 });
         let step = (budget / (vocab * b)).max(1);
-        let (mut value, mut grads, mut any_grad) = (0.0, Vec::new(), false);
+        // The loss is summed on the device and read once, so chunks do not wait on each other.
+        let (mut value, mut grads, mut any_grad) = (Tensor::zeros([], (Kind::Float, device)), Vec::new(), false);
         let mut t0 = 0;
         while t0 < t - 1 {
             let n = step.min(t - 1 - t0);
@@ -187,7 +187,7 @@ impl Model {
             let targets = ids.narrow(1, t0 + 1, n).unsqueeze(-1);
             let lp = pass.l.head(&h).log_softmax(-1, Kind::Float).gather(2, &targets, false).squeeze_dim(-1);
             let loss = loss_of(&lp, t0)?;
-            value += loss.double_value(&[]);
+            value += loss.detach().to_kind(Kind::Float);
             if loss.requires_grad() {
                 loss.backward();
                 grads.push(h.grad());
@@ -201,7 +201,7 @@ impl Model {
             grads.push(Tensor::zeros([b, 1, hidden], (pass.top.kind(), device)));
             pass.backward(Tensor::cat(&grads, 1));
         }
-        Ok(value)
+        Ok(value.double_value(&[]))
     }
 
     pub fn device(&self) -> Device {
@@ -220,8 +220,6 @@ struct Pass<'a> {
     ids: &'a Tensor,
     ctx: Context,
     shared: Shared,
-    batch: i64,
-    seq: i64,
     /// The last block's output: with its graph, or (recomputation) without.
     top: Tensor,
     /// Recomputation: each block's input, without graph.
@@ -251,7 +249,7 @@ impl<'a> Pass<'a> {
             }
             x
         };
-        Ok(Self { l, ids, ctx, shared, batch: b, seq: t, top, inputs })
+        Ok(Self { l, ids, ctx, shared, top, inputs })
     }
 
     /// Back-propagates `grad`, the loss's gradient with respect to `top`.

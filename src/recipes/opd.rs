@@ -26,7 +26,7 @@ use crate::train::metrics::{progress, Metrics};
 use crate::train::optim::AdamW;
 use crate::train::schedule::lr_at;
 use crate::train::token_logprobs;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -342,8 +342,6 @@ impl Diagnostics {
     }
 }
 
-/// The loss of one micro-batch of rollouts, summed (the caller divides by the batch's
-/// normaliser), and the number of clipped tokens (DPCA only).
 /// DPCA's per-token inputs of one micro-batch in the training layout (B, L − 1): advantages,
 /// the mask of unmasked response tokens, and the old log-probs.
 struct DpcaInputs {
@@ -378,17 +376,15 @@ impl DpcaInputs {
     }
 }
 
-/// The summed loss of one micro-batch for the losses that need the student's logits (ALM's
-/// chunk sums, ULD's and GOLD's distributions); DPCA goes through `DpcaInputs` in chunks.
-fn micro_loss(r: &Opd, batch: &[&Rollout], matches: Option<&VocabMatch>, logits: &Tensor, ids: &Tensor, starts: &[usize]) -> Result<(Tensor, f64)> {
+/// The loss of one micro-batch of rollouts, summed (the caller divides by the batch's
+/// normaliser), for the losses that need the student's logits: ALM's chunk sums, ULD's and
+/// GOLD's distributions. DPCA is trained through `Model::backward_tokens` and `DpcaInputs`.
+fn micro_loss(r: &Opd, batch: &[&Rollout], matches: Option<&VocabMatch>, logits: &Tensor, ids: &Tensor, starts: &[usize]) -> Result<Tensor> {
     let device = ids.device();
-    let new_logp = token_logprobs(logits, ids);
     match r.loss {
-        OpdLoss::Dpca => {
-            let width = new_logp.size()[1];
-            Ok(DpcaInputs::new(r, batch, starts, width, device).loss(&new_logp, 0))
-        }
+        OpdLoss::Dpca => bail!("DPCA is trained through Model::backward_tokens, not on full logits"),
         OpdLoss::Alm => {
+            let new_logp = token_logprobs(logits, ids);
             let mut total = Tensor::zeros([], (Kind::Float, device));
             for (b, x) in batch.iter().enumerate().filter(|(_, x)| !x.truncated) {
                 let live: Vec<&Chunk> = x.chunks.iter().filter(|c| !c.is_masked()).collect();
@@ -410,7 +406,7 @@ fn micro_loss(r: &Opd, batch: &[&Rollout], matches: Option<&VocabMatch>, logits:
                 let d = loss::alm_binary_ce(&ls, &Tensor::from_slice(&lt).to_device(device), r.baselines.alm_temperature);
                 total = total + d.sum(Kind::Float);
             }
-            Ok((total, 0.0))
+            Ok(total)
         }
         OpdLoss::Uld | OpdLoss::GoldHybrid => {
             let mut total = Tensor::zeros([], (Kind::Float, device));
@@ -442,7 +438,7 @@ fn micro_loss(r: &Opd, batch: &[&Rollout], matches: Option<&VocabMatch>, logits:
                 };
                 total = total + l;
             }
-            Ok((total, 0.0))
+            Ok(total)
         }
     }
 }
@@ -592,10 +588,7 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
                     })?;
                     (l, clipped)
                 } else {
-                    student.model.backward(&ids, recompute, |logits| {
-                        let (l, c) = micro_loss(r, &refs, matches.as_ref(), logits, &ids, &starts)?;
-                        Ok((l / norm, c))
-                    })?
+                    student.model.backward(&ids, recompute, |logits| Ok((micro_loss(r, &refs, matches.as_ref(), logits, &ids, &starts)? / norm, 0.0)))?
                 };
                 epoch_loss += l * norm;
                 clipped += c;
