@@ -215,12 +215,16 @@ impl super::Layers for Model {
         }
     }
 
-    fn head(&self, x: &Tensor) -> Tensor {
-        let logits = self.embed_tokens.logits(&self.norm.forward(x));
-        match self.final_softcap {
-            Some(cap) => (logits / cap).tanh() * cap,
-            None => logits,
-        }
+    fn final_norm(&self, x: &Tensor) -> Tensor {
+        self.norm.forward(x)
+    }
+
+    fn unembedding(&self) -> &Tensor {
+        &self.embed_tokens.weight
+    }
+
+    fn final_softcap(&self) -> Option<f64> {
+        self.final_softcap
     }
 }
 

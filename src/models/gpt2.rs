@@ -134,7 +134,11 @@ impl super::Layers for Model {
         &x + blk.mlp_proj.forward(&self.act.forward(&blk.c_fc.forward(&blk.ln_2.forward(&x))))
     }
 
-    fn head(&self, x: &Tensor) -> Tensor {
-        self.wte.logits(&self.ln_f.forward(x))
+    fn final_norm(&self, x: &Tensor) -> Tensor {
+        self.ln_f.forward(x)
+    }
+
+    fn unembedding(&self) -> &Tensor {
+        &self.wte.weight
     }
 }

@@ -186,11 +186,11 @@ impl super::Layers for Model {
         &x + layer.mlp.forward(&layer.post_attention_layernorm.forward(&x))
     }
 
-    fn head(&self, x: &Tensor) -> Tensor {
-        let x = self.norm.forward(x);
-        match &self.lm_head {
-            Some(head) => head.forward(&x).to_kind(tch::Kind::Float),
-            None => self.embed_tokens.logits(&x),
-        }
+    fn final_norm(&self, x: &Tensor) -> Tensor {
+        self.norm.forward(x)
+    }
+
+    fn unembedding(&self) -> &Tensor {
+        self.lm_head.as_ref().map_or(&self.embed_tokens.weight, |head| &head.weight)
     }
 }

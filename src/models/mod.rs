@@ -98,8 +98,22 @@ pub(crate) trait Layers {
     fn shared(&self, ctx: &Context, kind: Kind) -> Shared;
     /// Block `i` on the residual stream `x`.
     fn block(&self, i: usize, x: &Tensor, s: &Shared, cache: Option<&mut KvCache>) -> Tensor;
+    /// The final norm, applied to the last block's output.
+    fn final_norm(&self, x: &Tensor) -> Tensor;
+    /// The output projection (vocab, hidden): `lm_head.weight`, or the embedding table when tied.
+    fn unembedding(&self) -> &Tensor;
+    /// Gemma 2's final logit soft-capping, `cap * tanh(logits / cap)`.
+    fn final_softcap(&self) -> Option<f64> {
+        None
+    }
     /// Float32 logits from the last block's output.
-    fn head(&self, x: &Tensor) -> Tensor;
+    fn head(&self, x: &Tensor) -> Tensor {
+        let logits = self.final_norm(x).matmul(&self.unembedding().tr()).to_kind(Kind::Float);
+        match self.final_softcap() {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        }
+    }
 }
 
 /// The per-pass tensors blocks share.
@@ -154,52 +168,112 @@ impl Model {
             return Ok((loss.double_value(&[]), extra));
         }
         let pass = Pass::new(self, ids, true)?;
-        let top = pass.top.detach().set_requires_grad(true);
+        let top = pass.top_for_grad();
         let (loss, extra) = loss_of(&pass.l.head(&top))?;
         let value = loss.double_value(&[]);
         if loss.requires_grad() {
             loss.backward();
-            pass.backward(top.grad());
+            pass.backward(&top);
         }
         Ok((value, extra))
     }
 
     /// `backward` for a loss that is a sum over positions of a function of each position's
     /// next-token log-prob (cross-entropy, the PPO surrogate). The head and its log-softmax run
-    /// over chunks of positions and each chunk is back-propagated at once, so the
-    /// vocabulary-sized tensors (logits, log-softmax, their gradients) exist for one chunk at a
-    /// time, as in Liger's fused linear cross-entropy. `loss_of(lp, t0)` gets the log-probs
-    /// (batch, n) of positions `t0..t0 + n`, numbered as `train::token_logprobs` numbers them,
-    /// and returns their part of the loss; the value returned is the sum of the parts.
+    /// over chunks of positions, so the vocabulary-sized tensors exist for one chunk at a time,
+    /// as in Liger's fused linear cross-entropy. `loss_of(lp, t0)` gets the log-probs (batch, n)
+    /// of positions `t0..t0 + n`, numbered as `train::token_logprobs` numbers them, and returns
+    /// their part of the loss; the value returned is the sum of the parts.
+    ///
+    /// Autograd sees only the small tensors. With `g` the gradient of the loss with respect to
+    /// the chosen tokens' log-probs, the gradient of the logits is `g * (onehot - softmax)`,
+    /// written in place over the log-softmax (`softmax = exp(log-softmax)`, the formula of
+    /// torch's log-softmax backward), so a chunk holds one vocabulary-sized buffer (two with
+    /// soft-capping) instead of autograd's four. The head's two matmul gradients follow from it;
+    /// the one of the hidden states goes back through the final norm and the blocks.
     pub fn backward_tokens(&self, ids: &Tensor, recompute: bool, mut loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
         let pass = Pass::new(self, ids, recompute)?;
-        let (b, t, hidden) = pass.top.size3()?;
+        let top = pass.top_for_grad();
+        let normed = pass.l.final_norm(&top);
+        let (b, t, hidden) = normed.size3()?;
+        let (w, cap) = (pass.l.unembedding(), pass.l.final_softcap());
+        let vocab = w.size()[0];
         let device = self.device();
-        let vocab = self.config.get("vocab_size").and_then(Value::as_i64).unwrap_or(1).max(1);
         let budget = self.logits_per_chunk.unwrap_or(if device == Device::Cpu { 1 << 25 } else { 1 << 27 });
         let step = (budget / (vocab * b)).max(1);
+        let h_all = normed.detach();
         // The loss is summed on the device and read once, so chunks do not wait on each other.
-        let (mut value, mut grads, mut any_grad) = (Tensor::zeros([], (Kind::Float, device)), Vec::new(), false);
+        let mut value = Tensor::zeros([], (Kind::Float, device));
+        let (mut grad_h, mut grad_w, mut any_grad) = (Vec::new(), None::<Tensor>, false);
         let mut t0 = 0;
         while t0 < t - 1 {
             let n = step.min(t - 1 - t0);
-            let h = pass.top.narrow(1, t0, n).detach().set_requires_grad(true);
+            let h = h_all.narrow(1, t0, n);
             let targets = ids.narrow(1, t0 + 1, n).unsqueeze(-1);
-            let lp = pass.l.head(&h).log_softmax(-1, Kind::Float).gather(2, &targets, false).squeeze_dim(-1);
+            let (log_probs, tanh) = tch::no_grad(|| {
+                let z = h.matmul(&w.tr()).to_kind(Kind::Float);
+                match cap {
+                    Some(cap) => {
+                        let tanh = z.g_div_scalar(cap).tanh_();
+                        ((&tanh * cap).log_softmax(-1, Kind::Float), Some(tanh))
+                    }
+                    None => (z.log_softmax(-1, Kind::Float), None),
+                }
+            });
+            let lp = log_probs.gather(2, &targets, false).squeeze_dim(-1).set_requires_grad(true);
             let loss = loss_of(&lp, t0)?;
             value += loss.detach().to_kind(Kind::Float);
-            if loss.requires_grad() {
+            let g = if loss.requires_grad() {
                 loss.backward();
-                grads.push(h.grad());
-                any_grad = true;
+                lp.grad()
             } else {
-                grads.push(h.zeros_like());
+                Tensor::new()
+            };
+            if !g.defined() {
+                grad_h.push(h.zeros_like());
+                t0 += n;
+                continue;
             }
+            any_grad = true;
+            let g = g.unsqueeze(-1);
+            let grad_z = tch::no_grad(|| {
+                let mut d = log_probs;
+                let _ = d.exp_().g_mul_(&-&g).scatter_add_(2, &targets, &g);
+                if let Some(mut tanh) = tanh {
+                    // d cap*tanh(z/cap) / dz = 1 - tanh^2
+                    let _ = d.g_mul_(&tanh.square_().neg_().g_add_scalar_(1.0));
+                }
+                d.to_kind(h.kind())
+            });
+            tch::no_grad(|| {
+                grad_h.push(grad_z.matmul(w));
+                if w.requires_grad() {
+                    let (gz, hs) = (grad_z.reshape([-1, vocab]), h.reshape([-1, hidden]));
+                    match &mut grad_w {
+                        Some(acc) => {
+                            let _ = acc.addmm_(&gz.tr(), &hs);
+                        }
+                        None => grad_w = Some(gz.tr().matmul(&hs)),
+                    }
+                }
+            });
             t0 += n;
         }
         if any_grad {
-            grads.push(Tensor::zeros([b, 1, hidden], (pass.top.kind(), device)));
-            pass.backward(Tensor::cat(&grads, 1));
+            grad_h.push(Tensor::zeros([b, 1, hidden], (h_all.kind(), device)));
+            let mut seed = (&normed * Tensor::cat(&grad_h, 1)).sum(Kind::Float);
+            if let Some(grad_w) = grad_w {
+                let mut current = w.grad();
+                if current.defined() {
+                    let _ = current.g_add_(&grad_w);
+                } else {
+                    seed = seed + (w * grad_w).sum(Kind::Float);
+                }
+            }
+            if seed.requires_grad() {
+                seed.backward();
+            }
+            pass.backward(&top);
         }
         Ok(value.double_value(&[]))
     }
@@ -222,6 +296,7 @@ struct Pass<'a> {
     shared: Shared,
     /// The last block's output: with its graph, or (recomputation) without.
     top: Tensor,
+    recompute: bool,
     /// Recomputation: each block's input, without graph.
     inputs: Vec<Tensor>,
 }
@@ -249,17 +324,26 @@ impl<'a> Pass<'a> {
             }
             x
         };
-        Ok(Self { l, ids, ctx, shared, top, inputs })
+        Ok(Self { l, ids, ctx, shared, top, recompute, inputs })
     }
 
-    /// Back-propagates `grad`, the loss's gradient with respect to `top`.
-    fn backward(mut self, mut grad: Tensor) {
-        if self.inputs.is_empty() {
-            if self.top.requires_grad() {
-                (&self.top * grad).sum(Kind::Float).backward();
-            }
+    /// `top` for the loss: itself (its graph reaches the parameters), or with recomputation
+    /// a leaf whose gradient `backward` then sends through the blocks.
+    fn top_for_grad(&self) -> Tensor {
+        if self.recompute {
+            self.top.detach().set_requires_grad(true)
+        } else {
+            self.top.shallow_clone()
+        }
+    }
+
+    /// With recomputation, back-propagates the gradient that the loss's backward left in
+    /// `top` (from `top_for_grad`) through the blocks, last first, and the embeddings.
+    fn backward(mut self, top: &Tensor) {
+        if !self.recompute {
             return;
         }
+        let mut grad = top.grad();
         for i in (0..self.inputs.len()).rev() {
             let x = self.inputs[i].detach().set_requires_grad(true);
             self.inputs[i] = Tensor::new();

@@ -44,11 +44,6 @@ impl Embedding {
     pub fn forward(&self, ids: &Tensor) -> Tensor {
         Tensor::embedding(&self.weight, ids, -1, false, false)
     }
-
-    /// The tied output head: hidden states times the embedding table, as float32 logits.
-    pub fn logits(&self, h: &Tensor) -> Tensor {
-        h.matmul(&self.weight.tr()).to_kind(Kind::Float)
-    }
 }
 
 /// RMSNorm. `offset` is 0 for Llama-style weights (`w * x̂`) and 1 for Gemma (`(1 + w) * x̂`).
