@@ -4,15 +4,28 @@
 //! binary does not depend on the clone's `.libtorch` link) as an rpath. When the libtorch has
 //! CUDA (`libtorch_cuda.so` is present) we link it with `--no-as-needed`: nothing in our code
 //! names a CUDA symbol, and without it the linker drops the library and CUDA is never registered.
+//!
+//! It also compiles src/train/ops.cpp, the few libtorch operations tch does not bind (fused
+//! AdamW, setting a gradient), against the same libtorch headers and C++ ABI as torch-sys.
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/train/ops.cpp");
     let Ok(libtorch) = std::env::var("LIBTORCH") else {
-        println!("cargo:warning=LIBTORCH is not set; run scripts/bootstrap (the binary will need LD_LIBRARY_PATH)");
-        return;
+        panic!("LIBTORCH is not set: run scripts/bootstrap, which links ./.libtorch for .cargo/config.toml");
     };
+    let include = PathBuf::from(&libtorch).join("include");
+    cc::Build::new()
+        .cpp(true)
+        .file("src/train/ops.cpp")
+        .include(&include)
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={}", std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into())))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .warnings(false)
+        .compile("tokbridge_ops");
     let lib = PathBuf::from(&libtorch).join("lib");
     let lib = lib.canonicalize().unwrap_or(lib);
     println!("cargo:rerun-if-changed={}", lib.display());

@@ -10,6 +10,8 @@ peak resident memory, and the ratio Python time / tokbridge time:
 
   1. training step (forward, backward, AdamW) of a ~30M llama, batch 8 x 256, float32:
      benches/step.rs train vs benches/python/step.py train (transformers + torch.optim.AdamW);
+     `train_fused`: the same against AdamW(fused=True), transformers Trainer's default optimizer
+     on torch >= 2.8 (tokbridge runs that kernel itself);
   2. batched KV-cache sampling, 8 prompts x 128 new tokens: step.rs sample vs `generate`;
   3. DPCA on ~1k-token responses between the real Qwen3 and Llama 3 tokenizers: benches/align.rs
      --real vs benches/python/dpca_ref.py (the paper's decode-and-compare loop);
@@ -76,6 +78,7 @@ def main():
     qwen, llama = asset("qwen3"), asset("llama3")
     cases = {
         "train": ("training step, llama ~30M, batch 8 x 256, f32", [step, "train", *th, "--reps", "6"], [sys.executable, "benches/python/step.py", "train", *th, "--reps", "6"]),
+        "train_fused": ("training step as above, Python with AdamW(fused=True) as Trainer uses", [step, "train", *th, "--reps", "6"], [sys.executable, "benches/python/step.py", "train", "--fused", *th, "--reps", "6"]),
         "sample": ("sampling, 8 prompts x 128 new tokens, KV cache", [step, "sample", *th], [sys.executable, "benches/python/step.py", "sample", *th]),
         "dpca": ("DPCA, ~1k-token responses, Qwen3 vs Llama 3 tokenizers", [align, "--real", qwen, llama], [sys.executable, "benches/python/dpca_ref.py", qwen, llama]),
         "opd": ("one on-policy GOLD-hybrid step, fixture llama <- qwen3, 8 prompts x 24 tokens", "opd", [sys.executable, "benches/python/gold_step.py", *th]),

@@ -117,7 +117,7 @@ pub fn run(a: &Args) -> serde_json::Value {
                     m.backward_tokens(&ids, false, |lp, _| Ok(-lp.sum(Kind::Float) / n)).unwrap();
                 }
                 let t1 = Instant::now();
-                opt.step(1e-4);
+                opt.step(1e-4).unwrap();
                 if rep >= 2 {
                     times.push(t0.elapsed().as_secs_f64());
                     parts[0] += (t1 - t0).as_secs_f64();

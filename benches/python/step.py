@@ -3,6 +3,7 @@
 initialisation, float32, CPU, thread count, and the same work.
 
   python benches/python/step.py train   forward + backward + torch.optim.AdamW, batch 8 x 256
+  python benches/python/step.py train --fused   the same with AdamW(fused=True) (Trainer's default)
   python benches/python/step.py sample  model.generate, 8 prompts of 16 tokens, 128 new tokens greedy
 
 Prints one JSON line like the Rust side. Pinned versions: benches/python/requirements.txt.
@@ -23,6 +24,7 @@ def main():
     for k, v in dict(hidden=384, layers=8, heads=6, kv_heads=2, inter=1536, vocab=32000, batch=8, seq=256,
                      new_tokens=128, reps=10, threads=2).items():
         ap.add_argument(f"--{k.replace('_', '-')}", type=int, default=v)
+    ap.add_argument("--fused", action="store_true", help="torch.optim.AdamW(fused=True), the Trainer's default on torch >= 2.8")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -34,7 +36,7 @@ def main():
     times = []
     if a.mode == "train":
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=a.fused)
         ids = torch.randint(a.vocab, (a.batch, a.seq))
         for rep in range(a.reps + 2):
             t0 = time.perf_counter()

@@ -261,15 +261,10 @@ impl Model {
         }
         if any_grad {
             grad_h.push(Tensor::zeros([b, 1, hidden], (h_all.kind(), device)));
-            let mut seed = (&normed * Tensor::cat(&grad_h, 1)).sum(Kind::Float);
             if let Some(grad_w) = grad_w {
-                let mut current = w.grad();
-                if current.defined() {
-                    let _ = current.g_add_(&grad_w);
-                } else {
-                    seed = seed + (w * grad_w).sum(Kind::Float);
-                }
+                crate::train::ops::accumulate_grad(w, &grad_w)?;
             }
+            let seed = (&normed * Tensor::cat(&grad_h, 1)).sum(Kind::Float);
             if seed.requires_grad() {
                 seed.backward();
             }

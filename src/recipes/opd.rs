@@ -598,7 +598,7 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
                 return Err(checkpoint::non_finite_loss(run_dir, loss_value, state.step + 1));
             }
             grad_norm = opt.clip_grad_norm(r.optimizer.grad_clip);
-            opt.step(lr);
+            opt.step(lr)?;
         }
         state.step += 1;
         steps_this_run += 1;

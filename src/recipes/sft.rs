@@ -101,7 +101,7 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
             return Err(checkpoint::non_finite_loss(run_dir, loss, state.step + 1));
         }
         let grad_norm = opt.clip_grad_norm(r.optimizer.grad_clip);
-        opt.step(lr);
+        opt.step(lr)?;
         state.step += 1;
         steps_this_run += 1;
         (state.epoch, state.index) = (sampler.epoch, sampler.index);

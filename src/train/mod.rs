@@ -2,6 +2,7 @@
 //! over padded batches.
 pub mod checkpoint;
 pub mod metrics;
+pub mod ops;
 pub mod optim;
 pub mod schedule;
 

@@ -2,6 +2,7 @@
 //! checkpointed (tch's built-in optimizers cannot save theirs). Norms, biases and embeddings get
 //! no decay. Parameters that are not float32 keep a float32 master copy that the update uses.
 use crate::hf::safetensors::Checkpoint;
+use super::ops;
 use crate::recipe::OptimizerSpec;
 use anyhow::{Context, Result};
 use tch::nn::VarStore;
@@ -44,23 +45,29 @@ impl AdamW {
         Self { params, spec: spec.clone(), steps: 0 }
     }
 
+    /// Removes the gradients (torch's `set_to_none`): the next backward writes them afresh
+    /// instead of adding to zeros.
     pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.var.zero_grad();
+        for p in &self.params {
+            ops::clear_grad(&p.var);
         }
     }
 
     /// The global L2 norm of all gradients, in float32.
     pub fn grad_norm(&self) -> f64 {
         let _g = tch::no_grad_guard();
-        let sq: f64 = self
+        // One read of the device for all parameters, not one per parameter.
+        let norms: Vec<Tensor> = self
             .params
             .iter()
             .map(|p| p.var.grad())
             .filter(|g| g.defined())
-            .map(|g| g.to_kind(Kind::Float).pow_tensor_scalar(2).sum(Kind::Float).double_value(&[]))
-            .sum();
-        sq.sqrt()
+            .map(|g| g.norm_scalaropt_dtype(2.0, Kind::Float))
+            .collect();
+        if norms.is_empty() {
+            return 0.0;
+        }
+        Tensor::stack(&norms, 0).norm().double_value(&[])
     }
 
     /// Scales gradients so their global norm is at most `max`; returns the norm before clipping.
@@ -81,39 +88,39 @@ impl AdamW {
         norm
     }
 
-    /// One AdamW update at learning rate `lr`, in place and in the order of torch's
-    /// single-tensor AdamW (`lerp_`, `addcmul_`, `addcdiv_`): one temporary per parameter.
-    pub fn step(&mut self, lr: f64) {
+    /// One AdamW update at learning rate `lr` through torch's fused kernel (what
+    /// `torch.optim.AdamW(fused=True)` runs: one pass over each parameter), once for the
+    /// parameters with weight decay and once for those without. Parameters without a
+    /// gradient are left alone, as torch does.
+    pub fn step(&mut self, lr: f64) -> Result<()> {
         let _g = tch::no_grad_guard();
+        let Some(first) = self.params.first() else { return Ok(()) };
         self.steps += 1;
-        let [b1, b2] = self.spec.betas;
-        let t = self.steps as i32;
-        let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-        for p in &mut self.params {
-            let grad = p.var.grad();
-            if !grad.defined() {
+        let step = Tensor::full([], self.steps as f64, (Kind::Float, first.var.device()));
+        for decay in [true, false] {
+            let (mut w, mut g, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for p in self.params.iter().filter(|p| p.decay == decay) {
+                let grad = p.var.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                w.push(p.master.as_ref().unwrap_or(&p.var).shallow_clone());
+                g.push(grad.to_kind(Kind::Float).contiguous());
+                m.push(p.exp_avg.shallow_clone());
+                v.push(p.exp_avg_sq.shallow_clone());
+            }
+            if w.is_empty() {
                 continue;
             }
-            let grad = grad.to_kind(Kind::Float);
-            let mut w = match &p.master {
-                Some(m) => m.shallow_clone(),
-                None => p.var.shallow_clone(),
-            };
-            if p.decay && self.spec.weight_decay > 0.0 {
-                let _ = w.g_mul_scalar_(1.0 - lr * self.spec.weight_decay);
-            }
-            let _ = p.exp_avg.lerp_(&grad, 1.0 - b1);
-            let _ = p.exp_avg_sq.g_mul_scalar_(b2).addcmul_(&grad, &(&grad * (1.0 - b2)));
-            if lr > 0.0 {
-                // w -= lr / bc1 * m / (sqrt(v / bc2) + eps), as w += m / denom with the step folded into denom.
-                let mut denom = p.exp_avg_sq.sqrt();
-                let _ = denom.g_div_scalar_(bc2.sqrt()).g_add_scalar_(self.spec.eps).g_mul_scalar_(-bc1 / lr);
-                let _ = w.addcdiv_(&p.exp_avg, &denom);
-            }
-            if p.master.is_some() {
-                let _ = p.var.copy_(&w.to_kind(p.var.kind()));
+            let wd = if decay { self.spec.weight_decay } else { 0.0 };
+            ops::fused_adamw(&w, &g, &m, &v, &step, lr, self.spec.betas, wd, self.spec.eps)?;
+        }
+        for p in &mut self.params {
+            if let Some(master) = &p.master {
+                p.var.f_copy_(&master.to_kind(p.var.kind()))?;
             }
         }
+        Ok(())
     }
 
     /// Moments (and master weights) under `exp_avg.NAME`, `exp_avg_sq.NAME`, `master.NAME`.

@@ -1,0 +1,79 @@
+//! libtorch operations that tch 0.24 does not bind, compiled by build.rs from ops.cpp:
+//! torch's fused AdamW kernel and writing a parameter's gradient directly (zero_grad with
+//! `set_to_none`, and adding a gradient computed outside autograd).
+use anyhow::{bail, Result};
+use std::ffi::{c_char, c_void, CStr};
+use tch::Tensor;
+
+type T = *mut c_void;
+
+extern "C" {
+    fn tb_free(p: *mut c_char);
+    fn tb_fused_adamw(params: *const T, grads: *const T, exp_avgs: *const T, exp_avg_sqs: *const T, n: usize, step: T, lr: f64, beta1: f64, beta2: f64, weight_decay: f64, eps: f64) -> *mut c_char;
+    fn tb_accumulate_grad(var: T, grad: T) -> *mut c_char;
+}
+
+fn ptr(t: &Tensor) -> T {
+    t.as_ptr() as T
+}
+
+/// Turns ops.cpp's error message (null: success) into a `Result`.
+fn check(what: &str, err: *mut c_char) -> Result<()> {
+    if err.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null result is a NUL-terminated string from strdup, released once here.
+    let text = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+    unsafe { tb_free(err) };
+    bail!("{what}: {}", text.lines().next().unwrap_or("libtorch error"))
+}
+
+/// One weight-decay group of `torch.optim.AdamW(fused=True)`: `params`, `exp_avgs` and
+/// `exp_avg_sqs` are updated in place from `grads` (all float32, contiguous, one device).
+/// `step` is a float tensor on that device holding this update's number (1 for the first).
+#[allow(clippy::too_many_arguments)]
+pub fn fused_adamw(params: &[Tensor], grads: &[Tensor], exp_avgs: &[Tensor], exp_avg_sqs: &[Tensor], step: &Tensor, lr: f64, betas: [f64; 2], weight_decay: f64, eps: f64) -> Result<()> {
+    let n = params.len();
+    if grads.len() != n || exp_avgs.len() != n || exp_avg_sqs.len() != n {
+        bail!("fused AdamW: {n} parameters but {} gradients, {} and {} moments", grads.len(), exp_avgs.len(), exp_avg_sqs.len());
+    }
+    let ptrs = |ts: &[Tensor]| ts.iter().map(ptr).collect::<Vec<_>>();
+    let (p, g, m, v) = (ptrs(params), ptrs(grads), ptrs(exp_avgs), ptrs(exp_avg_sqs));
+    // SAFETY: every pointer is a live at::Tensor owned by the slices above for the whole call.
+    let err = unsafe { tb_fused_adamw(p.as_ptr(), g.as_ptr(), m.as_ptr(), v.as_ptr(), n, ptr(step), lr, betas[0], betas[1], weight_decay, eps) };
+    check("fused AdamW", err)
+}
+
+/// Adds `grad` to `var`'s gradient, in place, or makes it the gradient when `var` has none.
+pub fn accumulate_grad(var: &Tensor, grad: &Tensor) -> Result<()> {
+    // SAFETY: both pointers are live at::Tensors for the call.
+    check("accumulating a gradient", unsafe { tb_accumulate_grad(ptr(var), ptr(grad)) })
+}
+
+/// Removes `var`'s gradient (torch's `zero_grad(set_to_none=True)`).
+pub fn clear_grad(var: &Tensor) {
+    // SAFETY: `var` is a live at::Tensor; resetting a gradient does not throw.
+    let err = unsafe { tb_accumulate_grad(ptr(var), std::ptr::null_mut()) };
+    check("clearing a gradient", err).expect("resetting a gradient cannot fail");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    #[test]
+    fn gradients_are_set_added_and_cleared() {
+        let w = Tensor::zeros([3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        assert!(!w.grad().defined());
+        accumulate_grad(&w, &Tensor::from_slice(&[1f32, 2., 3.])).unwrap();
+        accumulate_grad(&w, &Tensor::from_slice(&[1f32, 1., 1.])).unwrap();
+        (&w * Tensor::from_slice(&[10f32, 0., 0.])).sum(Kind::Float).backward();
+        assert_eq!(Vec::<f32>::try_from(w.grad()).unwrap(), vec![12., 3., 4.]);
+        clear_grad(&w);
+        assert!(!w.grad().defined());
+        let err = accumulate_grad(&w, &Tensor::from_slice(&[1f32, 2.])).unwrap_err().to_string();
+        assert!(err.starts_with("accumulating a gradient: a Float gradient of shape [2] on cpu for a Float parameter of shape [3]"), "{err}");
+        assert!(!w.grad().defined());
+    }
+}
