@@ -188,9 +188,10 @@ impl Model {
     /// Autograd sees only the small tensors. With `g` the gradient of the loss with respect to
     /// the chosen tokens' log-probs, the gradient of the logits is `g * (onehot - softmax)`,
     /// written in place over the log-softmax (`softmax = exp(log-softmax)`, the formula of
-    /// torch's log-softmax backward), so a chunk holds one vocabulary-sized buffer (two with
-    /// soft-capping) instead of autograd's four. The head's two matmul gradients follow from it;
-    /// the one of the hidden states goes back through the final norm and the blocks.
+    /// torch's log-softmax backward). A chunk's logits live only until their log-softmax is
+    /// made, and that is the one vocabulary-sized tensor (two with soft-capping) kept for the
+    /// gradient, where autograd would make four. The head's two matmul gradients follow from
+    /// it; the one of the hidden states goes back through the final norm and the blocks.
     pub fn backward_tokens(&self, ids: &Tensor, recompute: bool, mut loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
         let pass = Pass::new(self, ids, recompute)?;
         let top = pass.top_for_grad();
