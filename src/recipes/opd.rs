@@ -366,12 +366,12 @@ impl DpcaInputs {
     }
 
     /// The summed PPO surrogate of positions `t0..t0 + n` given their new log-probs (B, n),
-    /// and how many of them clipping changed.
-    fn loss(&self, new_logp: &Tensor, t0: i64) -> (Tensor, f64) {
+    /// and how many of them clipping changed (on the device, so chunks do not wait on a read).
+    fn loss(&self, new_logp: &Tensor, t0: i64) -> (Tensor, Tensor) {
         let n = new_logp.size()[1];
         let [adv, mask, old] = [&self.adv, &self.mask, &self.old].map(|t| t.narrow(1, t0, n));
         let (per_token, clipped) = loss::ppo_surrogate(new_logp, &old, &adv, self.clip);
-        let clipped = (clipped * &mask).sum(Kind::Float).double_value(&[]);
+        let clipped = (clipped * &mask).sum(Kind::Float);
         ((per_token * mask).sum(Kind::Float), clipped)
     }
 }
@@ -580,13 +580,13 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
                 let (l, c) = if r.loss == OpdLoss::Dpca {
                     // Token-wise: the head and its log-softmax run in chunks of positions.
                     let inputs = DpcaInputs::new(r, &refs, &starts, ids.size()[1] - 1, ids.device());
-                    let mut clipped = 0.0;
+                    let mut clipped = Tensor::zeros([], (Kind::Float, ids.device()));
                     let l = student.model.backward_tokens(&ids, recompute, |lp, t0| {
                         let (l, c) = inputs.loss(lp, t0);
                         clipped += c;
                         Ok(l / norm)
                     })?;
-                    (l, clipped)
+                    (l, clipped.double_value(&[]))
                 } else {
                     student.model.backward(&ids, recompute, |logits| Ok((micro_loss(r, &refs, matches.as_ref(), logits, &ids, &starts)? / norm, 0.0)))?
                 };
