@@ -173,56 +173,97 @@ fn recomputation_and_the_chunked_head_give_the_same_gradients() {
 
 /// Three training steps against transformers + `torch.optim.AdamW` (train_reference.json, made
 /// by scripts/fixtures/make_train_reference.py): the mean cross-entropy of a right-padded batch
-/// through the chunked head (with and without recomputation), gradient clipping and AdamW with tokbridge's decay groups. Each
-/// step's loss and gradient norm, and the log-probs after the last step, must agree.
+/// through the chunked head (with and without recomputation), gradient clipping and AdamW with
+/// tokbridge's decay groups. Each step's loss and gradient norm, and the log-probs after the
+/// last step, must agree.
 #[test]
 fn three_training_steps_match_torch_adamw() {
-    use tokbridge::recipe::OptimizerSpec;
-    use tokbridge::train::optim::AdamW;
     for dir in common::model_dirs() {
-        let text = std::fs::read_to_string(dir.join("train_reference.json")).expect("train_reference.json");
-        let r: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let rows: Vec<Vec<i64>> = serde_json::from_value(r["ids"].clone()).unwrap();
-        let lengths: Vec<usize> = serde_json::from_value(r["lengths"].clone()).unwrap();
-        let (b, w) = (rows.len() as i64, rows[0].len() as i64);
-        let ids = Tensor::from_slice(&rows.concat()).view([b, w]);
-        let mask: Vec<f32> = lengths.iter().flat_map(|&n| (1..w as usize).map(move |i| if i < n { 1.0 } else { 0.0 })).collect();
-        let mask = Tensor::from_slice(&mask).view([b, w - 1]);
-        let n_targets: usize = lengths.iter().map(|n| n - 1).sum();
         for recompute in [false, true] {
             let what = format!("{} (recompute {recompute})", dir.display());
-            let (mut model, _) = load(&dir);
-            model.logits_per_chunk = Some(model.config["vocab_size"].as_i64().unwrap() * b * 4);
-            let f = |k: &str| r[k].as_f64().unwrap();
-            let spec = OptimizerSpec {
-                lr: f("lr"),
-                weight_decay: f("weight_decay"),
-                betas: [r["betas"][0].as_f64().unwrap(), r["betas"][1].as_f64().unwrap()],
-                eps: f("eps"),
-                grad_clip: Some(f("grad_clip")),
-            };
-            let mut opt = AdamW::new(&model.vs, &spec);
-            for step in 0..r["steps"].as_u64().unwrap() as usize {
-                opt.zero_grad();
-                let loss = model
-                    .backward_tokens(&ids, recompute, |lp, t0| Ok(-(lp * mask.narrow(1, t0, lp.size()[1])).sum(Kind::Float) / n_targets as f64))
-                    .unwrap();
-                let norm = opt.clip_grad_norm(spec.grad_clip);
-                opt.step(spec.lr).unwrap();
-                let (want_loss, want_norm) = (r["losses"][step].as_f64().unwrap(), r["grad_norms"][step].as_f64().unwrap());
+            let run = train_like_reference(&dir, Kind::Float, recompute);
+            for (step, ((loss, want_loss), (norm, want_norm))) in run.losses.iter().zip(&run.grad_norms).enumerate() {
                 assert!((loss - want_loss).abs() < 1e-5 * want_loss.abs(), "{what}: step {step} loss {loss} vs torch {want_loss}");
                 assert!((norm - want_norm).abs() < 1e-4 * want_norm, "{what}: step {step} grad norm {norm} vs torch {want_norm}");
             }
-            let _g = tch::no_grad_guard();
-            let lp = model.logits(&ids).log_softmax(-1, Kind::Double);
-            let mut worst: f64 = 0.0;
-            for (bi, row) in rows.iter().enumerate() {
-                for i in 0..lengths[bi] - 1 {
-                    let want = r["logprobs_after"][bi][i].as_f64().unwrap();
-                    worst = worst.max((lp.double_value(&[bi as i64, i as i64, row[i + 1]]) - want).abs());
-                }
-            }
-            assert!(worst < 1e-3, "{what}: log-probs after training differ from torch's by up to {worst}");
+            assert!(run.worst_after < 1e-3, "{what}: log-probs after training differ from torch's by up to {}", run.worst_after);
         }
     }
+}
+
+/// The same three steps with the model in bfloat16 (float32 master weights and moments in the
+/// optimizer) follow torch's float32 run: each step's loss within 4% (seen: up to 1.9%, at the
+/// third step), and the log-probs after them within 15% of the distance the steps moved them
+/// (seen: up to 7.2%; untouched bf16 weights would stay at 100%). Bitwise agreement is not
+/// expected: bf16 gradients flip the sign of Adam's first updates where they are near zero.
+#[test]
+fn bf16_training_follows_float32_torch() {
+    for dir in common::model_dirs() {
+        let run = train_like_reference(&dir, Kind::BFloat16, false);
+        let what = dir.display();
+        for (step, (loss, want)) in run.losses.iter().enumerate() {
+            assert!((loss - want).abs() < 0.04 * want, "{what}: bf16 step {step} loss {loss} vs torch's float32 {want}");
+        }
+        let moved = run.worst_after / run.worst_before;
+        assert!(moved < 0.15, "{what}: bf16 log-probs after training are {} nats from torch's, {:.0}% of the {} the steps moved them", run.worst_after, 100.0 * moved, run.worst_before);
+    }
+}
+
+struct TrainRun {
+    /// (ours, torch's) per step.
+    losses: Vec<(f64, f64)>,
+    grad_norms: Vec<(f64, f64)>,
+    /// Largest |log-prob| difference from torch's after the steps, and of the untrained model.
+    worst_after: f64,
+    worst_before: f64,
+}
+
+fn train_like_reference(dir: &std::path::Path, kind: Kind, recompute: bool) -> TrainRun {
+    use tokbridge::recipe::OptimizerSpec;
+    use tokbridge::train::optim::AdamW;
+    let text = std::fs::read_to_string(dir.join("train_reference.json")).expect("train_reference.json");
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rows: Vec<Vec<i64>> = serde_json::from_value(r["ids"].clone()).unwrap();
+    let lengths: Vec<usize> = serde_json::from_value(r["lengths"].clone()).unwrap();
+    let (b, w) = (rows.len() as i64, rows[0].len() as i64);
+    let ids = Tensor::from_slice(&rows.concat()).view([b, w]);
+    let mask: Vec<f32> = lengths.iter().flat_map(|&n| (1..w as usize).map(move |i| if i < n { 1.0 } else { 0.0 })).collect();
+    let mask = Tensor::from_slice(&mask).view([b, w - 1]);
+    let n_targets: usize = lengths.iter().map(|n| n - 1).sum();
+    let mut model = models::load(dir, Device::Cpu, kind).unwrap();
+    model.logits_per_chunk = Some(model.config["vocab_size"].as_i64().unwrap() * b * 4);
+    let worst = |model: &models::Model| {
+        let _g = tch::no_grad_guard();
+        let lp = model.logits(&ids).log_softmax(-1, Kind::Double);
+        let mut worst: f64 = 0.0;
+        for (bi, row) in rows.iter().enumerate() {
+            for i in 0..lengths[bi] - 1 {
+                let want = r["logprobs_after"][bi][i].as_f64().unwrap();
+                worst = worst.max((lp.double_value(&[bi as i64, i as i64, row[i + 1]]) - want).abs());
+            }
+        }
+        worst
+    };
+    let worst_before = worst(&model);
+    let f = |k: &str| r[k].as_f64().unwrap();
+    let spec = OptimizerSpec {
+        lr: f("lr"),
+        weight_decay: f("weight_decay"),
+        betas: [r["betas"][0].as_f64().unwrap(), r["betas"][1].as_f64().unwrap()],
+        eps: f("eps"),
+        grad_clip: Some(f("grad_clip")),
+    };
+    let mut opt = AdamW::new(&model.vs, &spec);
+    let (mut losses, mut grad_norms) = (Vec::new(), Vec::new());
+    for step in 0..r["steps"].as_u64().unwrap() as usize {
+        opt.zero_grad();
+        let loss = model
+            .backward_tokens(&ids, recompute, |lp, t0| Ok(-(lp * mask.narrow(1, t0, lp.size()[1])).sum(Kind::Float) / n_targets as f64))
+            .unwrap();
+        let norm = opt.clip_grad_norm(spec.grad_clip);
+        opt.step(spec.lr).unwrap();
+        losses.push((loss, r["losses"][step].as_f64().unwrap()));
+        grad_norms.push((norm, r["grad_norms"][step].as_f64().unwrap()));
+    }
+    TrainRun { losses, grad_norms, worst_after: worst(&model), worst_before }
 }
