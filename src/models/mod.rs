@@ -237,16 +237,14 @@ impl Model {
             }
             any_grad = true;
             let g = g.unsqueeze(-1);
-            let grad_z = tch::no_grad(|| {
+            tch::no_grad(|| {
                 let mut d = log_probs;
                 let _ = d.exp_().g_mul_(&-&g).scatter_add_(2, &targets, &g);
                 if let Some(mut tanh) = tanh {
                     // d cap*tanh(z/cap) / dz = 1 - tanh^2
                     let _ = d.g_mul_(&tanh.square_().neg_().g_add_scalar_(1.0));
                 }
-                d.to_kind(h.kind())
-            });
-            tch::no_grad(|| {
+                let grad_z = d.to_kind(h.kind());
                 grad_h.push(grad_z.matmul(w));
                 if w.requires_grad() {
                     let (gz, hs) = (grad_z.reshape([-1, vocab]), h.reshape([-1, hidden]));

@@ -10,10 +10,6 @@
 #include <vector>
 
 namespace {
-char* message(const char* what) {
-  return strdup(what);
-}
-
 std::vector<at::Tensor> list(at::Tensor** ts, size_t n) {
   std::vector<at::Tensor> out;
   out.reserve(n);
@@ -41,7 +37,7 @@ char* tb_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_a
                       beta2, weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
     return nullptr;
   } catch (const std::exception& e) {
-    return message(e.what());
+    return strdup(e.what());
   }
 }
 
@@ -53,18 +49,20 @@ char* tb_accumulate_grad(at::Tensor* var, at::Tensor* grad) {
     at::Tensor& current = var->mutable_grad();
     if (grad == nullptr) {
       current.reset();
-    } else if (!grad->sizes().equals(var->sizes()) || grad->scalar_type() != var->scalar_type() ||
-               grad->device() != var->device()) {
-      TORCH_CHECK(false, "a ", grad->scalar_type(), " gradient of shape ", grad->sizes(), " on ", grad->device(),
-                  " for a ", var->scalar_type(), " parameter of shape ", var->sizes(), " on ", var->device());
-    } else if (current.defined()) {
+      return nullptr;
+    }
+    TORCH_CHECK(grad->sizes().equals(var->sizes()) && grad->scalar_type() == var->scalar_type() &&
+                    grad->device() == var->device(),
+                "a ", grad->scalar_type(), " gradient of shape ", grad->sizes(), " on ", grad->device(), " for a ",
+                var->scalar_type(), " parameter of shape ", var->sizes(), " on ", var->device());
+    if (current.defined()) {
       current.add_(*grad);
     } else {
       current = grad->detach();
     }
     return nullptr;
   } catch (const std::exception& e) {
-    return message(e.what());
+    return strdup(e.what());
   }
 }
 }

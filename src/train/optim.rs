@@ -1,8 +1,8 @@
 //! AdamW with decoupled weight decay (`torch.optim.AdamW`), written in Rust so its state can be
 //! checkpointed (tch's built-in optimizers cannot save theirs). Norms, biases and embeddings get
 //! no decay. Parameters that are not float32 keep a float32 master copy that the update uses.
-use crate::hf::safetensors::Checkpoint;
 use super::ops;
+use crate::hf::safetensors::Checkpoint;
 use crate::recipe::OptimizerSpec;
 use anyhow::{Context, Result};
 use tch::nn::VarStore;
@@ -116,7 +116,7 @@ impl AdamW {
             ops::fused_adamw(&w, &g, &m, &v, &step, lr, self.spec.betas, wd, self.spec.eps)?;
         }
         for p in &mut self.params {
-            if let Some(master) = &p.master {
+            if let (Some(master), true) = (&p.master, p.var.grad().defined()) {
                 p.var.f_copy_(&master.to_kind(p.var.kind()))?;
             }
         }
