@@ -34,6 +34,24 @@ impl Chunk {
     pub fn is_masked(&self) -> bool {
         self.masked != Masked::No
     }
+
+    /// "1:1", "2:3", or why the chunk is masked (K = `max_tokens`), for readable tables.
+    pub fn label(&self, max_tokens: usize) -> String {
+        match self.masked {
+            Masked::No => format!("{}:{}", self.student.len(), self.teacher.len()),
+            Masked::TooLong => format!("masked (>{max_tokens} tokens, or special)"),
+            Masked::Stuck => "masked (texts differ from here)".to_string(),
+        }
+    }
+}
+
+/// Token pieces for people: whole characters as quoted text, pieces of a character as hex bytes.
+pub fn show_pieces<P: AsRef<[u8]>>(pieces: &[P]) -> String {
+    let one = |b: &[u8]| match std::str::from_utf8(b) {
+        Ok(s) => format!("{s:?}"),
+        Err(_) => b.iter().map(|x| format!("<{x:02X}>")).collect(),
+    };
+    pieces.iter().map(|p| one(p.as_ref())).collect::<Vec<_>>().join(" ")
 }
 
 /// Whether byte offset `off` of `text` lies between characters (the end counts as one).

@@ -96,18 +96,57 @@ pub fn merge_observed(probs: &Tensor, groups: &[Range<usize>], ids: &[i64]) -> T
 /// vocabulary, averaged over rows). `beta` = 0 is KL(teacher‖student), 1 is KL(student‖teacher).
 pub fn generalized_jsd(student: &Tensor, teacher: &Tensor, beta: f64) -> Tensor {
     let rows = student.size()[0].max(1) as f64;
-    let ls = student.clamp_min(1e-8).log();
-    let lt = teacher.clamp_min(1e-8).log();
-    // kl(x‖y) with log inputs: Σ e^x (x − y)
-    let kl = |x: &Tensor, y: &Tensor| (x.exp() * (x - y)).sum(Kind::Float);
+    jsd_per_position(&student.clamp_min(1e-8).log(), &teacher.clamp_min(1e-8).log(), beta).sum(Kind::Float) / rows
+}
+
+/// The generalized JSD of GKD (arXiv 2306.13649) between log-probability tensors (..., V),
+/// summed over the last dimension: one value per position. Written as TRL's
+/// `GKDTrainer.generalized_jsd_loss` computes it: `beta` = 0 is KL(teacher ‖ student) (forward
+/// KL), 1 is KL(student ‖ teacher) (reverse KL), and in between
+/// `beta·KL(t ‖ m) + (1 − beta)·KL(s ‖ m)` with the mixture `m = beta·t + (1 − beta)·s`.
+pub fn jsd_per_position(student: &Tensor, teacher: &Tensor, beta: f64) -> Tensor {
+    // KL(x ‖ y) from log inputs: Σ e^x (x − y).
+    let kl = |x: &Tensor, y: &Tensor| (x.exp() * (x - y)).sum_dim_intlist(-1, false, Kind::Float);
     if beta == 0.0 {
-        return kl(&lt, &ls) / rows;
+        return kl(teacher, student);
     }
     if beta == 1.0 {
-        return kl(&ls, &lt) / rows;
+        return kl(student, teacher);
     }
-    let mix = Tensor::stack(&[&ls + (1.0 - beta).ln(), &lt + beta.ln()], 0).logsumexp([0], false);
-    (kl(&lt, &mix) * beta + kl(&ls, &mix) * (1.0 - beta)) / rows
+    let mix = Tensor::stack(&[student + (1.0 - beta).ln(), teacher + beta.ln()], 0).logsumexp([0], false);
+    kl(teacher, &mix) * beta + kl(student, &mix) * (1.0 - beta)
+}
+
+/// Restricts two log-distributions (..., V) to the teacher's top-k tokens of each position plus
+/// one tail bucket holding the rest of each side's mass: (..., k + 1) log-probabilities, as
+/// verl's `forward_kl_topk` and NeMo RL's top-k distillation do for large vocabularies.
+pub fn top_k_with_tail(student: &Tensor, teacher: &Tensor, k: i64) -> (Tensor, Tensor) {
+    let k = k.min(teacher.size()[teacher.dim() - 1]);
+    let (t_top, ids) = teacher.topk(k, -1, true, true);
+    let s_top = student.gather(-1, &ids, false);
+    // log(1 − Σ p) = log(−expm1(logsumexp(log p))), floored so a full top-k keeps a finite tail.
+    let tail = |top: &Tensor| (-top.logsumexp([-1], true).clamp_max(-1e-7).expm1()).log();
+    (Tensor::cat(&[&s_top, &tail(&s_top)], -1), Tensor::cat(&[&t_top, &tail(&t_top)], -1))
+}
+
+/// A group-mean baseline for per-token advantages: `groups` lists the rollouts (indices into
+/// `adv`) sampled from one prompt; each rollout's unmasked advantages (where `mask` is 1) lose
+/// the group's mean advantage per unmasked token. Rollouts alone in their group are unchanged.
+pub fn subtract_group_mean(adv: &mut [Vec<f32>], mask: &[Vec<f32>], groups: &[Vec<usize>]) {
+    for g in groups.iter().filter(|g| g.len() > 1) {
+        let (sum, n) = g.iter().flat_map(|&r| adv[r].iter().zip(&mask[r])).filter(|(_, &m)| m > 0.0).fold((0f64, 0usize), |(s, n), (&a, _)| (s + a as f64, n + 1));
+        if n == 0 {
+            continue;
+        }
+        let mean = (sum / n as f64) as f32;
+        for &r in g {
+            for (a, &m) in adv[r].iter_mut().zip(&mask[r]) {
+                if m > 0.0 {
+                    *a -= mean;
+                }
+            }
+        }
+    }
 }
 
 /// Token ids whose strings are identical in both vocabularies (GOLD's hybrid mapping).
@@ -269,5 +308,41 @@ mod tests {
         let m = [0.7f64, 0.3];
         let want = 0.5 * (0.9 * (0.9 / m[0]).ln() + 0.1 * (0.1 / m[1]).ln()) + 0.5 * (0.5 * (0.5 / m[0]).ln() + 0.5 * (0.5 / m[1]).ln());
         assert!(close(j, want), "{j} vs {want}");
+    }
+
+    #[test]
+    fn jsd_per_position_limits_and_top_k_tail() {
+        let s = Tensor::from_slice(&[0.6f64, 0.3, 0.1, 0.5, 0.25, 0.25]).view([2, 3]).log();
+        let t = Tensor::from_slice(&[0.2f64, 0.7, 0.1, 0.5, 0.25, 0.25]).view([2, 3]).log();
+        let fwd: Vec<f64> = Vec::try_from(jsd_per_position(&s, &t, 0.0)).unwrap();
+        let want = 0.2 * (0.2f64 / 0.6).ln() + 0.7 * (0.7f64 / 0.3).ln();
+        assert!(close(fwd[0], want) && close(fwd[1], 0.0), "{fwd:?}");
+        let rev: Vec<f64> = Vec::try_from(jsd_per_position(&s, &t, 1.0)).unwrap();
+        assert!(close(rev[0], 0.6 * (0.6f64 / 0.2).ln() + 0.3 * (0.3f64 / 0.7).ln()));
+        // Near the ends the mixture form tends to the KLs, scaled by beta and 1 − beta.
+        let near: f64 = jsd_per_position(&s, &t, 1e-6).double_value(&[0]);
+        assert!((near / 1e-6 - want).abs() < 1e-3, "{near}");
+        // Top-2 of the teacher (ids 1 and 0) and a tail bucket on each side.
+        let (sk, tk) = top_k_with_tail(&s, &t, 2);
+        let sk: Vec<f64> = Vec::try_from(sk.exp().view([-1])).unwrap();
+        let tk: Vec<f64> = Vec::try_from(tk.exp().view([-1])).unwrap();
+        for (a, b) in sk[..3].iter().zip([0.3, 0.6, 0.1]) {
+            assert!(close(*a, b), "{sk:?}");
+        }
+        for (a, b) in tk[..3].iter().zip([0.7, 0.2, 0.1]) {
+            assert!(close(*a, b), "{tk:?}");
+        }
+        // With k = V the tail is (almost) empty and the divergence is the full one.
+        let (sk, tk) = top_k_with_tail(&s, &t, 3);
+        assert!((jsd_per_position(&sk, &tk, 0.0).double_value(&[0]) - want).abs() < 1e-5);
+    }
+
+    #[test]
+    fn group_mean_baseline_centres_each_group() {
+        let mut adv = vec![vec![1.0f32, 3.0, 9.0], vec![-2.0, 0.0], vec![5.0]];
+        let mask = vec![vec![1.0f32, 1.0, 0.0], vec![1.0, 1.0], vec![1.0]];
+        subtract_group_mean(&mut adv, &mask, &[vec![0, 1], vec![2]]);
+        // Group 0: unmasked advantages 1, 3, −2, 0 have mean 0.5; the masked 9 is untouched.
+        assert_eq!(adv, vec![vec![0.5, 2.5, 9.0], vec![-2.5, -0.5], vec![5.0]]);
     }
 }

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use tch::Tensor;
-use tokbridge::align::{dpca, Masked};
+use tokbridge::align::{dpca, show_pieces};
 use tokbridge::generate::{generate, Sampling};
 use tokbridge::hf::tokenizer::Tokenizer;
 use tokbridge::runtime;
@@ -170,23 +170,9 @@ fn run(cli: Cli) -> Result<()> {
                     .collect();
                 println!("{}", json!({ "chunks": out }));
             } else {
-                // Whole characters as quoted text, pieces of a character as hex bytes.
-                let show = |p: &[Vec<u8>]| {
-                    let one = |b: &Vec<u8>| match std::str::from_utf8(b) {
-                        Ok(s) => format!("{s:?}"),
-                        Err(_) => b.iter().map(|x| format!("<{x:02X}>")).collect(),
-                    };
-                    p.iter().map(one).collect::<Vec<_>>().join(" ")
-                };
                 println!("{:>5}  {:<40}  {:<40}  {}", "chunk", "student pieces", "teacher pieces", "");
                 for (i, c) in chunks.iter().enumerate() {
-                    let mark = match c.masked {
-                        Masked::No if c.student.len() == 1 && c.teacher.len() == 1 => "1:1".to_string(),
-                        Masked::No => format!("{}:{}", c.student.len(), c.teacher.len()),
-                        Masked::TooLong => format!("masked (>{max_chunk_tokens} tokens)"),
-                        Masked::Stuck => "masked (texts differ from here)".to_string(),
-                    };
-                    println!("{i:>5}  {:<40}  {:<40}  {mark}", show(&sp[c.student.clone()]), show(&tp[c.teacher.clone()]));
+                    println!("{i:>5}  {:<40}  {:<40}  {}", show_pieces(&sp[c.student.clone()]), show_pieces(&tp[c.teacher.clone()]), c.label(max_chunk_tokens));
                 }
                 let one = chunks.iter().filter(|c| !c.is_masked() && c.student.len() == 1 && c.teacher.len() == 1).count();
                 let masked: usize = chunks.iter().filter(|c| c.is_masked()).map(|c| c.student.len()).sum();

@@ -215,6 +215,14 @@ pub struct EvalSpec {
     /// Greedy generation length for exact_match.
     #[serde(default = "d_max_new")]
     pub max_new_tokens: usize,
+    /// A teacher that scores the student's held-out samples at every evaluation (the
+    /// teacher-minus-student log-prob gap OPD optimises), so runs of any recipe can be compared
+    /// on it. `opd` always uses its own teacher.
+    #[serde(default)]
+    pub teacher: Option<ModelSpec>,
+    /// Samples scored for that gap (the first N held-out prompts; default: all evaluated).
+    #[serde(default)]
+    pub gap_examples: Option<usize>,
 }
 
 fn d_scorers() -> Vec<Scorer> {
@@ -339,6 +347,64 @@ pub enum OpdLoss {
     GoldHybrid,
     /// ALM: binary cross-entropy between aligned chunk likelihoods at a temperature.
     Alm,
+    /// Same vocabulary only (GKD): KL(teacher ‖ student) over the full next-token distribution
+    /// at every response position; `distill.beta` is ignored (it is 0).
+    ForwardKl,
+    /// Same vocabulary only: KL(student ‖ teacher) over the full distribution (`beta` = 1).
+    ReverseKl,
+    /// Same vocabulary only: the generalized Jensen-Shannon divergence with `distill.beta`,
+    /// as TRL's `GKDTrainer.generalized_jsd_loss`.
+    Jsd,
+}
+
+impl OpdLoss {
+    /// The full-distribution losses of same-vocabulary distillation, with their `beta`.
+    pub fn divergence_beta(self, distill: &DistillSpec) -> Option<f64> {
+        match self {
+            OpdLoss::ForwardKl => Some(0.0),
+            OpdLoss::ReverseKl => Some(1.0),
+            OpdLoss::Jsd => Some(distill.beta),
+            OpdLoss::Dpca | OpdLoss::Uld | OpdLoss::GoldHybrid | OpdLoss::Alm => None,
+        }
+    }
+}
+
+/// Settings of the full-distribution losses (`forward_kl`, `reverse_kl`, `jsd`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillSpec {
+    /// The generalized JSD's interpolation (TRL's `beta`): 0 is forward KL, 1 reverse KL.
+    #[serde(default = "d_beta")]
+    pub beta: f64,
+    /// Both distributions at this temperature (TRL GKD's `temperature`; 1 leaves them as they are).
+    #[serde(default = "d_one_f")]
+    pub temperature: f64,
+    /// Only the teacher's top-k tokens of each position plus one tail bucket for the rest of
+    /// the mass, on both sides (verl's `forward_kl_topk`, NeMo RL's top-k); null: the whole vocabulary.
+    #[serde(default)]
+    pub top_k: Option<usize>,
+}
+
+fn d_one_f() -> f64 {
+    1.0
+}
+
+impl Default for DistillSpec {
+    fn default() -> Self {
+        Self { beta: 0.5, temperature: 1.0, top_k: None }
+    }
+}
+
+/// What DPCA subtracts from each token's advantage.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AdvantageBaseline {
+    /// Nothing (the paper, tinker's OPD recipe).
+    #[default]
+    None,
+    /// The mean advantage per unmasked token over the samples of the same prompt
+    /// (`rollout.samples_per_prompt` > 1), as GRPO centres rewards within a group.
+    GroupMean,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -398,6 +464,8 @@ pub struct DpcaSpec {
     pub clip_high: f64,
     #[serde(default = "d_clamp")]
     pub dual_clip: f64,
+    #[serde(default)]
+    pub baseline: AdvantageBaseline,
 }
 
 fn d_k() -> usize {
@@ -418,7 +486,7 @@ fn d_clip_high() -> f64 {
 
 impl Default for DpcaSpec {
     fn default() -> Self {
-        Self { max_chunk_tokens: 6, adv_clamp: 10.0, clip_low: 0.2, clip_high: 0.28, dual_clip: 10.0 }
+        Self { max_chunk_tokens: 6, adv_clamp: 10.0, clip_low: 0.2, clip_high: 0.28, dual_clip: 10.0, baseline: AdvantageBaseline::None }
     }
 }
 
@@ -504,6 +572,8 @@ pub struct Opd {
     pub dpca: DpcaSpec,
     #[serde(default)]
     pub baselines: BaselineSpec,
+    #[serde(default)]
+    pub distill: DistillSpec,
     /// Teacher sequences longer than this are truncated and their rollout masked entirely.
     #[serde(default = "d_teacher_max")]
     pub teacher_max_length: usize,
@@ -771,6 +841,13 @@ impl Recipe {
                 ensure!(r.dpca.dual_clip > 1.0, "dpca.dual_clip must be greater than 1");
                 ensure!(r.baselines.alm_temperature > 0.0, "baselines.alm_temperature must be positive");
                 ensure!((0.0..=1.0).contains(&r.baselines.gold_beta), "baselines.gold_beta must be in [0, 1]");
+                ensure!((0.0..=1.0).contains(&r.distill.beta), "distill.beta must be in [0, 1]");
+                ensure!(r.distill.temperature > 0.0, "distill.temperature must be positive");
+                ensure!(r.distill.top_k != Some(0), "distill.top_k must be positive or null");
+                ensure!(
+                    r.dpca.baseline == AdvantageBaseline::None || r.rollout.samples_per_prompt > 1,
+                    "dpca.baseline: group_mean needs rollout.samples_per_prompt > 1"
+                );
                 ensure!(
                     r.baselines.gold_matched_weight.is_some() == r.baselines.gold_unmatched_weight.is_some(),
                     "baselines.gold_matched_weight and gold_unmatched_weight must both be set or both be null"

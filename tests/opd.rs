@@ -48,8 +48,8 @@ fn same_tokenizer_dpca_is_per_token_reverse_kl() {
     let examples = tokbridge::data::read_jsonl(&r.data.train, Some(8)).unwrap();
     let prompts: Vec<Vec<i64>> = examples.iter().map(|e| tokbridge::data::prompt_ids(&student.tok, &student.chat, e.prompt()).unwrap()).collect();
     let picks: Vec<usize> = (0..8).collect();
-    let mut rollouts = opd::make_rollouts(&r, &student, &teacher, &examples, &prompts, &picks, true, 7).unwrap();
-    opd::score_teacher(&teacher, &mut rollouts, 4, false).unwrap();
+    let mut rollouts = opd::make_rollouts(&opd::Plan::of(&r), &student, &teacher, &examples, &prompts, &picks, true, 7).unwrap();
+    opd::score_teacher(&teacher, &mut rollouts, 4, opd::TeacherKeeps::LogProbs).unwrap();
     opd::old_logprobs(&student, &mut rollouts, 4).unwrap();
     let mut checked = 0;
     for x in &rollouts {

@@ -136,14 +136,19 @@ impl Model {
     }
 
     /// Float32 logits (batch, seq, vocab) for `ids` (batch, seq) at `ctx`.
-    pub fn forward(&self, ids: &Tensor, ctx: &Context, mut cache: Option<&mut KvCache>) -> Tensor {
+    pub fn forward(&self, ids: &Tensor, ctx: &Context, cache: Option<&mut KvCache>) -> Tensor {
+        self.layers().head(&self.blocks(ids, ctx, cache))
+    }
+
+    /// Embeddings and every block: the last block's output (batch, seq, hidden).
+    fn blocks(&self, ids: &Tensor, ctx: &Context, mut cache: Option<&mut KvCache>) -> Tensor {
         let l = self.layers();
         let mut x = l.embed(ids, ctx);
         let s = l.shared(ctx, x.kind());
         for i in 0..self.n_layers {
             x = l.block(i, &x, &s, cache.as_deref_mut());
         }
-        l.head(&x)
+        x
     }
 
     /// Logits of unpadded sequences (batch, seq) from position 0.
@@ -178,6 +183,18 @@ impl Model {
         Ok((value, extra))
     }
 
+    /// The last block's output (batch, seq, hidden) for unpadded `ids` from position 0: what
+    /// `head` turns into logits. A teacher keeps these rows instead of vocabulary-sized logits.
+    pub fn hidden(&self, ids: &Tensor) -> Tensor {
+        let (b, t) = ids.size2().expect("ids are (batch, seq)");
+        self.blocks(ids, &Context::dense(b, t, 0, ids.device()), None)
+    }
+
+    /// Float32 logits from rows of `hidden` (any leading shape).
+    pub fn head(&self, hidden: &Tensor) -> Tensor {
+        self.layers().head(hidden)
+    }
+
     /// `backward` for a loss that is a sum over positions of a function of each position's
     /// next-token log-prob (cross-entropy, the PPO surrogate). The head and its log-softmax run
     /// over chunks of positions, so the vocabulary-sized tensors exist for one chunk at a time,
@@ -192,7 +209,21 @@ impl Model {
     /// made, and that is the one vocabulary-sized tensor (two with soft-capping) kept for the
     /// gradient, where autograd would make four. The head's two matmul gradients follow from
     /// it; the one of the hidden states goes back through the final norm and the blocks.
-    pub fn backward_tokens(&self, ids: &Tensor, recompute: bool, mut loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
+    pub fn backward_tokens(&self, ids: &Tensor, recompute: bool, loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
+        self.backward_head(ids, recompute, true, loss_of)
+    }
+
+    /// `backward_tokens` for a loss of each position's whole next-token distribution (the
+    /// full-distribution divergences of same-vocabulary distillation): `loss_of(logits, t0)`
+    /// gets the float32 logits (batch, n, vocab) of positions `t0..t0 + n` (after soft-capping)
+    /// as a leaf that requires grad. Autograd runs inside one chunk only, so the vocabulary-sized
+    /// tensors are still bounded by the chunk; the gradient of the logits then takes the same
+    /// path back as in `backward_tokens`.
+    pub fn backward_logits(&self, ids: &Tensor, recompute: bool, loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
+        self.backward_head(ids, recompute, false, loss_of)
+    }
+
+    fn backward_head(&self, ids: &Tensor, recompute: bool, tokens: bool, mut loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
         let pass = Pass::new(self, ids, recompute)?;
         let top = pass.top_for_grad();
         let normed = pass.l.final_norm(&top);
@@ -210,36 +241,55 @@ impl Model {
         while t0 < t - 1 {
             let n = step.min(t - 1 - t0);
             let h = h_all.narrow(1, t0, n);
-            let targets = ids.narrow(1, t0 + 1, n).unsqueeze(-1);
-            let (log_probs, tanh) = tch::no_grad(|| {
+            let (z, tanh) = tch::no_grad(|| {
                 let z = h.matmul(&w.tr()).to_kind(Kind::Float);
                 match cap {
                     Some(cap) => {
                         let tanh = z.g_div_scalar(cap).tanh_();
-                        ((&tanh * cap).log_softmax(-1, Kind::Float), Some(tanh))
+                        (&tanh * cap, Some(tanh))
                     }
-                    None => (z.log_softmax(-1, Kind::Float), None),
+                    None => (z, None),
                 }
             });
-            let lp = log_probs.gather(2, &targets, false).squeeze_dim(-1).set_requires_grad(true);
-            let loss = loss_of(&lp, t0)?;
-            value += loss.detach().to_kind(Kind::Float);
-            let g = if loss.requires_grad() {
-                loss.backward();
-                lp.grad()
+            // The gradient of the loss with respect to the (soft-capped) logits of the chunk.
+            let (loss, grad_z) = if tokens {
+                let targets = ids.narrow(1, t0 + 1, n).unsqueeze(-1);
+                let log_probs = tch::no_grad(|| z.log_softmax(-1, Kind::Float));
+                drop(z);
+                let lp = log_probs.gather(2, &targets, false).squeeze_dim(-1).set_requires_grad(true);
+                let loss = loss_of(&lp, t0)?;
+                let g = if loss.requires_grad() {
+                    loss.backward();
+                    lp.grad()
+                } else {
+                    Tensor::new()
+                };
+                let d = g.defined().then(|| {
+                    let g = g.unsqueeze(-1);
+                    tch::no_grad(|| {
+                        let mut d = log_probs;
+                        let _ = d.exp_().g_mul_(&-&g).scatter_add_(2, &targets, &g);
+                        d
+                    })
+                });
+                (loss, d)
             } else {
-                Tensor::new()
+                let z = z.set_requires_grad(true);
+                let loss = loss_of(&z, t0)?;
+                if loss.requires_grad() {
+                    loss.backward();
+                }
+                let g = z.grad();
+                (loss, g.defined().then_some(g))
             };
-            if !g.defined() {
+            value += loss.detach().to_kind(Kind::Float);
+            let Some(mut d) = grad_z else {
                 grad_h.push(h.zeros_like());
                 t0 += n;
                 continue;
-            }
+            };
             any_grad = true;
-            let g = g.unsqueeze(-1);
             tch::no_grad(|| {
-                let mut d = log_probs;
-                let _ = d.exp_().g_mul_(&-&g).scatter_add_(2, &targets, &g);
                 if let Some(mut tanh) = tanh {
                     // d cap*tanh(z/cap) / dz = 1 - tanh^2
                     let _ = d.g_mul_(&tanh.square_().neg_().g_add_scalar_(1.0));

@@ -1,14 +1,18 @@
 //! Held-out evaluation with pluggable scorers: exact-match accuracy of the final answer under
 //! greedy decoding, avg@k under sampling, and mean NLL / perplexity of reference responses.
-//! Also the `eval` recipe, which runs them once on one model.
+//! Also the `eval` recipe, which runs them once on one model. Every evaluation that decodes
+//! greedily writes what the model wrote to `generations/step-NNNNNN.jsonl` in its run directory.
 use crate::data::{self, Example};
+use crate::recipes::opd::{held_out_gap, load_side, Plan, Rollout, Side};
 use crate::generate::{generate, Sampling};
 use crate::hf::chat::ChatTemplate;
 use crate::hf::tokenizer::Tokenizer;
 use crate::models::Model;
 use crate::recipe::{self, EvalSpec, Scorer};
 use crate::train::{metrics, token_logprobs, Batch};
-use anyhow::Result;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
 use tch::Kind;
 
 /// The final answer of a worked solution: the text after the last `####`, else the content of
@@ -48,6 +52,61 @@ pub fn answers_match(a: &str, b: &str) -> bool {
     }
 }
 
+/// One greedy generation of an evaluation, as written to `generations/step-NNNNNN.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Generated {
+    /// The content of the conversation's last prompt message.
+    pub prompt: String,
+    pub response: String,
+    /// The dataset's response, when it has one.
+    pub reference: Option<String>,
+    /// The final answer extracted from `response`.
+    pub answer: Option<String>,
+    pub correct: bool,
+}
+
+/// The results of `evaluate`: (metric name, value) pairs and the greedy generations.
+pub struct Evaluation {
+    pub values: Vec<(String, f64)>,
+    pub generations: Vec<Generated>,
+}
+
+impl Evaluation {
+    /// Writes the generations to `run_dir/generations/step-NNNNNN.jsonl` (nothing when there
+    /// are none), through a temporary file renamed into place.
+    pub fn write_generations(&self, run_dir: &Path, step: usize) -> Result<()> {
+        write_generations(run_dir, step, &self.generations)
+    }
+}
+
+pub fn write_generations(run_dir: &Path, step: usize, generations: &[Generated]) -> Result<()> {
+    if generations.is_empty() {
+        return Ok(());
+    }
+    let dir = run_dir.join("generations");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut text = String::new();
+    for g in generations {
+        text.push_str(&serde_json::to_string(g)?);
+        text.push('\n');
+    }
+    let path = dir.join(format!("step-{step:06}.jsonl"));
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The generations an evaluation wrote at `step` (`generations/step-NNNNNN.jsonl`), if any.
+pub fn read_generations(run_dir: &Path, step: usize) -> Result<Option<Vec<Generated>>> {
+    let path = run_dir.join("generations").join(format!("step-{step:06}.jsonl"));
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let rows = text.lines().enumerate().map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1))).collect::<Result<_>>()?;
+    Ok(Some(rows))
+}
+
 fn correct(generated: &str, reference: Option<&str>) -> bool {
     match (final_answer(generated), reference.and_then(final_answer)) {
         (Some(g), Some(r)) => answers_match(&g, &r),
@@ -56,11 +115,13 @@ fn correct(generated: &str, reference: Option<&str>) -> bool {
 }
 
 /// Runs every scorer of `spec` on `examples`. Returns (metric name, value) pairs:
-/// `eval/exact_match`, `eval/response_tokens`, `eval/avg@k`, `eval/nll`, `eval/ppl`.
-pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &[Example], spec: &EvalSpec, seed: u64, show: bool) -> Result<Vec<(String, f64)>> {
+/// `eval/exact_match`, `eval/response_tokens`, `eval/avg@k`, `eval/nll`, `eval/ppl`, and the
+/// greedy generations of `exact_match`.
+pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &[Example], spec: &EvalSpec, seed: u64, show: bool) -> Result<Evaluation> {
     let examples = &examples[..spec.max_examples.unwrap_or(examples.len()).min(examples.len())];
     let prompts: Vec<Vec<i64>> = examples.iter().map(|e| data::prompt_ids(tok, chat, e.prompt())).collect::<Result<_>>()?;
     let mut out = Vec::new();
+    let mut generations = Vec::new();
     for scorer in &spec.scorers {
         match scorer {
             Scorer::ExactMatch => {
@@ -69,8 +130,17 @@ pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &
                 let (mut hits, mut tokens) = (0usize, 0usize);
                 for (chunk, exs) in prompts.chunks(spec.batch_size).zip(examples.chunks(spec.batch_size)) {
                     for (g, e) in generate(model, chunk, &s, &tok.eos_ids, tok.pad_id)?.iter().zip(exs) {
-                        hits += usize::from(correct(&tok.decode(&g.new_ids, true)?, e.response()));
+                        let response = tok.decode(&g.new_ids, true)?;
+                        let ok = correct(&response, e.response());
+                        hits += usize::from(ok);
                         tokens += g.new_ids.len();
+                        generations.push(Generated {
+                            prompt: e.prompt().last().map(|m| m.content.clone()).unwrap_or_default(),
+                            answer: final_answer(&response),
+                            response,
+                            reference: e.response().map(str::to_string),
+                            correct: ok,
+                        });
                     }
                     bar.inc(chunk.len() as u64);
                 }
@@ -113,15 +183,53 @@ pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &
             }
         }
     }
-    Ok(out)
+    Ok(Evaluation { values: out, generations })
+}
+
+/// One evaluation of a run at `step`: the scorers of `spec`, the greedy generations written to
+/// `run_dir/generations/`, and, given a teacher, the held-out teacher-minus-student gap of
+/// the student's samples (drawn as `plan` says; see `opd::held_out_gap`). Returns the metric
+/// values and the teacher-scored samples.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_run(student: &Side, teacher: Option<(&Side, &Plan)>, examples: &[Example], spec: &EvalSpec, seed: u64, show: bool, run_dir: &Path, step: usize) -> Result<(Vec<(String, f64)>, Vec<Rollout>)> {
+    let evaluation = evaluate(&student.model, &student.tok, &student.chat, examples, spec, seed, show)?;
+    evaluation.write_generations(run_dir, step)?;
+    let mut values = evaluation.values;
+    let Some((teacher, plan)) = teacher else { return Ok((values, vec![])) };
+    let n = spec.gap_examples.or(spec.max_examples).unwrap_or(examples.len()).min(examples.len());
+    let prompts: Vec<Vec<i64>> = examples[..n].iter().map(|e| data::prompt_ids(&student.tok, &student.chat, e.prompt())).collect::<Result<_>>()?;
+    let (gap, rollouts) = held_out_gap(plan, student, teacher, &examples[..n], &prompts, n, seed ^ 0xE7A1)?;
+    values.extend(gap);
+    Ok((values, rollouts))
+}
+
+/// How `eval.teacher` samples the student for the held-out gap outside `opd`: the paper's
+/// rollout settings (temperature 1, top-p 1), `eval.max_new_tokens` long.
+pub fn gap_plan(spec: &EvalSpec) -> Plan {
+    Plan {
+        rollout: recipe::RolloutSpec { max_new_tokens: spec.max_new_tokens, ..Default::default() },
+        max_chunk_tokens: recipe::DpcaSpec::default().max_chunk_tokens,
+        teacher_max_length: usize::MAX,
+        micro: spec.batch_size,
+    }
+}
+
+/// Loads `eval.teacher`, if the spec names one, with the device of the run.
+pub fn load_eval_teacher(spec: Option<&EvalSpec>, device: &str, student: &Side) -> Result<Option<Side>> {
+    let Some(t) = spec.and_then(|e| e.teacher.as_ref()) else { return Ok(None) };
+    let mut teacher = load_side(t, device).context("eval.teacher")?;
+    teacher.model.vs.freeze();
+    teacher.same_vocab = student.tok.inner.get_vocab(true) == teacher.tok.inner.get_vocab(true);
+    Ok(Some(teacher))
 }
 
 /// The `eval` recipe: evaluates one model and writes `eval.json` in the output directory.
 pub fn run(r: &recipe::Eval) -> Result<()> {
-    let device = crate::runtime::parse_device(r.model.device.as_deref().unwrap_or(&r.device))?;
-    let (model, tok, chat) = super::load_model(&r.model, device)?;
+    let student = load_side(&r.model, &r.device)?;
+    let teacher = load_eval_teacher(Some(&r.eval), &r.device, &student)?;
+    let plan = gap_plan(&r.eval);
     let examples = data::read_jsonl(&r.data, None)?;
-    let results = evaluate(&model, &tok, &chat, &examples, &r.eval, r.seed, r.logging.progress)?;
+    let (results, _) = evaluate_run(&student, teacher.as_ref().map(|t| (t, &plan)), &examples, &r.eval, r.seed, r.logging.progress, &r.output_dir, 0)?;
     let obj: serde_json::Map<String, serde_json::Value> = results.iter().map(|(k, v)| (k.clone(), (*v).into())).collect();
     let path = r.output_dir.join("eval.json");
     std::fs::write(&path, serde_json::to_string_pretty(&obj)?)?;

@@ -9,7 +9,8 @@
 use super::RunOptions;
 use crate::data::{self, Sampler};
 use crate::recipe::Sft;
-use crate::recipes::eval::evaluate;
+use crate::recipes::eval::{evaluate_run, gap_plan, load_eval_teacher};
+use crate::recipes::opd::{end_of_turn, Side};
 use crate::train::checkpoint::{self, TrainState};
 use crate::train::metrics::{progress, Metrics};
 use crate::train::optim::AdamW;
@@ -32,6 +33,12 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
     }
     let (model, tok, chat) = super::load_model(&spec, device)?;
     let source_dir = model.dir.clone();
+    // A Side: the model with its text tools, as `eval.teacher` samples and scores it.
+    let eot = if r.eval.as_ref().is_some_and(|e| e.teacher.is_some()) { end_of_turn(&tok, &chat).with_context(|| format!("model {}", spec.path))? } else { tok.pad_id };
+    let student = Side { model, tok, chat, eot, same_vocab: false };
+    let (model, tok, chat) = (&student.model, &student.tok, &student.chat);
+    let teacher = load_eval_teacher(r.eval.as_ref(), &r.device, &student)?;
+    let plan = r.eval.as_ref().map(gap_plan);
 
     // Data: encode once, count truncations, drop examples left without response tokens.
     let examples = data::read_jsonl(&r.data.train, r.data.max_examples)?;
@@ -69,9 +76,15 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
     let mut sampler = Sampler::at(encoded.len(), r.data.shuffle, r.seed, state.epoch, state.index);
     let mut metrics = Metrics::open(run_dir, r.logging.tensorboard)?;
     let eval_due = |step: usize| r.eval.as_ref().and_then(|e| e.every).is_some_and(|n| step % n == 0);
-    if state.step == 0 && r.eval.is_some() {
-        let results = evaluate(&model, &tok, &chat, &eval_examples, r.eval.as_ref().unwrap(), r.seed, r.logging.progress)?;
-        log_eval(&mut metrics, 0, &results)?;
+    let evaluate_now = |metrics: &mut Metrics, step: usize| -> Result<()> {
+        let Some(spec) = &r.eval else { return Ok(()) };
+        let judge = teacher.as_ref().zip(plan.as_ref());
+        let (values, _) = evaluate_run(&student, judge, &eval_examples, spec, r.seed, r.logging.progress, run_dir, step)?;
+        let values: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        metrics.log(step, &values)
+    };
+    if state.step == 0 {
+        evaluate_now(&mut metrics, 0)?;
     }
 
     let total = r.training.steps;
@@ -133,9 +146,8 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
         if last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0) {
             checkpoint::save(run_dir, &model, &source_dir, &opt, &state)?;
         }
-        if let Some(spec) = r.eval.as_ref().filter(|_| last || eval_due(state.step)) {
-            let results = evaluate(&model, &tok, &chat, &eval_examples, spec, r.seed, r.logging.progress)?;
-            log_eval(&mut metrics, state.step, &results)?;
+        if last || eval_due(state.step) {
+            evaluate_now(&mut metrics, state.step)?;
         }
         if opts.stop_after == Some(steps_this_run) && !last {
             bar.abandon_with_message("stopped (--stop-after)");
@@ -144,9 +156,4 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
     }
     bar.finish_with_message("done");
     Ok(())
-}
-
-fn log_eval(metrics: &mut Metrics, step: usize, results: &[(String, f64)]) -> Result<()> {
-    let values: Vec<(&str, f64)> = results.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    metrics.log(step, &values)
 }

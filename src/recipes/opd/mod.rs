@@ -1,0 +1,249 @@
+//! The `opd` recipe: on-policy distillation across tokenizers (arXiv 2606.09456; DESIGN.md §1).
+//!
+//! One step: draw prompts → the student renders them with its chat template and samples
+//! (no grad) → the teacher view: the same conversation in the teacher's template, the
+//! student's response text, and the teacher's end-of-turn token when the student ended its
+//! turn → one no-grad teacher forward gives log q of every teacher response token → DPCA
+//! aligns the two response token streams (the student's first end-of-turn token is its own
+//! chunk, scored by the teacher's end-of-turn) → the loss (DPCA credit assignment with the
+//! PPO-clip surrogate, or a baseline: ULD, GOLD hybrid, ALM) → backward → clip → AdamW →
+//! diagnostics, checkpoints, evaluation.
+//!
+//! With identical tokenizers every chunk is 1:1 and the advantage is `log q_i − log p_i`:
+//! same-tokenizer OPD.
+mod diagnostics;
+mod rollout;
+mod signal;
+
+pub use diagnostics::{competence_warning, diagnose, dump_rollouts, held_out_gap, Diagnostics};
+pub use rollout::{end_of_turn, load_side, make_rollouts, old_logprobs, rows, score_teacher, Plan, Rollout, Side, TeacherKeeps};
+pub use signal::{assign_advantages, micro_loss, normaliser, response_mask, DistInputs, DpcaInputs};
+
+use super::RunOptions;
+use crate::data::{self, Rng, Sampler};
+use crate::loss::VocabMatch;
+use crate::models::Model;
+use crate::recipe::{Opd, OpdLoss, Scorer};
+use crate::recipes::eval::evaluate_run;
+use crate::train::checkpoint::{self, TrainState};
+use crate::train::metrics::{progress, Metrics};
+use crate::train::optim::AdamW;
+use crate::train::schedule::lr_at;
+use anyhow::{Context, Result};
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+/// Rollouts written in readable form at each evaluation (`rollouts/step-NNNNNN.md`).
+const DUMPED_ROLLOUTS: usize = 3;
+
+pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
+    let run_dir = &r.output_dir;
+    tch::manual_seed(r.seed as i64);
+    let resume_from = if opts.resume { checkpoint::latest(run_dir)? } else { None };
+    let mut student_spec = r.student.clone();
+    if let Some(dir) = &resume_from {
+        student_spec.path = dir.display().to_string();
+    }
+    let student = load_side(&student_spec, &r.device)?;
+    let mut teacher = load_side(&r.teacher, &r.device)?;
+    teacher.model.vs.freeze();
+    teacher.same_vocab = student.tok.inner.get_vocab(true) == teacher.tok.inner.get_vocab(true);
+    if teacher.same_vocab {
+        eprintln!("opd: student and teacher share a vocabulary: scoring the student's own tokens (same-tokenizer OPD)");
+    }
+    let divergence = r.loss.divergence_beta(&r.distill);
+    anyhow::ensure!(
+        divergence.is_none() || teacher.same_vocab,
+        "loss: {:?} compares full next-token distributions and needs student and teacher to share a vocabulary ({} and {} do not); across tokenizers use loss: dpca",
+        r.loss,
+        r.student.path,
+        r.teacher.path
+    );
+    let plan = Plan::of(r);
+    let source_dir = student.model.dir.clone();
+    let matches = (r.loss == OpdLoss::GoldHybrid).then(|| {
+        let (sv, tv) = (student.tok.inner.get_vocab(true), teacher.tok.inner.get_vocab(true));
+        VocabMatch::new(&sv, &tv, logits_width(&student.model), logits_width(&teacher.model)).to_device(student.device())
+    });
+
+    // Prompts, rendered once for the student; too-long prompts are skipped with a count.
+    let all = data::read_jsonl(&r.data.train, r.data.max_examples)?;
+    let n_all = all.len();
+    let mut examples = Vec::with_capacity(all.len());
+    let mut prompts = Vec::with_capacity(all.len());
+    for ex in all {
+        let ids = data::prompt_ids(&student.tok, &student.chat, ex.prompt())?;
+        if ids.len() <= r.data.max_prompt_length {
+            prompts.push(ids);
+            examples.push(ex);
+        }
+    }
+    if examples.len() < n_all {
+        eprintln!("warning: {} of {n_all} prompts are longer than data.max_prompt_length = {} and are skipped", n_all - examples.len(), r.data.max_prompt_length);
+    }
+    anyhow::ensure!(!examples.is_empty(), "{}: no prompt fits data.max_prompt_length = {}", r.data.train.display(), r.data.max_prompt_length);
+    let eval_examples = match (&r.eval, &r.data.eval) {
+        (Some(_), Some(path)) => data::read_jsonl(path, None)?,
+        _ => vec![],
+    };
+
+    let mut opt = AdamW::new(&student.model.vs, &r.optimizer);
+    let mut state = TrainState { step: 0, epoch: 0, index: 0, counters: Default::default() };
+    if let Some(dir) = &resume_from {
+        state = checkpoint::read_state(dir)?;
+        let ckpt = crate::hf::safetensors::Checkpoint::open_file(&dir.join("optimizer.safetensors"))?;
+        opt.load_state(&ckpt, state.counters.get("optimizer_steps").copied().unwrap_or(state.step as f64) as i64)?;
+        eprintln!("resuming {} from step {}", run_dir.display(), state.step);
+    }
+    let mut sampler = Sampler::at(examples.len(), r.data.shuffle, r.seed, state.epoch, state.index);
+    let mut metrics = Metrics::open(run_dir, r.logging.tensorboard)?;
+    // Each evaluation: the scorers and their generations, the held-out gap of the student's
+    // samples under this run's rollout settings, and a readable dump of a few of them.
+    let evaluate_now = |metrics: &mut Metrics, step: usize| -> Result<Vec<(String, f64)>> {
+        let Some(spec) = &r.eval else { return Ok(vec![]) };
+        let (values, mut rollouts) = evaluate_run(&student, Some((&teacher, &plan)), &eval_examples, spec, r.seed, r.logging.progress, run_dir, step)?;
+        assign_advantages(r, &mut rollouts);
+        let dir = run_dir.join("rollouts");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(format!("step-{step:06}.md"));
+        let text = format!("# Held-out rollouts at step {step}\n\n{}", dump_rollouts(&student, &teacher, &rollouts, DUMPED_ROLLOUTS, r.dpca.max_chunk_tokens));
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        let v: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        metrics.log(step, &v)?;
+        Ok(values)
+    };
+    if state.step == 0 {
+        // The competence check: before any on-policy step, is the student close enough to the
+        // teacher's support for on-policy training to help?
+        let values = evaluate_now(&mut metrics, 0)?;
+        let get = |k: &str| values.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+        if let (Some(gap), true) = (get("eval/logq_minus_logp"), r.lmbda > 0.0) {
+            let accuracy = r.eval.as_ref().filter(|e| e.scorers.iter().any(|s| matches!(s, Scorer::ExactMatch))).and_then(|_| get("eval/exact_match"));
+            if let Some(w) = competence_warning(gap, accuracy, get("eval/teacher_logprob").unwrap_or(f64::NAN), get("eval/teacher_logprob_reference")) {
+                eprintln!("{w}");
+            }
+        }
+    }
+
+    let total = r.training.steps;
+    let bar = progress(total as u64, "opd", r.logging.progress);
+    bar.set_position(state.step as u64);
+    let counter = |state: &TrainState, k: &str| state.counters.get(k).copied().unwrap_or(0.0);
+    let mut steps_this_run = 0;
+    while state.step < total {
+        let started = Instant::now();
+        let lr = lr_at(state.step, total, r.optimizer.lr, &r.schedule);
+        let picks = sampler.next_batch(r.training.prompts_per_step);
+        let mut coin = Rng(r.seed ^ (state.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let on_policy = r.lmbda >= 1.0 || (coin.next_u64() as f64 / u64::MAX as f64) < r.lmbda;
+        let seed = r.seed.wrapping_add(1 + state.step as u64);
+
+        // Rollout, teacher view, teacher scoring, alignment, old log-probs.
+        let mut rollouts = make_rollouts(&plan, &student, &teacher, &examples, &prompts, &picks, on_policy, seed)?;
+        let t_rollout = started.elapsed().as_secs_f64();
+        let keeps = match r.loss {
+            OpdLoss::Uld | OpdLoss::GoldHybrid => TeacherKeeps::Distributions,
+            OpdLoss::ForwardKl | OpdLoss::ReverseKl | OpdLoss::Jsd => TeacherKeeps::Hidden,
+            OpdLoss::Dpca | OpdLoss::Alm => TeacherKeeps::LogProbs,
+        };
+        score_teacher(&teacher, &mut rollouts, r.training.micro_batch_size, keeps)?;
+        let t_teacher = started.elapsed().as_secs_f64();
+        old_logprobs(&student, &mut rollouts, r.training.micro_batch_size)?;
+        assign_advantages(r, &mut rollouts);
+        let t_old = started.elapsed().as_secs_f64();
+        let diag = diagnose(&rollouts);
+
+        // Update: ppo_epochs optimizer steps over the whole rollout batch.
+        let norm = normaliser(r.loss, &rollouts);
+        let (mut loss_value, mut clipped, mut grad_norm) = (0.0, 0.0, 0.0);
+        for _ in 0..r.training.ppo_epochs {
+            opt.zero_grad();
+            let mut epoch_loss = 0.0;
+            for chunk in rollouts.chunks(r.training.micro_batch_size) {
+                let refs: Vec<&Rollout> = chunk.iter().collect();
+                let (ids, starts) = rows(&refs, student.tok.pad_id, student.device());
+                let recompute = r.training.activation_checkpointing;
+                let (l, c) = if divergence.is_some() {
+                    // Full distributions: the head runs in chunks of positions, autograd inside each.
+                    let inputs = DistInputs::new(r, &teacher, &refs, &starts, ids.size()[1] - 1, ids.device())?;
+                    (student.model.backward_logits(&ids, recompute, |logits, t0| Ok(inputs.loss(logits, t0) / norm))?, 0.0)
+                } else if r.loss == OpdLoss::Dpca {
+                    // Token-wise: the head and its log-softmax run in chunks of positions.
+                    let inputs = DpcaInputs::new(r, &refs, &starts, ids.size()[1] - 1, ids.device());
+                    let mut clipped = Tensor::zeros([], (Kind::Float, ids.device()));
+                    let l = student.model.backward_tokens(&ids, recompute, |lp, t0| {
+                        let (l, c) = inputs.loss(lp, t0);
+                        clipped += c;
+                        Ok(l / norm)
+                    })?;
+                    (l, clipped.double_value(&[]))
+                } else {
+                    student.model.backward(&ids, recompute, |logits| Ok((micro_loss(r, &refs, matches.as_ref(), logits, &ids, &starts)? / norm, 0.0)))?
+                };
+                epoch_loss += l * norm;
+                clipped += c;
+            }
+            loss_value = epoch_loss / norm;
+            if !loss_value.is_finite() {
+                return Err(checkpoint::non_finite_loss(run_dir, loss_value, state.step + 1));
+            }
+            grad_norm = opt.clip_grad_norm(r.optimizer.grad_clip);
+            opt.step(lr)?;
+        }
+        state.step += 1;
+        steps_this_run += 1;
+        (state.epoch, state.index) = (sampler.epoch, sampler.index);
+        let secs = started.elapsed().as_secs_f64();
+        let add = |state: &mut TrainState, k: &str, v: f64| {
+            let prev = state.counters.get(k).copied().unwrap_or(0.0);
+            state.counters.insert(k.into(), prev + v);
+        };
+        add(&mut state, "time_s", secs);
+        add(&mut state, "prompts", picks.len() as f64);
+        add(&mut state, "teacher_forward_tokens", diag.teacher_tokens as f64);
+        add(&mut state, "optimizer_steps", r.training.ppo_epochs as f64);
+        let mut values = vec![
+            ("train/loss", loss_value),
+            ("train/lr", lr),
+            ("train/grad_norm", grad_norm),
+            ("opd/on_policy", f64::from(u8::from(on_policy))),
+            ("opd/clip_fraction", clipped / (norm * r.training.ppo_epochs as f64)),
+            ("budget/prompts", counter(&state, "prompts")),
+            ("budget/teacher_forward_tokens", counter(&state, "teacher_forward_tokens")),
+            ("budget/teacher_generated_tokens", 0.0),
+            ("budget/optimizer_steps", counter(&state, "optimizer_steps")),
+            ("time_s", counter(&state, "time_s")),
+            // Where the step's time went: sampling + teacher view + alignment, the teacher's
+            // forward, the student's old log-probs, and the update.
+            ("time/rollout_s", t_rollout),
+            ("time/teacher_s", t_teacher - t_rollout),
+            ("time/old_logprobs_s", t_old - t_teacher),
+            ("time/update_s", secs - t_old),
+        ];
+        values.extend(diag.values());
+        if let Some(gib) = crate::runtime::peak_memory_gib(student.model.device()) {
+            values.push(("memory/peak_gib", gib));
+        }
+        metrics.log(state.step, &values)?;
+        bar.set_message(format!("loss {loss_value:.4} gap {:.3} masked {:.0}%", diag.gap_per_token(), 100.0 * diag.masked as f64 / diag.tokens.max(1) as f64));
+        bar.inc(1);
+        let last = state.step == total;
+        if last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0) {
+            checkpoint::save(run_dir, &student.model, &source_dir, &opt, &state)?;
+        }
+        if last || r.eval.as_ref().and_then(|e| e.every).is_some_and(|n| state.step % n == 0) {
+            evaluate_now(&mut metrics, state.step)?;
+        }
+        if opts.stop_after == Some(steps_this_run) && !last {
+            bar.abandon_with_message("stopped (--stop-after)");
+            return Ok(());
+        }
+    }
+    bar.finish_with_message("done");
+    Ok(())
+}
+
+/// The vocabulary size of a model's output layer (config.json's `vocab_size`).
+fn logits_width(m: &Model) -> i64 {
+    m.config["vocab_size"].as_i64().unwrap_or(0)
+}

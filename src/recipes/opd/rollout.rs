@@ -1,0 +1,328 @@
+//! OPD rollouts: the student samples (or, off-policy, takes the dataset's responses), the
+//! teacher view is rendered in the teacher's own template, and DPCA aligns the two response
+//! token streams with every masking rule of DESIGN.md §1 (steps 1, 2 and 4). The no-grad
+//! scoring passes (teacher log q, student old log p) fill in the rest of a `Rollout`.
+use crate::align::{dpca, Chunk, Masked};
+use crate::data::{self, Example};
+use crate::generate::{generate, Sampling};
+use crate::hf::chat::{ChatTemplate, Message};
+use crate::hf::tokenizer::Tokenizer;
+use crate::models::Model;
+use crate::recipe::{Opd, RolloutSpec};
+use crate::train::token_logprobs;
+use anyhow::{Context, Result};
+use tch::{Device, Kind, Tensor};
+
+/// A model with the text tools of its family.
+pub struct Side {
+    pub model: Model,
+    pub tok: Tokenizer,
+    pub chat: ChatTemplate,
+    /// The token that ends an assistant turn in this model's template.
+    pub eot: i64,
+    /// The teacher side only: its vocabulary is the student's, so the student's response ids
+    /// are scored as they are (same-tokenizer OPD) instead of being re-tokenized from text.
+    pub same_vocab: bool,
+}
+
+impl Side {
+    pub fn device(&self) -> Device {
+        self.model.device()
+    }
+}
+
+/// The token that closes an assistant turn: the first token after the content when the
+/// template renders an assistant message, if it is special or an end id; else the first end id.
+pub fn end_of_turn(tok: &Tokenizer, chat: &ChatTemplate) -> Result<i64> {
+    let fallback = *tok.eos_ids.first().context("the model declares no eos_token_id (config.json or generation_config.json)")?;
+    if !chat.has_template() {
+        return Ok(fallback);
+    }
+    let marker = "TOKBRIDGE_ANSWER";
+    let msgs = [Message::new("user", "Hi"), Message::new("assistant", marker)];
+    let full = chat.render(&msgs, false)?;
+    let Some(pos) = full.rfind(marker) else { return Ok(fallback) };
+    let suffix = &full[pos + marker.len()..];
+    let ids = tok.encode(suffix, false)?;
+    Ok(match ids.first() {
+        Some(&id) if tok.eos_ids.contains(&id) || tok.pieces().special.get(id as usize) == Some(&true) => id,
+        _ => fallback,
+    })
+}
+
+/// One sampled response and what the losses need about it.
+pub struct Rollout {
+    /// Index of the prompt in the dataset it was drawn from (samples of one prompt share it).
+    pub prompt: usize,
+    pub student_prompt: Vec<i64>,
+    /// Sampled ids, ending with the student's end-of-turn token when `finished`.
+    pub response: Vec<i64>,
+    pub finished: bool,
+    /// Whether the response ids are the student tokenizer's own encoding of their text. A
+    /// sampled non-canonical split has the same text as the canonical one, so a teacher that
+    /// scores text cannot tell them apart.
+    pub canonical: bool,
+    pub teacher_ids: Vec<i64>,
+    /// Index of the first teacher response token in `teacher_ids`.
+    pub teacher_start: usize,
+    pub truncated: bool,
+    /// Over student response positions and teacher response positions.
+    pub chunks: Vec<Chunk>,
+    /// log q of every teacher response token.
+    pub logq: Vec<f32>,
+    /// Teacher next-token distributions at the response positions, for ULD and GOLD.
+    pub teacher_probs: Option<Tensor>,
+    /// The teacher's last hidden states at the response positions (teacher tokens, hidden),
+    /// for the full-distribution losses: its logits are made from them one chunk at a time.
+    pub teacher_hidden: Option<Tensor>,
+    /// Old (sampling-time policy) log p of every response token.
+    pub old_logp: Vec<f32>,
+    /// The student's entropy (nats) of its next-token distribution at every response position.
+    pub entropy: Vec<f32>,
+    /// DPCA's advantage of every response token (0 where masked), once assigned.
+    pub adv: Vec<f32>,
+}
+
+/// What the teacher's scoring pass keeps besides log q of the response tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TeacherKeeps {
+    LogProbs,
+    /// Its next-token distributions at the response positions (ULD, GOLD).
+    Distributions,
+    /// Its last hidden states there (the full-distribution losses).
+    Hidden,
+}
+
+/// How rollouts are drawn and aligned: the sampling settings, DPCA's K, the teacher's length
+/// limit, and the sequences per forward pass.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub rollout: RolloutSpec,
+    pub max_chunk_tokens: usize,
+    pub teacher_max_length: usize,
+    pub micro: usize,
+}
+
+impl Plan {
+    pub fn of(r: &Opd) -> Self {
+        Self { rollout: r.rollout.clone(), max_chunk_tokens: r.dpca.max_chunk_tokens, teacher_max_length: r.teacher_max_length, micro: r.training.micro_batch_size }
+    }
+}
+
+/// The teacher sees its own rendering of the conversation, the student's response bytes and,
+/// if the student ended its turn, its own end-of-turn token. Returns the ids, the index of the
+/// first response token, the byte piece of each response token, and whether a token straddles
+/// the prompt/response boundary (its chunk is then masked).
+fn teacher_sequence(teacher: &Side, messages: &[Message], body_ids: &[i64], body: &[u8], finished: bool) -> Result<(Vec<i64>, usize, Vec<Vec<u8>>, bool)> {
+    let table = teacher.tok.pieces();
+    if teacher.same_vocab {
+        let mut ids = data::prompt_ids(&teacher.tok, &teacher.chat, messages)?;
+        let start = ids.len();
+        ids.extend_from_slice(body_ids);
+        if finished {
+            ids.push(teacher.eot);
+        }
+        let pieces = ids[start..].iter().map(|&i| table.bytes.get(i as usize).cloned().unwrap_or_default()).collect();
+        return Ok((ids, start, pieces, false));
+    }
+    let prompt = teacher.chat.render(messages, true)?;
+    let mut text = prompt.clone();
+    text.push_str(&String::from_utf8_lossy(body));
+    let (mut ids, offsets) = if teacher.chat.has_template() {
+        teacher.tok.encode_with_offsets(&text)?
+    } else {
+        // The plain template relies on the tokenizer's own special tokens (BOS).
+        let enc = teacher.tok.inner.encode(text.as_str(), true).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+        (enc.get_ids().iter().map(|&i| i as i64).collect(), enc.get_offsets().to_vec())
+    };
+    let plen = prompt.len();
+    // Added special tokens (BOS) have empty offsets (0, 0): they belong to the prompt.
+    let start = offsets.iter().position(|&(s, e)| e > plen || (s >= plen && e > s)).unwrap_or(ids.len());
+    let mut pieces: Vec<Vec<u8>> = ids[start..].iter().map(|&i| table.bytes.get(i as usize).cloned().unwrap_or_default()).collect();
+    let straddle = start < ids.len() && offsets[start].0 < plen;
+    if straddle {
+        // Keep only the response bytes of the token that crosses the boundary.
+        pieces[0] = text.as_bytes()[plen..offsets[start].1].to_vec();
+    }
+    if finished {
+        ids.push(teacher.eot);
+        pieces.push(table.bytes.get(teacher.eot as usize).cloned().unwrap_or_default());
+    }
+    Ok((ids, start, pieces, straddle))
+}
+
+/// Aligns a student response with the teacher's, applying every masking rule: DPCA with K; the
+/// student's first end-of-turn as its own chunk against the teacher's; chunks holding another
+/// special token, or a teacher token that straddles the prompt boundary, masked.
+fn align_response(student: &Side, response: &[i64], finished: bool, teacher_pieces: &[Vec<u8>], straddle: bool, k: usize) -> Vec<Chunk> {
+    let table = student.tok.pieces();
+    let n_body = response.len() - usize::from(finished);
+    let m_body = teacher_pieces.len() - usize::from(finished);
+    let spieces: Vec<&[u8]> = response[..n_body].iter().map(|&i| table.bytes.get(i as usize).map_or(&[][..], |b| b.as_slice())).collect();
+    let mut chunks = dpca(&spieces, &teacher_pieces[..m_body], k);
+    for c in &mut chunks {
+        let special = response[c.student.clone()].iter().any(|&i| table.special.get(i as usize) == Some(&true));
+        if c.masked == Masked::No && (special || (straddle && c.teacher.start == 0)) {
+            c.masked = Masked::TooLong;
+        }
+    }
+    if finished {
+        chunks.push(Chunk { student: n_body..n_body + 1, teacher: m_body..m_body + 1, masked: Masked::No });
+    }
+    chunks
+}
+
+/// Right-padded rows of `prompt ++ response` on `device`: ids (B, L) and, per row, the column
+/// in the (B, L − 1) log-prob matrix where its response starts.
+pub fn rows(rollouts: &[&Rollout], pad: i64, device: Device) -> (Tensor, Vec<usize>) {
+    let len = rollouts.iter().map(|r| r.student_prompt.len() + r.response.len()).max().unwrap_or(2);
+    let mut ids = Vec::with_capacity(rollouts.len() * len);
+    let mut starts = Vec::with_capacity(rollouts.len());
+    for r in rollouts {
+        ids.extend(r.student_prompt.iter().chain(&r.response).copied().chain(std::iter::repeat(pad)).take(len));
+        starts.push(r.student_prompt.len() - 1);
+    }
+    (Tensor::from_slice(&ids).view([rollouts.len() as i64, len as i64]).to_device(device), starts)
+}
+
+/// Per-row values at response positions, as a (B, L − 1) float tensor (zeros elsewhere).
+pub fn scatter(values: &[&[f32]], starts: &[usize], width: i64, device: Device) -> Tensor {
+    let mut m = vec![0f32; values.len() * width as usize];
+    for (b, (v, &s)) in values.iter().zip(starts).enumerate() {
+        m[b * width as usize + s..b * width as usize + s + v.len()].copy_from_slice(v);
+    }
+    Tensor::from_slice(&m).view([values.len() as i64, width]).to_device(device)
+}
+
+/// Old log-probs of every rollout's response under the current student (no grad), in the
+/// layout training uses, so the first PPO epoch has ratio exactly 1.
+pub fn old_logprobs(student: &Side, rollouts: &mut [Rollout], micro: usize) -> Result<()> {
+    let _g = tch::no_grad_guard();
+    for chunk in rollouts.chunks_mut(micro) {
+        let refs: Vec<&Rollout> = chunk.iter().collect();
+        let (ids, starts) = rows(&refs, student.tok.pad_id, student.device());
+        // One log-softmax gives the sampled tokens' log-probs (as `token_logprobs` takes them)
+        // and each position's entropy −Σ p log p.
+        let logp = student.model.logits(&ids).log_softmax(-1, Kind::Float);
+        let len = ids.size()[1];
+        let targets = ids.narrow(1, 1, len - 1).unsqueeze(-1);
+        let lp = logp.narrow(1, 0, len - 1).gather(2, &targets, false).squeeze_dim(-1).to_device(Device::Cpu);
+        let entropy = (-(logp.exp() * &logp).sum_dim_intlist(-1, false, Kind::Float)).to_device(Device::Cpu);
+        for (b, (r, &s)) in chunk.iter_mut().zip(&starts).enumerate() {
+            let n = r.response.len() as i64;
+            r.old_logp = Vec::<f32>::try_from(lp.get(b as i64).narrow(0, s as i64, n))?;
+            r.entropy = Vec::<f32>::try_from(entropy.get(b as i64).narrow(0, s as i64, n))?;
+        }
+    }
+    Ok(())
+}
+
+/// The teacher's log q of every response token (and what `keeps` asks for at the response
+/// positions), in one no-grad forward per micro-batch.
+pub fn score_teacher(teacher: &Side, rollouts: &mut [Rollout], micro: usize, keeps: TeacherKeeps) -> Result<()> {
+    let _g = tch::no_grad_guard();
+    let pad = teacher.tok.pad_id;
+    let live: Vec<usize> = (0..rollouts.len()).filter(|&i| !rollouts[i].truncated).collect();
+    for group in live.chunks(micro) {
+        let len = group.iter().map(|&i| rollouts[i].teacher_ids.len()).max().unwrap_or(2).max(2);
+        let mut flat = Vec::with_capacity(group.len() * len);
+        for &i in group {
+            flat.extend(rollouts[i].teacher_ids.iter().copied().chain(std::iter::repeat(pad)).take(len));
+        }
+        let ids = Tensor::from_slice(&flat).view([group.len() as i64, len as i64]).to_device(teacher.device());
+        let hidden = teacher.model.hidden(&ids);
+        let logits = teacher.model.head(&hidden);
+        let lp = token_logprobs(&logits, &ids).to_device(Device::Cpu);
+        for (b, &i) in group.iter().enumerate() {
+            let r = &mut rollouts[i];
+            let (s, m) = (r.teacher_start as i64, (r.teacher_ids.len() - r.teacher_start) as i64);
+            r.logq = if m == 0 { vec![] } else { Vec::<f32>::try_from(lp.get(b as i64).narrow(0, s - 1, m))? };
+            if m > 0 {
+                match keeps {
+                    TeacherKeeps::LogProbs => {}
+                    TeacherKeeps::Distributions => r.teacher_probs = Some(logits.get(b as i64).narrow(0, s - 1, m).softmax(-1, Kind::Float)),
+                    TeacherKeeps::Hidden => r.teacher_hidden = Some(hidden.get(b as i64).narrow(0, s - 1, m).copy()),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Samples (or, off-policy, takes the dataset's responses for) the given prompts and builds
+/// the teacher view and the alignment of each rollout.
+#[allow(clippy::too_many_arguments)]
+pub fn make_rollouts(plan: &Plan, student: &Side, teacher: &Side, examples: &[Example], prompts: &[Vec<i64>], picks: &[usize], on_policy: bool, seed: u64) -> Result<Vec<Rollout>> {
+    let r = plan;
+    let picks: Vec<usize> = picks.iter().flat_map(|&i| std::iter::repeat(i).take(r.rollout.samples_per_prompt)).collect();
+    let responses: Vec<(Vec<i64>, bool)> = if on_policy {
+        let batch: Vec<Vec<i64>> = picks.iter().map(|&i| prompts[i].clone()).collect();
+        let s = Sampling {
+            max_new_tokens: r.rollout.max_new_tokens,
+            temperature: r.rollout.temperature,
+            top_k: r.rollout.top_k,
+            top_p: r.rollout.top_p,
+            ignore_eos: r.rollout.ignore_eos,
+            seed,
+        };
+        let mut stops = student.tok.eos_ids.clone();
+        stops.push(student.eot);
+        let mut out = Vec::with_capacity(batch.len());
+        for chunk in batch.chunks(r.micro.max(1) * 4) {
+            for g in generate(&student.model, chunk, &s, &stops, student.tok.pad_id)? {
+                out.push((g.new_ids, g.finished));
+            }
+        }
+        out
+    } else {
+        picks
+            .iter()
+            .map(|&i| {
+                let text = examples[i].response().context("lmbda < 1 needs a response in every training line")?;
+                let mut ids = student.tok.encode(text, false)?;
+                ids.push(student.eot);
+                Ok((ids, true))
+            })
+            .collect::<Result<_>>()?
+    };
+    let table = student.tok.pieces();
+    let mut rollouts = Vec::with_capacity(picks.len());
+    for (&i, (response, finished)) in picks.iter().zip(responses) {
+        if response.is_empty() {
+            continue;
+        }
+        let n_body = response.len() - usize::from(finished);
+        let body: Vec<u8> = response[..n_body].iter().flat_map(|&t| table.bytes.get(t as usize).cloned().unwrap_or_default()).collect();
+        let canonical = !on_policy || std::str::from_utf8(&body).is_ok_and(|t| student.tok.encode(t, false).is_ok_and(|ids| ids == response[..n_body]));
+        let (teacher_ids, teacher_start, pieces, straddle) = teacher_sequence(teacher, examples[i].prompt(), &response[..n_body], &body, finished)?;
+        let truncated = teacher_ids.len() > r.teacher_max_length || teacher_start == 0;
+        let chunks = align_response(student, &response, finished, &pieces, straddle, r.max_chunk_tokens);
+        rollouts.push(Rollout {
+            prompt: i,
+            student_prompt: prompts[i].clone(),
+            response,
+            finished,
+            canonical,
+            teacher_ids,
+            teacher_start,
+            truncated,
+            chunks,
+            logq: vec![],
+            teacher_probs: None,
+            teacher_hidden: None,
+            old_logp: vec![],
+            entropy: vec![],
+            adv: vec![],
+        });
+    }
+    Ok(rollouts)
+}
+
+
+pub fn load_side(spec: &crate::recipe::ModelSpec, device: &str) -> Result<Side> {
+    let device = crate::runtime::parse_device(spec.device.as_deref().unwrap_or(device))?;
+    let (model, tok, chat) = crate::recipes::load_model(spec, device)?;
+    let eot = end_of_turn(&tok, &chat).with_context(|| format!("model {}", spec.path))?;
+    Ok(Side { model, tok, chat, eot, same_vocab: false })
+}
+

@@ -1,0 +1,209 @@
+//! OPD training signals on scored rollouts: DPCA's advantages (with the optional group-mean
+//! baseline) and its per-token inputs to the PPO surrogate; the full-distribution divergences
+//! of same-vocabulary distillation (GKD's forward KL, reverse KL and generalized JSD, whole
+//! vocabulary or teacher top-k with a tail); the baselines that need the student's full logits
+//! (ALM, ULD, GOLD); the masks and the normaliser of one optimizer step.
+use super::rollout::{scatter, Rollout, Side};
+use crate::align::{Chunk, Masked};
+use crate::loss::{self, PpoClip, VocabMatch};
+use crate::recipe::{AdvantageBaseline, DistillSpec, Opd, OpdLoss};
+use crate::train::token_logprobs;
+use anyhow::{bail, Context, Result};
+use tch::{Device, Kind, Tensor};
+
+/// Fills every rollout's DPCA advantages (DESIGN.md §1 step 5, clamped), then, with
+/// `dpca.baseline: group_mean`, centres them within the samples of each prompt.
+pub fn assign_advantages(r: &Opd, rollouts: &mut [Rollout]) {
+    let clamp = r.dpca.adv_clamp as f32;
+    for x in rollouts.iter_mut() {
+        x.adv = if x.truncated { vec![0.0; x.response.len()] } else { loss::chunk_advantages(&x.chunks, &x.old_logp, &x.logq, clamp) };
+    }
+    if r.dpca.baseline == AdvantageBaseline::GroupMean {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for (i, x) in rollouts.iter().enumerate() {
+            match groups.iter_mut().find(|g| rollouts[g[0]].prompt == x.prompt) {
+                Some(g) => g.push(i),
+                None => groups.push(vec![i]),
+            }
+        }
+        let mask: Vec<Vec<f32>> = rollouts.iter().map(response_mask).collect();
+        let mut adv: Vec<Vec<f32>> = rollouts.iter_mut().map(|x| std::mem::take(&mut x.adv)).collect();
+        loss::subtract_group_mean(&mut adv, &mask, &groups);
+        for (x, a) in rollouts.iter_mut().zip(adv) {
+            x.adv = a;
+        }
+    }
+}
+
+/// DPCA's per-token inputs of one micro-batch in the training layout (B, L − 1): advantages,
+/// the mask of unmasked response tokens, and the old log-probs.
+pub struct DpcaInputs {
+    adv: Tensor,
+    mask: Tensor,
+    old: Tensor,
+    clip: PpoClip,
+}
+
+impl DpcaInputs {
+    pub fn new(r: &Opd, batch: &[&Rollout], starts: &[usize], width: i64, device: Device) -> Self {
+        let adv: Vec<&[f32]> = batch.iter().map(|x| x.adv.as_slice()).collect();
+        let mask: Vec<Vec<f32>> = batch.iter().map(|x| response_mask(x)).collect();
+        let old: Vec<&[f32]> = batch.iter().map(|x| x.old_logp.as_slice()).collect();
+        Self {
+            adv: scatter(&adv, starts, width, device),
+            mask: scatter(&mask.iter().map(Vec::as_slice).collect::<Vec<_>>(), starts, width, device),
+            old: scatter(&old, starts, width, device),
+            clip: PpoClip { low: r.dpca.clip_low, high: r.dpca.clip_high, dual: r.dpca.dual_clip },
+        }
+    }
+
+    /// The summed PPO surrogate of positions `t0..t0 + n` given their new log-probs (B, n),
+    /// and how many of them clipping changed (on the device, so chunks do not wait on a read).
+    pub fn loss(&self, new_logp: &Tensor, t0: i64) -> (Tensor, Tensor) {
+        let n = new_logp.size()[1];
+        let [adv, mask, old] = [&self.adv, &self.mask, &self.old].map(|t| t.narrow(1, t0, n));
+        let (per_token, clipped) = loss::ppo_surrogate(new_logp, &old, &adv, self.clip);
+        let clipped = (clipped * &mask).sum(Kind::Float);
+        ((per_token * mask).sum(Kind::Float), clipped)
+    }
+}
+
+/// The inputs of a full-distribution loss for one micro-batch: the teacher's last hidden
+/// states at the student's response positions in the training layout (B, L − 1, H), from which
+/// each chunk of positions gets the teacher's logits, and the mask of unmasked response tokens.
+/// Only for a shared vocabulary, where teacher response position j is student position j.
+pub struct DistInputs<'a> {
+    teacher: &'a Side,
+    hidden: Tensor,
+    mask: Tensor,
+    beta: f64,
+    spec: &'a DistillSpec,
+}
+
+impl<'a> DistInputs<'a> {
+    pub fn new(r: &'a Opd, teacher: &'a Side, batch: &[&Rollout], starts: &[usize], width: i64, device: Device) -> Result<Self> {
+        let beta = r.loss.divergence_beta(&r.distill).context("not a full-distribution loss")?;
+        let h = batch.iter().find_map(|x| x.teacher_hidden.as_ref()).map_or(1, |t| t.size()[1]);
+        let hidden = Tensor::zeros([batch.len() as i64, width, h], (Kind::Float, device));
+        for (b, x) in batch.iter().enumerate() {
+            if let (Some(t), false) = (&x.teacher_hidden, x.truncated) {
+                anyhow::ensure!(t.size()[0] as usize == x.response.len(), "teacher rows ({}) differ from student response tokens ({}): the vocabularies are not shared", t.size()[0], x.response.len());
+                hidden.get(b as i64).narrow(0, starts[b] as i64, t.size()[0]).copy_(&t.to_device(device).to_kind(Kind::Float));
+            }
+        }
+        let mask: Vec<Vec<f32>> = batch.iter().map(|x| response_mask(x)).collect();
+        let mask = scatter(&mask.iter().map(Vec::as_slice).collect::<Vec<_>>(), starts, width, device);
+        Ok(Self { teacher, hidden, mask, beta, spec: &r.distill })
+    }
+
+    /// The summed divergence of positions `t0..t0 + n` given the student's logits (B, n, V).
+    pub fn loss(&self, logits: &Tensor, t0: i64) -> Tensor {
+        let n = logits.size()[1];
+        let mask = self.mask.narrow(1, t0, n);
+        let teacher = tch::no_grad(|| {
+            let h = self.hidden.narrow(1, t0, n).to_device(self.teacher.model.device()).to_kind(self.teacher.model.kind);
+            self.teacher.model.head(&h).to_device(logits.device())
+        });
+        // Logits widths may differ by padding rows past the shared tokenizer's vocabulary.
+        let v = logits.size()[2].min(teacher.size()[2]);
+        let tau = self.spec.temperature;
+        let s = (logits.narrow(2, 0, v) / tau).log_softmax(-1, Kind::Float);
+        let t = (teacher.narrow(2, 0, v) / tau).log_softmax(-1, Kind::Float);
+        let (s, t) = match self.spec.top_k {
+            Some(k) => loss::top_k_with_tail(&s, &t, k as i64),
+            None => (s, t),
+        };
+        (loss::jsd_per_position(&s, &t, self.beta) * mask).sum(Kind::Float)
+    }
+}
+
+/// The loss of one micro-batch of rollouts, summed (the caller divides by the batch's
+/// normaliser), for the losses that need the student's logits: ALM's chunk sums, ULD's and
+/// GOLD's distributions. DPCA is trained through `Model::backward_tokens` and `DpcaInputs`.
+pub fn micro_loss(r: &Opd, batch: &[&Rollout], matches: Option<&VocabMatch>, logits: &Tensor, ids: &Tensor, starts: &[usize]) -> Result<Tensor> {
+    let device = ids.device();
+    match r.loss {
+        OpdLoss::Dpca | OpdLoss::ForwardKl | OpdLoss::ReverseKl | OpdLoss::Jsd => bail!("{:?} is trained through the chunked head, not on full logits", r.loss),
+        OpdLoss::Alm => {
+            let new_logp = token_logprobs(logits, ids);
+            let mut total = Tensor::zeros([], (Kind::Float, device));
+            for (b, x) in batch.iter().enumerate().filter(|(_, x)| !x.truncated) {
+                let live: Vec<&Chunk> = x.chunks.iter().filter(|c| !c.is_masked()).collect();
+                if live.is_empty() {
+                    continue;
+                }
+                let mut chunk_of = vec![0i64; x.response.len()];
+                let mut used = vec![0f32; x.response.len()];
+                for (ci, c) in live.iter().enumerate() {
+                    c.student.clone().for_each(|i| {
+                        chunk_of[i] = ci as i64;
+                        used[i] = 1.0;
+                    });
+                }
+                let row = new_logp.get(b as i64).narrow(0, starts[b] as i64, x.response.len() as i64);
+                let row = row * Tensor::from_slice(&used).to_device(device);
+                let ls = Tensor::zeros([live.len() as i64], (Kind::Float, device)).index_add(0, &Tensor::from_slice(&chunk_of).to_device(device), &row);
+                let lt: Vec<f32> = live.iter().map(|c| x.logq[c.teacher.clone()].iter().sum()).collect();
+                let d = loss::alm_binary_ce(&ls, &Tensor::from_slice(&lt).to_device(device), r.baselines.alm_temperature);
+                total = total + d.sum(Kind::Float);
+            }
+            Ok(total)
+        }
+        OpdLoss::Uld | OpdLoss::GoldHybrid => {
+            let mut total = Tensor::zeros([], (Kind::Float, device));
+            for (b, x) in batch.iter().enumerate().filter(|(_, x)| !x.truncated) {
+                let Some(tp) = &x.teacher_probs else { continue };
+                // EOS excluded on both sides, as TRL's uld_skip_*_eos defaults do.
+                let n = x.response.len() - usize::from(x.finished);
+                let m = tp.size()[0] as usize - usize::from(x.finished);
+                if n == 0 || m == 0 {
+                    continue;
+                }
+                let sp = logits.get(b as i64).narrow(0, starts[b] as i64, n as i64).softmax(-1, Kind::Float);
+                let tp = tp.narrow(0, 0, m as i64).to_device(device);
+                let l = if r.loss == OpdLoss::Uld {
+                    let k = n.min(m) as i64;
+                    loss::sorted_l1(&sp.narrow(0, 0, k), &tp.narrow(0, 0, k))
+                } else {
+                    let groups: Vec<&Chunk> = x.chunks.iter().filter(|c| c.masked != Masked::Stuck && c.student.end <= n && c.teacher.end <= m).collect();
+                    if groups.is_empty() {
+                        continue;
+                    }
+                    let sg: Vec<_> = groups.iter().map(|c| c.student.clone()).collect();
+                    let tg: Vec<_> = groups.iter().map(|c| c.teacher.clone()).collect();
+                    let t_ids = &x.teacher_ids[x.teacher_start..];
+                    let sm = loss::merge_observed(&sp, &sg, &x.response);
+                    let tm = loss::merge_observed(&tp, &tg, t_ids);
+                    let w = r.baselines.gold_matched_weight.zip(r.baselines.gold_unmatched_weight);
+                    loss::gold_hybrid(&sm, &tm, matches.context("GOLD needs the vocabulary match")?, r.baselines.gold_beta, w)
+                };
+                total = total + l;
+            }
+            Ok(total)
+        }
+    }
+}
+
+/// 1 for response tokens in unmasked chunks, 0 elsewhere.
+pub fn response_mask(x: &Rollout) -> Vec<f32> {
+    let mut m = vec![0f32; x.response.len()];
+    if !x.truncated {
+        for c in x.chunks.iter().filter(|c| !c.is_masked()) {
+            c.student.clone().for_each(|i| m[i] = 1.0);
+        }
+    }
+    m
+}
+
+/// What one optimizer step normalises its summed loss by: unmasked tokens (DPCA's token
+/// mean, and the full-distribution losses' mean over positions), unmasked chunks (ALM), or scored sequences (ULD, GOLD).
+pub fn normaliser(loss: OpdLoss, rollouts: &[Rollout]) -> f64 {
+    let live = rollouts.iter().filter(|x| !x.truncated);
+    let n: usize = match loss {
+        OpdLoss::Dpca | OpdLoss::ForwardKl | OpdLoss::ReverseKl | OpdLoss::Jsd => live.map(|x| response_mask(x).iter().filter(|&&v| v > 0.0).count()).sum(),
+        OpdLoss::Alm => live.map(|x| x.chunks.iter().filter(|c| !c.is_masked()).count()).sum(),
+        OpdLoss::Uld | OpdLoss::GoldHybrid => live.count(),
+    };
+    n.max(1) as f64
+}
+
