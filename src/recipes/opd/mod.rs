@@ -17,7 +17,7 @@ mod signal;
 
 pub use diagnostics::{competence_warning, diagnose, dump_rollouts, held_out_gap, Diagnostics};
 pub use rollout::{end_of_turn, load_side, make_rollouts, old_logprobs, rows, score_teacher, Plan, Rollout, Side, TeacherKeeps};
-pub use signal::{assign_advantages, micro_loss, normaliser, response_mask, DistInputs, DpcaInputs};
+pub use signal::{assign_advantages, backward_batch, micro_loss, normaliser, response_mask, DistInputs, DpcaInputs};
 
 use super::RunOptions;
 use crate::data::{self, Rng, Sampler};
@@ -31,7 +31,6 @@ use crate::train::optim::AdamW;
 use crate::train::schedule::lr_at;
 use anyhow::{Context, Result};
 use std::time::Instant;
-use tch::{Kind, Tensor};
 
 /// Rollouts written in readable form at each evaluation (`rollouts/step-NNNNNN.md`).
 const DUMPED_ROLLOUTS: usize = 3;
@@ -158,32 +157,9 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
         let (mut loss_value, mut clipped, mut grad_norm) = (0.0, 0.0, 0.0);
         for _ in 0..r.training.ppo_epochs {
             opt.zero_grad();
-            let mut epoch_loss = 0.0;
-            for chunk in rollouts.chunks(r.training.micro_batch_size) {
-                let refs: Vec<&Rollout> = chunk.iter().collect();
-                let (ids, starts) = rows(&refs, student.tok.pad_id, student.device());
-                let recompute = r.training.activation_checkpointing;
-                let (l, c) = if divergence.is_some() {
-                    // Full distributions: the head runs in chunks of positions, autograd inside each.
-                    let inputs = DistInputs::new(r, &teacher, &refs, &starts, ids.size()[1] - 1, ids.device())?;
-                    (student.model.backward_logits(&ids, recompute, |logits, t0| Ok(inputs.loss(logits, t0) / norm))?, 0.0)
-                } else if r.loss == OpdLoss::Dpca {
-                    // Token-wise: the head and its log-softmax run in chunks of positions.
-                    let inputs = DpcaInputs::new(r, &refs, &starts, ids.size()[1] - 1, ids.device());
-                    let mut clipped = Tensor::zeros([], (Kind::Float, ids.device()));
-                    let l = student.model.backward_tokens(&ids, recompute, |lp, t0| {
-                        let (l, c) = inputs.loss(lp, t0);
-                        clipped += c;
-                        Ok(l / norm)
-                    })?;
-                    (l, clipped.double_value(&[]))
-                } else {
-                    student.model.backward(&ids, recompute, |logits| Ok((micro_loss(r, &refs, matches.as_ref(), logits, &ids, &starts)? / norm, 0.0)))?
-                };
-                epoch_loss += l * norm;
-                clipped += c;
-            }
-            loss_value = epoch_loss / norm;
+            let (epoch_loss, c) = backward_batch(r, &student, &teacher, matches.as_ref(), &rollouts, norm)?;
+            clipped += c;
+            loss_value = epoch_loss;
             if !loss_value.is_finite() {
                 return Err(checkpoint::non_finite_loss(run_dir, loss_value, state.step + 1));
             }

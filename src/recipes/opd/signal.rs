@@ -3,7 +3,7 @@
 //! of same-vocabulary distillation (GKD's forward KL, reverse KL and generalized JSD, whole
 //! vocabulary or teacher top-k with a tail); the baselines that need the student's full logits
 //! (ALM, ULD, GOLD); the masks and the normaliser of one optimizer step.
-use super::rollout::{scatter, Rollout, Side};
+use super::rollout::{rows, scatter, Rollout, Side};
 use crate::align::{Chunk, Masked};
 use crate::loss::{self, PpoClip, VocabMatch};
 use crate::recipe::{AdvantageBaseline, DistillSpec, Opd, OpdLoss};
@@ -33,6 +33,39 @@ pub fn assign_advantages(r: &Opd, rollouts: &mut [Rollout]) {
             x.adv = a;
         }
     }
+}
+
+/// Back-propagates the loss of one optimizer step over `rollouts` (summed over micro-batches
+/// and divided by `norm`, the step's normaliser) into the student's gradients. Returns the
+/// loss and the number of tokens clipping changed. Full-distribution losses and DPCA run the
+/// head in chunks of positions (`Model::backward_logits`, `Model::backward_tokens`); the
+/// baselines take the full logits.
+pub fn backward_batch(r: &Opd, student: &Side, teacher: &Side, matches: Option<&VocabMatch>, rollouts: &[Rollout], norm: f64) -> Result<(f64, f64)> {
+    let (mut total, mut clipped) = (0.0, 0.0);
+    let recompute = r.training.activation_checkpointing;
+    for chunk in rollouts.chunks(r.training.micro_batch_size) {
+        let refs: Vec<&Rollout> = chunk.iter().collect();
+        let (ids, starts) = rows(&refs, student.tok.pad_id, student.device());
+        let width = ids.size()[1] - 1;
+        let (l, c) = if r.loss.divergence_beta(&r.distill).is_some() {
+            let inputs = DistInputs::new(r, teacher, &refs, &starts, width, ids.device())?;
+            (student.model.backward_logits(&ids, recompute, |logits, t0| Ok(inputs.loss(logits, t0) / norm))?, 0.0)
+        } else if r.loss == OpdLoss::Dpca {
+            let inputs = DpcaInputs::new(r, &refs, &starts, width, ids.device());
+            let mut c = Tensor::zeros([], (Kind::Float, ids.device()));
+            let l = student.model.backward_tokens(&ids, recompute, |lp, t0| {
+                let (l, n) = inputs.loss(lp, t0);
+                c += n;
+                Ok(l / norm)
+            })?;
+            (l, c.double_value(&[]))
+        } else {
+            student.model.backward(&ids, recompute, |logits| Ok((micro_loss(r, &refs, matches, logits, &ids, &starts)? / norm, 0.0)))?
+        };
+        total += l;
+        clipped += c;
+    }
+    Ok((total, clipped))
 }
 
 /// DPCA's per-token inputs of one micro-batch in the training layout (B, L − 1): advantages,
