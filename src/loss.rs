@@ -106,7 +106,7 @@ pub fn generalized_jsd(student: &Tensor, teacher: &Tensor, beta: f64) -> Tensor 
 /// `beta·KL(t ‖ m) + (1 − beta)·KL(s ‖ m)` with the mixture `m = beta·t + (1 − beta)·s`.
 pub fn jsd_per_position(student: &Tensor, teacher: &Tensor, beta: f64) -> Tensor {
     // KL(x ‖ y) from log inputs: Σ e^x (x − y).
-    let kl = |x: &Tensor, y: &Tensor| (x.exp() * (x - y)).sum_dim_intlist(-1, false, Kind::Float);
+    let kl = |x: &Tensor, y: &Tensor| (x.exp() * (x - y)).sum_dim_intlist(-1, false, x.kind());
     if beta == 0.0 {
         return kl(teacher, student);
     }
@@ -115,6 +115,20 @@ pub fn jsd_per_position(student: &Tensor, teacher: &Tensor, beta: f64) -> Tensor
     }
     let mix = Tensor::stack(&[student + (1.0 - beta).ln(), teacher + beta.ln()], 0).logsumexp([0], false);
     kl(teacher, &mix) * beta + kl(student, &mix) * (1.0 - beta)
+}
+
+/// The per-position divergence of the full-distribution losses from student and teacher
+/// logits (..., V) over one vocabulary: both at `temperature`, optionally restricted to the
+/// teacher's `top_k` tokens plus a tail bucket, then `jsd_per_position` with `beta`. With a
+/// mask and a token mean over it, this is TRL's `GKDTrainer.generalized_jsd_loss`.
+pub fn distill_divergence(student: &Tensor, teacher: &Tensor, beta: f64, temperature: f64, top_k: Option<usize>) -> Tensor {
+    let s = (student / temperature).log_softmax(-1, student.kind());
+    let t = (teacher / temperature).log_softmax(-1, teacher.kind());
+    let (s, t) = match top_k {
+        Some(k) => top_k_with_tail(&s, &t, k as i64),
+        None => (s, t),
+    };
+    jsd_per_position(&s, &t, beta)
 }
 
 /// Restricts two log-distributions (..., V) to the teacher's top-k tokens of each position plus

@@ -53,8 +53,8 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
     let divergence = r.loss.divergence_beta(&r.distill);
     anyhow::ensure!(
         divergence.is_none() || teacher.same_vocab,
-        "loss: {:?} compares full next-token distributions and needs student and teacher to share a vocabulary ({} and {} do not); across tokenizers use loss: dpca",
-        r.loss,
+        "loss: {} compares full next-token distributions and needs student and teacher to share a vocabulary ({} and {} do not); across tokenizers use loss: dpca",
+        serde_yaml::to_string(&r.loss).unwrap_or_default().trim(),
         r.student.path,
         r.teacher.path
     );

@@ -139,14 +139,8 @@ impl<'a> DistInputs<'a> {
         });
         // Logits widths may differ by padding rows past the shared tokenizer's vocabulary.
         let v = logits.size()[2].min(teacher.size()[2]);
-        let tau = self.spec.temperature;
-        let s = (logits.narrow(2, 0, v) / tau).log_softmax(-1, Kind::Float);
-        let t = (teacher.narrow(2, 0, v) / tau).log_softmax(-1, Kind::Float);
-        let (s, t) = match self.spec.top_k {
-            Some(k) => loss::top_k_with_tail(&s, &t, k as i64),
-            None => (s, t),
-        };
-        (loss::jsd_per_position(&s, &t, self.beta) * mask).sum(Kind::Float)
+        let d = loss::distill_divergence(&logits.narrow(2, 0, v), &teacher.narrow(2, 0, v), self.beta, self.spec.temperature, self.spec.top_k);
+        (d * mask).sum(Kind::Float)
     }
 }
 

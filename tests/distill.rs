@@ -1,0 +1,145 @@
+//! The full-distribution losses of same-vocabulary distillation (`loss: forward_kl |
+//! reverse_kl | jsd`): equal to TRL's `GKDTrainer.generalized_jsd_loss` on fixed inputs (a
+//! committed reference made by scripts/fixtures/make_gkd_reference.py), the chunked head's
+//! gradients equal to plain autograd over the full logits with the teacher's distributions
+//! at the right positions, zero loss when the student is the teacher, and a one-line error
+//! across tokenizers.
+mod common;
+
+use common::tempdir::TempDir;
+use std::path::Path;
+use std::process::Command;
+use tch::{Kind, Tensor};
+use tokbridge::recipe::Recipe;
+use tokbridge::recipes::opd;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn generalized_jsd_equals_trl_gkd() {
+    let text = std::fs::read_to_string(root().join("tests/fixtures/distill/gkd_reference.json")).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let shape: Vec<i64> = r["shape"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+    let floats = |k: &str| -> Vec<f64> { r[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
+    let student = Tensor::from_slice(&floats("student_logits")).view(shape.as_slice());
+    let teacher = Tensor::from_slice(&floats("teacher_logits")).view(shape.as_slice());
+    let mask = Tensor::from_slice(&floats("mask")).view([shape[0], shape[1]]);
+    let cases = r["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 10);
+    for c in cases {
+        let (beta, temperature) = (c["beta"].as_f64().unwrap(), c["temperature"].as_f64().unwrap());
+        let s = student.copy().set_requires_grad(true);
+        let per_position = tokbridge::loss::distill_divergence(&s, &teacher, beta, temperature, None);
+        let loss = (per_position * &mask).sum(Kind::Double) / mask.sum(Kind::Double);
+        loss.backward();
+        let (ours, theirs) = (loss.double_value(&[]), c["loss"].as_f64().unwrap());
+        assert!((ours - theirs).abs() <= 1e-9 * theirs.abs().max(1.0), "beta {beta} T {temperature}: {ours} vs TRL {theirs}");
+        let grad: Vec<f64> = Vec::try_from(s.grad().view([-1])).unwrap();
+        let want: Vec<f64> = c["grad"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let worst = grad.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-9, "beta {beta} T {temperature}: gradient differs from TRL's by {worst}");
+    }
+}
+
+/// The recipe for the qwen2 student and qwen3 teacher fixtures (one shared vocabulary).
+fn recipe(extra: &[&str]) -> tokbridge::recipe::Opd {
+    let text = std::fs::read_to_string(root().join("recipes/opd/tiny.yaml")).unwrap();
+    let mut over = vec!["student.path=tests/fixtures/models/qwen2".to_string()];
+    over.extend(extra.iter().map(|s| s.to_string()));
+    let Recipe::Opd(mut r) = Recipe::parse(&text, &over).unwrap() else { panic!() };
+    r.data.train = root().join(&r.data.train);
+    r.student.path = root().join(&r.student.path).display().to_string();
+    r.teacher.path = root().join(&r.teacher.path).display().to_string();
+    r
+}
+
+fn grads(side: &opd::Side) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = side.model.vs.variables().into_iter().filter(|(_, t)| t.grad().defined()).map(|(k, t)| (k, t.grad().copy())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, mut t) in side.model.vs.variables() {
+        t.zero_grad();
+    }
+    v
+}
+
+#[test]
+fn chunked_divergence_gradients_equal_full_logits_autograd() {
+    for (loss, extra) in [("forward_kl", "distill.temperature=1.0"), ("jsd", "distill.temperature=0.9"), ("reverse_kl", "distill.top_k=8")] {
+        let r = recipe(&[&format!("loss={loss}"), extra, "rollout.max_new_tokens=12"]);
+        let mut student = opd::load_side(&r.student, "cpu").unwrap();
+        let mut teacher = opd::load_side(&r.teacher, "cpu").unwrap();
+        teacher.same_vocab = true;
+        teacher.model.vs.freeze();
+        // Chunks of 3 positions, so a row spans several chunks.
+        student.model.logits_per_chunk = Some(3 * 420 * 6);
+        let examples = tokbridge::data::read_jsonl(&r.data.train, Some(6)).unwrap();
+        let prompts: Vec<Vec<i64>> = examples.iter().map(|e| tokbridge::data::prompt_ids(&student.tok, &student.chat, e.prompt()).unwrap()).collect();
+        let picks: Vec<usize> = (0..6).collect();
+        let mut rollouts = opd::make_rollouts(&opd::Plan::of(&r), &student, &teacher, &examples, &prompts, &picks, true, 3).unwrap();
+        opd::score_teacher(&teacher, &mut rollouts, 6, opd::TeacherKeeps::Hidden).unwrap();
+        opd::old_logprobs(&student, &mut rollouts, 6).unwrap();
+        let norm = opd::normaliser(r.loss, &rollouts);
+        let (value, _) = opd::backward_batch(&r, &student, &teacher, None, &rollouts, norm).unwrap();
+        let chunked = grads(&student);
+
+        // Plain autograd: the student's full logits; the teacher's from its own forward over
+        // its prompt and the same response ids; positions matched by hand.
+        let beta = r.loss.divergence_beta(&r.distill).unwrap();
+        let mut total = Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
+        for x in &rollouts {
+            let ids = Tensor::from_slice(&[x.student_prompt.clone(), x.response.clone()].concat()).unsqueeze(0);
+            let s = student.model.logits(&ids).get(0).narrow(0, x.student_prompt.len() as i64 - 1, x.response.len() as i64);
+            let t = tch::no_grad(|| teacher.model.logits(&Tensor::from_slice(&x.teacher_ids).unsqueeze(0)).get(0).narrow(0, x.teacher_start as i64 - 1, x.response.len() as i64));
+            let mask = Tensor::from_slice(&opd::response_mask(x));
+            total = total + (tokbridge::loss::distill_divergence(&s, &t, beta, r.distill.temperature, r.distill.top_k) * mask).sum(Kind::Float);
+        }
+        let plain = total / norm;
+        assert!((plain.double_value(&[]) - value).abs() < 1e-5 * value.abs().max(1.0), "{loss}: loss {value} vs plain {}", plain.double_value(&[]));
+        assert!(value > 1e-3, "{loss}: the fixtures' distributions differ, the loss should not be ~0");
+        plain.backward();
+        let full = grads(&student);
+        assert_eq!(chunked.len(), full.len(), "{loss}: same parameters get gradients");
+        for ((name, a), (_, b)) in chunked.iter().zip(&full) {
+            let scale = b.abs().max().double_value(&[]).max(1e-6);
+            let diff = (a - b).abs().max().double_value(&[]);
+            assert!(diff <= 1e-4 * scale, "{loss}: {name} differs by {diff} (scale {scale})");
+        }
+    }
+}
+
+fn tokbridge(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tokbridge")).current_dir(root()).args(args).output().expect("runs")
+}
+
+fn last_metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).filter(|m: &serde_json::Value| m["train/loss"].is_number()).collect()
+}
+
+#[test]
+fn full_distribution_losses_train_and_refuse_other_vocabularies() {
+    let tmp = TempDir::new();
+    for loss in ["forward_kl", "reverse_kl", "jsd"] {
+        let dir = tmp.path().join(loss);
+        let out = tokbridge(&["run", "recipes/opd/tiny.yaml", &format!("output_dir={}", dir.display()), "student.path=tests/fixtures/models/qwen2", &format!("loss={loss}"), "training.steps=3", "eval=null", "logging.progress=false", "distill.top_k=16"]);
+        assert!(out.status.success(), "{loss}: {}", String::from_utf8_lossy(&out.stderr));
+        let steps = last_metrics(&dir);
+        assert_eq!(steps.len(), 3);
+        for m in &steps {
+            assert!(m["train/loss"].as_f64().unwrap() > 0.0 && m["train/grad_norm"].as_f64().unwrap() > 0.0, "{loss}: {m}");
+        }
+    }
+    // The student distilled from itself: every divergence is zero (verl's debugging check).
+    let dir = tmp.path().join("self");
+    let out = tokbridge(&["run", "recipes/opd/tiny.yaml", &format!("output_dir={}", dir.display()), "student.path=tests/fixtures/models/qwen3", "loss=jsd", "training.steps=1", "eval=null", "logging.progress=false"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let loss = last_metrics(&dir)[0]["train/loss"].as_f64().unwrap();
+    assert!(loss.abs() < 1e-6, "student = teacher should give zero loss, got {loss}");
+    // Across tokenizers: one line naming the loss and both models.
+    let out = tokbridge(&["run", "recipes/opd/tiny.yaml", &format!("output_dir={}", tmp.path().join("cross").display()), "loss=forward_kl", "training.steps=1", "eval=null"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.trim().lines().last().unwrap();
+    assert!(last.contains("forward_kl") && last.contains("share a vocabulary") && last.contains("tests/fixtures/models/llama"), "{err}");
+}
