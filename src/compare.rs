@@ -2,10 +2,15 @@
 //! plots of held-out accuracy against optimizer steps, wall time and teacher tokens, as PNG and
 //! SVG (plotters, with the DejaVu Sans font embedded so no system fonts are needed).
 //!
+//! Beside accuracy the table shows the held-out teacher-minus-student log-prob gap where a run
+//! measured it (OPD always does; other recipes with `eval.teacher`), and the report puts a few
+//! held-out generations of every run side by side, at its first and last evaluation.
+//!
 //! Budgets: OPD runs count teacher forward tokens as they go; SFT on teacher answers pays the
 //! teacher's generated tokens and generation time up front (from its `teacher_responses`
 //! output), so its curves start there.
 use crate::recipe::{Compare, CompareRun, Recipe};
+use crate::recipes::eval::{read_generations, Generated};
 use anyhow::{Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -20,12 +25,15 @@ pub struct Point {
     pub teacher_tokens: f64,
     pub accuracy: Option<f64>,
     pub avg_k: Option<f64>,
+    /// Held-out mean `log q − log p` per token of the student's samples.
+    pub gap: Option<f64>,
 }
 
 /// What the report shows of one run.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
     pub name: String,
+    pub dir: std::path::PathBuf,
     pub points: Vec<Point>,
     pub optimizer_steps: f64,
     pub prompts: f64,
@@ -47,7 +55,7 @@ fn avg_key(obj: &serde_json::Map<String, Value>) -> Option<f64> {
 
 /// Reads a run directory (metrics.jsonl) or an eval output (eval.json).
 pub fn summarize(run: &CompareRun) -> Result<Summary> {
-    let mut s = Summary { name: run.name.clone(), ..Default::default() };
+    let mut s = Summary { name: run.name.clone(), dir: run.dir.clone(), ..Default::default() };
     let (mut gen_tokens, mut gen_time) = (0.0, 0.0);
     if let Some(tr) = &run.teacher_responses {
         let stats = read_json(&tr.join("stats.json"))?;
@@ -61,7 +69,7 @@ pub fn summarize(run: &CompareRun) -> Result<Summary> {
         let v = read_json(&eval_json)?;
         let obj = v.as_object().context("eval.json is not an object")?;
         s.reference = true;
-        s.points.push(Point { accuracy: obj.get("eval/exact_match").and_then(Value::as_f64), avg_k: avg_key(obj), ..Default::default() });
+        s.points.push(Point { accuracy: obj.get("eval/exact_match").and_then(Value::as_f64), avg_k: avg_key(obj), gap: obj.get("eval/logq_minus_logp").and_then(Value::as_f64), ..Default::default() });
         return Ok(s);
     }
     let text = std::fs::read_to_string(&metrics).with_context(|| format!("reading {}", metrics.display()))?;
@@ -83,7 +91,7 @@ pub fn summarize(run: &CompareRun) -> Result<Summary> {
         s.time_s = time + gen_time;
     }
     let mut seen = std::collections::BTreeMap::new();
-    for r in rows.iter().filter(|r| r.contains_key("eval/exact_match") || avg_key(r).is_some()) {
+    for r in rows.iter().filter(|r| r.contains_key("eval/exact_match") || avg_key(r).is_some() || r.contains_key("eval/logq_minus_logp")) {
         let step = r["step"].as_u64().unwrap_or(0);
         let (time, tokens) = at.get(&step).copied().unwrap_or((0.0, 0.0));
         seen.insert(step, Point {
@@ -92,6 +100,7 @@ pub fn summarize(run: &CompareRun) -> Result<Summary> {
             teacher_tokens: tokens + gen_tokens,
             accuracy: r.get("eval/exact_match").and_then(Value::as_f64),
             avg_k: avg_key(r),
+            gap: r.get("eval/logq_minus_logp").and_then(Value::as_f64),
         });
     }
     s.points = seen.into_values().collect();
@@ -114,19 +123,64 @@ fn count(x: f64) -> String {
 
 /// The markdown table of final results.
 pub fn table(runs: &[Summary]) -> String {
-    let mut t = String::from("| run | accuracy (greedy) | avg@k | optimizer steps | prompts | teacher forward tokens | teacher generated tokens | wall time |\n|---|---|---|---|---|---|---|---|\n");
+    let mut t = String::from("| run | accuracy (greedy) | avg@k | held-out log q − log p | optimizer steps | prompts | teacher forward tokens | teacher generated tokens | wall time |\n|---|---|---|---|---|---|---|---|---|\n");
     for s in runs {
         let last = s.points.last().cloned().unwrap_or_default();
+        let gaps: Vec<f64> = s.points.iter().filter_map(|p| p.gap).collect();
+        let gap = match gaps.as_slice() {
+            [] => "–".to_string(),
+            [one] => format!("{one:.3}"),
+            [first, .., last] => format!("{first:.3} → {last:.3}"),
+        };
         if s.reference {
-            t.push_str(&format!("| {} | {} | {} | – | – | – | – | – |\n", s.name, pct(last.accuracy), pct(last.avg_k)));
+            t.push_str(&format!("| {} | {} | {} | {gap} | – | – | – | – | – |\n", s.name, pct(last.accuracy), pct(last.avg_k)));
         } else {
             t.push_str(&format!(
-                "| {} | {} | {} | {:.0} | {} | {} | {} | {:.0} s |\n",
+                "| {} | {} | {} | {gap} | {:.0} | {} | {} | {} | {:.0} s |\n",
                 s.name, pct(last.accuracy), pct(last.avg_k), s.optimizer_steps, count(s.prompts), count(s.teacher_forward_tokens), count(s.teacher_generated_tokens), s.time_s
             ));
         }
     }
     t
+}
+
+/// Held-out prompts shown side by side in the report.
+const SHOWN_PROMPTS: usize = 3;
+
+/// The first `SHOWN_PROMPTS` held-out prompts with what every run wrote for them at its first
+/// and last evaluation (from `generations/step-NNNNNN.jsonl`); runs without generations are
+/// left out.
+pub fn generations_section(runs: &[Summary]) -> Result<String> {
+    let mut rows: Vec<(String, Vec<Generated>)> = Vec::new();
+    for s in runs {
+        let steps: Vec<usize> = if s.reference { vec![0] } else { s.points.iter().map(|p| p.step as usize).collect() };
+        let mut seen = Vec::new();
+        for step in [steps.first(), steps.last()].into_iter().flatten() {
+            if seen.contains(step) {
+                continue;
+            }
+            seen.push(*step);
+            if let Some(g) = read_generations(&s.dir, *step)? {
+                let label = if s.reference { s.name.clone() } else { format!("{} (step {step})", s.name) };
+                rows.push((label, g));
+            }
+        }
+    }
+    let Some((_, first)) = rows.first() else { return Ok(String::new()) };
+    let mut md = String::from("## Held-out generations\n\nGreedy responses to the first held-out prompts, each run at its first and last evaluation (✓ correct final answer, ✗ wrong).\n\n");
+    let quote = |t: &str| t.trim().lines().map(|l| format!("> {l}")).collect::<Vec<_>>().join("\n");
+    for i in 0..SHOWN_PROMPTS.min(first.len()) {
+        md.push_str(&format!("### Prompt {}\n\n{}\n\n", i + 1, quote(&first[i].prompt)));
+        if let Some(r) = &first[i].reference {
+            md.push_str(&format!("Reference:\n\n{}\n\n", quote(r)));
+        }
+        for (label, g) in &rows {
+            if let Some(x) = g.get(i) {
+                md.push_str(&format!("**{label}** {}\n\n{}\n\n", if x.correct { "✓" } else { "✗" }, quote(&x.response)));
+            }
+        }
+    }
+    Ok(md)
 }
 
 fn register_font() {
@@ -201,6 +255,7 @@ pub fn report(runs: &[Summary], out: &Path, title: &str) -> Result<()> {
     for (name, _, _, caption) in plots {
         md.push_str(&format!("## {caption}\n\n![{caption}]({name}.png)\n\n"));
     }
+    md.push_str(&generations_section(runs)?);
     std::fs::write(out.join("report.md"), md).with_context(|| format!("writing {}", out.join("report.md").display()))?;
     Ok(())
 }

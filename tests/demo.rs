@@ -36,9 +36,26 @@ fn scaled_down_demo_runs_end_to_end() {
     let report = std::fs::read_to_string(root.join("report/report.md")).unwrap();
     for method in ["teacher (qwen3)", "student warm start (llama)", "SFT on teacher answers", "OPD (DPCA)", "OPD (GOLD hybrid)"] {
         let row = report.lines().find(|l| l.starts_with(&format!("| {method} |"))).unwrap_or_else(|| panic!("no row for {method} in {report}"));
-        assert_eq!(row.matches('|').count(), 9, "{row}");
+        assert_eq!(row.matches('|').count(), 10, "{row}");
         assert!(row.contains('%'), "{row}");
     }
+    // SFT (with eval.teacher) and both OPD runs report the held-out gap from start to end.
+    for method in ["SFT on teacher answers", "OPD (DPCA)", "OPD (GOLD hybrid)"] {
+        let row = report.lines().find(|l| l.starts_with(&format!("| {method} |"))).unwrap();
+        assert!(row.split('|').nth(4).unwrap().contains('→'), "no gap for {method}: {row}");
+    }
+    // What the models wrote: generations at every evaluation, side by side in the report,
+    // and OPD's rollouts with their alignment.
+    for run in ["sft-on-teacher", "opd-dpca", "eval-student-warm"] {
+        let first = std::fs::read_to_string(root.join(run).join("generations/step-000000.jsonl")).unwrap();
+        let rows: Vec<serde_json::Value> = first.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rows.len(), 4, "{run}: one line per evaluated prompt");
+        assert!(rows.iter().all(|r| r["prompt"].is_string() && r["response"].is_string() && r["reference"].is_string() && r["correct"].is_boolean()), "{run}: {first}");
+    }
+    assert!(root.join("opd-dpca/generations/step-000002.jsonl").exists());
+    let dump = std::fs::read_to_string(root.join("opd-dpca/rollouts/step-000002.md")).unwrap();
+    assert!(dump.contains("## rollout 0") && dump.contains("L_T") && dump.contains("1:1"), "{dump}");
+    assert!(report.contains("## Held-out generations") && report.contains("**OPD (DPCA) (step 2)**") && report.contains("**student warm start (llama)**"), "{report}");
     for plot in ["accuracy_vs_steps", "accuracy_vs_time", "accuracy_vs_teacher_tokens"] {
         let png = std::fs::read(root.join(format!("report/{plot}.png"))).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{plot}.png is not a PNG");
