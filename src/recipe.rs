@@ -1037,6 +1037,17 @@ mod tests {
     }
 
     #[test]
+    fn opd_knobs_are_validated() {
+        let opd = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/opd/tiny.yaml")).unwrap();
+        let e = |over: &[&str]| format!("{:#}", Recipe::parse(&opd, &over.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_err());
+        assert!(e(&["dpca.baseline=group_mean"]).contains("needs rollout.samples_per_prompt > 1"));
+        assert!(e(&["loss=jsd", "distill.beta=1.5"]).contains("distill.beta must be in [0, 1]"));
+        assert!(e(&["distill.top_k=0"]).contains("distill.top_k must be positive"));
+        let Recipe::Opd(r) = Recipe::parse(&opd, &["loss=forward_kl".into(), "distill={top_k: 64}".into()]).unwrap() else { panic!() };
+        assert_eq!((r.loss.divergence_beta(&r.distill), r.distill.top_k, r.distill.temperature), (Some(0.0), Some(64), 1.0));
+    }
+
+    #[test]
     fn scorers_parse_in_both_forms() {
         let text = format!("{SFT}eval:\n  scorers:\n    - exact_match\n    - avg_at_k: {{k: 4, temperature: 0.6, top_p: 0.95, top_k: 20}}\n    - nll\n");
         let text = text.replace("  train: t.jsonl", "  train: t.jsonl\n  eval: e.jsonl");

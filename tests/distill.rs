@@ -143,3 +143,53 @@ fn full_distribution_losses_train_and_refuse_other_vocabularies() {
     let last = err.trim().lines().last().unwrap();
     assert!(last.contains("forward_kl") && last.contains("share a vocabulary") && last.contains("tests/fixtures/models/llama"), "{err}");
 }
+
+/// ULD and GOLD's hybrid loss against TRL's `ULDLoss` (as GOLDTrainer runs it) on one response
+/// of the fixture tokenizers with fixed logits (scripts/fixtures/make_gold_reference.py): the
+/// same alignment groups, the same matched vocabulary, the same matched JSD, unmatched sorted
+/// L1 and total. The logits are given so that both sides merge the distribution over each
+/// response token (see the script for TRL's "observed" slicing, one position later).
+#[test]
+fn uld_and_gold_hybrid_equal_trl() {
+    use tokbridge::hf::tokenizer::Tokenizer;
+    use tokbridge::loss::{generalized_jsd, gold_hybrid, merge_observed, sorted_l1, VocabMatch};
+    let text = std::fs::read_to_string(root().join("tests/fixtures/distill/gold_reference.json")).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ints = |k: &str| -> Vec<i64> { r[k].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect() };
+    let probs = |k: &str, shape: &str| {
+        let v: Vec<f64> = r[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        Tensor::from_slice(&v).view(ints(shape).as_slice()).softmax(-1, Kind::Double)
+    };
+    let groups = |k: &str| -> Vec<std::ops::Range<usize>> {
+        r[k].as_array().unwrap().iter().map(|g| {
+            let g: Vec<usize> = g.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+            g[0]..g[g.len() - 1] + 1
+        }).collect()
+    };
+    let st = Tokenizer::load(&root().join("tests/fixtures/models/llama")).unwrap();
+    let tt = Tokenizer::load(&root().join("tests/fixtures/models/qwen3")).unwrap();
+    let response = r["text"].as_str().unwrap();
+    let (sids, spieces) = st.text_pieces(response).unwrap();
+    let (tids, tpieces) = tt.text_pieces(response).unwrap();
+    assert_eq!((sids.clone(), tids.clone()), (ints("student_ids"), ints("teacher_ids")), "same token ids as transformers");
+    // DPCA's chunks (no K limit) are TRL's byte-offset groups.
+    let chunks = tokbridge::align::dpca(&spieces, &tpieces, usize::MAX);
+    let (sg, tg) = (groups("student_groups"), groups("teacher_groups"));
+    assert_eq!(chunks.iter().map(|c| c.student.clone()).collect::<Vec<_>>(), sg);
+    assert_eq!(chunks.iter().map(|c| c.teacher.clone()).collect::<Vec<_>>(), tg);
+    assert!(chunks.iter().any(|c| c.student.len() != c.teacher.len()), "the response must have multi-token groups");
+
+    let (sp, tp) = (probs("student_logits", "shape_student"), probs("teacher_logits", "shape_teacher"));
+    let close = |ours: f64, theirs: f64, what: &str| assert!((ours - theirs).abs() <= 1e-5 * theirs.abs().max(1e-3), "{what}: ours {ours} vs TRL {theirs}");
+    // ULD: positional truncation to the shorter response, sorted L1 per position.
+    let k = sp.size()[0].min(tp.size()[0]);
+    close(sorted_l1(&sp.narrow(0, 0, k), &tp.narrow(0, 0, k)).double_value(&[]), r["uld"]["loss"].as_f64().unwrap(), "ULD");
+    // GOLD hybrid on the merged groups.
+    let (sm, tm) = (merge_observed(&sp, &sg, &sids), merge_observed(&tp, &tg, &tids));
+    let vm = VocabMatch::new(&st.inner.get_vocab(true), &tt.inner.get_vocab(true), sp.size()[1], tp.size()[1]);
+    let g = &r["gold_hybrid"];
+    assert_eq!(vm.teacher.size()[0], g["matched_tokens"].as_i64().unwrap(), "matched vocabulary");
+    close(generalized_jsd(&sm.index_select(1, &vm.student), &tm.index_select(1, &vm.teacher), 0.5).double_value(&[]), g["matched"].as_f64().unwrap(), "matched JSD");
+    close(sorted_l1(&sm.index_select(1, &vm.student_rest), &tm.index_select(1, &vm.teacher_rest)).double_value(&[]), g["unmatched"].as_f64().unwrap(), "unmatched L1");
+    close(gold_hybrid(&sm, &tm, &vm, 0.5, None).double_value(&[]), g["loss"].as_f64().unwrap(), "GOLD hybrid");
+}

@@ -131,6 +131,13 @@ fn baselines_train_on_the_same_rollouts() {
         let norms = series(&dir, "train/grad_norm");
         assert!(norms.iter().all(|(_, g)| *g > 0.0), "{loss}: no gradient {norms:?}");
     }
+    // Tinker's shape of a step (4 samples per prompt) with a group-mean baseline: advantages
+    // are centred within each prompt's samples.
+    let dir = tmp.path().join("group");
+    tokbridge(&["run", "recipes/opd/tiny.yaml", &format!("output_dir={}", dir.display()), "rollout.samples_per_prompt=4", "training.prompts_per_step=2", "dpca.baseline=group_mean", "training.steps=2", "eval=null", "logging.progress=false"]);
+    let pos = series(&dir, "opd/positive_advantage_fraction");
+    let neg = series(&dir, "opd/negative_advantage_fraction");
+    assert!(pos.iter().zip(&neg).all(|((_, p), (_, n))| *p > 0.05 && *n > 0.05), "centred advantages take both signs: {pos:?} {neg:?}");
     // lmbda = 0: GKD's off-policy end, training on the dataset's responses instead of samples.
     let dir = tmp.path().join("offpolicy");
     tokbridge(&["run", "recipes/opd/tiny.yaml", &format!("output_dir={}", dir.display()), "lmbda=0.0", "training.steps=2", "eval=null", "logging.progress=false"]);
