@@ -109,7 +109,7 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], s: &Sampling, eos: &[i64], 
         let past = key_valid.size()[1];
         key_valid = Tensor::cat(&[key_valid, Tensor::ones([b as i64, 1], (Kind::Bool, device))], 1);
         positions = positions.narrow(1, positions.size()[1] - 1, 1) + 1;
-        let ctx = Context { positions: positions.shallow_clone(), key_valid: key_valid.shallow_clone(), past, padded };
+        let ctx = Context { positions: positions.shallow_clone(), key_valid: key_valid.shallow_clone(), past, padded, visible: None };
         let feed = Tensor::from_slice(&feed).view([b as i64, 1]).to_device(device);
         logits = model.forward(&feed, &ctx, Some(&mut cache)).select(1, -1);
     }

@@ -395,6 +395,69 @@ impl Default for DistillSpec {
     }
 }
 
+/// Where candidate scoring runs.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum CandidatePositions {
+    /// At the start of every unmasked chunk.
+    All,
+    /// Only at chunks whose DPCA advantage (L_T − L_S) is below `threshold`: where the student
+    /// is likely wrong, bounding the teacher's cost.
+    Disagree,
+}
+
+/// The teacher's distribution over the student's own candidate tokens (DPCA + candidates): at
+/// a chunk start the teacher scores each of the student's top-k next tokens by the probability
+/// that it writes that token's text next, and the student's distribution over the candidates
+/// is trained toward it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CandidateSpec {
+    /// Candidates per position: the student's top-k tokens (and its sampled token).
+    #[serde(default = "d_cand_k")]
+    pub k: usize,
+    /// Weight of the candidate term beside DPCA's surrogate (mean over scored positions).
+    #[serde(default = "d_one_f")]
+    pub weight: f64,
+    /// `forward_kl` (teacher ‖ student, GKD's choice on math), `reverse_kl`, or `jsd` with `beta`.
+    #[serde(default = "d_cand_div")]
+    pub divergence: OpdLoss,
+    #[serde(default = "d_beta")]
+    pub beta: f64,
+    #[serde(default = "d_cand_positions")]
+    pub positions: CandidatePositions,
+    /// `positions: disagree` scores chunks with L_T − L_S below this (nats).
+    #[serde(default = "d_cand_threshold")]
+    pub threshold: f64,
+}
+
+fn d_cand_k() -> usize {
+    16
+}
+
+fn d_cand_div() -> OpdLoss {
+    OpdLoss::ForwardKl
+}
+
+fn d_cand_positions() -> CandidatePositions {
+    CandidatePositions::All
+}
+
+fn d_cand_threshold() -> f64 {
+    -1.0
+}
+
+impl CandidateSpec {
+    /// The generalized JSD's beta of the candidate divergence.
+    pub fn beta(&self) -> f64 {
+        match self.divergence {
+            OpdLoss::ReverseKl => 1.0,
+            OpdLoss::Jsd => self.beta,
+            _ => 0.0,
+        }
+    }
+}
+
 /// What DPCA subtracts from each token's advantage.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -466,6 +529,9 @@ pub struct DpcaSpec {
     pub dual_clip: f64,
     #[serde(default)]
     pub baseline: AdvantageBaseline,
+    /// The teacher's distribution over the student's candidate tokens, added to DPCA (off: null).
+    #[serde(default)]
+    pub candidates: Option<CandidateSpec>,
 }
 
 fn d_k() -> usize {
@@ -486,7 +552,7 @@ fn d_clip_high() -> f64 {
 
 impl Default for DpcaSpec {
     fn default() -> Self {
-        Self { max_chunk_tokens: 6, adv_clamp: 10.0, clip_low: 0.2, clip_high: 0.28, dual_clip: 10.0, baseline: AdvantageBaseline::None }
+        Self { max_chunk_tokens: 6, adv_clamp: 10.0, clip_low: 0.2, clip_high: 0.28, dual_clip: 10.0, baseline: AdvantageBaseline::None, candidates: None }
     }
 }
 
@@ -844,6 +910,13 @@ impl Recipe {
                 ensure!((0.0..=1.0).contains(&r.distill.beta), "distill.beta must be in [0, 1]");
                 ensure!(r.distill.temperature > 0.0, "distill.temperature must be positive");
                 ensure!(r.distill.top_k != Some(0), "distill.top_k must be positive or null");
+                if let Some(c) = &r.dpca.candidates {
+                    ensure!(r.loss == OpdLoss::Dpca, "dpca.candidates works with loss: dpca");
+                    ensure!(c.k >= 2, "dpca.candidates.k must be at least 2");
+                    ensure!(c.weight > 0.0, "dpca.candidates.weight must be positive");
+                    ensure!(matches!(c.divergence, OpdLoss::ForwardKl | OpdLoss::ReverseKl | OpdLoss::Jsd), "dpca.candidates.divergence must be forward_kl, reverse_kl or jsd");
+                    ensure!((0.0..=1.0).contains(&c.beta), "dpca.candidates.beta must be in [0, 1]");
+                }
                 ensure!(
                     r.dpca.baseline == AdvantageBaseline::None || r.rollout.samples_per_prompt > 1,
                     "dpca.baseline: group_mean needs rollout.samples_per_prompt > 1"

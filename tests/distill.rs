@@ -79,7 +79,7 @@ fn chunked_divergence_gradients_equal_full_logits_autograd() {
         let picks: Vec<usize> = (0..6).collect();
         let mut rollouts = opd::make_rollouts(&opd::Plan::of(&r), &student, &teacher, &examples, &prompts, &picks, true, 3).unwrap();
         opd::score_teacher(&teacher, &mut rollouts, 6, opd::TeacherKeeps::Hidden).unwrap();
-        opd::old_logprobs(&student, &mut rollouts, 6).unwrap();
+        opd::old_logprobs(&student, &mut rollouts, 6, 0).unwrap();
         let norm = opd::normaliser(r.loss, &rollouts);
         let (value, _) = opd::backward_batch(&r, &student, &teacher, None, &rollouts, norm).unwrap();
         let chunked = grads(&student);

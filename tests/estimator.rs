@@ -77,7 +77,7 @@ fn dpca_gradient_is_unbiased_for_the_reverse_kl_gradient() {
         let mut rollouts = opd::make_rollouts(&plan, &student, &teacher, &examples, &prompts, &[0], true, 1000 + k as u64).unwrap();
         assert_eq!(rollouts.len(), PER_BATCH);
         opd::score_teacher(&teacher, &mut rollouts, 256, opd::TeacherKeeps::LogProbs).unwrap();
-        opd::old_logprobs(&student, &mut rollouts, 256).unwrap();
+        opd::old_logprobs(&student, &mut rollouts, 256, 0).unwrap();
         opd::assign_advantages(&r, &mut rollouts);
         let norm = opd::normaliser(r.loss, &rollouts);
         zero_grads(&student);

@@ -50,7 +50,7 @@ fn same_tokenizer_dpca_is_per_token_reverse_kl() {
     let picks: Vec<usize> = (0..8).collect();
     let mut rollouts = opd::make_rollouts(&opd::Plan::of(&r), &student, &teacher, &examples, &prompts, &picks, true, 7).unwrap();
     opd::score_teacher(&teacher, &mut rollouts, 4, opd::TeacherKeeps::LogProbs).unwrap();
-    opd::old_logprobs(&student, &mut rollouts, 4).unwrap();
+    opd::old_logprobs(&student, &mut rollouts, 4, 0).unwrap();
     let mut checked = 0;
     for x in &rollouts {
         assert!(x.chunks.iter().all(|c| c.student.len() == 1 && c.teacher.len() == 1), "{:?}", x.chunks);

@@ -140,8 +140,9 @@ impl Model {
         self.layers().head(&self.blocks(ids, ctx, cache))
     }
 
-    /// Embeddings and every block: the last block's output (batch, seq, hidden).
-    fn blocks(&self, ids: &Tensor, ctx: &Context, mut cache: Option<&mut KvCache>) -> Tensor {
+    /// Embeddings and every block: the last block's output (batch, seq, hidden) at `ctx`
+    /// (tree attention for candidate branches passes its own context).
+    pub fn blocks(&self, ids: &Tensor, ctx: &Context, mut cache: Option<&mut KvCache>) -> Tensor {
         let l = self.layers();
         let mut x = l.embed(ids, ctx);
         let s = l.shared(ctx, x.kind());

@@ -19,6 +19,10 @@ pub struct Context {
     pub past: i64,
     /// Whether any key is padding.
     pub padded: bool,
+    /// Tree attention: (batch, seq, past + seq) bool, which keys each query sees, replacing the
+    /// causal rule (candidate branches that share a prefix; sliding windows then measure
+    /// distance in positions, not indices).
+    pub visible: Option<Tensor>,
 }
 
 /// What one layer's attention may see.
@@ -34,14 +38,23 @@ pub enum Mask {
 impl Context {
     pub fn new(positions: Tensor, key_valid: Tensor, past: i64) -> Self {
         let padded = !bool::try_from(key_valid.all()).unwrap_or(false);
-        Self { positions, key_valid, past, padded }
+        Self { positions, key_valid, past, padded, visible: None }
+    }
+
+    /// An unpadded pass from position 0 whose queries see the keys `visible` (batch, seq, seq)
+    /// allows, at rotary `positions` (batch, seq): a prefix with branches that each see the
+    /// prefix up to their own start and their ancestors in the tree.
+    pub fn tree(positions: Tensor, visible: Tensor) -> Self {
+        let (b, t) = positions.size2().expect("positions are (batch, seq)");
+        let key_valid = Tensor::ones([b, t], (Kind::Bool, positions.device()));
+        Self { positions, key_valid, past: 0, padded: false, visible: Some(visible) }
     }
 
     /// A context for unpadded sequences starting at position `past`.
     pub fn dense(batch: i64, seq: i64, past: i64, device: Device) -> Self {
         let positions = Tensor::arange_start(past, past + seq, (Kind::Int64, device)).unsqueeze(0).repeat([batch, 1]);
         let key_valid = Tensor::ones([batch, past + seq], (Kind::Bool, device));
-        Self { positions, key_valid, past, padded: false }
+        Self { positions, key_valid, past, padded: false, visible: None }
     }
 
     /// The mask of a layer with an optional sliding `window`; an explicit tensor when
@@ -50,7 +63,7 @@ impl Context {
         let total = self.key_valid.size()[1];
         let seq = total - self.past;
         let window_bites = window.is_some_and(|w| w < total);
-        match (explicit || self.padded || window_bites, self.past, seq) {
+        match (explicit || self.padded || window_bites || self.visible.is_some(), self.past, seq) {
             (false, 0, _) => Mask::Causal,
             (false, _, 1) => Mask::All,
             _ => Mask::Additive(self.mask(window, kind)),
@@ -62,14 +75,25 @@ impl Context {
         let device = self.key_valid.device();
         let total = self.key_valid.size()[1];
         let seq = total - self.past;
-        let q = Tensor::arange_start(self.past, total, (Kind::Int64, device)).unsqueeze(1); // (seq, 1)
-        let k = Tensor::arange(total, (Kind::Int64, device)).unsqueeze(0); // (1, total)
-        let mut allowed = k.le_tensor(&q);
-        if let Some(w) = window {
-            allowed = allowed.logical_and(&(&q - &k).lt(w));
-        }
+        let allowed = if let Some(visible) = &self.visible {
+            // (batch, 1, seq, total); windows by rotary position.
+            let mut allowed = visible.unsqueeze(1);
+            if let Some(w) = window {
+                let d = self.positions.unsqueeze(2) - self.positions.unsqueeze(1); // (batch, seq, total)
+                allowed = allowed.logical_and(&d.lt(w).unsqueeze(1));
+            }
+            allowed
+        } else {
+            let q = Tensor::arange_start(self.past, total, (Kind::Int64, device)).unsqueeze(1); // (seq, 1)
+            let k = Tensor::arange(total, (Kind::Int64, device)).unsqueeze(0); // (1, total)
+            let mut allowed = k.le_tensor(&q);
+            if let Some(w) = window {
+                allowed = allowed.logical_and(&(&q - &k).lt(w));
+            }
+            allowed.view([1, 1, seq, total])
+        };
         // (batch, 1, seq, total)
-        let allowed = allowed.view([1, 1, seq, total]).logical_and(&self.key_valid.view([-1, 1, 1, total]));
+        let allowed = allowed.logical_and(&self.key_valid.view([-1, 1, 1, total]));
         let zero = Tensor::zeros([1], (kind, device));
         let neg = Tensor::full([1], min_value(kind), (kind, device));
         zero.where_self(&allowed, &neg)

@@ -139,7 +139,7 @@ pub fn held_out_gap(plan: &Plan, student: &Side, teacher: &Side, examples: &[Exa
     let picks: Vec<usize> = (0..n.min(examples.len())).collect();
     let mut rollouts = make_rollouts(plan, student, teacher, examples, prompts, &picks, true, seed)?;
     score_teacher(teacher, &mut rollouts, plan.micro, TeacherKeeps::LogProbs)?;
-    old_logprobs(student, &mut rollouts, plan.micro)?;
+    old_logprobs(student, &mut rollouts, plan.micro, 0)?;
     let d = diagnose(&rollouts);
     let mut values = vec![("eval/logq_minus_logp".to_string(), d.gap_per_token()), ("eval/teacher_logprob".to_string(), d.teacher_logprob())];
     let with_answers: Vec<usize> = picks.iter().copied().filter(|&i| examples[i].response().is_some()).collect();
@@ -147,7 +147,7 @@ pub fn held_out_gap(plan: &Plan, student: &Side, teacher: &Side, examples: &[Exa
         let one = Plan { rollout: crate::recipe::RolloutSpec { samples_per_prompt: 1, ..plan.rollout.clone() }, ..plan.clone() };
         let mut reference = make_rollouts(&one, student, teacher, examples, prompts, &with_answers, false, seed)?;
         score_teacher(teacher, &mut reference, plan.micro, TeacherKeeps::LogProbs)?;
-        old_logprobs(student, &mut reference, plan.micro)?;
+        old_logprobs(student, &mut reference, plan.micro, 0)?;
         values.push(("eval/teacher_logprob_reference".to_string(), diagnose(&reference).teacher_logprob()));
     }
     Ok((values, rollouts))

@@ -11,6 +11,7 @@
 //!
 //! With identical tokenizers every chunk is 1:1 and the advantage is `log q_i − log p_i`:
 //! same-tokenizer OPD.
+pub mod candidates;
 mod diagnostics;
 mod rollout;
 mod signal;
@@ -147,9 +148,15 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
         };
         score_teacher(&teacher, &mut rollouts, r.training.micro_batch_size, keeps)?;
         let t_teacher = started.elapsed().as_secs_f64();
-        old_logprobs(&student, &mut rollouts, r.training.micro_batch_size)?;
+        let cand_k = r.dpca.candidates.as_ref().map_or(0, |c| c.k);
+        old_logprobs(&student, &mut rollouts, r.training.micro_batch_size, cand_k)?;
         assign_advantages(r, &mut rollouts);
         let t_old = started.elapsed().as_secs_f64();
+        let cand_stats = match &r.dpca.candidates {
+            Some(spec) => Some(candidates::score_candidates(spec, &student, &teacher, &mut rollouts, r.training.micro_batch_size, r.dpca.max_chunk_tokens)?),
+            None => None,
+        };
+        let t_cand = started.elapsed().as_secs_f64();
         let diag = diagnose(&rollouts);
 
         // Update: ppo_epochs optimizer steps over the whole rollout batch.
@@ -176,7 +183,7 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
         };
         add(&mut state, "time_s", secs);
         add(&mut state, "prompts", picks.len() as f64);
-        add(&mut state, "teacher_forward_tokens", diag.teacher_tokens as f64);
+        add(&mut state, "teacher_forward_tokens", (diag.teacher_tokens + cand_stats.as_ref().map_or(0, |c| c.teacher_tokens)) as f64);
         add(&mut state, "optimizer_steps", r.training.ppo_epochs as f64);
         let mut values = vec![
             ("train/loss", loss_value),
@@ -194,8 +201,12 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
             ("time/rollout_s", t_rollout),
             ("time/teacher_s", t_teacher - t_rollout),
             ("time/old_logprobs_s", t_old - t_teacher),
-            ("time/update_s", secs - t_old),
+            ("time/candidates_s", t_cand - t_old),
+            ("time/update_s", secs - t_cand),
         ];
+        if let Some(c) = &cand_stats {
+            values.extend(c.values());
+        }
         values.extend(diag.values());
         if let Some(gib) = crate::runtime::peak_memory_gib(student.model.device()) {
             values.push(("memory/peak_gib", gib));

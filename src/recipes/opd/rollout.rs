@@ -81,6 +81,13 @@ pub struct Rollout {
     pub entropy: Vec<f32>,
     /// DPCA's advantage of every response token (0 where masked), once assigned.
     pub adv: Vec<f32>,
+    /// The teacher's rendering of the prompt (its text), for candidate scoring.
+    pub teacher_prompt: String,
+    /// The student's top-k next tokens and their log-probs at every response position, when
+    /// candidate scoring asks for them (`old_logprobs` with k > 0).
+    pub top: Vec<Vec<(i64, f32)>>,
+    /// The positions where the teacher scored the student's candidates.
+    pub scored: Vec<super::candidates::Scored>,
 }
 
 /// What the teacher's scoring pass keeps besides log q of the response tokens.
@@ -128,13 +135,7 @@ fn teacher_sequence(teacher: &Side, messages: &[Message], body_ids: &[i64], body
     let prompt = teacher.chat.render(messages, true)?;
     let mut text = prompt.clone();
     text.push_str(&String::from_utf8_lossy(body));
-    let (mut ids, offsets) = if teacher.chat.has_template() {
-        teacher.tok.encode_with_offsets(&text)?
-    } else {
-        // The plain template relies on the tokenizer's own special tokens (BOS).
-        let enc = teacher.tok.inner.encode(text.as_str(), true).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
-        (enc.get_ids().iter().map(|&i| i as i64).collect(), enc.get_offsets().to_vec())
-    };
+    let (mut ids, offsets) = teacher_encode(teacher, &text)?;
     let plen = prompt.len();
     // Added special tokens (BOS) have empty offsets (0, 0): they belong to the prompt.
     let start = offsets.iter().position(|&(s, e)| e > plen || (s >= plen && e > s)).unwrap_or(ids.len());
@@ -149,6 +150,16 @@ fn teacher_sequence(teacher: &Side, messages: &[Message], body_ids: &[i64], body
         pieces.push(table.bytes.get(teacher.eot as usize).cloned().unwrap_or_default());
     }
     Ok((ids, start, pieces, straddle))
+}
+
+/// The teacher's ids of a rendered conversation `text` with byte offsets: its template's text
+/// as it is, or, with the plain template, with the tokenizer's own special tokens (BOS).
+pub fn teacher_encode(teacher: &Side, text: &str) -> Result<(Vec<i64>, Vec<(usize, usize)>)> {
+    if teacher.chat.has_template() {
+        return teacher.tok.encode_with_offsets(text);
+    }
+    let enc = teacher.tok.inner.encode(text, true).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+    Ok((enc.get_ids().iter().map(|&i| i as i64).collect(), enc.get_offsets().to_vec()))
 }
 
 /// Aligns a student response with the teacher's, applying every masking rule: DPCA with K; the
@@ -196,7 +207,7 @@ pub fn scatter(values: &[&[f32]], starts: &[usize], width: i64, device: Device) 
 
 /// Old log-probs of every rollout's response under the current student (no grad), in the
 /// layout training uses, so the first PPO epoch has ratio exactly 1.
-pub fn old_logprobs(student: &Side, rollouts: &mut [Rollout], micro: usize) -> Result<()> {
+pub fn old_logprobs(student: &Side, rollouts: &mut [Rollout], micro: usize, top_k: usize) -> Result<()> {
     let _g = tch::no_grad_guard();
     for chunk in rollouts.chunks_mut(micro) {
         let refs: Vec<&Rollout> = chunk.iter().collect();
@@ -208,10 +219,16 @@ pub fn old_logprobs(student: &Side, rollouts: &mut [Rollout], micro: usize) -> R
         let targets = ids.narrow(1, 1, len - 1).unsqueeze(-1);
         let lp = logp.narrow(1, 0, len - 1).gather(2, &targets, false).squeeze_dim(-1).to_device(Device::Cpu);
         let entropy = (-(logp.exp() * &logp).sum_dim_intlist(-1, false, Kind::Float)).to_device(Device::Cpu);
+        let top = (top_k > 0).then(|| logp.topk(top_k as i64, -1, true, true));
         for (b, (r, &s)) in chunk.iter_mut().zip(&starts).enumerate() {
             let n = r.response.len() as i64;
             r.old_logp = Vec::<f32>::try_from(lp.get(b as i64).narrow(0, s as i64, n))?;
             r.entropy = Vec::<f32>::try_from(entropy.get(b as i64).narrow(0, s as i64, n))?;
+            if let Some((values, ids)) = &top {
+                let v = Vec::<f32>::try_from(values.get(b as i64).narrow(0, s as i64, n).contiguous().view([-1]).to_device(Device::Cpu))?;
+                let i = Vec::<i64>::try_from(ids.get(b as i64).narrow(0, s as i64, n).contiguous().view([-1]).to_device(Device::Cpu))?;
+                r.top = i.chunks(top_k).zip(v.chunks(top_k)).map(|(i, v)| i.iter().copied().zip(v.iter().copied()).collect()).collect();
+            }
         }
     }
     Ok(())
@@ -313,6 +330,9 @@ pub fn make_rollouts(plan: &Plan, student: &Side, teacher: &Side, examples: &[Ex
             old_logp: vec![],
             entropy: vec![],
             adv: vec![],
+            teacher_prompt: if teacher.same_vocab { String::new() } else { teacher.chat.render(examples[i].prompt(), true)? },
+            top: vec![],
+            scored: vec![],
         });
     }
     Ok(rollouts)

@@ -3,6 +3,7 @@
 //! of same-vocabulary distillation (GKD's forward KL, reverse KL and generalized JSD, whole
 //! vocabulary or teacher top-k with a tail); the baselines that need the student's full logits
 //! (ALM, ULD, GOLD); the masks and the normaliser of one optimizer step.
+use super::candidates::CandInputs;
 use super::rollout::{rows, scatter, Rollout, Side};
 use crate::align::{Chunk, Masked};
 use crate::loss::{self, PpoClip, VocabMatch};
@@ -36,7 +37,8 @@ pub fn assign_advantages(r: &Opd, rollouts: &mut [Rollout]) {
 }
 
 /// Back-propagates the loss of one optimizer step over `rollouts` (summed over micro-batches
-/// and divided by `norm`, the step's normaliser) into the student's gradients. Returns the
+/// and divided by `norm`, the step's normaliser; with candidates, plus their divergence
+/// averaged over the step's scored positions and weighted) into the student's gradients. Returns the
 /// loss and the number of tokens clipping changed. Full-distribution losses and DPCA run the
 /// head in chunks of positions (`Model::backward_logits`, `Model::backward_tokens`); the
 /// baselines take the full logits.
@@ -47,7 +49,21 @@ pub fn backward_batch(r: &Opd, student: &Side, teacher: &Side, matches: Option<&
         let refs: Vec<&Rollout> = chunk.iter().collect();
         let (ids, starts) = rows(&refs, student.tok.pad_id, student.device());
         let width = ids.size()[1] - 1;
-        let (l, c) = if r.loss.divergence_beta(&r.distill).is_some() {
+        let (l, c) = if let Some(spec) = &r.dpca.candidates {
+            // DPCA and the candidate term from the same chunks of full logits.
+            let dpca = DpcaInputs::new(r, &refs, &starts, width, ids.device());
+            let cands = CandInputs::new(spec, &refs, &starts, width, ids.device());
+            let scored = rollouts.iter().map(|x| x.scored.len()).sum::<usize>().max(1) as f64;
+            let mut c = Tensor::zeros([], (Kind::Float, ids.device()));
+            let l = student.model.backward_logits(&ids, recompute, |logits, t0| {
+                let targets = ids.narrow(1, t0 + 1, logits.size()[1]).unsqueeze(-1);
+                let lp = logits.log_softmax(-1, Kind::Float).gather(2, &targets, false).squeeze_dim(-1);
+                let (l, n) = dpca.loss(&lp, t0);
+                c += n;
+                Ok(l / norm + cands.loss(logits, t0) * (spec.weight / scored))
+            })?;
+            (l, c.double_value(&[]))
+        } else if r.loss.divergence_beta(&r.distill).is_some() {
             let inputs = DistInputs::new(r, teacher, &refs, &starts, width, ids.device())?;
             (student.model.backward_logits(&ids, recompute, |logits, t0| Ok(inputs.loss(logits, t0) / norm))?, 0.0)
         } else if r.loss == OpdLoss::Dpca {
