@@ -69,7 +69,7 @@ fn tree_pass_equals_scoring_each_candidate_alone() {
     opd::old_logprobs(&student, &mut rollouts, 8, 8).unwrap();
     opd::assign_advantages(&r, &mut rollouts);
     let spec = r.dpca.candidates.clone().unwrap();
-    let stats = candidates::score_candidates(&spec, &student, &teacher, &mut rollouts, 3, 6).unwrap();
+    let stats = candidates::score_candidates(&spec, &student, &teacher, &mut rollouts, 3, 6, false).unwrap();
     assert!(stats.positions > 20, "{stats:?}");
     let mut multi = 0;
     let mut checked = 0;
@@ -98,7 +98,21 @@ fn tree_pass_equals_scoring_each_candidate_alone() {
     }
     eprintln!("{stats:?}; {checked} candidates checked, {multi} with several teacher tokens");
     assert!(checked > 100 && multi > 10, "checked {checked} candidates, {multi} with several teacher tokens");
-    assert_eq!(stats.teacher_tokens > rollouts.iter().map(|x| x.teacher_ids.len()).sum::<usize>(), true, "tree nodes are counted as teacher tokens");
+    // The merged pass (positions: all) also gives log q of every response token, as the
+    // plain scoring pass does, in one teacher pass.
+    let plain: Vec<Vec<f32>> = rollouts.iter().map(|x| x.logq.clone()).collect();
+    for x in rollouts.iter_mut() {
+        x.logq.clear();
+        x.scored.clear();
+    }
+    let merged = candidates::score_candidates(&spec, &student, &teacher, &mut rollouts, 3, 6, true).unwrap();
+    assert_eq!(merged.positions, stats.positions);
+    for (x, want) in rollouts.iter().zip(&plain) {
+        assert_eq!(x.logq.len(), want.len());
+        assert!(x.logq.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-5), "{:?} vs {want:?}", x.logq);
+    }
+    let nodes = merged.teacher_tokens - rollouts.iter().map(|x| x.teacher_ids.len()).sum::<usize>();
+    assert!(nodes > 0 && nodes < merged.teacher_tokens / 2, "tree nodes ({nodes}) are counted as teacher tokens");
 }
 
 #[test]
@@ -174,7 +188,7 @@ fn a_teacher_that_knows_the_answer_prefers_the_right_multi_digit_token() {
     let pos = x.response.iter().position(|&t| t == id("92")).unwrap();
     x.top[pos] = ["92", "56", "5", "58", "65", "6", "8"].iter().map(|s| (id(s), -2.0f32)).collect();
     let spec = r.dpca.candidates.clone().unwrap();
-    candidates::score_candidates(&spec, &student, &teacher, &mut rollouts, 1, 6).unwrap();
+    candidates::score_candidates(&spec, &student, &teacher, &mut rollouts, 1, 6, false).unwrap();
     let s = rollouts[0].scored.iter().find(|s| s.pos == pos).expect("the answer's position is scored");
     let best = (0..s.ids.len()).max_by(|&a, &b| s.logt[a].total_cmp(&s.logt[b])).unwrap();
     let probs: Vec<(String, f32)> = s.ids.iter().zip(&s.logt).map(|(&i, &l)| (student.tok.decode(&[i], false).unwrap(), l.exp())).collect();
@@ -204,12 +218,16 @@ fn dpca_with_candidates_trains_and_counts_its_teacher_cost() {
         }
         assert!(m["train/grad_norm"].as_f64().unwrap() > 0.0);
     }
-    // The same rollouts (same seed, first step): the candidate term adds loss and teacher tokens.
+    // The same rollouts (same seed, first step): the candidate term adds loss, and the budget
+    // counts the tree nodes on top of the one teacher pass that also scored the responses.
     let (p, c) = (&plain[0], &cand[0]);
+    let tokens = |m: &serde_json::Value| m["budget/teacher_forward_tokens"].as_f64().unwrap();
     assert_eq!(p["opd/response_length"], c["opd/response_length"]);
-    assert!(c["budget/teacher_forward_tokens"].as_f64().unwrap() > 1.5 * p["budget/teacher_forward_tokens"].as_f64().unwrap(), "{p} {c}");
+    assert_eq!(p["opd/logq_minus_logp"], c["opd/logq_minus_logp"], "the merged pass scores the responses as the plain one");
+    assert!(tokens(c) > tokens(p) && tokens(c) < 1.5 * tokens(p), "{p} {c}");
     assert!(c["train/loss"].as_f64().unwrap() > p["train/loss"].as_f64().unwrap(), "{p} {c}");
-    // disagree scores fewer positions.
+    // disagree scores fewer positions, after a plain scoring pass that the budget also counts.
     let few = run("disagree", &["dpca.candidates={k: 8, positions: disagree, threshold: -3.0}"]);
     assert!(few[0]["cand/positions"].as_f64().unwrap() < c["cand/positions"].as_f64().unwrap());
+    assert!(tokens(&few[0]) > tokens(p) + few[0]["cand/teacher_tokens"].as_f64().unwrap() - 1.0);
 }

@@ -222,12 +222,16 @@ fn tree_row(main: &[i64], sites: &[(usize, &Site)]) -> TreeRow {
     row
 }
 
-/// Scores the candidates of every rollout (no grad) and fills `Rollout::scored`.
-pub fn score_candidates(spec: &CandidateSpec, student: &Side, teacher: &Side, rollouts: &mut [Rollout], micro: usize, k_tokens: usize) -> Result<CandidateStats> {
+/// Scores the candidates of every rollout (no grad) and fills `Rollout::scored`. With
+/// `with_logq` the same pass also gives log q of every rollout's response tokens (as
+/// `score_teacher` does), so `positions: all` needs one teacher pass per step, not two.
+pub fn score_candidates(spec: &CandidateSpec, student: &Side, teacher: &Side, rollouts: &mut [Rollout], micro: usize, k_tokens: usize, with_logq: bool) -> Result<CandidateStats> {
     let _g = tch::no_grad_guard();
     let mut stats = CandidateStats::default();
     let all: Vec<Site> = rollouts.iter().enumerate().map(|(i, r)| sites(spec, student, teacher, i, r, k_tokens)).collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
-    let with_sites: Vec<usize> = {
+    let with_sites: Vec<usize> = if with_logq {
+        (0..rollouts.len()).filter(|&i| !rollouts[i].truncated).collect()
+    } else {
         let mut v: Vec<usize> = all.iter().map(|s| s.rollout).collect();
         v.dedup();
         v
@@ -266,6 +270,15 @@ pub fn score_candidates(spec: &CandidateSpec, student: &Side, teacher: &Side, ro
         let ids_t = Tensor::from_slice(&ids).view([b as i64, t as i64]).to_device(device);
         let ctx = Context::tree(Tensor::from_slice(&pos).view([b as i64, t as i64]).to_device(device), Tensor::from_slice(&vis).view([b as i64, t as i64, t as i64]).to_device(device));
         let hidden = teacher.model.blocks(&ids_t, &ctx, None);
+        if with_logq {
+            for (bi, &ri) in group.iter().enumerate() {
+                let r = &mut rollouts[ri];
+                let (s, n) = (r.teacher_start as i64, r.teacher_ids.len() as i64);
+                let logits = teacher.model.head(&hidden.get(bi as i64).narrow(0, s - 1, n - s));
+                let targets = Tensor::from_slice(&r.teacher_ids[s as usize..]).to_device(device).unsqueeze(1);
+                r.logq = Vec::<f32>::try_from(logits.log_softmax(-1, Kind::Float).gather(1, &targets, false).view([-1]).to_device(Device::Cpu))?;
+            }
+        }
         // Every path token's log-prob from the row that predicts it.
         let mut wanted: Vec<(usize, usize, i64, usize, usize)> = Vec::new(); // (batch row, token row, id, site, path)
         for (bi, (row, sites)) in rows.iter().zip(&site_ids).enumerate() {

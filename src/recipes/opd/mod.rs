@@ -24,7 +24,7 @@ use super::RunOptions;
 use crate::data::{self, Rng, Sampler};
 use crate::loss::VocabMatch;
 use crate::models::Model;
-use crate::recipe::{Opd, OpdLoss, Scorer};
+use crate::recipe::{CandidatePositions, Opd, OpdLoss, Scorer};
 use crate::recipes::eval::evaluate_run;
 use crate::train::checkpoint::{self, TrainState};
 use crate::train::metrics::{progress, Metrics};
@@ -146,16 +146,21 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
             OpdLoss::ForwardKl | OpdLoss::ReverseKl | OpdLoss::Jsd => TeacherKeeps::Hidden,
             OpdLoss::Dpca | OpdLoss::Alm => TeacherKeeps::LogProbs,
         };
-        score_teacher(&teacher, &mut rollouts, r.training.micro_batch_size, keeps)?;
+        // With candidates at every chunk, one tree pass scores the responses and the
+        // candidates; at `disagree` positions the plain scoring comes first to find them.
+        let cands = r.dpca.candidates.as_ref();
+        let merged = cands.is_some_and(|c| c.positions == CandidatePositions::All);
+        if !merged {
+            score_teacher(&teacher, &mut rollouts, r.training.micro_batch_size, keeps)?;
+        }
         let t_teacher = started.elapsed().as_secs_f64();
-        let cand_k = r.dpca.candidates.as_ref().map_or(0, |c| c.k);
-        old_logprobs(&student, &mut rollouts, r.training.micro_batch_size, cand_k)?;
-        assign_advantages(r, &mut rollouts);
+        old_logprobs(&student, &mut rollouts, r.training.micro_batch_size, cands.map_or(0, |c| c.k))?;
         let t_old = started.elapsed().as_secs_f64();
-        let cand_stats = match &r.dpca.candidates {
-            Some(spec) => Some(candidates::score_candidates(spec, &student, &teacher, &mut rollouts, r.training.micro_batch_size, r.dpca.max_chunk_tokens)?),
+        let cand_stats = match cands {
+            Some(spec) => Some(candidates::score_candidates(spec, &student, &teacher, &mut rollouts, r.training.micro_batch_size, r.dpca.max_chunk_tokens, merged)?),
             None => None,
         };
+        assign_advantages(r, &mut rollouts);
         let t_cand = started.elapsed().as_secs_f64();
         let diag = diagnose(&rollouts);
 
@@ -183,7 +188,10 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
         };
         add(&mut state, "time_s", secs);
         add(&mut state, "prompts", picks.len() as f64);
-        add(&mut state, "teacher_forward_tokens", (diag.teacher_tokens + cand_stats.as_ref().map_or(0, |c| c.teacher_tokens)) as f64);
+        // Teacher tokens run this step: the scoring pass, and the candidate pass (which is the
+        // scoring pass too when merged).
+        let teacher_tokens = if merged { 0 } else { diag.teacher_tokens } + cand_stats.as_ref().map_or(0, |c| c.teacher_tokens);
+        add(&mut state, "teacher_forward_tokens", teacher_tokens as f64);
         add(&mut state, "optimizer_steps", r.training.ppo_epochs as f64);
         let mut values = vec![
             ("train/loss", loss_value),
