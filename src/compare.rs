@@ -42,6 +42,10 @@ pub struct Summary {
     pub time_s: f64,
     /// An evaluation-only entry (teacher, warm start): drawn as a reference line.
     pub reference: bool,
+    /// Seconds the teacher spent per token: scoring (OPD's forward passes) or generating (the
+    /// answers an SFT run trained on), when the run measured it.
+    pub teacher_s_per_scored: Option<f64>,
+    pub teacher_s_per_generated: Option<f64>,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -61,6 +65,7 @@ pub fn summarize(run: &CompareRun) -> Result<Summary> {
         let stats = read_json(&tr.join("stats.json"))?;
         gen_tokens = stats["generated_tokens"].as_f64().unwrap_or(0.0);
         gen_time = stats["time_s"].as_f64().unwrap_or(0.0);
+        s.teacher_s_per_generated = (gen_tokens > 0.0).then(|| gen_time / gen_tokens);
     }
     s.teacher_generated_tokens = gen_tokens;
     let eval_json = run.dir.join("eval.json");
@@ -80,16 +85,20 @@ pub fn summarize(run: &CompareRun) -> Result<Summary> {
     }
     // Budgets at each step, from the training lines (the last line of a step wins on resume).
     let mut at: std::collections::BTreeMap<u64, (f64, f64)> = std::collections::BTreeMap::new();
+    let (mut scoring_s, mut scored) = (0.0, 0.0);
     for r in rows.iter().filter(|r| r.contains_key("train/loss")) {
+        scoring_s += r.get("time/teacher_s").and_then(Value::as_f64).unwrap_or(0.0) + r.get("time/candidates_s").and_then(Value::as_f64).unwrap_or(0.0);
         let step = r["step"].as_u64().unwrap_or(0);
         let time = r.get("time_s").and_then(Value::as_f64).unwrap_or(0.0);
         let tokens = r.get("budget/teacher_forward_tokens").and_then(Value::as_f64).unwrap_or(0.0);
+        scored = tokens;
         at.insert(step, (time, tokens));
         s.optimizer_steps = r.get("budget/optimizer_steps").and_then(Value::as_f64).unwrap_or(step as f64);
         s.prompts = r.get("budget/prompts").and_then(Value::as_f64).unwrap_or(0.0);
         s.teacher_forward_tokens = tokens;
         s.time_s = time + gen_time;
     }
+    s.teacher_s_per_scored = (scored > 0.0).then(|| scoring_s / scored);
     let mut seen = std::collections::BTreeMap::new();
     for r in rows.iter().filter(|r| r.contains_key("eval/exact_match") || avg_key(r).is_some() || r.contains_key("eval/logq_minus_logp")) {
         let step = r["step"].as_u64().unwrap_or(0);
@@ -123,7 +132,7 @@ fn count(x: f64) -> String {
 
 /// The markdown table of final results.
 pub fn table(runs: &[Summary]) -> String {
-    let mut t = String::from("| run | accuracy (greedy) | avg@k | held-out log q − log p | optimizer steps | prompts | teacher forward tokens | teacher generated tokens | wall time |\n|---|---|---|---|---|---|---|---|---|\n");
+    let mut t = String::from("| run | accuracy (greedy) | avg@k | held-out log q − log p | optimizer steps | prompts | teacher forward tokens | teacher generated tokens |\n|---|---|---|---|---|---|---|---|\n");
     for s in runs {
         let last = s.points.last().cloned().unwrap_or_default();
         let gaps: Vec<f64> = s.points.iter().filter_map(|p| p.gap).collect();
@@ -133,13 +142,35 @@ pub fn table(runs: &[Summary]) -> String {
             [first, .., last] => format!("{first:.3} → {last:.3}"),
         };
         if s.reference {
-            t.push_str(&format!("| {} | {} | {} | {gap} | – | – | – | – | – |\n", s.name, pct(last.accuracy), pct(last.avg_k)));
+            t.push_str(&format!("| {} | {} | {} | {gap} | – | – | – | – |\n", s.name, pct(last.accuracy), pct(last.avg_k)));
         } else {
             t.push_str(&format!(
-                "| {} | {} | {} | {gap} | {:.0} | {} | {} | {} | {:.0} s |\n",
-                s.name, pct(last.accuracy), pct(last.avg_k), s.optimizer_steps, count(s.prompts), count(s.teacher_forward_tokens), count(s.teacher_generated_tokens), s.time_s
+                "| {} | {} | {} | {gap} | {:.0} | {} | {} | {} |\n",
+                s.name, pct(last.accuracy), pct(last.avg_k), s.optimizer_steps, count(s.prompts), count(s.teacher_forward_tokens), count(s.teacher_generated_tokens)
             ));
         }
+    }
+    t
+}
+
+/// Wall times and the measured cost of a generated teacher token against a scored one: the
+/// part of the report that differs from run to run (the table above does not).
+pub fn timing(runs: &[Summary]) -> String {
+    let mut t = String::from("| run | training wall time |\n|---|---|\n");
+    for s in runs.iter().filter(|s| !s.reference) {
+        t.push_str(&format!("| {} | {:.0} s |\n", s.name, s.time_s));
+    }
+    let mean = |f: fn(&Summary) -> Option<f64>| {
+        let v: Vec<f64> = runs.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    if let (Some(g), Some(sc)) = (mean(|s| s.teacher_s_per_generated), mean(|s| s.teacher_s_per_scored)) {
+        t.push_str(&format!(
+            "\nOn this machine one teacher token generated (for SFT's answers) cost {:.2} ms and one scored (OPD's forward passes) {:.3} ms: a generated token costs about {:.0} scored ones. The plots count both kinds one to one.\n",
+            g * 1e3,
+            sc * 1e3,
+            g / sc
+        ));
     }
     t
 }
@@ -236,7 +267,7 @@ where
 }
 
 /// Writes report.md and the plots (PNG and SVG) into `out`.
-pub fn report(runs: &[Summary], out: &Path, title: &str) -> Result<()> {
+pub fn report(runs: &[Summary], sweeps: &[(String, std::path::PathBuf)], out: &Path, title: &str) -> Result<()> {
     register_font();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let plots: [(&str, fn(&Point) -> f64, &str, &str); 3] = [
@@ -251,11 +282,20 @@ pub fn report(runs: &[Summary], out: &Path, title: &str) -> Result<()> {
         draw(&SVGBackend::new(&svg, (900, 560)).into_drawing_area(), runs, x, label, caption)?;
     }
     let mut md = format!("# {title}\n\n{}\n", table(runs));
-    md.push_str("\nAccuracy is greedy exact match of the final `#### answer` on the held-out split; avg@k is the mean accuracy of k samples per prompt. Wall time is training time (evaluations excluded); SFT on teacher answers also pays the teacher's generation (tokens and time) before training, so its curves start there; OPD pays teacher forward tokens as it trains.\n\n");
+    md.push_str("\nAccuracy is greedy exact match of the final `#### answer` on the held-out split; avg@k is the mean accuracy of k samples per prompt; held-out log q − log p is the teacher-minus-student log-prob per aligned token of the student's samples at the first and last evaluation. SFT on teacher answers pays the teacher's generation (tokens and time) before training, so its curves start there; OPD pays teacher forward tokens as it trains.\n\n");
+    for (name, sweep) in sweeps {
+        md.push_str(&format!("## Settings chosen on the validation split: {name}\n\n"));
+        match crate::recipes::sweep::read_table(sweep) {
+            Some(t) => md.push_str(&t),
+            None => md.push_str(&format!("(`{}` has no sweep.md: the sweep has not been run here; the recipes carry the values it chose, see RESULTS.md.)\n", sweep.display())),
+        }
+        md.push('\n');
+    }
     for (name, _, _, caption) in plots {
         md.push_str(&format!("## {caption}\n\n![{caption}]({name}.png)\n\n"));
     }
     md.push_str(&generations_section(runs)?);
+    md.push_str(&format!("## Timing\n\n{}", timing(runs)));
     std::fs::write(out.join("report.md"), md).with_context(|| format!("writing {}", out.join("report.md").display()))?;
     Ok(())
 }
@@ -263,7 +303,8 @@ pub fn report(runs: &[Summary], out: &Path, title: &str) -> Result<()> {
 /// The `compare` recipe.
 pub fn run(r: &Compare) -> Result<()> {
     let runs: Vec<Summary> = r.runs.iter().map(summarize).collect::<Result<_>>()?;
-    report(&runs, &r.output_dir, r.title.as_deref().unwrap_or("tokbridge comparison"))?;
+    let sweeps: Vec<(String, std::path::PathBuf)> = r.sweeps.iter().map(|s| (s.name.clone(), s.dir.clone())).collect();
+    report(&runs, &sweeps, &r.output_dir, r.title.as_deref().unwrap_or("tokbridge comparison"))?;
     eprintln!("{}", table(&runs));
     eprintln!("report: {}", r.output_dir.join("report.md").display());
     Ok(())
@@ -283,5 +324,5 @@ pub fn from_dirs(dirs: &[std::path::PathBuf], out: &Path) -> Result<()> {
             CompareRun { name, dir: d.clone(), teacher_responses }
         })
         .collect();
-    run(&Compare { recipe: "compare".into(), vars: Default::default(), output_dir: out.to_path_buf(), runs, title: None })
+    run(&Compare { recipe: "compare".into(), vars: Default::default(), output_dir: out.to_path_buf(), runs, title: None, sweeps: vec![] })
 }

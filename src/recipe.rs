@@ -681,6 +681,9 @@ pub struct MakeTask {
     pub output_dir: PathBuf,
     pub train_size: usize,
     pub test_size: usize,
+    /// A validation split (`val.jsonl`), disjoint from both, for choosing settings.
+    #[serde(default)]
+    pub val_size: usize,
     #[serde(default = "d_min_digits")]
     pub min_digits: usize,
     #[serde(default = "d_max_digits")]
@@ -816,6 +819,16 @@ pub struct Compare {
     pub runs: Vec<CompareRun>,
     #[serde(default)]
     pub title: Option<String>,
+    /// Sweeps whose tables (`sweep.md`) the report shows.
+    #[serde(default)]
+    pub sweeps: Vec<CompareSweep>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareSweep {
+    pub name: String,
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -829,9 +842,10 @@ pub enum Recipe {
     InitModel(InitModel),
     Pipeline(Pipeline),
     Compare(Compare),
+    Sweep(crate::recipes::sweep::Sweep),
 }
 
-pub const RECIPES: [&str; 9] = ["sft", "teacher_responses", "eval", "opd", "make_task", "train_tokenizer", "init_model", "pipeline", "compare"];
+pub const RECIPES: [&str; 10] = ["sft", "teacher_responses", "eval", "opd", "make_task", "train_tokenizer", "init_model", "pipeline", "compare", "sweep"];
 
 impl Recipe {
     /// Reads `path`, applies `overrides` (`a.b.c=value`, value parsed as YAML) and types it.
@@ -867,6 +881,7 @@ impl Recipe {
             "init_model" => Recipe::InitModel(serde_yaml::from_str(text)?),
             "pipeline" => Recipe::Pipeline(serde_yaml::from_str(text)?),
             "compare" => Recipe::Compare(serde_yaml::from_str(text)?),
+            "sweep" => Recipe::Sweep(serde_yaml::from_str(text)?),
             other => bail!("recipe: unknown recipe {other:?} (known: {})", RECIPES.join(", ")),
         };
         recipe.validate()?;
@@ -945,6 +960,7 @@ impl Recipe {
             }
             Recipe::Pipeline(r) => ensure!(!r.stages.is_empty(), "stages must not be empty"),
             Recipe::Compare(r) => ensure!(!r.runs.is_empty(), "runs must not be empty"),
+            Recipe::Sweep(r) => r.validate()?,
         }
         Ok(())
     }
@@ -961,6 +977,7 @@ impl Recipe {
             Recipe::InitModel(r) => serde_yaml::to_string(r)?,
             Recipe::Pipeline(r) => serde_yaml::to_string(r)?,
             Recipe::Compare(r) => serde_yaml::to_string(r)?,
+            Recipe::Sweep(r) => serde_yaml::to_string(r)?,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The demo pipeline scaled down to seconds: every stage runs through the real recipes, the
-//! report has every method with its plots as PNG and SVG, a second run reuses every stage, and
-//! `tokbridge compare` works on the run directories.
+//! report has every method and control with its plots as PNG and SVG, a second run reuses every
+//! stage, the same command in another directory gives the same table, the sweep chooses on the
+//! validation split, and `tokbridge compare` works on the run directories.
 mod common;
 
 use common::tempdir::TempDir;
@@ -15,38 +16,25 @@ fn tokbridge(args: &[&str]) -> (bool, String) {
 fn scaled_down_demo_runs_end_to_end() {
     let tmp = TempDir::new();
     let root = tmp.path().join("demo");
-    let vars = [
-        format!("vars.root={}", root.display()),
-        "vars.train_size=160".into(),
-        "vars.test_size=8".into(),
-        "vars.teacher_steps=4".into(),
-        "vars.warmup_steps=3".into(),
-        "vars.prompts=16".into(),
-        "vars.steps=2".into(),
-        "vars.prompts_per_step=4".into(),
-        "vars.eval_every=2".into(),
-        "vars.eval_examples=4".into(),
-        "vars.max_new_tokens=24".into(),
-    ];
-    let mut args = vec!["run", "recipes/demo.yaml"];
-    args.extend(vars.iter().map(String::as_str));
+    let args = scaled_down(&root);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, err) = tokbridge(&args);
     assert!(ok, "demo failed: {err}");
 
     let report = std::fs::read_to_string(root.join("report/report.md")).unwrap();
-    for method in ["teacher (qwen3)", "student warm start (llama)", "SFT on teacher answers", "OPD (DPCA)", "OPD (GOLD hybrid)"] {
+    for method in METHODS {
         let row = report.lines().find(|l| l.starts_with(&format!("| {method} |"))).unwrap_or_else(|| panic!("no row for {method} in {report}"));
-        assert_eq!(row.matches('|').count(), 10, "{row}");
+        assert_eq!(row.matches('|').count(), 9, "{row}");
         assert!(row.contains('%'), "{row}");
     }
-    // SFT (with eval.teacher) and both OPD runs report the held-out gap from start to end.
-    for method in ["SFT on teacher answers", "OPD (DPCA)", "OPD (GOLD hybrid)"] {
+    // SFT (with eval.teacher) and the OPD runs report the held-out gap from start to end.
+    for method in ["SFT on teacher answers", "OPD (DPCA)", "OPD (DPCA + candidates)", "OPD (DPCA) after SFT", "control: same-tokenizer OPD"] {
         let row = report.lines().find(|l| l.starts_with(&format!("| {method} |"))).unwrap();
         assert!(row.split('|').nth(4).unwrap().contains('→'), "no gap for {method}: {row}");
     }
     // What the models wrote: generations at every evaluation, side by side in the report,
     // and OPD's rollouts with their alignment.
-    for run in ["sft-on-teacher", "opd-dpca", "eval-student-warm"] {
+    for run in ["sft", "opd-dpca", "eval-student-warm", "control-opd"] {
         let first = std::fs::read_to_string(root.join(run).join("generations/step-000000.jsonl")).unwrap();
         let rows: Vec<serde_json::Value> = first.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(rows.len(), 4, "{run}: one line per evaluated prompt");
@@ -55,7 +43,11 @@ fn scaled_down_demo_runs_end_to_end() {
     assert!(root.join("opd-dpca/generations/step-000002.jsonl").exists());
     let dump = std::fs::read_to_string(root.join("opd-dpca/rollouts/step-000002.md")).unwrap();
     assert!(dump.contains("## rollout 0") && dump.contains("L_T") && dump.contains("1:1"), "{dump}");
-    assert!(report.contains("## Held-out generations") && report.contains("**OPD (DPCA) (step 2)**") && report.contains("**student warm start (llama)**"), "{report}");
+    assert!(report.contains("## Held-out generations") && report.contains("**OPD (DPCA) (step 2)**") && report.contains("**student warm start (llama tokenizer)**"), "{report}");
+    // The sweeps have not run in this root: the report says so and where the values come from.
+    assert!(report.contains("## Settings chosen on the validation split: SFT learning rate") && report.contains("has no sweep.md"), "{report}");
+    assert!(report.contains("## Timing") && report.contains("a generated token costs about"), "{report}");
+    assert!(report.lines().find(|l| l.starts_with("| OPD (DPCA + candidates) |")).is_some());
     for plot in ["accuracy_vs_steps", "accuracy_vs_time", "accuracy_vs_teacher_tokens"] {
         let png = std::fs::read(root.join(format!("report/{plot}.png"))).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{plot}.png is not a PNG");
@@ -65,30 +57,80 @@ fn scaled_down_demo_runs_end_to_end() {
         assert!(report.contains(&format!("({plot}.png)")), "the report embeds {plot}.png");
     }
     // Models went through the export path and load back.
-    for m in ["teacher", "student-warm"] {
+    for m in ["teacher", "student-warm", "control-warm", "sft-final"] {
         tokbridge::models::load(&root.join(m), tch::Device::Cpu, tch::Kind::Float).unwrap();
     }
 
     // Run again: every stage is reused.
     let (ok, err) = tokbridge(&args);
     assert!(ok, "{err}");
-    assert_eq!(err.matches("finished before, reused").count(), 14, "{err}");
+    assert_eq!(err.matches("finished before, reused").count(), 19, "{err}");
 
     // A redone stage reruns every stage after it, from empty directories (no stale answers).
-    std::fs::remove_file(root.join("stages/10_teacher_responses.done")).unwrap();
+    std::fs::remove_file(root.join("stages/11_teacher_responses.done")).unwrap();
     let stale = root.join("teacher-responses/responses.jsonl");
     std::fs::write(&stale, "{\"prompt\": \"stale\", \"response\": \"stale\"}\n").unwrap();
     let (ok, err) = tokbridge(&args);
     assert!(ok, "{err}");
-    assert_eq!(err.matches("finished before, reused").count(), 9, "{err}");
-    assert!(err.contains("[14/14] 14_compare\n") && !err.contains("(resuming)"), "{err}");
+    assert_eq!(err.matches("finished before, reused").count(), 10, "{err}");
+    assert!(err.contains("[19/19] 19_compare\n") && !err.contains("(resuming)"), "{err}");
     assert!(!std::fs::read_to_string(&stale).unwrap().contains("stale"), "teacher answers were not redone");
 
     // The compare command on the run directories.
     let out = tmp.path().join("cmp");
-    let dirs: Vec<String> = ["sft-on-teacher", "opd-dpca"].iter().map(|d| root.join(d).display().to_string()).collect();
+    let dirs: Vec<String> = ["sft", "opd-dpca"].iter().map(|d| root.join(d).display().to_string()).collect();
     let (ok, err) = tokbridge(&["compare", &dirs[0], &dirs[1], "--out", out.to_str().unwrap()]);
     assert!(ok, "{err}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(md.contains("| sft-on-teacher |") && md.contains("| opd-dpca |"));
+    assert!(md.contains("| sft |") && md.contains("| opd-dpca |"));
+
+    // The same command and seed in another directory: the same table, number for number.
+    let again = tmp.path().join("again");
+    let args = scaled_down(&again);
+    let (ok, err) = tokbridge(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    let first = table(&std::fs::read_to_string(root.join("report/report.md")).unwrap());
+    assert_eq!(first, table(&std::fs::read_to_string(again.join("report/report.md")).unwrap()), "the demo's table must be the same every run");
+    assert!(first.lines().count() == 12, "{first}");
+
+    // The sweep on the validation split, reusing the prepared stages of that root.
+    let mut sweep = scaled_down(&again);
+    sweep[1] = "recipes/demo_sweep.yaml".into();
+    let (ok, err) = tokbridge(&sweep.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    assert_eq!(err.matches("finished before, reused").count(), 11, "the preparation stages are shared: {err}");
+    let chosen: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(again.join("sweep-opd/sweep.json")).unwrap()).unwrap();
+    let runs = chosen["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 6);
+    let best = runs.iter().map(|r| r["value"].as_f64().unwrap()).fold(f64::MIN, f64::max);
+    assert_eq!(chosen["best"]["value"].as_f64().unwrap(), best);
+    let recipe = std::fs::read_to_string(again.join("sweep-opd/run-00/recipe.yaml")).unwrap();
+    assert!(recipe.contains("val.jsonl") && !recipe.contains("test.jsonl"), "the sweep evaluates on the validation split: {recipe}");
+}
+
+/// The demo's first table (the results, without timing).
+fn table(report: &str) -> String {
+    report.lines().skip_while(|l| !l.starts_with("| run |")).take_while(|l| l.starts_with('|')).collect::<Vec<_>>().join("\n")
+}
+
+const METHODS: [&str; 10] = [
+    "teacher (qwen3)",
+    "student warm start (llama tokenizer)",
+    "SFT on teacher answers",
+    "OPD (DPCA)",
+    "OPD (DPCA + candidates)",
+    "OPD (DPCA) after SFT",
+    "control: warm start (teacher's tokenizer)",
+    "control: SFT on teacher answers",
+    "control: same-tokenizer OPD",
+    "control: same-tokenizer OPD after SFT",
+];
+
+/// The demo command at seconds' scale in `root`.
+fn scaled_down(root: &std::path::Path) -> Vec<String> {
+    let mut args = vec!["run".to_string(), "recipes/demo.yaml".into(), format!("vars.root={}", root.display())];
+    for v in ["train_size=160", "val_size=8", "test_size=8", "teacher_steps=4", "warmup_steps=3", "control_warmup_steps=3", "prompts=16", "steps=2", "prompts_per_step=4", "eval_every=2", "eval_examples=4", "gap_examples=4", "max_new_tokens=24"] {
+        args.push(format!("vars.{v}"));
+    }
+    args
 }

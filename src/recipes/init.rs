@@ -61,7 +61,10 @@ pub fn run(r: &InitModel) -> Result<()> {
     tch::manual_seed(r.seed as i64);
     {
         let _g = tch::no_grad_guard();
-        for (name, mut t) in model.vs.variables() {
+        // In name order: the variables come in a hash map, whose order differs from run to run.
+        let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, mut t) in vars {
             if name.ends_with("norm.weight") {
                 let _ = t.fill_(1.0);
             } else if name.ends_with(".bias") {

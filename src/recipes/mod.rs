@@ -4,6 +4,7 @@ pub mod init;
 pub mod opd;
 pub mod pipeline;
 pub mod sft;
+pub mod sweep;
 pub mod task;
 pub mod teacher_responses;
 pub mod tokenizer;
@@ -54,6 +55,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
         Recipe::InitModel(r) => init::run(r),
         Recipe::Pipeline(r) => pipeline::run(r, opts),
         Recipe::Compare(r) => crate::compare::run(r),
+        Recipe::Sweep(r) => sweep::run(r, opts),
     }
 }
 

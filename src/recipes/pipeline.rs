@@ -50,7 +50,7 @@ pub fn run(r: &Pipeline, opts: &RunOptions) -> Result<()> {
     for (i, path) in r.stages.iter().enumerate() {
         let stage = Recipe::load(path, &overrides).with_context(|| format!("pipeline stage {}", path.display()))?;
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| format!("stage{i}"));
-        let resolved = stage.to_yaml()?;
+        let resolved = without_vars(&stage.to_yaml()?)?;
         let record = format!("{resolved}# upstream stages: {upstream:016x}\n");
         upstream = fnv1a(resolved.as_bytes(), upstream);
         let (mark, started) = (marks.join(format!("{name}.done")), marks.join(format!("{name}.started")));
@@ -84,6 +84,17 @@ pub fn run(r: &Pipeline, opts: &RunOptions) -> Result<()> {
     }
     eprintln!("pipeline {}: {:.1} s", r.output_dir.display(), started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// A resolved recipe without its `vars`: their values are already substituted where they are
+/// used, so a variable a stage does not use (the pipeline passes every one to every stage)
+/// must not make it look changed.
+fn without_vars(resolved: &str) -> Result<String> {
+    let mut v: serde_yaml::Value = serde_yaml::from_str(resolved)?;
+    if let Some(m) = v.as_mapping_mut() {
+        m.remove("vars");
+    }
+    Ok(serde_yaml::to_string(&v)?)
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<()> {

@@ -62,8 +62,13 @@ pub fn run(r: &MakeTask) -> Result<()> {
     };
     let train = make(r.train_size, &mut rng);
     let test = make(r.test_size, &mut rng);
+    // Drawn after the test split, so adding it leaves train and test as they were.
+    let val = make(r.val_size, &mut rng);
     std::fs::create_dir_all(&r.output_dir).with_context(|| format!("creating {}", r.output_dir.display()))?;
-    for (name, rows) in [("train.jsonl", &train), ("test.jsonl", &test)] {
+    for (name, rows) in [("train.jsonl", &train), ("test.jsonl", &test), ("val.jsonl", &val)] {
+        if rows.is_empty() && name == "val.jsonl" {
+            continue;
+        }
         let path = r.output_dir.join(name);
         let tmp = crate::hf::safetensors::tmp_path(&path);
         let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
@@ -73,7 +78,7 @@ pub fn run(r: &MakeTask) -> Result<()> {
         drop(f);
         std::fs::rename(&tmp, &path)?;
     }
-    eprintln!("make_task: {} train and {} held-out problems in {}", train.len(), test.len(), r.output_dir.display());
+    eprintln!("make_task: {} train, {} validation and {} held-out test problems in {}", train.len(), val.len(), test.len(), r.output_dir.display());
     Ok(())
 }
 

@@ -1,0 +1,144 @@
+//! The `sweep` recipe: one training recipe run over a small grid of settings, each run
+//! evaluated on a validation split, and the setting with the best value of a named metric
+//! chosen. Writes `sweep.json` (every run's overrides and value, and the choice) and
+//! `sweep.md` (the table), and prints the choice. This is how a fair comparison picks each
+//! method's learning rate: on data that is not the test split, from a grid declared up front.
+//!
+//! Runs are `run-NN/` under the sweep's directory; a finished run (`run-NN/sweep.done`) is
+//! reused when the sweep is run again with the same overrides, an unfinished one resumes from
+//! its checkpoint. Ties go to the first setting in grid order.
+use super::RunOptions;
+use crate::recipe::Recipe;
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// `recipe: sweep`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sweep {
+    pub recipe: String,
+    #[serde(default, skip_serializing_if = "crate::recipe::Vars::is_empty")]
+    pub vars: crate::recipe::Vars,
+    pub output_dir: PathBuf,
+    /// The recipe file every run starts from (`sft` or `opd`); the sweep's `vars` reach it.
+    pub base: PathBuf,
+    /// Overrides for every run (`key=value`), e.g. the validation split as `data.eval`.
+    #[serde(default)]
+    pub fixed: Vec<String>,
+    /// Keys and the values to try; runs are the product, in the order written.
+    pub grid: Vec<BTreeMap<String, Vec<serde_yaml::Value>>>,
+    /// The metric of the run's last evaluation that chooses (e.g. `eval/exact_match`).
+    pub metric: String,
+    /// `max` (default) or `min`.
+    #[serde(default = "d_goal")]
+    pub goal: String,
+}
+
+fn d_goal() -> String {
+    "max".into()
+}
+
+impl Sweep {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(!self.grid.is_empty() && self.grid.iter().all(|g| g.len() == 1 && g.values().all(|v| !v.is_empty())), "grid must be a list of `key: [values]` entries, each with at least one value");
+        ensure!(self.goal == "max" || self.goal == "min", "goal must be max or min");
+        Ok(())
+    }
+
+    /// Every run's overrides from the grid, in order (the last key varies fastest).
+    pub fn settings(&self) -> Vec<Vec<(String, String)>> {
+        let mut out: Vec<Vec<(String, String)>> = vec![vec![]];
+        for entry in &self.grid {
+            let (key, values) = entry.iter().next().expect("validated");
+            out = out.into_iter().flat_map(|prev| values.iter().map(move |v| [prev.clone(), vec![(key.clone(), scalar(v))]].concat())).collect();
+        }
+        out
+    }
+}
+
+fn scalar(v: &serde_yaml::Value) -> String {
+    match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+    }
+}
+
+/// One run of the sweep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepRun {
+    pub dir: PathBuf,
+    pub settings: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// The last logged value of `metric` in a run directory's metrics.jsonl.
+fn last_value(dir: &Path, metric: &str) -> Result<f64> {
+    let path = dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut last = None;
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+        if let Some(x) = v.get(metric).and_then(serde_json::Value::as_f64) {
+            last = Some(x);
+        }
+    }
+    last.with_context(|| format!("{}: no `{metric}` logged (does the base recipe evaluate it?)", path.display()))
+}
+
+pub fn run(r: &Sweep, opts: &RunOptions) -> Result<()> {
+    std::fs::create_dir_all(&r.output_dir).with_context(|| format!("creating {}", r.output_dir.display()))?;
+    let vars: Vec<String> = r.vars.iter().map(|(k, v)| format!("vars.{k}={}", scalar(v))).collect();
+    let mut runs = Vec::new();
+    let settings = r.settings();
+    for (i, s) in settings.iter().enumerate() {
+        let dir = r.output_dir.join(format!("run-{i:02}"));
+        let mut over = vars.clone();
+        over.extend(r.fixed.iter().cloned());
+        over.extend(s.iter().map(|(k, v)| format!("{k}={v}")));
+        over.push(format!("output_dir={}", dir.display()));
+        let recipe = Recipe::load(&r.base, &over).with_context(|| format!("sweep run {i} ({})", r.base.display()))?;
+        if !matches!(recipe, Recipe::Sft(_) | Recipe::Opd(_)) {
+            bail!("{}: a sweep runs sft or opd recipes", r.base.display());
+        }
+        let record = recipe.to_yaml()?;
+        let done = dir.join("sweep.done");
+        let label: Vec<String> = s.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if !opts.fresh && std::fs::read_to_string(&done).ok().as_deref() == Some(record.as_str()) {
+            eprintln!("[sweep {}/{}] {}: finished before, reused", i + 1, settings.len(), label.join(" "));
+        } else {
+            let resume = !opts.fresh && dir.join("recipe.yaml").exists() && std::fs::read_to_string(dir.join("recipe.yaml")).ok().as_deref() == Some(record.as_str()) && crate::train::checkpoint::latest(&dir)?.is_some();
+            if !resume && dir.exists() {
+                std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+            }
+            eprintln!("[sweep {}/{}] {}", i + 1, settings.len(), label.join(" "));
+            super::run(&recipe, &RunOptions { resume, fresh: false, stop_after: None }).with_context(|| format!("sweep run {} ({})", i, label.join(" ")))?;
+            std::fs::write(&done, &record).with_context(|| format!("writing {}", done.display()))?;
+        }
+        runs.push(SweepRun { value: last_value(&dir, &r.metric)?, dir, settings: s.iter().cloned().collect() });
+    }
+    let better = |a: f64, b: f64| if r.goal == "max" { a > b } else { a < b };
+    let best = (0..runs.len()).fold(0, |b, i| if better(runs[i].value, runs[b].value) { i } else { b });
+    let json = serde_json::json!({ "metric": r.metric, "goal": r.goal, "runs": runs, "best": runs[best] });
+    std::fs::write(r.output_dir.join("sweep.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(r.output_dir.join("sweep.md"), table(r, &runs, best))?;
+    eprintln!("{}", table(r, &runs, best));
+    Ok(())
+}
+
+/// The markdown table of a sweep: one row per setting, the chosen one marked.
+pub fn table(r: &Sweep, runs: &[SweepRun], best: usize) -> String {
+    let keys: Vec<&String> = runs.first().map(|x| x.settings.keys().collect()).unwrap_or_default();
+    let mut t = format!("Base `{}`, chosen by the last `{}` ({}):\n\n| {} | {} | |\n|{}---|---|\n", r.base.display(), r.metric, r.goal, keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(" | "), r.metric, "---|".repeat(keys.len()));
+    for (i, x) in runs.iter().enumerate() {
+        let cells: Vec<&str> = keys.iter().map(|k| x.settings[*k].as_str()).collect();
+        t.push_str(&format!("| {} | {:.4} | {} |\n", cells.join(" | "), x.value, if i == best { "chosen" } else { "" }));
+    }
+    t
+}
+
+/// The table a finished sweep wrote (`sweep.md`), if it has run.
+pub fn read_table(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join("sweep.md")).ok()
+}
