@@ -28,7 +28,7 @@ fn scaled_down_demo_runs_end_to_end() {
         assert!(row.contains('%'), "{row}");
     }
     // SFT (with eval.teacher) and the OPD runs report the held-out gap from start to end.
-    for method in ["SFT on teacher answers", "OPD (DPCA)", "OPD (DPCA + candidates)", "OPD (DPCA) after SFT", "control: same-tokenizer OPD"] {
+    for method in ["SFT on teacher answers", "OPD (DPCA)", "OPD (DPCA + candidates)", "OPD (DPCA) after SFT (160 + 160 steps)", "control: same-tokenizer OPD"] {
         let row = report.lines().find(|l| l.starts_with(&format!("| {method} |"))).unwrap();
         assert!(row.split('|').nth(4).unwrap().contains('→'), "no gap for {method}: {row}");
     }
@@ -119,11 +119,11 @@ const METHODS: [&str; 10] = [
     "SFT on teacher answers",
     "OPD (DPCA)",
     "OPD (DPCA + candidates)",
-    "OPD (DPCA) after SFT",
+    "OPD (DPCA) after SFT (160 + 160 steps)",
     "control: warm start (teacher's tokenizer)",
     "control: SFT on teacher answers",
     "control: same-tokenizer OPD",
-    "control: same-tokenizer OPD after SFT",
+    "control: same-tokenizer OPD after SFT (160 + 160 steps)",
 ];
 
 /// The demo command at seconds' scale in `root`.
