@@ -130,13 +130,15 @@ impl Diagnostics {
 }
 
 /// The held-out quantities OPD optimises, for any recipe: the student samples the first `n`
-/// prompts (the plan's sampling settings), the teacher scores them, and, where the data has
+/// prompts once each (the plan's sampling settings), the teacher scores them, and, where the data has
 /// responses, the teacher also scores the dataset's responses in the same view. Returns
 /// `eval/logq_minus_logp` (mean log q − log p per aligned student token), `eval/teacher_logprob`
 /// (per aligned teacher token of the student's samples) and `eval/teacher_logprob_reference`
 /// (the same for the dataset's responses), and the scored samples.
 pub fn held_out_gap(plan: &Plan, student: &Side, teacher: &Side, examples: &[Example], prompts: &[Vec<i64>], n: usize, seed: u64) -> Result<(Vec<(String, f64)>, Vec<Rollout>)> {
     let picks: Vec<usize> = (0..n.min(examples.len())).collect();
+    // One sample per prompt, whatever the training rollouts use, so runs compare on equal terms.
+    let plan = &Plan { rollout: crate::recipe::RolloutSpec { samples_per_prompt: 1, ..plan.rollout.clone() }, ..plan.clone() };
     let mut rollouts = make_rollouts(plan, student, teacher, examples, prompts, &picks, true, seed)?;
     score_teacher(teacher, &mut rollouts, plan.micro, TeacherKeeps::LogProbs)?;
     old_logprobs(student, &mut rollouts, plan.micro, 0)?;
@@ -144,8 +146,7 @@ pub fn held_out_gap(plan: &Plan, student: &Side, teacher: &Side, examples: &[Exa
     let mut values = vec![("eval/logq_minus_logp".to_string(), d.gap_per_token()), ("eval/teacher_logprob".to_string(), d.teacher_logprob())];
     let with_answers: Vec<usize> = picks.iter().copied().filter(|&i| examples[i].response().is_some()).collect();
     if !with_answers.is_empty() {
-        let one = Plan { rollout: crate::recipe::RolloutSpec { samples_per_prompt: 1, ..plan.rollout.clone() }, ..plan.clone() };
-        let mut reference = make_rollouts(&one, student, teacher, examples, prompts, &with_answers, false, seed)?;
+        let mut reference = make_rollouts(plan, student, teacher, examples, prompts, &with_answers, false, seed)?;
         score_teacher(teacher, &mut reference, plan.micro, TeacherKeeps::LogProbs)?;
         old_logprobs(student, &mut reference, plan.micro, 0)?;
         values.push(("eval/teacher_logprob_reference".to_string(), diagnose(&reference).teacher_logprob()));
