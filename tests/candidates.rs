@@ -81,6 +81,13 @@ fn tree_pass_equals_scoring_each_candidate_alone() {
             let mut logp = Vec::new();
             for &id in &s.ids {
                 let path = candidates::candidate_path(&student, &teacher, x, prefix, &before, id, 6).unwrap().expect("a scored candidate has a path");
+                // The window encoding equals the whole conversation's.
+                if !student.tok.eos_ids.contains(&id) && id != student.eot {
+                    let text = format!("{}{}{}", x.teacher_prompt, String::from_utf8(before.clone()).unwrap(), String::from_utf8(student.tok.pieces().bytes[id as usize].clone()).unwrap());
+                    let (full, _) = opd::teacher_encode(&teacher, &text).unwrap();
+                    assert_eq!(full[..prefix], x.teacher_ids[..prefix]);
+                    assert_eq!(full[prefix..], path[..], "window and whole text differ for {text:?}");
+                }
                 // The candidate as its own sequence: the teacher's prefix and the path.
                 let seq: Vec<i64> = x.teacher_ids[..prefix].iter().chain(&path).copied().collect();
                 let lp = teacher.model.logits(&Tensor::from_slice(&seq).unsqueeze(0)).get(0).log_softmax(-1, Kind::Double);

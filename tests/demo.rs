@@ -64,7 +64,7 @@ fn scaled_down_demo_runs_end_to_end() {
     // Run again: every stage is reused.
     let (ok, err) = tokbridge(&args);
     assert!(ok, "{err}");
-    assert_eq!(err.matches("finished before, reused").count(), 18, "{err}");
+    assert_eq!(err.matches("finished before, reused").count(), 19, "{err}");
 
     // A redone stage reruns every stage after it, from empty directories (no stale answers).
     std::fs::remove_file(root.join("stages/11_teacher_responses.done")).unwrap();
@@ -73,7 +73,7 @@ fn scaled_down_demo_runs_end_to_end() {
     let (ok, err) = tokbridge(&args);
     assert!(ok, "{err}");
     assert_eq!(err.matches("finished before, reused").count(), 10, "{err}");
-    assert!(err.contains("[18/18] 18_compare\n") && !err.contains("(resuming)"), "{err}");
+    assert!(err.contains("[19/19] 19_compare\n") && !err.contains("(resuming)"), "{err}");
     assert!(!std::fs::read_to_string(&stale).unwrap().contains("stale"), "teacher answers were not redone");
 
     // The compare command on the run directories.
@@ -91,7 +91,7 @@ fn scaled_down_demo_runs_end_to_end() {
     assert!(ok, "{err}");
     let first = table(&std::fs::read_to_string(root.join("report/report.md")).unwrap());
     assert_eq!(first, table(&std::fs::read_to_string(again.join("report/report.md")).unwrap()), "the demo's table must be the same every run");
-    assert!(first.lines().count() == 11, "{first}");
+    assert!(first.lines().count() == 12, "{first}");
 
     // The sweep on the validation split, reusing the prepared stages of that root.
     let mut sweep = scaled_down(&again);
@@ -113,7 +113,7 @@ fn table(report: &str) -> String {
     report.lines().skip_while(|l| !l.starts_with("| run |")).take_while(|l| l.starts_with('|')).collect::<Vec<_>>().join("\n")
 }
 
-const METHODS: [&str; 9] = [
+const METHODS: [&str; 10] = [
     "teacher (qwen3)",
     "student warm start (llama tokenizer)",
     "SFT on teacher answers",
@@ -123,6 +123,7 @@ const METHODS: [&str; 9] = [
     "control: warm start (teacher's tokenizer)",
     "control: SFT on teacher answers",
     "control: same-tokenizer OPD",
+    "control: same-tokenizer OPD after SFT (160 + 160 steps)",
 ];
 
 /// The demo command at seconds' scale in `root`.

@@ -17,7 +17,9 @@
 //!   candidate is scored only when that encoding keeps the teacher's tokens of everything
 //!   before the position unchanged (its text does not merge with the prefix), its own tokens
 //!   spell exactly its text, and they are at most K (DPCA's `max_chunk_tokens`). With a shared
-//!   vocabulary the candidate is its own teacher token.
+//!   vocabulary the candidate is its own teacher token. For speed the encoding runs on a window
+//!   from the last whitespace-led teacher token before the position, accepted only when it
+//!   reproduces the teacher's tokens of the window; otherwise on the whole text (tested equal).
 //! - Text that is not whole UTF-8 characters (a byte-fallback piece of a character) cannot be
 //!   scored by text and is left out; so are special tokens, except the student's end tokens,
 //!   which are scored by the teacher's end-of-turn token.
@@ -105,16 +107,42 @@ pub fn candidate_path(student: &Side, teacher: &Side, r: &Rollout, prefix: usize
     if cand.is_empty() {
         return Ok(None);
     }
-    let text = format!("{}{before}{cand}", r.teacher_prompt);
-    let (ids, _) = teacher_encode(teacher, &text)?;
-    if ids.len() <= prefix || ids[..prefix] != r.teacher_ids[..prefix] || ids.len() - prefix > k {
+    let tpieces = teacher.tok.pieces();
+    // Encoding the whole conversation for every candidate is slow; a window from the last
+    // teacher token before the position that starts with whitespace (where byte-level
+    // pre-tokenizers start a new word) gives the same tokens when it reproduces the teacher's
+    // own tokens up to the position, which is checked. Otherwise the whole text is encoded.
+    let tpiece = |t: i64| tpieces.bytes.get(t as usize).map_or(&[][..], |b| b.as_slice());
+    let lowest = prefix.saturating_sub(WINDOW).max(r.teacher_start);
+    let anchor = (lowest..prefix).rev().find(|&a| tpiece(r.teacher_ids[a]).first().is_some_and(|b| b.is_ascii_whitespace()));
+    let windowed = anchor.and_then(|a| {
+        let mut text: Vec<u8> = r.teacher_ids[a..prefix].iter().flat_map(|&t| tpiece(t).to_vec()).collect();
+        text.extend_from_slice(cand.as_bytes());
+        let text = String::from_utf8(text).ok()?;
+        let ids = teacher.tok.encode(&text, false).ok()?;
+        let n = prefix - a;
+        (ids.len() > n && ids[..n] == r.teacher_ids[a..prefix]).then(|| ids[n..].to_vec())
+    });
+    let path = match windowed {
+        Some(path) => path,
+        None => {
+            let text = format!("{}{before}{cand}", r.teacher_prompt);
+            let (ids, _) = teacher_encode(teacher, &text)?;
+            if ids.len() <= prefix || ids[..prefix] != r.teacher_ids[..prefix] {
+                return Ok(None);
+            }
+            ids[prefix..].to_vec()
+        }
+    };
+    if path.len() > k {
         return Ok(None);
     }
-    let path = ids[prefix..].to_vec();
-    let tpieces = teacher.tok.pieces();
     let spelled: Vec<u8> = path.iter().flat_map(|&t| tpieces.bytes.get(t as usize).cloned().unwrap_or_default()).collect();
     Ok((spelled == piece.as_slice()).then_some(path))
 }
+
+/// How many teacher tokens back `candidate_path` looks for a window's start.
+const WINDOW: usize = 8;
 
 /// Exclusive probabilities of candidates from the log-probabilities of their teacher paths:
 /// a candidate whose path is a proper prefix of others loses the probability of its minimal

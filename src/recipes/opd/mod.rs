@@ -17,7 +17,7 @@ mod rollout;
 mod signal;
 
 pub use diagnostics::{competence_warning, diagnose, dump_rollouts, held_out_gap, Diagnostics};
-pub use rollout::{end_of_turn, load_side, make_rollouts, old_logprobs, rows, score_teacher, Plan, Rollout, Side, TeacherKeeps};
+pub use rollout::{end_of_turn, load_side, make_rollouts, old_logprobs, rows, score_teacher, teacher_encode, Plan, Rollout, Side, TeacherKeeps};
 pub use signal::{assign_advantages, backward_batch, micro_loss, normaliser, response_mask, DistInputs, DpcaInputs};
 
 use super::RunOptions;
