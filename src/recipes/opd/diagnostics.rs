@@ -137,8 +137,9 @@ impl Diagnostics {
 /// (the same for the dataset's responses), and the scored samples.
 pub fn held_out_gap(plan: &Plan, student: &Side, teacher: &Side, examples: &[Example], prompts: &[Vec<i64>], n: usize, seed: u64) -> Result<(Vec<(String, f64)>, Vec<Rollout>)> {
     let picks: Vec<usize> = (0..n.min(examples.len())).collect();
-    // One sample per prompt, whatever the training rollouts use, so runs compare on equal terms.
-    let plan = &Plan { rollout: crate::recipe::RolloutSpec { samples_per_prompt: 1, ..plan.rollout.clone() }, ..plan.clone() };
+    // One sample per prompt and a fixed batching (sampling draws depend on the batch), whatever
+    // the training uses, so that every recipe scores the same samples of the same model.
+    let plan = &Plan { rollout: crate::recipe::RolloutSpec { samples_per_prompt: 1, ..plan.rollout.clone() }, micro: GAP_BATCH / 4, ..plan.clone() };
     let mut rollouts = make_rollouts(plan, student, teacher, examples, prompts, &picks, true, seed)?;
     score_teacher(teacher, &mut rollouts, plan.micro, TeacherKeeps::LogProbs)?;
     old_logprobs(student, &mut rollouts, plan.micro, 0)?;
@@ -153,6 +154,9 @@ pub fn held_out_gap(plan: &Plan, student: &Side, teacher: &Side, examples: &[Exa
     }
     Ok((values, rollouts))
 }
+
+/// Prompts sampled together for the held-out gap.
+const GAP_BATCH: usize = 64;
 
 /// Below this held-out `log q − log p` per token, or this greedy accuracy, on-policy training
 /// is likely to hurt. From the controls in shared/research/opd-recipes-and-controls.md (same
