@@ -178,8 +178,8 @@ pub fn timing(runs: &[Summary]) -> String {
 /// Held-out prompts shown side by side in the report.
 const SHOWN_PROMPTS: usize = 3;
 
-/// The first `SHOWN_PROMPTS` held-out prompts with what every run wrote for them at its first
-/// and last evaluation (from `generations/step-NNNNNN.jsonl`); runs without generations are
+/// `SHOWN_PROMPTS` held-out prompts (those the runs disagree on first) with what every run
+/// wrote for them at its first and last evaluation (from `generations/step-NNNNNN.jsonl`); runs without generations are
 /// left out.
 pub fn generations_section(runs: &[Summary]) -> Result<String> {
     let mut rows: Vec<(String, Vec<Generated>)> = Vec::new();
@@ -198,10 +198,16 @@ pub fn generations_section(runs: &[Summary]) -> Result<String> {
         }
     }
     let Some((_, first)) = rows.first() else { return Ok(String::new()) };
-    let mut md = String::from("## Held-out generations\n\nGreedy responses to the first held-out prompts, each run at its first and last evaluation (✓ correct final answer, ✗ wrong).\n\n");
+    // The prompts the runs disagree on say the most; the first ones fill up the rest.
+    let disagree = |i: usize| rows.iter().filter_map(|(_, g)| g.get(i).map(|x| x.correct)).collect::<std::collections::BTreeSet<_>>().len() > 1;
+    let mut shown: Vec<usize> = (0..first.len()).filter(|&i| disagree(i)).take(SHOWN_PROMPTS).collect();
+    let fill: Vec<usize> = (0..first.len()).filter(|i| !shown.contains(i)).take(SHOWN_PROMPTS.saturating_sub(shown.len())).collect();
+    shown.extend(fill);
+    shown.sort_unstable();
+    let mut md = String::from("## Held-out generations\n\nGreedy responses to the first held-out prompts on which the runs disagree (or the first prompts, where they all agree), each run at its first and last evaluation (✓ correct final answer, ✗ wrong).\n\n");
     let quote = |t: &str| t.trim().lines().map(|l| format!("> {l}")).collect::<Vec<_>>().join("\n");
-    for i in 0..SHOWN_PROMPTS.min(first.len()) {
-        md.push_str(&format!("### Prompt {}\n\n{}\n\n", i + 1, quote(&first[i].prompt)));
+    for i in shown {
+        md.push_str(&format!("### Held-out prompt {}\n\n{}\n\n", i + 1, quote(&first[i].prompt)));
         if let Some(r) = &first[i].reference {
             md.push_str(&format!("Reference:\n\n{}\n\n", quote(r)));
         }
