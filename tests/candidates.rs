@@ -9,7 +9,7 @@ use common::tempdir::TempDir;
 use std::path::Path;
 use tch::{Kind, Tensor};
 use tokbridge::data::Example;
-use tokbridge::recipe::{Opd, Recipe};
+use tokbridge::recipe::Opd;
 use tokbridge::recipes::opd::{self, candidates};
 
 fn root() -> &'static Path {
@@ -17,13 +17,7 @@ fn root() -> &'static Path {
 }
 
 fn recipe(extra: &[&str]) -> Opd {
-    let text = std::fs::read_to_string(root().join("recipes/opd/tiny.yaml")).unwrap();
-    let over: Vec<String> = ["dpca.candidates={k: 8}"].iter().chain(extra).map(|s| s.to_string()).collect();
-    let Recipe::Opd(mut r) = Recipe::parse(&text, &over).unwrap() else { panic!() };
-    r.data.train = root().join(&r.data.train);
-    r.student.path = root().join(&r.student.path).display().to_string();
-    r.teacher.path = root().join(&r.teacher.path).display().to_string();
-    r
+    common::tiny_opd(&[&["dpca.candidates={k: 8}"], extra].concat())
 }
 
 fn sides(r: &Opd) -> (opd::Side, opd::Side) {

@@ -10,7 +10,6 @@ use common::tempdir::TempDir;
 use std::path::Path;
 use std::process::Command;
 use tch::{Kind, Tensor};
-use tokbridge::recipe::Recipe;
 use tokbridge::recipes::opd;
 
 fn root() -> &'static Path {
@@ -45,14 +44,7 @@ fn generalized_jsd_equals_trl_gkd() {
 
 /// The recipe for the qwen2 student and qwen3 teacher fixtures (one shared vocabulary).
 fn recipe(extra: &[&str]) -> tokbridge::recipe::Opd {
-    let text = std::fs::read_to_string(root().join("recipes/opd/tiny.yaml")).unwrap();
-    let mut over = vec!["student.path=tests/fixtures/models/qwen2".to_string()];
-    over.extend(extra.iter().map(|s| s.to_string()));
-    let Recipe::Opd(mut r) = Recipe::parse(&text, &over).unwrap() else { panic!() };
-    r.data.train = root().join(&r.data.train);
-    r.student.path = root().join(&r.student.path).display().to_string();
-    r.teacher.path = root().join(&r.teacher.path).display().to_string();
-    r
+    common::tiny_opd(&[&["student.path=tests/fixtures/models/qwen2"], extra].concat())
 }
 
 fn grads(side: &opd::Side) -> Vec<(String, Tensor)> {

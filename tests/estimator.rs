@@ -15,9 +15,9 @@
 //! the session that wrote it): the advantage's sign flipped in `loss::chunk_advantages`;
 //! the teacher's log-probs read one position late in `score_teacher`; the student sampling at
 //! temperature 0.8 while the recipe (and the gradient) assume 1.
-use std::path::Path;
+mod common;
+
 use tch::{Kind, Tensor};
-use tokbridge::recipe::Recipe;
 use tokbridge::recipes::opd;
 
 const BATCHES: usize = 16;
@@ -47,20 +47,8 @@ fn zero_grads(side: &opd::Side) {
 
 #[test]
 fn dpca_gradient_is_unbiased_for_the_reverse_kl_gradient() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(root.join("recipes/opd/tiny.yaml")).unwrap();
-    let over: Vec<String> = [
-        "student.path=tests/fixtures/models/qwen2".to_string(),
-        "dpca.adv_clamp=1000".into(),
-        "rollout.max_new_tokens=1".into(),
-        format!("rollout.samples_per_prompt={PER_BATCH}"),
-        "training.micro_batch_size=256".into(),
-    ]
-    .to_vec();
-    let Recipe::Opd(mut r) = Recipe::parse(&text, &over).unwrap() else { panic!() };
-    r.data.train = root.join(&r.data.train);
-    r.student.path = root.join(&r.student.path).display().to_string();
-    r.teacher.path = root.join(&r.teacher.path).display().to_string();
+    let samples = format!("rollout.samples_per_prompt={PER_BATCH}");
+    let r = common::tiny_opd(&["student.path=tests/fixtures/models/qwen2", "dpca.adv_clamp=1000", "rollout.max_new_tokens=1", &samples, "training.micro_batch_size=256"]);
     let student = opd::load_side(&r.student, "cpu").unwrap();
     let mut teacher = opd::load_side(&r.teacher, "cpu").unwrap();
     teacher.same_vocab = true;

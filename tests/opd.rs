@@ -8,7 +8,6 @@ use common::tempdir::TempDir;
 use std::path::Path;
 use std::process::{Command, Output};
 use tch::{Kind, Tensor};
-use tokbridge::recipe::Recipe;
 use tokbridge::recipes::opd;
 
 fn tokbridge(args: &[&str]) -> Output {
@@ -34,14 +33,7 @@ fn series(run: &Path, key: &str) -> Vec<(u64, f64)> {
 #[test]
 fn same_tokenizer_dpca_is_per_token_reverse_kl() {
     // qwen2 and qwen3 fixtures share one tokenizer and chat template.
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/opd/tiny.yaml")).unwrap();
-    let over = ["student.path=tests/fixtures/models/qwen2".to_string(), "dpca.adv_clamp=1000".to_string()];
-    let Recipe::Opd(r) = Recipe::parse(&text, &over).unwrap() else { panic!() };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut r = r;
-    r.data.train = root.join(&r.data.train);
-    r.student.path = root.join(&r.student.path).display().to_string();
-    r.teacher.path = root.join(&r.teacher.path).display().to_string();
+    let r = common::tiny_opd(&["student.path=tests/fixtures/models/qwen2", "dpca.adv_clamp=1000"]);
     let student = opd::load_side(&r.student, "cpu").unwrap();
     let mut teacher = opd::load_side(&r.teacher, "cpu").unwrap();
     teacher.same_vocab = true;

@@ -75,25 +75,21 @@ impl Evaluation {
     /// Writes the generations to `run_dir/generations/step-NNNNNN.jsonl` (nothing when there
     /// are none), through a temporary file renamed into place.
     pub fn write_generations(&self, run_dir: &Path, step: usize) -> Result<()> {
-        write_generations(run_dir, step, &self.generations)
+        if self.generations.is_empty() {
+            return Ok(());
+        }
+        let dir = run_dir.join("generations");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut text = String::new();
+        for g in &self.generations {
+            text.push_str(&serde_json::to_string(g)?);
+            text.push('\n');
+        }
+        let path = dir.join(format!("step-{step:06}.jsonl"));
+        let tmp = crate::hf::safetensors::tmp_path(&path);
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
     }
-}
-
-pub fn write_generations(run_dir: &Path, step: usize, generations: &[Generated]) -> Result<()> {
-    if generations.is_empty() {
-        return Ok(());
-    }
-    let dir = run_dir.join("generations");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut text = String::new();
-    for g in generations {
-        text.push_str(&serde_json::to_string(g)?);
-        text.push('\n');
-    }
-    let path = dir.join(format!("step-{step:06}.jsonl"));
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The generations an evaluation wrote at `step` (`generations/step-NNNNNN.jsonl`), if any.
