@@ -19,7 +19,7 @@ done
 common=(logging.progress=false vars.root=$root vars.steps=$steps vars.eval_every=40 vars.eval_examples=100 vars.sft_lr=3.0e-4 vars.opd_lr=3.0e-4)
 for w in ${WARMUPS:-250 500}; do
   d=$root/w$w
-  [ -e "$d/warm/config.json" ] || run recipes/demo/07_control_warmup.yaml vars.root=$root vars.control_warmup_steps=$w output_dir=$d/warmup model.path=$root/st-init export_to=$d/warm
+  [ -e "$d/warm/config.json" ] || run recipes/demo/07_control_warmup.yaml vars.root=$root vars.control_warmup_steps=$w training.stop_at=null output_dir=$d/warmup model.path=$root/st-init export_to=$d/warm
   [ -e "$d/eval-warm/eval.json" ] || run recipes/demo/09_eval_student.yaml vars.root=$root output_dir=$d/eval-warm model.path=$d/warm vars.eval_examples=100
   [ -e "$d/sft/checkpoints/latest" ] || run recipes/demo/12_sft.yaml "${common[@]}" output_dir=$d/sft model.path=$d/warm export_to=null
   for loss in dpca forward_kl reverse_kl jsd; do

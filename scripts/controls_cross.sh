@@ -16,7 +16,7 @@ for s in 01_task 02_teacher_init 03_teacher_sft 04_student_init 08_eval_teacher 
   [ -e "$root/stages-$s.done" ] || { run recipes/demo/$s.yaml vars.root=$root; touch "$root/stages-$s.done"; }
 done
 d=$root/cross-w$warmup
-[ -e "$d/warm/config.json" ] || run recipes/demo/05_student_warmup.yaml vars.root=$root vars.warmup_steps=$warmup output_dir=$d/warmup export_to=$d/warm
+[ -e "$d/warm/config.json" ] || run recipes/demo/05_student_warmup.yaml vars.root=$root vars.warmup_steps=$warmup training.stop_at=null output_dir=$d/warmup export_to=$d/warm
 [ -e "$d/eval-warm/eval.json" ] || run recipes/demo/09_eval_student.yaml vars.root=$root output_dir=$d/eval-warm model.path=$d/warm
 common=(logging.progress=false vars.root=$root)
 [ -e "$d/sft/checkpoints/latest" ] || run recipes/demo/12_sft.yaml "${common[@]}" output_dir=$d/sft model.path=$d/warm export_to=null

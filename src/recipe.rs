@@ -127,6 +127,34 @@ pub struct TrainingSpec {
     /// (torchtune's enable_activation_checkpointing, TRL's gradient_checkpointing).
     #[serde(default)]
     pub activation_checkpointing: bool,
+    /// Stop at the first evaluation where an evaluation metric reaches a value (then `steps` is
+    /// the most it may take): a warm-up that stops inside an accuracy band on the validation
+    /// split rather than after a step count that lands differently at every seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_at: Option<StopAt>,
+}
+
+/// `stop_at: {metric: eval/exact_match, at_least: 0.7}` (or `at_most:` for a loss).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopAt {
+    pub metric: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_least: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_most: Option<f64>,
+}
+
+impl StopAt {
+    /// Whether `values` (one evaluation's metrics) meet the target; an error names the metric
+    /// when the evaluation does not report it.
+    pub fn reached(&self, values: &[(String, f64)]) -> Result<bool> {
+        let Some((_, v)) = values.iter().find(|(k, _)| *k == self.metric) else {
+            let known: Vec<&str> = values.iter().map(|(k, _)| k.as_str()).collect();
+            bail!("training.stop_at.metric: the evaluation reports no {:?} (it reports {})", self.metric, known.join(", "));
+        };
+        Ok(self.at_least.is_some_and(|t| *v >= t) || self.at_most.is_some_and(|t| *v <= t))
+    }
 }
 
 fn one() -> usize {
@@ -894,6 +922,10 @@ impl Recipe {
             Recipe::Sft(r) => {
                 validate_optimizer(&r.optimizer)?;
                 validate_training(&r.training)?;
+                if let Some(s) = &r.training.stop_at {
+                    ensure!(s.at_least.is_some() != s.at_most.is_some(), "training.stop_at needs exactly one of at_least and at_most");
+                    ensure!(r.eval.as_ref().is_some_and(|e| e.every.is_some()), "training.stop_at needs eval.every (it is checked at each evaluation)");
+                }
                 ensure!(r.data.max_length >= 2, "data.max_length must be at least 2");
                 ensure!(r.schedule.min_lr_ratio >= 0.0 && r.schedule.min_lr_ratio <= 1.0, "schedule.min_lr_ratio must be in [0, 1]");
                 if let Some(e) = &r.eval {

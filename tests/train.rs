@@ -88,6 +88,34 @@ fn resumed_run_reproduces_the_uninterrupted_loss_curve() {
     }
 }
 
+/// `training.stop_at` ends the run at the first evaluation that meets the target, and a
+/// resumed stopped run trains no further; a metric the evaluation does not report is an error.
+#[test]
+fn sft_stops_at_the_first_evaluation_that_reaches_its_target() {
+    let tmp = TempDir::new();
+    let (full, stop) = (tmp.path().join("full"), tmp.path().join("stop"));
+    let extra = ["training.steps=8", "eval.every=2", "eval.scorers=[nll]", "schedule.decay=constant"];
+    ok(sft(&full, &extra, &[]));
+    let nll: Vec<(u64, f64)> = metrics(&full).iter().filter_map(|m| Some((m["step"].as_u64()?, m["eval/nll"].as_f64()?))).collect();
+    assert_eq!(nll.iter().map(|p| p.0).collect::<Vec<_>>(), [0, 2, 4, 6, 8]);
+    assert!(nll[2].1 < nll[1].1, "held-out NLL should fall from step 2 to 4: {nll:?}");
+    // A target between the step-2 and step-4 values: the run must stop at step 4.
+    let target = format!("training.stop_at={{metric: eval/nll, at_most: {}}}", (nll[1].1 + nll[2].1) / 2.0);
+    let export = format!("export_to={}", stop.join("export").display());
+    ok(sft(&stop, &[&extra[..], &[target.as_str(), export.as_str()]].concat(), &[]));
+    assert_eq!(std::fs::read_to_string(stop.join("checkpoints/latest")).unwrap(), "step-000004");
+    let (a, b) = (losses(&full), losses(&stop));
+    assert_eq!(b.len(), 4, "four steps, then stopped: {b:?}");
+    assert_eq!(a[..4], b[..], "the stopped run trains exactly as the full one until it stops");
+    assert!(stop.join("export/config.json").exists(), "a run stopped at its target is finished and exported");
+    ok(sft(&stop, &[&extra[..], &[target.as_str()]].concat(), &["--resume"]));
+    assert_eq!(losses(&stop).len(), 4, "resuming a stopped run trains no further");
+    // A metric the evaluation does not report names itself.
+    let bad = sft(&tmp.path().join("bad"), &[&extra[..], &["training.stop_at={metric: eval/exact_match, at_least: 0.5}"]].concat(), &[]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("training.stop_at.metric") && err.contains("eval/exact_match"), "{err}");
+}
+
 #[test]
 fn activation_checkpointing_gives_the_same_loss_curve_and_logs_peak_memory() {
     let tmp = TempDir::new();

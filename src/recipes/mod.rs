@@ -70,7 +70,8 @@ fn export_final(run_dir: &Path, to: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// The step of the run's latest checkpoint if the run finished (its recipe's total).
+/// The step of the run's latest checkpoint if the run finished (its recipe's total, or
+/// `training.stop_at` reached).
 fn checkpoint_step(run_dir: &Path) -> Result<Option<usize>> {
     let Some(dir) = crate::train::checkpoint::latest(run_dir)? else { return Ok(None) };
     let state = crate::train::checkpoint::read_state(&dir)?;
@@ -80,7 +81,7 @@ fn checkpoint_step(run_dir: &Path) -> Result<Option<usize>> {
         Recipe::Opd(r) => r.training.steps,
         _ => return Ok(None),
     };
-    Ok((state.step == total).then_some(state.step))
+    Ok((state.step == total || state.counters.contains_key("stopped_at_target")).then_some(state.step))
 }
 
 /// Creates the run directory and writes the resolved recipe. A directory that already holds

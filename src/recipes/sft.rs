@@ -76,15 +76,21 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
     let mut sampler = Sampler::at(encoded.len(), r.data.shuffle, r.seed, state.epoch, state.index);
     let mut metrics = Metrics::open(run_dir, r.logging.tensorboard)?;
     let eval_due = |step: usize| r.eval.as_ref().and_then(|e| e.every).is_some_and(|n| step % n == 0);
-    let evaluate_now = |metrics: &mut Metrics, step: usize| -> Result<()> {
-        let Some(spec) = &r.eval else { return Ok(()) };
+    // Evaluates and says whether `training.stop_at` is reached.
+    let evaluate_now = |metrics: &mut Metrics, step: usize| -> Result<bool> {
+        let Some(spec) = &r.eval else { return Ok(false) };
         let judge = teacher.as_ref().zip(plan.as_ref());
         let (values, _) = evaluate_run(&student, judge, &eval_examples, spec, r.seed, r.logging.progress, run_dir, step)?;
-        let values: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        metrics.log(step, &values)
+        let logged: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        metrics.log(step, &logged)?;
+        r.training.stop_at.as_ref().map_or(Ok(false), |s| s.reached(&values))
     };
-    if state.step == 0 {
-        evaluate_now(&mut metrics, 0)?;
+    // A run that stopped at its target is finished; resuming it trains no further.
+    let mut stopped = state.counters.contains_key("stopped_at_target");
+    if state.step == 0 && evaluate_now(&mut metrics, 0)? {
+        stopped = true;
+        state.counters.insert("stopped_at_target".into(), 0.0);
+        checkpoint::save(run_dir, &model, &source_dir, &opt, &state)?;
     }
 
     let total = r.training.steps;
@@ -93,7 +99,7 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
     let mut elapsed = state.counters.get("time_s").copied().unwrap_or(0.0);
     let mut tokens_seen = state.counters.get("tokens").copied().unwrap_or(0.0);
     let mut steps_this_run = 0;
-    while state.step < total {
+    while state.step < total && !stopped {
         let started = Instant::now();
         let lr = lr_at(state.step, total, r.optimizer.lr, &r.schedule);
         let window: Vec<Vec<usize>> = (0..r.training.grad_accum).map(|_| sampler.next_batch(r.training.batch_size)).collect();
@@ -142,12 +148,16 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
         metrics.log(state.step, &values)?;
         bar.set_message(format!("loss {loss:.4} {:.0} tok/s", n_targets as f64 / secs));
         bar.inc(1);
-        let last = state.step == total;
+        if (state.step == total || eval_due(state.step)) && evaluate_now(&mut metrics, state.step)? {
+            stopped = true;
+            state.counters.insert("stopped_at_target".into(), state.step as f64);
+            if let Some(s) = &r.training.stop_at {
+                eprintln!("{}: {} reached its target at step {}; training stops", run_dir.display(), s.metric, state.step);
+            }
+        }
+        let last = state.step == total || stopped;
         if last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0) {
             checkpoint::save(run_dir, &model, &source_dir, &opt, &state)?;
-        }
-        if last || eval_due(state.step) {
-            evaluate_now(&mut metrics, state.step)?;
         }
         if opts.stop_after == Some(steps_this_run) && !last {
             bar.abandon_with_message("stopped (--stop-after)");
