@@ -8,6 +8,9 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
 use std::path::Path;
 
+/// The longest JSONL line a dataset may have (about 250k tokens of text, beyond any context).
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
 /// One conversation. For training its last message is the assistant's response.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
@@ -38,13 +41,27 @@ struct Line {
 
 /// Reads a JSONL dataset. Errors name the file and the 1-based line.
 pub fn read_jsonl(path: &Path, max_examples: Option<usize>) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading dataset {}", path.display()))?;
+    use std::io::{BufRead, Read};
+    let file = std::fs::File::open(path).with_context(|| format!("reading dataset {}", path.display()))?;
+    let mut reader = std::io::BufReader::new(file);
     let mut out = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
+    let mut bytes = Vec::new();
+    for i in 0.. {
         if max_examples.is_some_and(|m| out.len() >= m) {
             break;
         }
         let at = || format!("{}:{}", path.display(), i + 1);
+        // Streamed one bounded line at a time: a huge line is an error, not gigabytes of memory.
+        bytes.clear();
+        let n = (&mut reader).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut bytes).with_context(|| format!("reading dataset {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        ensure!(bytes.len() <= MAX_LINE_BYTES, "{}: line longer than {} MiB", at(), MAX_LINE_BYTES >> 20);
+        let raw = std::str::from_utf8(&bytes).with_context(|| format!("{}: not UTF-8", at()))?.trim_end_matches('\r');
         ensure!(!raw.trim().is_empty(), "{}: empty line", at());
         let line: Line = serde_json::from_str(raw).with_context(|| format!("{}: not a JSON object of the expected shape", at()))?;
         let messages = match (line.messages, line.prompt, line.response) {

@@ -2,10 +2,12 @@
 //! directory that transformers loads: safetensors under the original tensor names in the chosen
 //! dtype with `{"format": "pt"}` metadata, sharded with `model.safetensors.index.json` above a
 //! size limit, config.json (its dtype updated), generation config and tokenizer files. The
-//! directory is assembled under a temporary name and renamed into place.
-use crate::hf::safetensors::{self, tmp_path};
+//! directory is assembled under a temporary name, synced, and published in one atomic step;
+//! only a directory tokbridge wrote is replaced (`atomic`).
+use crate::atomic::tmp_path;
+use crate::hf::safetensors;
 use crate::train::checkpoint::{self, copy_model_files, named_weights};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
@@ -39,7 +41,10 @@ pub fn declared_dtype(config: &Value) -> Kind {
 /// Exports `src` to `out` in `kind` (None: the dtype its config declares), converting on
 /// `device`.
 pub fn export(src: &str, out: &Path, kind: Option<Kind>, max_shard_bytes: u64, device: Device) -> Result<()> {
+    crate::atomic::clean_around(out)?;
     let dir = source_dir(src)?;
+    crate::atomic::check_output(out, &dir)?;
+    crate::atomic::check_replaceable(out)?;
     let model = crate::models::load(&dir, device, Kind::Float)?;
     let kind = kind.unwrap_or_else(|| declared_dtype(&model.config));
     let tmp = tmp_path(out);
@@ -47,25 +52,11 @@ pub fn export(src: &str, out: &Path, kind: Option<Kind>, max_shard_bytes: u64, d
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let result = write_dir(&model, &dir, &tmp, kind, max_shard_bytes);
-    if let Err(e) = result {
+    let result = write_dir(&model, &dir, &tmp, kind, max_shard_bytes).and_then(|()| crate::atomic::publish_dir(&tmp, out));
+    if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
     }
-    if out.exists() {
-        let is_empty = out.read_dir().map(|mut d| d.next().is_none()).unwrap_or(false);
-        if !is_empty && !out.join("config.json").exists() {
-            let _ = std::fs::remove_dir_all(&tmp);
-            bail!("{} exists and is not a model directory; refusing to replace it", out.display());
-        }
-        let old = out.with_file_name(format!("{}.old{}", out.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
-        std::fs::rename(out, &old)?;
-        std::fs::rename(&tmp, out)?;
-        std::fs::remove_dir_all(&old)?;
-    } else {
-        std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
-    }
-    Ok(())
+    result
 }
 
 /// Writes `model` as a Hugging Face directory `dst`, with the config and tokenizer files of `src`.

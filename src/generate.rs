@@ -38,6 +38,30 @@ pub struct Generation {
     pub finished: bool,
 }
 
+impl Sampling {
+    /// Checks the settings; the messages name the flag (`--temperature`) or recipe key.
+    pub fn check(&self) -> Result<()> {
+        ensure!(self.temperature.is_finite() && self.temperature >= 0.0, "temperature must be a finite number >= 0 (got {})", self.temperature);
+        ensure!(self.top_p > 0.0 && self.top_p <= 1.0, "top_p must be in (0, 1] (got {})", self.top_p);
+        ensure!(self.top_k >= 0, "top_k must be >= 0 (got {})", self.top_k);
+        ensure!(self.max_new_tokens > 0, "max_new_tokens must be positive");
+        Ok(())
+    }
+}
+
+/// Logits that are NaN or infinite: the model's weights have diverged. Sampling from them
+/// would panic inside torch's multinomial, so generation stops with this error instead.
+#[derive(Debug)]
+pub struct NonFiniteLogits;
+
+impl std::fmt::Display for NonFiniteLogits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the model's logits are not finite (NaN or infinite): its weights have diverged")
+    }
+}
+
+impl std::error::Error for NonFiniteLogits {}
+
 /// Picks the next token of every row of `logits` (batch, vocab).
 pub fn sample(logits: &Tensor, s: &Sampling) -> Tensor {
     if s.temperature <= 0.0 {
@@ -66,11 +90,15 @@ pub fn sample(logits: &Tensor, s: &Sampling) -> Tensor {
 pub fn generate(model: &Model, prompts: &[Vec<i64>], s: &Sampling, eos: &[i64], pad_id: i64) -> Result<Vec<Generation>> {
     ensure!(!prompts.is_empty(), "no prompts to generate from");
     ensure!(prompts.iter().all(|p| !p.is_empty()), "an empty prompt cannot be continued");
+    s.check()?;
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    model.check_positions(width)?;
+    // Generation stops at the model's context limit.
+    let room = model.max_positions().map_or(usize::MAX, |m| m - width);
     let _guard = tch::no_grad_guard();
     tch::manual_seed(s.seed as i64);
     let device = model.device();
     let b = prompts.len();
-    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(b * width);
     let mut valid = Vec::with_capacity(b * width);
     for p in prompts {
@@ -87,7 +115,11 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], s: &Sampling, eos: &[i64], 
     let padded = ctx.padded;
     let mut logits = model.forward(&ids, &ctx, Some(&mut cache)).select(1, -1);
     let mut out: Vec<Generation> = (0..b).map(|_| Generation { new_ids: vec![], logprobs: vec![], finished: false }).collect();
-    for step in 0..s.max_new_tokens {
+    let max_new = s.max_new_tokens.min(room);
+    for step in 0..max_new {
+        if !bool::try_from(logits.isfinite().all())? {
+            return Err(NonFiniteLogits.into());
+        }
         let next = sample(&logits, s);
         let lp = logits.log_softmax(-1, Kind::Float).gather(1, &next.unsqueeze(1), false).squeeze_dim(1);
         let next_v: Vec<i64> = Vec::<i64>::try_from(next.to_device(Device::Cpu))?;
@@ -103,7 +135,7 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], s: &Sampling, eos: &[i64], 
             g.finished = !s.ignore_eos && eos.contains(&next_v[row]);
             feed.push(next_v[row]);
         }
-        if out.iter().all(|g| g.finished) || step + 1 == s.max_new_tokens {
+        if out.iter().all(|g| g.finished) || step + 1 == max_new {
             break;
         }
         let past = key_valid.size()[1];

@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the map of modules and how one training step flows through them.
 pub mod align;
+pub mod atomic;
 pub mod compare;
 pub mod data;
 pub mod export;

@@ -158,6 +158,7 @@ fn run(cli: Cli) -> Result<()> {
             tokbridge::compare::from_dirs(&runs, &out)?;
         }
         Command::Align { student, teacher, text, max_chunk_tokens, json } => {
+            anyhow::ensure!(max_chunk_tokens > 0, "--max-chunk-tokens must be positive");
             let load = |spec: &str| -> Result<Tokenizer> { Tokenizer::load(&tokbridge::hf::hub::resolve_tokenizer(spec)?) };
             let (st, tt) = (load(&student)?, load(&teacher)?);
             let (sids, sp) = st.text_pieces(&text)?;
@@ -192,6 +193,7 @@ fn run(cli: Cli) -> Result<()> {
             let (m, tok) = open(&model)?;
             let ids = tok.encode(&text, true)?;
             anyhow::ensure!(ids.len() >= 2, "text {text:?} has {} token(s); scoring needs at least 2", ids.len());
+            m.check_positions(ids.len())?;
             let _guard = tch::no_grad_guard();
             let input = Tensor::from_slice(&ids).unsqueeze(0).to_device(m.device());
             let lp = tokbridge::train::token_logprobs(&m.logits(&input), &input).squeeze_dim(0);
@@ -208,9 +210,14 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Generate { model, prompt, max_new_tokens, temperature, top_k, top_p, seed, ignore_eos, json } => {
+            let s = Sampling { max_new_tokens, temperature, top_k, top_p, ignore_eos, seed };
+            s.check().map_err(|e| {
+                let m = e.to_string();
+                let (field, rest) = m.split_once(' ').unwrap_or((&m, ""));
+                anyhow::anyhow!("--{} {rest}", field.replace('_', "-"))
+            })?;
             let (m, tok) = open(&model)?;
             let ids = tok.encode(&prompt, true)?;
-            let s = Sampling { max_new_tokens, temperature, top_k, top_p, ignore_eos, seed };
             let g = generate(&m, &[ids.clone()], &s, &tok.eos_ids, tok.pad_id)?.remove(0);
             let text = tok.decode(&g.new_ids, true)?;
             if json {

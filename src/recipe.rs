@@ -123,6 +123,9 @@ pub struct TrainingSpec {
     /// Save a checkpoint every N steps (and always at the end).
     #[serde(default)]
     pub checkpoint_every: Option<usize>,
+    /// Keep only the newest N checkpoints (all when null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last_checkpoints: Option<usize>,
     /// Recompute each block's activations in the backward pass instead of keeping them
     /// (torchtune's enable_activation_checkpointing, TRL's gradient_checkpointing).
     #[serde(default)]
@@ -629,6 +632,9 @@ pub struct OpdTraining {
     pub micro_batch_size: usize,
     #[serde(default)]
     pub checkpoint_every: Option<usize>,
+    /// Keep only the newest N checkpoints (all when null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last_checkpoints: Option<usize>,
     /// Recompute each student block's activations in the backward pass instead of keeping them.
     #[serde(default)]
     pub activation_checkpointing: bool,
@@ -916,8 +922,25 @@ impl Recipe {
         Ok(recipe)
     }
 
+    /// The directory the recipe writes.
+    pub fn output_dir(&self) -> &Path {
+        match self {
+            Recipe::Sft(r) => &r.output_dir,
+            Recipe::TeacherResponses(r) => &r.output_dir,
+            Recipe::Eval(r) => &r.output_dir,
+            Recipe::Opd(r) => &r.output_dir,
+            Recipe::MakeTask(r) => &r.output_dir,
+            Recipe::TrainTokenizer(r) => &r.output_dir,
+            Recipe::InitModel(r) => &r.output_dir,
+            Recipe::Pipeline(r) => &r.output_dir,
+            Recipe::Compare(r) => &r.output_dir,
+            Recipe::Sweep(r) => &r.output_dir,
+        }
+    }
+
     /// Checks the values serde cannot: ranges and consistency. Errors name the key.
     pub fn validate(&self) -> Result<()> {
+        crate::atomic::check_output_dir(self.output_dir(), "output_dir")?;
         match self {
             Recipe::Sft(r) => {
                 validate_optimizer(&r.optimizer)?;
@@ -945,6 +968,7 @@ impl Recipe {
                 ensure!(r.training.ppo_epochs > 0, "training.ppo_epochs must be positive");
                 ensure!(r.training.micro_batch_size > 0, "training.micro_batch_size must be positive");
                 ensure!(r.training.checkpoint_every != Some(0), "training.checkpoint_every must be positive");
+                ensure!(r.training.keep_last_checkpoints != Some(0), "training.keep_last_checkpoints must be positive");
                 ensure!((0.0..=1.0).contains(&r.lmbda), "lmbda must be in [0, 1]");
                 ensure!(r.rollout.samples_per_prompt > 0, "rollout.samples_per_prompt must be positive");
                 let s = SamplingSpec { temperature: r.rollout.temperature, top_p: r.rollout.top_p, top_k: r.rollout.top_k, max_new_tokens: r.rollout.max_new_tokens };
@@ -1016,9 +1040,9 @@ impl Recipe {
 
 fn validate_optimizer(o: &OptimizerSpec) -> Result<()> {
     ensure!(o.lr > 0.0 && o.lr.is_finite(), "optimizer.lr must be positive");
-    ensure!(o.weight_decay >= 0.0, "optimizer.weight_decay must be >= 0");
+    ensure!(o.weight_decay >= 0.0 && o.weight_decay.is_finite(), "optimizer.weight_decay must be a finite number >= 0");
     ensure!(o.betas.iter().all(|b| (0.0..1.0).contains(b)), "optimizer.betas must be in [0, 1)");
-    ensure!(o.eps > 0.0, "optimizer.eps must be positive");
+    ensure!(o.eps > 0.0 && o.eps.is_finite(), "optimizer.eps must be a finite positive number");
     ensure!(o.grad_clip.map_or(true, |c| c > 0.0), "optimizer.grad_clip must be positive or null");
     Ok(())
 }
@@ -1028,11 +1052,12 @@ fn validate_training(t: &TrainingSpec) -> Result<()> {
     ensure!(t.batch_size > 0, "training.batch_size must be positive");
     ensure!(t.grad_accum > 0, "training.grad_accum must be positive");
     ensure!(t.checkpoint_every != Some(0), "training.checkpoint_every must be positive");
+    ensure!(t.keep_last_checkpoints != Some(0), "training.keep_last_checkpoints must be positive");
     Ok(())
 }
 
 fn validate_sampling(s: &SamplingSpec, key: &str) -> Result<()> {
-    ensure!(s.temperature >= 0.0, "{key}.temperature must be >= 0");
+    ensure!(s.temperature >= 0.0 && s.temperature.is_finite(), "{key}.temperature must be a finite number >= 0");
     ensure!(s.top_p > 0.0 && s.top_p <= 1.0, "{key}.top_p must be in (0, 1]");
     ensure!(s.top_k >= 0, "{key}.top_k must be >= 0");
     ensure!(s.max_new_tokens > 0, "{key}.max_new_tokens must be positive");

@@ -37,11 +37,11 @@ pub fn convert(path: &Path, out: &Path, kind: Kind) -> Result<()> {
     let fam = family(&arch).with_context(|| ctx("architecture"))?;
     let config = config(&g, &arch, fam).with_context(|| ctx("config"))?;
     let (tokenizer, tok_config) = tokenizer(&g, fam).with_context(|| ctx("tokenizer"))?;
-    if out.exists() {
-        ensure!(out.join("config.json").exists() || out.read_dir()?.next().is_none(), "{} exists and is not a model directory; refusing to replace it", out.display());
-    }
+    crate::atomic::clean_around(out)?;
+    crate::atomic::check_output(out, path)?;
+    crate::atomic::check_replaceable(out)?;
 
-    let stage = crate::hf::safetensors::tmp_path(out);
+    let stage = crate::atomic::tmp_path(out);
     if stage.exists() {
         std::fs::remove_dir_all(&stage)?;
     }
@@ -66,15 +66,11 @@ pub fn convert(path: &Path, out: &Path, kind: Kind) -> Result<()> {
         return Err(e);
     }
     // Replace an older conversion only once the new one is complete.
-    let old = out.with_file_name(format!("{}.old{}", out.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
-    if out.exists() {
-        std::fs::rename(out, &old).with_context(|| format!("moving the old {} aside", out.display()))?;
+    let published = crate::atomic::publish_dir(&stage, out);
+    if published.is_err() {
+        let _ = std::fs::remove_dir_all(&stage);
     }
-    std::fs::rename(&stage, out).with_context(|| format!("renaming {} to {}", stage.display(), out.display()))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old)?;
-    }
-    Ok(())
+    published
 }
 
 fn meta_i64(g: &Gguf, key: &str) -> Result<i64> {

@@ -82,6 +82,9 @@ pub struct Gguf {
     map: Mmap,
 }
 
+/// How deep metadata arrays may nest.
+const MAX_ARRAY_DEPTH: usize = 4;
+
 /// A bounds-checked little-endian cursor over the file.
 struct Cursor<'a> {
     bytes: &'a [u8],
@@ -110,7 +113,13 @@ impl Cursor<'_> {
         String::from_utf8(b.to_vec()).context("a string is not UTF-8")
     }
 
-    fn value(&mut self, ty: u32) -> Result<Value> {
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
+    /// A metadata value of type `ty`; `depth` counts the arrays it is nested in (real files
+    /// nest at most one deep; a crafted file must not overflow the stack).
+    fn value(&mut self, ty: u32, depth: usize) -> Result<Value> {
         Ok(match ty {
             0 => Value::Int(self.take(1)?[0] as i64),
             1 => Value::Int(self.take(1)?[0] as i8 as i64),
@@ -122,9 +131,23 @@ impl Cursor<'_> {
             7 => Value::Bool(self.take(1)?[0] != 0),
             8 => Value::Str(self.string()?),
             9 => {
-                let (item, n) = (self.u32()?, self.u64()? as usize);
-                ensure!(n <= self.bytes.len(), "array of {n} items cannot fit in the file");
-                Value::Array((0..n).map(|_| self.value(item)).collect::<Result<_>>()?)
+                ensure!(depth < MAX_ARRAY_DEPTH, "arrays nested more than {MAX_ARRAY_DEPTH} deep");
+                let (item, n) = (self.u32()?, self.u64()?);
+                // Every item takes at least this many bytes of the file: bound before allocating.
+                let least = match item {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    8 | 10..=12 => 8,
+                    9 => 12,
+                    other => bail!("unknown metadata value type {other}"),
+                };
+                ensure!(n.checked_mul(least).is_some_and(|b| b <= self.remaining() as u64), "array of {n} items cannot fit in the file");
+                let mut items = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    items.push(self.value(item, depth + 1)?);
+                }
+                Value::Array(items)
             }
             10 => Value::Int(self.u64()? as i64),
             11 => Value::Int(self.u64()? as i64),
@@ -148,12 +171,14 @@ impl Gguf {
         let version = c.u32()?;
         ensure!(version == 2 || version == 3, "GGUF version {version} (2 and 3 are supported)");
         let (n_tensors, n_kv) = (c.u64()? as usize, c.u64()? as usize);
-        ensure!(n_tensors <= map.len() && n_kv <= map.len(), "impossible tensor or metadata count");
+        // A metadata entry takes at least 12 bytes (key length, type), a tensor record 24.
+        ensure!(n_kv.checked_mul(12).is_some_and(|b| b <= c.remaining()), "impossible metadata count {n_kv}");
+        ensure!(n_tensors.checked_mul(24).is_some_and(|b| b <= c.remaining()), "impossible tensor count {n_tensors}");
         let mut metadata = BTreeMap::new();
         for _ in 0..n_kv {
             let key = c.string()?;
             let ty = c.u32()?;
-            let v = c.value(ty).with_context(|| format!("metadata {key}"))?;
+            let v = c.value(ty, 0).with_context(|| format!("metadata {key}"))?;
             metadata.insert(key, v);
         }
         let mut records = Vec::with_capacity(n_tensors);

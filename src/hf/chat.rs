@@ -27,7 +27,13 @@ pub struct ChatTemplate {
     pub bos_token: String,
     pub eos_token: String,
     specials: Vec<(String, String)>,
+    /// Where the template came from, for errors.
+    origin: String,
 }
+
+/// The most template instructions one render may run: real chat templates take a few
+/// thousand per conversation; a template that loops without end stops here with an error.
+const TEMPLATE_FUEL: u64 = 50_000_000;
 
 /// A special token in tokenizer_config.json: a string or `{"content": ...}`.
 fn token_text(v: Option<&Value>) -> Option<String> {
@@ -48,6 +54,7 @@ impl ChatTemplate {
             Value::Null
         };
         let jinja = dir.join("chat_template.jinja");
+        let origin = if jinja.exists() { jinja.display().to_string() } else { cfg_path.display().to_string() };
         let source = if jinja.exists() {
             Some(std::fs::read_to_string(&jinja).with_context(|| format!("reading {}", jinja.display()))?)
         } else {
@@ -75,7 +82,7 @@ impl ChatTemplate {
             Some(src) => Some(environment(src).with_context(|| format!("{}: chat template does not compile", dir.display()))?),
             None => None,
         };
-        Ok(Self { env, bos_token, eos_token, specials })
+        Ok(Self { env, bos_token, eos_token, specials, origin })
     }
 
     pub fn has_template(&self) -> bool {
@@ -97,7 +104,7 @@ impl ChatTemplate {
             ctx.insert(k.clone(), Value::String(v.clone()));
         }
         let tmpl = env.get_template("chat")?;
-        tmpl.render(minijinja::Value::from_serialize(&ctx)).map_err(|e| anyhow::anyhow!("rendering the chat template: {e:#}"))
+        tmpl.render(minijinja::Value::from_serialize(&ctx)).map_err(|e| anyhow::anyhow!("{}: rendering the chat template: {e:#}", self.origin))
     }
 }
 
@@ -105,6 +112,7 @@ fn environment(source: String) -> Result<minijinja::Environment<'static>> {
     let mut env = minijinja::Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
         Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))

@@ -88,9 +88,9 @@ fn resolve_with(spec: &str, weights: bool) -> Result<PathBuf> {
         let missing = cached_snapshot(&cache, repo, revision)
             .map(|d| missing_files(&d, weights).join(", "))
             .unwrap_or_else(|| "every file (the repo is not cached)".into());
-        bail!("model {spec}: HF_HUB_OFFLINE is set and the cache {} lacks {missing}", cache.display());
+        bail!("model {spec}: no such directory, and HF_HUB_OFFLINE is set and the cache {} lacks {missing} of hub id {repo}", cache.display());
     }
-    download(&cache, repo, revision, weights).with_context(|| format!("model {spec}: not in the cache {} and the download failed", cache.display()))
+    download(&cache, repo, revision, weights).with_context(|| format!("model {spec}: no such directory, and no hub id {repo} in the cache {} (the download failed)", cache.display()))
 }
 
 fn download(cache: &Path, repo: &str, revision: &str, weights: bool) -> Result<PathBuf> {

@@ -156,15 +156,8 @@ pub fn save(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
         .collect::<Result<_, safetensors::SafeTensorError>>()
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let tmp = tmp_path(path);
+    let tmp = crate::atomic::tmp_path(path);
     safetensors::serialize_to_file(views, Some(metadata), &tmp)
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-}
-
-/// A sibling path for writing `path` atomically.
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".tmp{}", std::process::id()));
-    path.with_file_name(name)
+    crate::atomic::publish_file(&tmp, path)
 }

@@ -166,6 +166,7 @@ impl Model {
     /// gradient of its output. Activation memory is then one block's instead of all of them,
     /// for one more forward pass of the blocks; the gradients are the same.
     pub fn backward<T>(&self, ids: &Tensor, recompute: bool, loss_of: impl FnOnce(&Tensor) -> Result<(Tensor, T)>) -> Result<(f64, T)> {
+        self.check_positions(ids.size().last().copied().unwrap_or(0) as usize)?;
         if !recompute {
             let (loss, extra) = loss_of(&self.logits(ids))?;
             if loss.requires_grad() {
@@ -327,6 +328,21 @@ impl Model {
         self.vs.device()
     }
 
+    /// The most positions the model has (config.json `n_positions` or
+    /// `max_position_embeddings`), if it declares them.
+    pub fn max_positions(&self) -> Option<usize> {
+        ["n_positions", "max_position_embeddings"].iter().find_map(|k| self.config.get(*k).and_then(Value::as_u64)).map(|n| n as usize)
+    }
+
+    /// Refuses a sequence of `len` tokens longer than the model's positions, before any tensor
+    /// work (GPT-2's learned position table would otherwise be indexed out of range).
+    pub fn check_positions(&self, len: usize) -> Result<()> {
+        match self.max_positions() {
+            Some(max) if len > max => bail!("{} tokens exceed the {max} positions of {} ({})", len, self.dir.display(), self.family.model_type()),
+            _ => Ok(()),
+        }
+    }
+
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.n_layers)
     }
@@ -349,6 +365,7 @@ struct Pass<'a> {
 impl<'a> Pass<'a> {
     fn new(model: &'a Model, ids: &'a Tensor, recompute: bool) -> Result<Self> {
         let (b, t) = ids.size2().context("ids are (batch, seq)")?;
+        model.check_positions(t as usize)?;
         let ctx = Context::dense(b, t, 0, ids.device());
         let l = model.layers();
         let shared = l.shared(&ctx, model.kind);

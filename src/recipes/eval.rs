@@ -86,9 +86,7 @@ impl Evaluation {
             text.push('\n');
         }
         let path = dir.join(format!("step-{step:06}.jsonl"));
-        let tmp = crate::hf::safetensors::tmp_path(&path);
-        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+        crate::atomic::write(&path, text)
     }
 }
 
@@ -169,6 +167,7 @@ pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &
                 for chunk in encoded.chunks(spec.batch_size) {
                     let refs: Vec<_> = chunk.iter().collect();
                     let b = Batch::new(&refs, tok.pad_id, model.device());
+                    model.check_positions(b.ids.size()[1] as usize)?;
                     let lp = token_logprobs(&model.logits(&b.ids), &b.ids);
                     nll -= (lp * &b.target_mask).sum(Kind::Double).double_value(&[]);
                     count += b.n_targets;

@@ -47,7 +47,7 @@ pub fn run(r: &InitModel) -> Result<()> {
         "dtype": crate::export::dtype_name(kind),
     });
     // Stage the config and tokenizer, build the model from them, initialise, export.
-    let stage = crate::hf::safetensors::tmp_path(&r.output_dir.with_extension("init"));
+    let stage = crate::atomic::tmp_path(&r.output_dir.with_extension("init"));
     std::fs::create_dir_all(&stage)?;
     for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
         if r.tokenizer.join(f).exists() {
@@ -74,7 +74,7 @@ pub fn run(r: &InitModel) -> Result<()> {
             }
         }
     }
-    let out = crate::hf::safetensors::tmp_path(&r.output_dir);
+    let out = crate::atomic::tmp_path(&r.output_dir);
     std::fs::create_dir_all(&out)?;
     write_dir(&model, &stage, &out, kind, u64::MAX)?;
     std::fs::remove_dir_all(&stage)?;

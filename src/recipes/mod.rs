@@ -32,30 +32,36 @@ pub struct RunOptions {
 pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
     match recipe {
         Recipe::Sft(r) => {
-            prepare_run_dir(&r.output_dir, recipe, opts.resume)?;
+            let _lock = prepare_run_dir(&r.output_dir, recipe, opts.resume)?;
             sft::run(r, opts)?;
             export_final(&r.output_dir, r.export_to.as_deref())
         }
         Recipe::TeacherResponses(r) => {
             // Always resumable: finished prompts are kept.
-            prepare_run_dir(&r.output_dir, recipe, true)?;
+            let _lock = prepare_run_dir(&r.output_dir, recipe, true)?;
             teacher_responses::run(r)
         }
         Recipe::Eval(r) => {
-            prepare_run_dir(&r.output_dir, recipe, true)?;
+            let _lock = prepare_run_dir(&r.output_dir, recipe, true)?;
             eval::run(r)
         }
         Recipe::Opd(r) => {
-            prepare_run_dir(&r.output_dir, recipe, opts.resume)?;
+            let _lock = prepare_run_dir(&r.output_dir, recipe, opts.resume)?;
             opd::run(r, opts)?;
             export_final(&r.output_dir, r.export_to.as_deref())
         }
         Recipe::MakeTask(r) => task::run(r),
         Recipe::TrainTokenizer(r) => tokenizer::run(r),
         Recipe::InitModel(r) => init::run(r),
-        Recipe::Pipeline(r) => pipeline::run(r, opts),
+        Recipe::Pipeline(r) => {
+            let _lock = crate::atomic::lock_dir(&r.output_dir)?;
+            pipeline::run(r, opts)
+        }
         Recipe::Compare(r) => crate::compare::run(r),
-        Recipe::Sweep(r) => sweep::run(r, opts),
+        Recipe::Sweep(r) => {
+            let _lock = crate::atomic::lock_dir(&r.output_dir)?;
+            sweep::run(r, opts)
+        }
     }
 }
 
@@ -84,18 +90,17 @@ fn checkpoint_step(run_dir: &Path) -> Result<Option<usize>> {
     Ok((state.step == total || state.counters.contains_key("stopped_at_target")).then_some(state.step))
 }
 
-/// Creates the run directory and writes the resolved recipe. A directory that already holds
-/// a run is only reused with `resume`.
-fn prepare_run_dir(dir: &Path, recipe: &Recipe, resume: bool) -> Result<()> {
-    if !resume && (dir.join("checkpoints").exists() || dir.join("metrics.jsonl").exists()) {
-        bail!("output_dir {} already holds a run; pass --resume to continue it, or choose another output_dir", dir.display());
+/// Creates and locks the run directory (held while the returned lock lives), removes what a
+/// killed process left half-written, and writes the resolved recipe. A directory whose run
+/// has a checkpoint is only reused with `resume`; one without any starts afresh.
+fn prepare_run_dir(dir: &Path, recipe: &Recipe, resume: bool) -> Result<crate::atomic::RunLock> {
+    let lock = crate::atomic::lock_dir(dir).with_context(|| format!("output_dir {}", dir.display()))?;
+    crate::atomic::clean_stale(dir)?;
+    if !resume && crate::train::checkpoint::latest(dir)?.is_some() {
+        bail!("output_dir {} already holds a run with checkpoints; pass --resume to continue it, or choose another output_dir", dir.display());
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating output_dir {}", dir.display()))?;
-    let path = dir.join("recipe.yaml");
-    let tmp = crate::hf::safetensors::tmp_path(&path);
-    std::fs::write(&tmp, recipe.to_yaml()?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(())
+    crate::atomic::write(&dir.join("recipe.yaml"), recipe.to_yaml()?)?;
+    Ok(lock)
 }
 
 /// Loads a recipe's model with its tokenizer and chat template.

@@ -72,13 +72,13 @@ pub fn run(r: &Pipeline, opts: &RunOptions) -> Result<()> {
                 std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
             }
         }
-        write_atomically(&started, &record)?;
+        crate::atomic::write(&started, &record)?;
         eprintln!("[{}/{n}] {name}{}", i + 1, if resume { " (resuming)" } else { "" });
         let t0 = Instant::now();
         super::run(&stage, &RunOptions { resume, fresh: opts.fresh, stop_after: None }).with_context(|| format!("pipeline stage {}", path.display()))?;
         let secs = t0.elapsed().as_secs_f64();
         std::fs::write(marks.join(format!("{name}.json")), serde_json::json!({ "seconds": secs }).to_string())?;
-        write_atomically(&mark, &record)?;
+        crate::atomic::write(&mark, &record)?;
         let _ = std::fs::remove_file(&started);
         eprintln!("[{}/{n}] {name}: {secs:.1} s", i + 1);
     }
@@ -97,8 +97,3 @@ fn without_vars(resolved: &str) -> Result<String> {
     Ok(serde_yaml::to_string(&v)?)
 }
 
-fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let tmp = crate::hf::safetensors::tmp_path(path);
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}

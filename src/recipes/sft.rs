@@ -74,7 +74,7 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
         eprintln!("resuming {} from step {}", run_dir.display(), state.step);
     }
     let mut sampler = Sampler::at(encoded.len(), r.data.shuffle, r.seed, state.epoch, state.index);
-    let mut metrics = Metrics::open(run_dir, r.logging.tensorboard)?;
+    let mut metrics = Metrics::open(run_dir, r.logging.tensorboard, resume_from.as_ref().map(|_| state.step))?;
     let eval_due = |step: usize| r.eval.as_ref().and_then(|e| e.every).is_some_and(|n| step % n == 0);
     // Evaluates and says whether `training.stop_at` is reached.
     let evaluate_now = |metrics: &mut Metrics, step: usize| -> Result<bool> {
@@ -90,7 +90,7 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
     if state.step == 0 && evaluate_now(&mut metrics, 0)? {
         stopped = true;
         state.counters.insert("stopped_at_target".into(), 0.0);
-        checkpoint::save(run_dir, &model, &source_dir, &opt, &state)?;
+        checkpoint::save(run_dir, &model, &source_dir, &opt, &state, r.training.keep_last_checkpoints)?;
     }
 
     let total = r.training.steps;
@@ -157,7 +157,7 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
         }
         let last = state.step == total || stopped;
         if last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0) {
-            checkpoint::save(run_dir, &model, &source_dir, &opt, &state)?;
+            checkpoint::save(run_dir, &model, &source_dir, &opt, &state, r.training.keep_last_checkpoints)?;
         }
         if opts.stop_after == Some(steps_this_run) && !last {
             bar.abandon_with_message("stopped (--stop-after)");

@@ -9,7 +9,6 @@ use crate::recipe::MakeTask;
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::collections::HashSet;
-use std::io::Write;
 
 const NAMES: [&str; 8] = ["Tom", "Anna", "Ravi", "Mei", "Lucas", "Sara", "Omar", "Ines"];
 const THINGS: [(&str, &str, &str); 6] = [
@@ -70,13 +69,8 @@ pub fn run(r: &MakeTask) -> Result<()> {
             continue;
         }
         let path = r.output_dir.join(name);
-        let tmp = crate::hf::safetensors::tmp_path(&path);
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        for (p, s) in rows.iter() {
-            writeln!(f, "{}", json!({ "prompt": p, "response": s }))?;
-        }
-        drop(f);
-        std::fs::rename(&tmp, &path)?;
+        let text: String = rows.iter().map(|(p, s)| format!("{}\n", json!({ "prompt": p, "response": s }))).collect();
+        crate::atomic::write(&path, text)?;
     }
     eprintln!("make_task: {} train, {} validation and {} held-out test problems in {}", train.len(), val.len(), test.len(), r.output_dir.display());
     Ok(())

@@ -23,9 +23,7 @@ pub fn run(r: &TeacherResponses) -> Result<()> {
     let done_lines: Vec<&str> = existing.split_inclusive('\n').filter(|l| l.ends_with('\n')).collect();
     let done = if done_lines.len() >= examples.len() { examples.len() } else { done_lines.len() - done_lines.len() % r.batch_size };
     let kept: String = done_lines[..done].concat();
-    let tmp = crate::hf::safetensors::tmp_path(&out_path);
-    std::fs::write(&tmp, &kept)?;
-    std::fs::rename(&tmp, &out_path)?;
+    crate::atomic::write(&out_path, &kept)?;
     let prior: serde_json::Value = std::fs::read_to_string(&stats_path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(json!({}));
     let (mut generated, mut elapsed) = if done == 0 {
         (0, 0.0)
@@ -78,9 +76,7 @@ pub fn run(r: &TeacherResponses) -> Result<()> {
         elapsed += started.elapsed().as_secs_f64();
         let answered = (b * r.batch_size + batch.len()) as u64;
         let stats = json!({ "prompts": answered, "generated_tokens": generated, "time_s": elapsed });
-        let tmp = crate::hf::safetensors::tmp_path(&stats_path);
-        std::fs::write(&tmp, serde_json::to_string_pretty(&stats)?)?;
-        std::fs::rename(&tmp, &stats_path)?;
+        crate::atomic::write(&stats_path, serde_json::to_string_pretty(&stats)?)?;
         bar.inc(batch.len() as u64);
     }
     bar.finish_with_message("done");

@@ -2,11 +2,13 @@
 //! (model.safetensors under the original tensor names, config and tokenizer files) plus
 //! `optimizer.safetensors` and `state.json` (step, data position, seeds). Each is written
 //! under a temporary name and renamed into place, then `checkpoints/latest` is replaced the
-//! same way, so a kill at any moment leaves the previous checkpoint intact.
-use crate::hf::safetensors::{self, tmp_path};
+//! same way, so a kill at any moment leaves the previous checkpoint intact; files are synced
+//! before each rename, so this holds across a power loss too.
+use crate::atomic::tmp_path;
+use crate::hf::safetensors;
 use crate::models::Model;
 use crate::train::optim::AdamW;
-use anyhow::{Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -45,10 +47,17 @@ pub fn named_weights(model: &Model) -> Vec<(String, tch::Tensor)> {
     w
 }
 
-/// Writes a checkpoint for `state.step` and points `latest` at it. Returns its directory.
-pub fn save(run_dir: &Path, model: &Model, source_dir: &Path, opt: &AdamW, state: &TrainState) -> Result<PathBuf> {
+/// Writes a checkpoint for `state.step`, synced to disk, and points `latest` at it; keeps the
+/// newest `keep_last` checkpoints (all when None). Weights that are not finite are refused, so
+/// a diverged model is never saved as a checkpoint. Returns its directory.
+pub fn save(run_dir: &Path, model: &Model, source_dir: &Path, opt: &AdamW, state: &TrainState, keep_last: Option<usize>) -> Result<PathBuf> {
+    let weights = named_weights(model);
+    if let Some((name, _)) = weights.iter().find(|(_, t)| !bool::try_from(t.isfinite().all()).unwrap_or(false)) {
+        bail!("weights are not finite after step {} (tensor {name}); no checkpoint written. The last good checkpoint is {}", state.step, last_good(run_dir, state.step + 1));
+    }
     let root = run_dir.join("checkpoints");
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    crate::atomic::clean_stale(&root)?;
     let name = format!("step-{:06}", state.step);
     let dir = root.join(&name);
     let tmp = tmp_path(&dir);
@@ -57,21 +66,39 @@ pub fn save(run_dir: &Path, model: &Model, source_dir: &Path, opt: &AdamW, state
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     copy_model_files(source_dir, &tmp)?;
-    safetensors::save(&named_weights(model), &tmp.join("model.safetensors"))?;
+    safetensors::save(&weights, &tmp.join("model.safetensors"))?;
     safetensors::save(&opt.state_tensors(), &tmp.join("optimizer.safetensors"))?;
     std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
+    crate::atomic::sync_tree(&tmp)?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("replacing {}", dir.display()))?;
     }
     std::fs::rename(&tmp, &dir).with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
-    let latest = root.join("latest");
-    let latest_tmp = tmp_path(&latest);
-    std::fs::write(&latest_tmp, &name)?;
-    std::fs::rename(&latest_tmp, &latest)?;
+    crate::atomic::write(&root.join("latest"), &name)?;
+    if let Some(keep) = keep_last {
+        for (_, old) in steps(run_dir).into_iter().rev().skip(keep.max(1)) {
+            std::fs::remove_dir_all(&old).with_context(|| format!("removing the old checkpoint {}", old.display()))?;
+        }
+    }
     Ok(dir)
 }
 
-/// The directory of the newest complete checkpoint of a run, if any.
+/// The run's complete checkpoints as (step, directory), oldest first.
+fn steps(run_dir: &Path) -> Vec<(usize, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(run_dir.join("checkpoints")) else { return vec![] };
+    let mut out: Vec<(usize, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let step = e.file_name().to_str()?.strip_prefix("step-")?.parse().ok()?;
+            e.path().join("state.json").exists().then(|| (step, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The directory of the newest complete checkpoint of a run, if any. `latest` must name a
+/// checkpoint of this run (`step-NNNNNN`), never a path elsewhere.
 pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     let root = run_dir.join("checkpoints");
     let latest = root.join("latest");
@@ -79,8 +106,14 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
         return Ok(None);
     }
     let name = std::fs::read_to_string(&latest).with_context(|| format!("reading {}", latest.display()))?;
-    let dir = root.join(name.trim());
-    anyhow::ensure!(dir.join("state.json").exists(), "{}: names {}, which is incomplete", latest.display(), dir.display());
+    let name = name.trim();
+    ensure!(
+        name.strip_prefix("step-").is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())),
+        "{}: names {name:?}, which is not a checkpoint of this run (step-NNNNNN)",
+        latest.display()
+    );
+    let dir = root.join(name);
+    ensure!(dir.join("state.json").exists(), "{}: names {}, which is incomplete", latest.display(), dir.display());
     Ok(Some(dir))
 }
 
@@ -90,8 +123,13 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
     serde_json::from_str(&text).with_context(|| format!("{}: not a valid state", path.display()))
 }
 
+/// The newest checkpoint whose weights gave a finite loss, when step `failed` (1-based) went
+/// non-finite: the weights of checkpoint `failed - 1` produced that loss, so it is not good.
+fn last_good(run_dir: &Path, failed: usize) -> String {
+    steps(run_dir).into_iter().rev().find(|(s, _)| s + 2 <= failed).map_or("none".into(), |(_, d)| d.display().to_string())
+}
+
 /// The error that stops a run whose loss became NaN or infinite, naming the last good checkpoint.
 pub fn non_finite_loss(run_dir: &Path, loss: f64, step: usize) -> anyhow::Error {
-    let last = latest(run_dir).ok().flatten().map_or("none".into(), |d| d.display().to_string());
-    anyhow::anyhow!("non-finite loss ({loss}) at step {step}; stopping. The last good checkpoint is {last}")
+    anyhow::anyhow!("non-finite loss ({loss}) at step {step}; stopping. The last good checkpoint is {}", last_good(run_dir, step))
 }

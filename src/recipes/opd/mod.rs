@@ -96,7 +96,7 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
         eprintln!("resuming {} from step {}", run_dir.display(), state.step);
     }
     let mut sampler = Sampler::at(examples.len(), r.data.shuffle, r.seed, state.epoch, state.index);
-    let mut metrics = Metrics::open(run_dir, r.logging.tensorboard)?;
+    let mut metrics = Metrics::open(run_dir, r.logging.tensorboard, resume_from.as_ref().map(|_| state.step))?;
     // Each evaluation: the scorers and their generations, the held-out gap of the student's
     // samples under this run's rollout settings, and a readable dump of a few of them.
     let evaluate_now = |metrics: &mut Metrics, step: usize| -> Result<Vec<(String, f64)>> {
@@ -139,7 +139,10 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
         let seed = r.seed.wrapping_add(1 + state.step as u64);
 
         // Rollout, teacher view, teacher scoring, alignment, old log-probs.
-        let mut rollouts = make_rollouts(&plan, &student, &teacher, &examples, &prompts, &picks, on_policy, seed)?;
+        let mut rollouts = make_rollouts(&plan, &student, &teacher, &examples, &prompts, &picks, on_policy, seed).map_err(|e| {
+            // A diverged student cannot be sampled: the documented non-finite stop.
+            if e.downcast_ref::<crate::generate::NonFiniteLogits>().is_some() { checkpoint::non_finite_loss(run_dir, f64::NAN, state.step + 1) } else { e }
+        })?;
         let t_rollout = started.elapsed().as_secs_f64();
         let keeps = match r.loss {
             OpdLoss::Uld | OpdLoss::GoldHybrid => TeacherKeeps::Distributions,
@@ -223,11 +226,12 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
         bar.set_message(format!("loss {loss_value:.4} gap {:.3} masked {:.0}%", diag.gap_per_token(), 100.0 * diag.masked as f64 / diag.tokens.max(1) as f64));
         bar.inc(1);
         let last = state.step == total;
-        if last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0) {
-            checkpoint::save(run_dir, &student.model, &source_dir, &opt, &state)?;
-        }
+        // Evaluate before the checkpoint, so a checkpoint's step always has its evaluation.
         if last || r.eval.as_ref().and_then(|e| e.every).is_some_and(|n| state.step % n == 0) {
             evaluate_now(&mut metrics, state.step)?;
+        }
+        if last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0) {
+            checkpoint::save(run_dir, &student.model, &source_dir, &opt, &state, r.training.keep_last_checkpoints)?;
         }
         if opts.stop_after == Some(steps_this_run) && !last {
             bar.abandon_with_message("stopped (--stop-after)");

@@ -246,6 +246,7 @@ pub fn score_teacher(teacher: &Side, rollouts: &mut [Rollout], micro: usize, kee
         for &i in group {
             flat.extend(rollouts[i].teacher_ids.iter().copied().chain(std::iter::repeat(pad)).take(len));
         }
+        teacher.model.check_positions(len).context("the teacher's tokens of a rollout")?;
         let ids = Tensor::from_slice(&flat).view([group.len() as i64, len as i64]).to_device(teacher.device());
         let hidden = teacher.model.hidden(&ids);
         let logits = teacher.model.head(&hidden);

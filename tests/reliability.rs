@@ -1,0 +1,241 @@
+//! Nothing lost, nothing clobbered, no panics: the defects of a crash-and-bad-input probe
+//! (issue 17), each through the `tokbridge` binary. Exports replace only what tokbridge wrote
+//! and never land inside a run's checkpoints; a run directory has one process at a time;
+//! a diverged OPD run, NaN sampling settings, inputs past a model's positions, crafted GGUF
+//! files, huge JSONL lines and endless chat templates end in one-line errors; resume cuts
+//! metrics back to its checkpoint; `latest` cannot point outside its run.
+mod common;
+
+use common::tempdir::TempDir;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn tokbridge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tokbridge")).current_dir(env!("CARGO_MANIFEST_DIR")).args(args).output().expect("tokbridge runs")
+}
+
+/// Asserts a failure with a one-line error (no panic) that contains every needle.
+fn fails_with(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, stderr: {err}");
+    assert_eq!(out.status.code(), Some(1), "exit status {:?} (101 is a panic): {err}", out.status.code());
+    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    for n in needles {
+        assert!(last.contains(n), "error {last:?} should mention {n:?}");
+    }
+}
+
+fn ok(out: Output) -> Output {
+    assert!(out.status.success(), "tokbridge failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn sft(run: &Path, extra: &[&str], flags: &[&str]) -> Output {
+    let dir = format!("output_dir={}", run.display());
+    let mut args = vec!["run", "recipes/sft/tiny.yaml", &dir, "logging.progress=false"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(flags);
+    tokbridge(&args)
+}
+
+#[test]
+fn export_replaces_only_what_tokbridge_wrote() {
+    let tmp = TempDir::new();
+    let model = "tests/fixtures/models/llama";
+    // A project folder that happens to hold a config.json is refused and kept whole.
+    let project = tmp.path().join("project");
+    std::fs::create_dir_all(project.join("data")).unwrap();
+    std::fs::write(project.join("config.json"), "{}").unwrap();
+    std::fs::write(project.join("NOTES.md"), "notes").unwrap();
+    std::fs::write(project.join("data/important.csv"), "a,b").unwrap();
+    fails_with(&tokbridge(&["export", model, "--out", p(&project)]), &["project", "NOTES.md", "refusing"]);
+    assert_eq!(std::fs::read_to_string(project.join("data/important.csv")).unwrap(), "a,b");
+    // An export is replaced by the next export.
+    let out = tmp.path().join("export");
+    ok(tokbridge(&["export", model, "--out", p(&out)]));
+    assert!(out.join(".tokbridge-export").exists());
+    ok(tokbridge(&["export", model, "--out", p(&out), "--dtype", "bf16"]));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["dtype"], "bfloat16");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".tmp") || n.contains(".old")).collect();
+    assert!(leftovers.is_empty(), "temporaries left: {leftovers:?}");
+}
+
+#[test]
+fn export_into_a_runs_checkpoints_or_its_source_is_refused() {
+    let tmp = TempDir::new();
+    let run = tmp.path().join("run");
+    ok(sft(&run, &["training.steps=2", "training.checkpoint_every=1", "eval=null"], &[]));
+    let ckpt = run.join("checkpoints/step-000001");
+    let before = std::fs::read(ckpt.join("optimizer.safetensors")).unwrap();
+    fails_with(&tokbridge(&["export", p(&run), "--out", p(&ckpt)]), &["checkpoints", "choose a directory outside it"]);
+    fails_with(&tokbridge(&["export", "tests/fixtures/models/llama", "--out", "tests/fixtures/models/llama/sub"]), &["overlaps its source"]);
+    assert_eq!(std::fs::read(ckpt.join("optimizer.safetensors")).unwrap(), before, "the checkpoint is intact");
+    ok(sft(&run, &["training.steps=3", "training.checkpoint_every=1", "eval=null"], &["--resume"]));
+}
+
+#[test]
+fn an_interrupted_replacement_is_restored_before_the_next_export() {
+    let tmp = TempDir::new();
+    let out = tmp.path().join("export");
+    ok(tokbridge(&["export", "tests/fixtures/models/llama", "--out", p(&out)]));
+    // As if killed between the two renames: the old export only at NAME.oldPID of a dead pid.
+    let aside = tmp.path().join("export.old4194400");
+    std::fs::rename(&out, &aside).unwrap();
+    std::fs::create_dir_all(tmp.path().join("export.tmp4194400")).unwrap();
+    ok(tokbridge(&["export", "tests/fixtures/models/qwen3", "--out", p(&out)]));
+    assert!(!aside.exists() && !tmp.path().join("export.tmp4194400").exists(), "stale temporaries are cleaned");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model_type"], "qwen3", "the restored old export was then replaced by the new one");
+}
+
+#[test]
+fn a_run_directory_has_one_process_at_a_time() {
+    let tmp = TempDir::new();
+    let run = tmp.path().join("run");
+    let dir = format!("output_dir={}", run.display());
+    let mut first = Command::new(env!("CARGO_BIN_EXE_tokbridge"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["run", "recipes/sft/tiny.yaml", &dir, "logging.progress=false", "training.steps=100000", "eval=null"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !run.join("metrics.jsonl").exists() && t0.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let second = sft(&run, &["training.steps=2", "eval=null"], &["--resume"]);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    fails_with(&second, &["in use by another tokbridge process", &format!("pid {}", first.id())]);
+    // The OS released the killed process's lock: the run resumes (here: from no checkpoint,
+    // so it starts afresh, and the metrics of the killed attempt are dropped).
+    ok(sft(&run, &["training.steps=2", "eval=null"], &["--resume"]));
+    let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 2, "one line per step of the finished run: {lines}");
+}
+
+#[test]
+fn a_diverging_opd_run_and_nan_sampling_stop_with_an_error_not_a_panic() {
+    let tmp = TempDir::new();
+    let dir = format!("output_dir={}", tmp.path().join("opd").display());
+    let out = tokbridge(&["run", "recipes/opd/tiny.yaml", &dir, "logging.progress=false", "optimizer.lr=1.0e+30", "optimizer.grad_clip=null", "eval=null", "training.checkpoint_every=1"]);
+    fails_with(&out, &["non-finite", "last good checkpoint"]);
+    let gen = |flag: &str, v: &str| tokbridge(&["generate", "--model", "tests/fixtures/models/llama", "--prompt", "Tom has", &format!("{flag}={v}")]);
+    fails_with(&gen("--temperature", "NaN"), &["--temperature"]);
+    fails_with(&gen("--temperature", "-1"), &["--temperature"]);
+    fails_with(&gen("--top-p", "7"), &["--top-p"]);
+    fails_with(&gen("--top-p", "0"), &["--top-p"]);
+    fails_with(&gen("--top-k", "-3"), &["--top-k"]);
+    fails_with(&tokbridge(&["align", "--student", "tests/fixtures/models/llama", "--teacher", "tests/fixtures/models/qwen3", "--text", "12", "--max-chunk-tokens", "0"]), &["--max-chunk-tokens"]);
+}
+
+#[test]
+fn inputs_past_a_models_positions_are_refused_and_generation_stops_at_the_limit() {
+    let gpt2 = "tests/fixtures/models/gpt2"; // n_positions 256
+    let long = "word ".repeat(400);
+    fails_with(&tokbridge(&["score", "--model", gpt2, "--text", &long]), &["exceed the 256 positions", "gpt2"]);
+    let out = ok(tokbridge(&["generate", "--model", gpt2, "--prompt", &"word ".repeat(60), "--max-new-tokens", "100000000000", "--ignore-eos", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (prompt, new) = (v["ids"].as_array().unwrap().len(), v["new_ids"].as_array().unwrap().len());
+    assert_eq!(prompt + new, 256, "generation fills the context and stops ({prompt} + {new})");
+}
+
+#[test]
+fn crafted_gguf_files_are_errors() {
+    let tmp = TempDir::new();
+    let header = |n_kv: u64| [b"GGUF".as_slice(), &3u32.to_le_bytes(), &0u64.to_le_bytes(), &n_kv.to_le_bytes()].concat();
+    let key = |k: &str| [&(k.len() as u64).to_le_bytes()[..], k.as_bytes()].concat();
+    // Arrays of arrays 100,000 deep.
+    let mut nested = [header(1), key("x"), 9u32.to_le_bytes().to_vec()].concat();
+    for _ in 0..100_000 {
+        nested.extend(9u32.to_le_bytes());
+        nested.extend(1u64.to_le_bytes());
+    }
+    // An array that claims 2^40 strings.
+    let huge = [header(1), key("x"), 9u32.to_le_bytes().to_vec(), 8u32.to_le_bytes().to_vec(), (1u64 << 40).to_le_bytes().to_vec()].concat();
+    for (name, bytes, needle) in [("nested.gguf", nested, "nested more than"), ("huge.gguf", huge, "cannot fit in the file")] {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        fails_with(&tokbridge(&["convert", "--gguf", p(&path), "--out", p(&tmp.path().join("out"))]), &[name, needle]);
+    }
+}
+
+#[test]
+fn a_huge_jsonl_line_is_an_error() {
+    let tmp = TempDir::new();
+    let data = tmp.path().join("big.jsonl");
+    std::fs::write(&data, format!("{{\"prompt\": \"{}\", \"response\": \"1\"}}\n", "x".repeat(2 << 20))).unwrap();
+    let train = format!("data.train={}", data.display());
+    fails_with(&sft(&tmp.path().join("run"), &[&train, "eval=null"], &[]), &["big.jsonl:1", "longer than 1 MiB"]);
+}
+
+#[test]
+fn an_endless_chat_template_stops_with_its_path() {
+    let tmp = common::scratch_copy("qwen3");
+    std::fs::write(tmp.path().join("chat_template.jinja"), "{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}x{% endfor %}{% endfor %}{% endfor %}").unwrap();
+    let data = tmp.path().join("d.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"1+1\", \"response\": \"2\"}\n").unwrap();
+    let run = tmp.path().join("run");
+    let (model, train) = (format!("model.path={}", tmp.path().display()), format!("data.train={}", data.display()));
+    fails_with(&sft(&run, &[&model, &train, "eval=null"], &[]), &["chat_template.jinja", "fuel"]);
+}
+
+#[test]
+fn bad_output_dirs_and_numbers_are_refused_by_name() {
+    let tmp = TempDir::new();
+    for bad in ["output_dir=", "output_dir=null", "output_dir=/", "output_dir=\"\""] {
+        fails_with(&tokbridge(&["run", "recipes/sft/tiny.yaml", bad]), &["output_dir"]);
+    }
+    let run = format!("output_dir={}", tmp.path().join("r").display());
+    fails_with(&tokbridge(&["run", "recipes/sft/tiny.yaml", &run, "optimizer.eps=.inf"]), &["optimizer.eps"]);
+    fails_with(&tokbridge(&["run", "recipes/sft/tiny.yaml", &run, "optimizer.weight_decay=.inf"]), &["optimizer.weight_decay"]);
+    fails_with(&tokbridge(&["score", "--model", "bad/nonexistent_dir", "--text", "hi"]), &["no such directory", "bad/nonexistent_dir"]);
+}
+
+#[test]
+fn resume_cuts_metrics_back_to_its_checkpoint_and_latest_stays_inside_the_run() {
+    let tmp = TempDir::new();
+    let (full, cut) = (tmp.path().join("full"), tmp.path().join("cut"));
+    let extra = ["training.steps=6", "training.checkpoint_every=2", "eval.every=2", "eval.scorers=[nll]"];
+    ok(sft(&full, &extra, &[]));
+    ok(sft(&cut, &extra, &["--stop-after", "3"]));
+    // As if killed after step 3's line was half-written: the checkpoint is at step 2.
+    let mut text = std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap();
+    text.push_str("{\"step\":4,\"train/lo");
+    std::fs::write(cut.join("metrics.jsonl"), text).unwrap();
+    ok(sft(&cut, &extra, &["--resume"]));
+    let strip = |run: &Path| -> Vec<String> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                for k in ["time_s", "train/tokens_per_s", "memory/peak_gib"] {
+                    v.as_object_mut().unwrap().remove(k);
+                }
+                v.to_string()
+            })
+            .collect()
+    };
+    assert_eq!(strip(&cut), strip(&full), "no duplicate, torn or missing line after the resume");
+    // A second run without --resume is refused only because there are checkpoints.
+    fails_with(&sft(&cut, &extra, &[]), &["--resume"]);
+    std::fs::write(cut.join("checkpoints/latest"), p(&full.join("checkpoints/step-000006"))).unwrap();
+    fails_with(&sft(&cut, &extra, &["--resume"]), &["latest", "not a checkpoint of this run"]);
+}
+
+#[test]
+fn keep_last_checkpoints_prunes_the_oldest() {
+    let tmp = TempDir::new();
+    let run = tmp.path().join("run");
+    ok(sft(&run, &["training.steps=5", "training.checkpoint_every=1", "training.keep_last_checkpoints=2", "eval=null"], &[]));
+    let mut names: Vec<String> = std::fs::read_dir(run.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["latest", "step-000004", "step-000005"]);
+}
