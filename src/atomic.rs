@@ -19,6 +19,35 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// A crash injected for tests (built with the `faults` feature only, as the tests build it):
+/// when `TOKBRIDGE_FAULT` is `POINT:N`, the N-th time this process reaches `POINT` it aborts
+/// as a kill -9 would, leaving whatever was written so far. Points: `checkpoint` (before a
+/// checkpoint's rename), `latest` (before `checkpoints/latest` is replaced), `metrics` (before
+/// a metrics record is written), `export` (before an export replaces its output).
+#[cfg(feature = "faults")]
+pub fn fault(point: &str) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static SEEN: std::sync::Mutex<Vec<(String, AtomicUsize)>> = std::sync::Mutex::new(Vec::new());
+    let Ok(spec) = std::env::var("TOKBRIDGE_FAULT") else { return };
+    let Some((at, n)) = spec.split_once(':') else { return };
+    if at != point {
+        return;
+    }
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if !seen.iter().any(|(p, _)| p == point) {
+        seen.push((point.to_string(), AtomicUsize::new(0)));
+    }
+    let count = seen.iter().find(|(p, _)| p == point).map_or(0, |(_, c)| c.fetch_add(1, Ordering::SeqCst) + 1);
+    if n.parse() == Ok(count) {
+        eprintln!("fault injected at {point} #{count}");
+        std::process::abort();
+    }
+}
+
+#[cfg(not(feature = "faults"))]
+#[inline(always)]
+pub fn fault(_: &str) {}
+
 /// Flushes a file or directory to disk.
 fn sync(path: &Path) -> Result<()> {
     File::open(path).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", path.display()))
@@ -132,6 +161,7 @@ pub fn publish_dir(staged: &Path, out: &Path) -> Result<()> {
         return sync_parent(out);
     }
     check_replaceable(out)?;
+    fault("export");
     if exchange(staged, out)? {
         // `staged` now holds the old directory.
         sync_parent(out)?;

@@ -239,3 +239,53 @@ fn keep_last_checkpoints_prunes_the_oldest() {
     names.sort();
     assert_eq!(names, ["latest", "step-000004", "step-000005"]);
 }
+
+/// Crash safety as a repeatable test: the run is killed (abort, as kill -9) at every
+/// checkpoint rename, every `latest` update and every metrics write, and each time a resume
+/// gives the uninterrupted run's metrics (no duplicate or missing line) and identical weights.
+#[test]
+fn a_run_killed_at_any_write_resumes_to_the_uninterrupted_result() {
+    let tmp = TempDir::new();
+    let extra = ["training.steps=6", "training.checkpoint_every=2", "eval.every=2", "eval.scorers=[nll]", "logging.tensorboard=false"];
+    let full = tmp.path().join("full");
+    ok(sft(&full, &extra, &[]));
+    let lines = |run: &Path| -> Vec<String> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                for k in ["time_s", "train/tokens_per_s", "memory/peak_gib"] {
+                    v.as_object_mut().unwrap().remove(k);
+                }
+                v.to_string()
+            })
+            .collect()
+    };
+    let weights = |run: &Path| std::fs::read(run.join("checkpoints/step-000006/model.safetensors")).unwrap();
+    let n_records = lines(&full).len();
+    assert_eq!(n_records, 10, "6 steps and 4 evaluations");
+    let points: Vec<String> = (1..=3).flat_map(|i| [format!("checkpoint:{i}"), format!("latest:{i}")]).chain((1..=n_records).map(|i| format!("metrics:{i}"))).collect();
+    for point in &points {
+        let run = tmp.path().join(point.replace(':', "-"));
+        let dir = format!("output_dir={}", run.display());
+        let mut args = vec!["run", "recipes/sft/tiny.yaml", dir.as_str(), "logging.progress=false"];
+        args.extend_from_slice(&extra);
+        let killed = Command::new(env!("CARGO_BIN_EXE_tokbridge")).current_dir(env!("CARGO_MANIFEST_DIR")).args(&args).env("TOKBRIDGE_FAULT", point).output().unwrap();
+        assert!(!killed.status.success() && String::from_utf8_lossy(&killed.stderr).contains("fault injected"), "{point}: no fault: {}", String::from_utf8_lossy(&killed.stderr));
+        ok(sft(&run, &extra, &["--resume"]));
+        assert_eq!(lines(&run), lines(&full), "{point}: metrics after the resume");
+        assert!(weights(&run) == weights(&full), "{point}: final weights differ");
+        let stale: Vec<_> = std::fs::read_dir(run.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".tmp")).collect();
+        assert!(stale.is_empty(), "{point}: temporaries left: {stale:?}");
+    }
+    // An export killed just before it replaces its output leaves the old export whole.
+    let out = tmp.path().join("export");
+    ok(tokbridge(&["export", "tests/fixtures/models/llama", "--out", p(&out)]));
+    let before = std::fs::read(out.join("model.safetensors")).unwrap();
+    let killed = Command::new(env!("CARGO_BIN_EXE_tokbridge")).current_dir(env!("CARGO_MANIFEST_DIR")).args(["export", p(&full), "--out", p(&out)]).env("TOKBRIDGE_FAULT", "export:1").output().unwrap();
+    assert!(!killed.status.success());
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), before, "the old export is intact");
+    ok(tokbridge(&["export", p(&full), "--out", p(&out)]));
+    assert_ne!(std::fs::read(out.join("model.safetensors")).unwrap(), before);
+}

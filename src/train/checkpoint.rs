@@ -70,10 +70,12 @@ pub fn save(run_dir: &Path, model: &Model, source_dir: &Path, opt: &AdamW, state
     safetensors::save(&opt.state_tensors(), &tmp.join("optimizer.safetensors"))?;
     std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
     crate::atomic::sync_tree(&tmp)?;
+    crate::atomic::fault("checkpoint");
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("replacing {}", dir.display()))?;
     }
     std::fs::rename(&tmp, &dir).with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
+    crate::atomic::fault("latest");
     crate::atomic::write(&root.join("latest"), &name)?;
     if let Some(keep) = keep_last {
         for (_, old) in steps(run_dir).into_iter().rev().skip(keep.max(1)) {

@@ -85,6 +85,7 @@ impl Metrics {
             obj.insert(k.to_string(), serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, Into::into));
         }
         let line = format!("{}\n", serde_json::Value::Object(obj));
+        crate::atomic::fault("metrics");
         self.jsonl.write_all(line.as_bytes()).with_context(|| format!("writing {}", self.path.display()))?;
         if let Some((file, w)) = &mut self.tb {
             let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
