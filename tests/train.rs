@@ -184,7 +184,9 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     let out = sft(&run, &["optimizer.lr=1.0e+30", "optimizer.grad_clip=null", "schedule.warmup_steps=0", "training.checkpoint_every=1", "eval=null"], &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("non-finite loss") && err.contains("step-000001"), "{err}");
+    // Step 2's loss is NaN, so the weights of checkpoint 1 (after one update at lr 1e30, about
+    // 1e29) produced it: that checkpoint is not good, and there is none before it.
+    assert!(err.contains("non-finite loss") && err.contains("at step 2") && err.contains("The last good checkpoint is none"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(std::fs::read_to_string(run.join("checkpoints/latest")).unwrap(), "step-000001");
 }
