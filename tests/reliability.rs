@@ -289,3 +289,18 @@ fn a_run_killed_at_any_write_resumes_to_the_uninterrupted_result() {
     ok(tokbridge(&["export", p(&full), "--out", p(&out)]));
     assert_ne!(std::fs::read(out.join("model.safetensors")).unwrap(), before);
 }
+
+/// A full disk while logging (simulated with a file-size limit: writes past it fail as on a
+/// full disk) is a one-line error, not a panic in a TensorBoard writer thread.
+#[test]
+fn a_full_disk_while_logging_is_an_error() {
+    let tmp = TempDir::new();
+    let run = tmp.path().join("run");
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 16; exec '{}' run recipes/sft/tiny.yaml output_dir='{}' logging.progress=false training.steps=100000 training.checkpoint_every=null eval=null",
+        env!("CARGO_BIN_EXE_tokbridge"),
+        run.display()
+    );
+    let out = Command::new("bash").current_dir(env!("CARGO_MANIFEST_DIR")).args(["-c", &script]).output().unwrap();
+    fails_with(&out, &["writing", "run/"]);
+}
