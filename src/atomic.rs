@@ -94,6 +94,8 @@ fn is_export_file(name: &str) -> bool {
     crate::train::checkpoint::MODEL_FILES.contains(&name)
         || name == "model.safetensors"
         || name == "model.safetensors.index.json"
+        || name == "adapter_model.safetensors"
+        || name == "adapter_config.json"
         || (name.starts_with("model-") && name.ends_with(".safetensors"))
         || name == MARKER
 }

@@ -6,7 +6,7 @@
 //! only a directory tokbridge wrote is replaced (`atomic`).
 use crate::atomic::tmp_path;
 use crate::hf::safetensors;
-use crate::train::checkpoint::{self, copy_model_files, named_weights};
+use crate::train::checkpoint::{self, copy_model_files};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -39,20 +39,42 @@ pub fn declared_dtype(config: &Value) -> Kind {
 }
 
 /// Exports `src` to `out` in `kind` (None: the dtype its config declares), converting on
-/// `device`.
-pub fn export(src: &str, out: &Path, kind: Option<Kind>, max_shard_bytes: u64, device: Device) -> Result<()> {
+/// `device`. A LoRA run or PEFT adapter directory exports as a PEFT adapter directory (with the
+/// base's tokenizer files), or with `merge` as the merged full model.
+pub fn export(src: &str, out: &Path, kind: Option<Kind>, max_shard_bytes: u64, device: Device, merge: bool) -> Result<()> {
     crate::atomic::clean_around(out)?;
     let dir = source_dir(src)?;
     crate::atomic::check_output(out, &dir)?;
     crate::atomic::check_replaceable(out)?;
-    let model = crate::models::load(&dir, device, Kind::Float)?;
+    let adapter = dir.join("adapter_config.json").is_file().then(|| dir.clone());
+    let base = match &adapter {
+        Some(a) => {
+            let cfg: Value = serde_json::from_str(&std::fs::read_to_string(a.join("adapter_config.json"))?).with_context(|| format!("{}: not valid JSON", a.join("adapter_config.json").display()))?;
+            let base = cfg["base_model_name_or_path"].as_str().with_context(|| format!("{}: no base_model_name_or_path", a.join("adapter_config.json").display()))?;
+            crate::hf::hub::resolve(base)?
+        }
+        None => dir.clone(),
+    };
+    let model = crate::models::load_adapted(&base, device, Kind::Float, adapter.as_deref(), None)?;
     let kind = kind.unwrap_or_else(|| declared_dtype(&model.config));
     let tmp = tmp_path(out);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let result = write_dir(&model, &dir, &tmp, kind, max_shard_bytes).and_then(|()| crate::atomic::publish_dir(&tmp, out));
+    let written = if adapter.is_some() && !merge {
+        crate::train::checkpoint::save_adapters(&model, &base, &tmp).and_then(|()| {
+            for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"] {
+                if base.join(f).exists() {
+                    std::fs::copy(base.join(f), tmp.join(f)).with_context(|| format!("copying {}", base.join(f).display()))?;
+                }
+            }
+            Ok(())
+        })
+    } else {
+        write_dir(&model, &base, &tmp, kind, max_shard_bytes)
+    };
+    let result = written.and_then(|()| crate::atomic::publish_dir(&tmp, out));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
@@ -70,7 +92,8 @@ pub fn write_dir(model: &crate::models::Model, src: &Path, dst: &Path, kind: Kin
         }
     }
     std::fs::write(dst.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-    let weights: Vec<(String, tch::Tensor)> = named_weights(model).into_iter().map(|(n, t)| (n, t.to_kind(kind))).collect();
+    // With adapters, the merged weights (PEFT's merge_and_unload).
+    let weights: Vec<(String, tch::Tensor)> = model.merged_weights().into_iter().map(|(n, t)| (n, t.to_kind(kind))).collect();
     let elt = kind.elt_size_in_bytes() as u64;
     // Greedy packing in name order, as transformers' save_pretrained does.
     let mut shards: Vec<Vec<(String, tch::Tensor)>> = vec![vec![]];

@@ -27,6 +27,9 @@ struct ModelArgs {
     /// f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// A PEFT LoRA adapter directory applied on top of the model.
+    #[arg(long)]
+    adapter: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -84,6 +87,9 @@ enum Command {
         /// Where to load and convert the weights: cpu, cuda, cuda:N or auto.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// For a LoRA run or adapter: write the merged full model instead of the adapter.
+        #[arg(long)]
+        merge: bool,
     },
     /// Convert a GGUF file (llama.cpp) into a Hugging Face model directory.
     Convert {
@@ -144,7 +150,7 @@ fn main() {
 fn open(args: &ModelArgs) -> Result<(tokbridge::models::Model, tokbridge::hf::tokenizer::Tokenizer)> {
     let device = runtime::parse_device(&args.device)?;
     let kind = runtime::parse_dtype(&args.dtype)?;
-    runtime::load(&args.model, device, kind)
+    runtime::load_adapted(&args.model, device, kind, args.adapter.as_deref(), None)
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -180,9 +186,9 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{} chunks ({one} 1:1); {} student / {} teacher tokens; {masked} student tokens masked", chunks.len(), sids.len(), tids.len());
             }
         }
-        Command::Export { src, out, dtype, max_shard_bytes, device } => {
+        Command::Export { src, out, dtype, max_shard_bytes, device, merge } => {
             let kind = dtype.as_deref().map(runtime::parse_dtype).transpose()?;
-            tokbridge::export::export(&src, &out, kind, max_shard_bytes, runtime::parse_device(&device)?)?;
+            tokbridge::export::export(&src, &out, kind, max_shard_bytes, runtime::parse_device(&device)?, merge)?;
             eprintln!("exported {src} to {}", out.display());
         }
         Command::Convert { gguf, out, dtype } => {

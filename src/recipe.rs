@@ -21,6 +21,12 @@ pub struct ModelSpec {
     /// Overrides the recipe's `device` for this model.
     #[serde(default)]
     pub device: Option<String>,
+    /// A PEFT adapter directory applied on top of `path` (and trained further with `lora`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+    /// Train LoRA adapters instead of the full model (sft, and opd's student).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<crate::nn::lora::LoraSpec>,
 }
 
 fn f32() -> String {
@@ -945,6 +951,9 @@ impl Recipe {
             Recipe::Sft(r) => {
                 validate_optimizer(&r.optimizer)?;
                 validate_training(&r.training)?;
+                if let Some(l) = &r.model.lora {
+                    l.validate("model.lora")?;
+                }
                 if let Some(s) = &r.training.stop_at {
                     ensure!(s.at_least.is_some() != s.at_most.is_some(), "training.stop_at needs exactly one of at_least and at_most");
                     ensure!(r.eval.as_ref().is_some_and(|e| e.every.is_some()), "training.stop_at needs eval.every (it is checked at each evaluation)");
@@ -963,6 +972,10 @@ impl Recipe {
             Recipe::Eval(r) => validate_eval(&r.eval, true)?,
             Recipe::Opd(r) => {
                 validate_optimizer(&r.optimizer)?;
+                if let Some(l) = &r.student.lora {
+                    l.validate("student.lora")?;
+                }
+                ensure!(r.teacher.lora.is_none(), "teacher.lora: the teacher is not trained (an adapter on it is teacher.adapter)");
                 ensure!(r.training.steps > 0, "training.steps must be positive");
                 ensure!(r.training.prompts_per_step > 0, "training.prompts_per_step must be positive");
                 ensure!(r.training.ppo_epochs > 0, "training.ppo_epochs must be positive");

@@ -57,8 +57,18 @@ pub fn parse_dtype(s: &str) -> Result<Kind> {
 
 /// Resolves `spec` (directory or hub id) and loads the model and its tokenizer.
 pub fn load(spec: &str, device: Device, kind: Kind) -> Result<(Model, Tokenizer)> {
+    load_adapted(spec, device, kind, None, None)
+}
+
+/// `load` with LoRA adapters (`models::load_adapted`).
+pub fn load_adapted(spec: &str, device: Device, kind: Kind, adapter: Option<&str>, lora: Option<&crate::nn::lora::LoraSpec>) -> Result<(Model, Tokenizer)> {
     let dir = hub::resolve(spec)?;
-    let model = models::load(&dir, device, kind).with_context(|| format!("loading model {spec}"))?;
+    // Adapters are local PEFT directories.
+    let adapter = adapter.map(std::path::PathBuf::from);
+    if let Some(a) = &adapter {
+        anyhow::ensure!(a.join("adapter_config.json").is_file(), "adapter {}: no adapter_config.json there", a.display());
+    }
+    let model = models::load_adapted(&dir, device, kind, adapter.as_deref(), lora).with_context(|| format!("loading model {spec}"))?;
     let tok = Tokenizer::load(&dir)?;
     Ok((model, tok))
 }

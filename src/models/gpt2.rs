@@ -46,15 +46,21 @@ fn yes() -> bool {
 struct Conv1D {
     weight: Tensor,
     bias: Tensor,
+    lora: Option<crate::nn::lora::Adapter>,
 }
 
 impl Conv1D {
     fn new(p: Path, n_in: i64, n_out: i64) -> Self {
-        Self { weight: p.var("weight", &[n_in, n_out], Init::Const(0.)), bias: p.var("bias", &[n_out], Init::Const(0.)) }
+        let lora = crate::nn::lora::attach(&p, n_in, n_out);
+        Self { weight: p.var("weight", &[n_in, n_out], Init::Const(0.)), bias: p.var("bias", &[n_out], Init::Const(0.)), lora }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.matmul(&self.weight) + &self.bias
+        let y = x.matmul(&self.weight) + &self.bias;
+        match &self.lora {
+            Some(a) => y + a.delta(x),
+            None => y,
+        }
     }
 }
 

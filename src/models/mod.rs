@@ -12,7 +12,8 @@ pub mod phi3;
 
 use crate::hf::safetensors::Checkpoint;
 use crate::nn::attention::{Context, KvCache, Mask};
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
+use crate::nn::lora::LoraSpec;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
@@ -87,6 +88,16 @@ pub struct Model {
     /// How many logits one chunk of `backward_tokens` may hold; `None`: 2^25 (128 MiB in
     /// float32) on the CPU, 2^27 on a GPU.
     pub logits_per_chunk: Option<i64>,
+    /// LoRA adapters on top of the (then frozen) base weights.
+    pub adapters: Option<Adapters>,
+}
+
+/// A model's LoRA adapters: their settings and their own store (float32).
+pub struct Adapters {
+    pub spec: LoraSpec,
+    pub vs: VarStore,
+    /// Whether they train (a recipe's `lora:`) or only apply (a loaded adapter).
+    pub trainable: bool,
 }
 
 /// One family's forward pass in parts, so that a caller can run the blocks itself
@@ -328,6 +339,32 @@ impl Model {
         self.vs.device()
     }
 
+    /// The store whose variables training updates: the adapters under LoRA, else the model.
+    pub fn trainable(&self) -> &VarStore {
+        match &self.adapters {
+            Some(a) => &a.vs,
+            None => &self.vs,
+        }
+    }
+
+    /// The base weights with the adapters merged in (`W + scale B A`, PEFT's
+    /// `merge_and_unload`), by Hugging Face name; the model itself is unchanged.
+    pub fn merged_weights(&self) -> Vec<(String, Tensor)> {
+        let mut w = crate::train::checkpoint::named_weights_of(&self.vs);
+        let Some(ad) = &self.adapters else { return w };
+        let vars = ad.vs.variables();
+        let _guard = tch::no_grad_guard();
+        for (name, t) in w.iter_mut() {
+            let Some(module) = name.strip_suffix(".weight") else { continue };
+            let (Some(a), Some(b)) = (vars.get(&format!("{module}.lora_A.weight")), vars.get(&format!("{module}.lora_B.weight"))) else { continue };
+            let delta = b.matmul(a) * ad.spec.scale();
+            // GPT-2's Conv1D stores its weight (in, out).
+            let delta = if self.family == Family::Gpt2 { delta.tr() } else { delta };
+            *t = (t.to_kind(Kind::Float) + delta.to_device(t.device())).to_kind(t.kind());
+        }
+        w
+    }
+
     /// The most positions the model has (config.json `n_positions` or
     /// `max_position_embeddings`), if it declares them.
     pub fn max_positions(&self) -> Option<usize> {
@@ -449,6 +486,49 @@ fn parse<T: serde::de::DeserializeOwned>(config: &Value, path: &Path) -> Result<
 
 /// Loads the model in `dir` (config.json + safetensors) onto `device` in `kind`.
 pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Model> {
+    load_adapted(dir, device, kind, None, None)
+}
+
+/// `load`, with LoRA adapters: read from a PEFT adapter directory `adapter` (applied, and
+/// trained further when `lora` is also given), or made fresh as `lora` says (trained). The
+/// base weights are then frozen.
+pub fn load_adapted(dir: &Path, device: Device, kind: Kind, adapter: Option<&Path>, lora: Option<&LoraSpec>) -> Result<Model> {
+    let spec = match adapter {
+        Some(a) => Some(LoraSpec::from_peft_config(&a.join("adapter_config.json"))?),
+        None => lora.cloned(),
+    };
+    let Some(spec) = spec else { return load_base(dir, device, kind) };
+    let (built, avs) = crate::nn::lora::with_adapters(&spec, device, || load_base(dir, device, kind));
+    let mut model = built?;
+    let n = avs.variables().len();
+    ensure!(n > 0, "lora.target_modules {:?}: no layer of {} ({}) has that name", spec.target_modules, dir.display(), model.family.model_type());
+    if let Some(a) = adapter {
+        let path = a.join("adapter_model.safetensors");
+        let ckpt = Checkpoint::open_file(&path)?;
+        let mut vars = avs.variables();
+        let _guard = tch::no_grad_guard();
+        for stored in ckpt.names() {
+            let name = crate::nn::lora::our_name(stored);
+            let mut var = vars.remove(&name).with_context(|| format!("{}: unexpected tensor {stored} (no such adapter on this base)", path.display()))?;
+            let t = ckpt.tensor(stored)?;
+            ensure!(t.size() == var.size(), "{}: tensor {stored} has shape {:?}, the adapter config implies {:?}", path.display(), t.size(), var.size());
+            var.f_copy_(&t.to_kind(Kind::Float).to_device(device))?;
+        }
+        if let Some(name) = vars.keys().min() {
+            bail!("{}: missing tensor {}", path.display(), crate::nn::lora::peft_name(name));
+        }
+    }
+    model.vs.freeze();
+    let trainable = lora.is_some();
+    let mut avs = avs;
+    if !trainable {
+        avs.freeze();
+    }
+    model.adapters = Some(Adapters { spec, vs: avs, trainable });
+    Ok(model)
+}
+
+fn load_base(dir: &Path, device: Device, kind: Kind) -> Result<Model> {
     let (mut model, tied) = build(dir, device)?;
     let checkpoint = Checkpoint::open(dir)?;
     fill(&model.vs, &checkpoint, model.family, tied)?;
@@ -501,7 +581,7 @@ pub fn build(dir: &Path, device: Device) -> Result<(Model, bool)> {
             (Arch::Gpt2(m), c.n_layer, true)
         }
     };
-    Ok((Model { family, arch, vs, config, dir: dir.to_path_buf(), kind: Kind::Float, n_layers: n_layers as usize, logits_per_chunk: None }, tied))
+    Ok((Model { family, arch, vs, config, dir: dir.to_path_buf(), kind: Kind::Float, n_layers: n_layers as usize, logits_per_chunk: None, adapters: None }, tied))
 }
 
 /// The name a stored tensor has in our VarStore (GPT-2 hub files lack the `transformer.` prefix).

@@ -5,6 +5,7 @@
 //! (`p / "q_proj"` makes `...q_proj.weight`) and filled by `models::load`. Numerics follow
 //! transformers: norms compute in float32 and cast back, as `LlamaRMSNorm` and `GemmaRMSNorm` do.
 pub mod attention;
+pub mod lora;
 pub mod rotary;
 
 use anyhow::{bail, Result};
@@ -16,17 +17,23 @@ use tch::{Kind, Tensor};
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// LoRA adapters when the model was built with them for this layer.
+    pub lora: Option<lora::Adapter>,
 }
 
 impl Linear {
     pub fn new(p: Path, in_dim: i64, out_dim: i64, bias: bool) -> Self {
         let weight = p.var("weight", &[out_dim, in_dim], Init::Const(0.));
         let bias = bias.then(|| p.var("bias", &[out_dim], Init::Const(0.)));
-        Self { weight, bias }
+        Self { weight, bias, lora: lora::attach(&p, in_dim, out_dim) }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        match &self.lora {
+            Some(a) => y + a.delta(x),
+            None => y,
+        }
     }
 }
 

@@ -71,7 +71,7 @@ fn export_final(run_dir: &Path, to: Option<&Path>) -> Result<()> {
     if checkpoint_step(run_dir)?.is_none() {
         return Ok(()); // stopped early (--stop-after): nothing final to export
     }
-    crate::export::export(&run_dir.display().to_string(), to, Some(tch::Kind::Float), 5_000_000_000, Device::Cpu)?;
+    crate::export::export(&run_dir.display().to_string(), to, Some(tch::Kind::Float), 5_000_000_000, Device::Cpu, false)?;
     eprintln!("exported {} to {}", run_dir.display(), to.display());
     Ok(())
 }
@@ -106,8 +106,12 @@ fn prepare_run_dir(dir: &Path, recipe: &Recipe, resume: bool) -> Result<crate::a
 /// Loads a recipe's model with its tokenizer and chat template.
 pub fn load_model(spec: &ModelSpec, device: Device) -> Result<(Model, Tokenizer, ChatTemplate)> {
     let kind = crate::runtime::parse_dtype(&spec.dtype).context("model.dtype")?;
-    let (model, tok) = crate::runtime::load(&spec.path, device, kind)?;
-    eprintln!("model {} ({}, {}) on {}", spec.path, model.family.model_type(), spec.dtype, crate::runtime::describe(device));
+    let (model, tok) = crate::runtime::load_adapted(&spec.path, device, kind, spec.adapter.as_deref(), spec.lora.as_ref())?;
+    let lora = match &model.adapters {
+        Some(a) => format!(", LoRA r {} on {}{}", a.spec.r, a.spec.target_modules.join(","), if a.trainable { "" } else { ", frozen" }),
+        None => String::new(),
+    };
+    eprintln!("model {} ({}, {}{lora}) on {}", spec.path, model.family.model_type(), spec.dtype, crate::runtime::describe(device));
     let chat = ChatTemplate::load(&model.dir)?;
     Ok((model, tok, chat))
 }

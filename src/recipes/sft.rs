@@ -29,7 +29,7 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
     let resume_from = if opts.resume { checkpoint::latest(run_dir)? } else { None };
     let mut spec = r.model.clone();
     if let Some(dir) = &resume_from {
-        spec.path = dir.display().to_string();
+        spec = checkpoint::resume_spec(&spec, dir);
     }
     let (model, tok, chat) = super::load_model(&spec, device)?;
     let source_dir = model.dir.clone();
@@ -65,7 +65,7 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
         _ => vec![],
     };
 
-    let mut opt = AdamW::new(&model.vs, &r.optimizer);
+    let mut opt = AdamW::new(model.trainable(), &r.optimizer);
     let mut state = TrainState { step: 0, epoch: 0, index: 0, counters: Default::default() };
     if let Some(dir) = &resume_from {
         state = checkpoint::read_state(dir)?;

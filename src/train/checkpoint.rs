@@ -1,5 +1,6 @@
 //! Checkpoints: `run_dir/checkpoints/step-NNNNNN/` is a complete Hugging Face model directory
-//! (model.safetensors under the original tensor names, config and tokenizer files) plus
+//! (model.safetensors under the original tensor names, config and tokenizer files; under LoRA
+//! a PEFT adapter directory on the base model instead) plus
 //! `optimizer.safetensors` and `state.json` (step, data position, seeds). Each is written
 //! under a temporary name and renamed into place, then `checkpoints/latest` is replaced the
 //! same way, so a kill at any moment leaves the previous checkpoint intact; files are synced
@@ -40,18 +41,33 @@ pub fn copy_model_files(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The model's parameters under their Hugging Face names, sorted.
+/// The model's parameters under their Hugging Face names, sorted (the base weights; adapters
+/// are not among them).
 pub fn named_weights(model: &Model) -> Vec<(String, tch::Tensor)> {
-    let mut w: Vec<_> = model.vs.variables().into_iter().map(|(n, t)| (n, t.detach())).collect();
+    named_weights_of(&model.vs)
+}
+
+/// A store's variables by name, sorted.
+pub fn named_weights_of(vs: &tch::nn::VarStore) -> Vec<(String, tch::Tensor)> {
+    let mut w: Vec<_> = vs.variables().into_iter().map(|(n, t)| (n, t.detach())).collect();
     w.sort_by(|a, b| a.0.cmp(&b.0));
     w
+}
+
+/// Writes a model's LoRA adapters as a PEFT adapter directory's two files in `dir`.
+pub fn save_adapters(model: &Model, base: &Path, dir: &Path) -> Result<()> {
+    let ad = model.adapters.as_ref().context("the model has no adapters")?;
+    let named: Vec<(String, tch::Tensor)> = named_weights_of(&ad.vs).into_iter().map(|(n, t)| (crate::nn::lora::peft_name(&n), t)).collect();
+    safetensors::save(&named, &dir.join("adapter_model.safetensors"))?;
+    let config = ad.spec.peft_config(&base.display().to_string());
+    std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&config)?).with_context(|| format!("writing {}", dir.join("adapter_config.json").display()))
 }
 
 /// Writes a checkpoint for `state.step`, synced to disk, and points `latest` at it; keeps the
 /// newest `keep_last` checkpoints (all when None). Weights that are not finite are refused, so
 /// a diverged model is never saved as a checkpoint. Returns its directory.
 pub fn save(run_dir: &Path, model: &Model, source_dir: &Path, opt: &AdamW, state: &TrainState, keep_last: Option<usize>) -> Result<PathBuf> {
-    let weights = named_weights(model);
+    let weights = named_weights_of(model.trainable());
     if let Some((name, _)) = weights.iter().find(|(_, t)| !bool::try_from(t.isfinite().all()).unwrap_or(false)) {
         bail!("weights are not finite after step {} (tensor {name}); no checkpoint written. The last good checkpoint is {}", state.step, last_good(run_dir, state.step + 1));
     }
@@ -65,8 +81,13 @@ pub fn save(run_dir: &Path, model: &Model, source_dir: &Path, opt: &AdamW, state
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    copy_model_files(source_dir, &tmp)?;
-    safetensors::save(&weights, &tmp.join("model.safetensors"))?;
+    if model.adapters.is_some() {
+        // LoRA: the checkpoint is a PEFT adapter directory on the base model.
+        save_adapters(model, source_dir, &tmp)?;
+    } else {
+        copy_model_files(source_dir, &tmp)?;
+        safetensors::save(&weights, &tmp.join("model.safetensors"))?;
+    }
     safetensors::save(&opt.state_tensors(), &tmp.join("optimizer.safetensors"))?;
     std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
     crate::atomic::sync_tree(&tmp)?;
@@ -97,6 +118,18 @@ fn steps(run_dir: &Path) -> Vec<(usize, PathBuf)> {
         .collect();
     out.sort();
     out
+}
+
+/// The model a run resumes from its checkpoint `dir`: the checkpoint itself, or under LoRA the
+/// same base with the checkpoint's adapters, trained further.
+pub fn resume_spec(spec: &crate::recipe::ModelSpec, dir: &Path) -> crate::recipe::ModelSpec {
+    let mut s = spec.clone();
+    if s.lora.is_some() {
+        s.adapter = Some(dir.display().to_string());
+    } else {
+        s.path = dir.display().to_string();
+    }
+    s
 }
 
 /// The directory of the newest complete checkpoint of a run, if any. `latest` must name a

@@ -42,7 +42,7 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
     let resume_from = if opts.resume { checkpoint::latest(run_dir)? } else { None };
     let mut student_spec = r.student.clone();
     if let Some(dir) = &resume_from {
-        student_spec.path = dir.display().to_string();
+        student_spec = checkpoint::resume_spec(&student_spec, dir);
     }
     let student = load_side(&student_spec, &r.device)?;
     let mut teacher = load_side(&r.teacher, &r.device)?;
@@ -87,7 +87,7 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
         _ => vec![],
     };
 
-    let mut opt = AdamW::new(&student.model.vs, &r.optimizer);
+    let mut opt = AdamW::new(student.model.trainable(), &r.optimizer);
     let mut state = TrainState { step: 0, epoch: 0, index: 0, counters: Default::default() };
     if let Some(dir) = &resume_from {
         state = checkpoint::read_state(dir)?;
