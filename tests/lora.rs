@@ -134,3 +134,39 @@ fn a_lora_run_trains_resumes_exactly_and_exports_a_peft_adapter() {
     assert!(close(&applied, &merged_lp, 1e-4), "adapter on the fly {applied:?} vs merged {merged_lp:?}");
     assert!(!close(&plain, &applied, 1e-3), "the trained adapter changes nothing");
 }
+
+/// Parity with PEFT itself (scripts/fixtures/make_lora_reference.py, peft 0.21.2): an adapter
+/// PEFT wrote gives PEFT's log-probs here; the adapter tokbridge exported gives here the
+/// log-probs PEFT computed with it; `export --merge` equals PEFT's merge_and_unload.
+#[test]
+fn adapters_match_peft_both_ways_and_merge_equals_merge_and_unload() {
+    for name in ["llama", "gpt2"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora").join(name);
+        let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        let floats = |k: &str| -> Vec<f64> { reference[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
+        let ids: Vec<i64> = reference["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        let base = common::fixtures().join(name);
+        let ours = |adapter: &Path| -> Vec<f64> {
+            let m = tokbridge::models::load_adapted(&base, Device::Cpu, Kind::Float, Some(adapter), None).unwrap();
+            let t = Tensor::from_slice(&ids).unsqueeze(0);
+            let lp = tch::no_grad(|| tokbridge::train::token_logprobs(&m.logits(&t), &t)).squeeze_dim(0);
+            Vec::<f32>::try_from(lp).unwrap().into_iter().map(f64::from).collect()
+        };
+        for (adapter, key) in [("peft-adapter", "peft_adapter_logprobs"), ("ours-adapter", "ours_adapter_logprobs_by_peft")] {
+            let (got, want) = (ours(&dir.join(adapter)), floats(key));
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(got.len() == want.len() && err <= 1e-4, "{name} {adapter}: max |ours - PEFT| = {err}");
+        }
+        // Our merge of PEFT's adapter against merge_and_unload.
+        let m = tokbridge::models::load_adapted(&base, Device::Cpu, Kind::Float, Some(&dir.join("peft-adapter")), None).unwrap();
+        let merged: std::collections::HashMap<String, Tensor> = m.merged_weights().into_iter().collect();
+        let want = tokbridge::hf::safetensors::Checkpoint::open_file(&dir.join("merged.safetensors")).unwrap();
+        let names: Vec<String> = want.names().map(String::from).collect();
+        assert!(!names.is_empty());
+        for n in names {
+            let ours_name = if name == "gpt2" && !n.starts_with("transformer.") { format!("transformer.{n}") } else { n.clone() };
+            let err = (&merged[&ours_name] - want.tensor(&n).unwrap()).abs().max().double_value(&[]);
+            assert!(err <= 1e-6, "{name} {n}: merged weight differs by {err}");
+        }
+    }
+}

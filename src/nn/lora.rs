@@ -50,8 +50,9 @@ impl LoraSpec {
         self.target_modules.iter().any(|t| module == t || module.ends_with(&format!(".{t}")))
     }
 
-    /// PEFT's adapter_config.json for these adapters on `base`.
-    pub fn peft_config(&self, base: &str) -> serde_json::Value {
+    /// PEFT's adapter_config.json for these adapters on `base` (`fan_in_fan_out` for GPT-2's
+    /// Conv1D layers, whose weights are stored (in, out)).
+    pub fn peft_config(&self, base: &str, fan_in_fan_out: bool) -> serde_json::Value {
         serde_json::json!({
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
@@ -62,7 +63,7 @@ impl LoraSpec {
             "target_modules": self.target_modules,
             "use_rslora": self.use_rslora,
             "bias": "none",
-            "fan_in_fan_out": false,
+            "fan_in_fan_out": fan_in_fan_out,
             "inference_mode": true,
             "modules_to_save": null,
         })
