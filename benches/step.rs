@@ -4,6 +4,7 @@
 //!   cargo bench --bench step -- train  [--hidden 384 --layers 8 ...]   forward + backward + AdamW
 //!   cargo bench --bench step -- train --full-logits                     the same on unchunked logits
 //!   cargo bench --bench step -- sample                                  8 prompts, 128 new tokens
+//!   cargo bench --bench step -- train --lora 16                         LoRA rank 16 on every projection
 //!
 //! The model is a randomly initialised llama (about 30M parameters by default: hidden 384,
 //! 8 layers, 6 heads / 2 KV heads, MLP 1536, vocabulary 32000, tied), float32, on the CPU with
@@ -34,10 +35,12 @@ pub struct Args {
     full_logits: bool,
     /// `Model::logits_per_chunk` (0: the default).
     chunk: i64,
+    /// LoRA rank on all seven projections, base frozen (0: full training).
+    lora: i64,
 }
 
 pub fn parse(argv: &[String]) -> Args {
-    let mut a = Args { mode: "train".into(), hidden: 384, layers: 8, heads: 6, kv_heads: 2, inter: 1536, vocab: 32000, batch: 8, seq: 256, new_tokens: 128, reps: 10, threads: 2, full_logits: false, chunk: 0 };
+    let mut a = Args { mode: "train".into(), hidden: 384, layers: 8, heads: 6, kv_heads: 2, inter: 1536, vocab: 32000, batch: 8, seq: 256, new_tokens: 128, reps: 10, threads: 2, full_logits: false, chunk: 0, lora: 0 };
     let mut it = argv.iter().filter(|x| *x != "--bench");
     while let Some(k) = it.next() {
         let mut v = || it.next().expect("a value after the flag").parse::<i64>().expect("an integer");
@@ -56,6 +59,7 @@ pub fn parse(argv: &[String]) -> Args {
             "--reps" => a.reps = v() as usize,
             "--threads" => a.threads = v() as i32,
             "--logits-per-chunk" => a.chunk = v(),
+            "--lora" => a.lora = v(),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -72,7 +76,18 @@ fn model(a: &Args) -> tokbridge::models::Model {
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let (m, _) = tokbridge::models::build(&dir, Device::Cpu).unwrap();
+    let spec = tokbridge::nn::lora::LoraSpec {
+        r: a.lora.max(1),
+        alpha: 2.0 * a.lora.max(1) as f64,
+        target_modules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].map(String::from).to_vec(),
+        use_rslora: false,
+    };
+    let (mut m, adapters) = if a.lora > 0 {
+        let (built, vs) = tokbridge::nn::lora::with_adapters(&spec, Device::Cpu, || tokbridge::models::build(&dir, Device::Cpu));
+        (built.unwrap().0, Some(vs))
+    } else {
+        (tokbridge::models::build(&dir, Device::Cpu).unwrap().0, None)
+    };
     std::fs::remove_dir_all(&dir).unwrap();
     tch::manual_seed(0);
     let _g = tch::no_grad_guard();
@@ -82,6 +97,10 @@ fn model(a: &Args) -> tokbridge::models::Model {
         } else {
             let _ = t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.02));
         }
+    }
+    if let Some(vs) = adapters {
+        m.vs.freeze();
+        m.adapters = Some(tokbridge::models::Adapters { spec, vs, trainable: true });
     }
     m
 }
@@ -104,7 +123,7 @@ pub fn run(a: &Args) -> serde_json::Value {
     match a.mode.as_str() {
         "train" => {
             let spec = OptimizerSpec { lr: 1e-4, weight_decay: 0.01, betas: [0.9, 0.999], eps: 1e-8, grad_clip: None };
-            let mut opt = AdamW::new(&m.vs, &spec);
+            let mut opt = AdamW::new(m.trainable(), &spec);
             let ids = Tensor::randint(a.vocab, [a.batch, a.seq], (Kind::Int64, Device::Cpu));
             let mut parts = [0f64; 2];
             for rep in 0..a.reps + 2 {
