@@ -26,18 +26,15 @@ pub fn tmp_path(path: &Path) -> PathBuf {
 /// a metrics record is written), `export` (before an export replaces its output).
 #[cfg(feature = "faults")]
 pub fn fault(point: &str) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static SEEN: std::sync::Mutex<Vec<(String, AtomicUsize)>> = std::sync::Mutex::new(Vec::new());
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let Ok(spec) = std::env::var("TOKBRIDGE_FAULT") else { return };
     let Some((at, n)) = spec.split_once(':') else { return };
     if at != point {
         return;
     }
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-    if !seen.iter().any(|(p, _)| p == point) {
-        seen.push((point.to_string(), AtomicUsize::new(0)));
-    }
-    let count = seen.iter().find(|(p, _)| p == point).map_or(0, |(_, c)| c.fetch_add(1, Ordering::SeqCst) + 1);
+    seen.push(point.to_string());
+    let count = seen.iter().filter(|p| *p == point).count();
     if n.parse() == Ok(count) {
         eprintln!("fault injected at {point} #{count}");
         std::process::abort();

@@ -136,14 +136,15 @@ pub struct TrainingSpec {
     /// (torchtune's enable_activation_checkpointing, TRL's gradient_checkpointing).
     #[serde(default)]
     pub activation_checkpointing: bool,
-    /// Stop at the first evaluation where an evaluation metric reaches a value (then `steps` is
-    /// the most it may take): a warm-up that stops inside an accuracy band on the validation
+    /// Stop at the first evaluation where every listed metric reaches its value (then `steps`
+    /// is the most it may take): a warm-up that stops inside an accuracy band on the validation
     /// split rather than after a step count that lands differently at every seed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop_at: Option<StopAt>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop_at: Vec<StopAt>,
 }
 
-/// `stop_at: {metric: eval/exact_match, at_least: 0.7}` (or `at_most:` for a loss).
+/// One condition of `stop_at: [{metric: eval/exact_match, at_least: 0.7}, ...]` (or
+/// `at_most:` for a loss).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StopAt {
@@ -954,8 +955,8 @@ impl Recipe {
                 if let Some(l) = &r.model.lora {
                     l.validate("model.lora")?;
                 }
-                if let Some(s) = &r.training.stop_at {
-                    ensure!(s.at_least.is_some() != s.at_most.is_some(), "training.stop_at needs exactly one of at_least and at_most");
+                for s in &r.training.stop_at {
+                    ensure!(s.at_least.is_some() != s.at_most.is_some(), "training.stop_at: {} needs exactly one of at_least and at_most", s.metric);
                     ensure!(r.eval.as_ref().is_some_and(|e| e.every.is_some()), "training.stop_at needs eval.every (it is checked at each evaluation)");
                 }
                 ensure!(r.data.max_length >= 2, "data.max_length must be at least 2");

@@ -100,7 +100,7 @@ fn sft_stops_at_the_first_evaluation_that_reaches_its_target() {
     assert_eq!(nll.iter().map(|p| p.0).collect::<Vec<_>>(), [0, 2, 4, 6, 8]);
     assert!(nll[2].1 < nll[1].1, "held-out NLL should fall from step 2 to 4: {nll:?}");
     // A target between the step-2 and step-4 values: the run must stop at step 4.
-    let target = format!("training.stop_at={{metric: eval/nll, at_most: {}}}", (nll[1].1 + nll[2].1) / 2.0);
+    let target = format!("training.stop_at=[{{metric: eval/nll, at_most: {}}}]", (nll[1].1 + nll[2].1) / 2.0);
     let export = format!("export_to={}", stop.join("export").display());
     ok(sft(&stop, &[&extra[..], &[target.as_str(), export.as_str()]].concat(), &[]));
     assert_eq!(std::fs::read_to_string(stop.join("checkpoints/latest")).unwrap(), "step-000004");
@@ -111,7 +111,7 @@ fn sft_stops_at_the_first_evaluation_that_reaches_its_target() {
     ok(sft(&stop, &[&extra[..], &[target.as_str()]].concat(), &["--resume"]));
     assert_eq!(losses(&stop).len(), 4, "resuming a stopped run trains no further");
     // A metric the evaluation does not report names itself.
-    let bad = sft(&tmp.path().join("bad"), &[&extra[..], &["training.stop_at={metric: eval/exact_match, at_least: 0.5}"]].concat(), &[]);
+    let bad = sft(&tmp.path().join("bad"), &[&extra[..], &["training.stop_at=[{metric: eval/exact_match, at_least: 0.5}]"]].concat(), &[]);
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("training.stop_at.metric") && err.contains("eval/exact_match"), "{err}");
 }

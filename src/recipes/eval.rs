@@ -108,8 +108,28 @@ fn correct(generated: &str, reference: Option<&str>) -> bool {
     }
 }
 
+/// Whether a response says what the reference says except for its numbers: the two are equal
+/// with every run of digits replaced by one `#`. It tells a student that follows the format
+/// and copies the prompt's names and objects (its errors are in the numbers) from one that
+/// does not, which exact match of the final answer cannot see.
+pub fn same_words(response: &str, reference: &str) -> bool {
+    fn mask(s: &str) -> String {
+        let mut out = String::with_capacity(s.len());
+        for c in s.trim().chars() {
+            if !c.is_ascii_digit() {
+                out.push(c);
+            } else if !out.ends_with('#') {
+                out.push('#');
+            }
+        }
+        out
+    }
+    mask(response) == mask(reference)
+}
+
 /// Runs every scorer of `spec` on `examples`. Returns (metric name, value) pairs:
-/// `eval/exact_match`, `eval/response_tokens`, `eval/avg@k`, `eval/nll`, `eval/ppl`, and the
+/// `eval/exact_match`, `eval/response_tokens`, `eval/words_match` (`same_words`), `eval/avg@k`,
+/// `eval/nll`, `eval/ppl`, and the
 /// greedy generations of `exact_match`.
 pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &[Example], spec: &EvalSpec, seed: u64, show: bool) -> Result<Evaluation> {
     let examples = &examples[..spec.max_examples.unwrap_or(examples.len()).min(examples.len())];
@@ -121,12 +141,13 @@ pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &
             Scorer::ExactMatch => {
                 let s = Sampling { max_new_tokens: spec.max_new_tokens, temperature: 0.0, seed, ..Sampling::default() };
                 let bar = metrics::progress(examples.len() as u64, "eval", show);
-                let (mut hits, mut tokens) = (0usize, 0usize);
+                let (mut hits, mut tokens, mut words) = (0usize, 0usize, 0usize);
                 for (chunk, exs) in prompts.chunks(spec.batch_size).zip(examples.chunks(spec.batch_size)) {
                     for (g, e) in generate(model, chunk, &s, &tok.eos_ids, tok.pad_id)?.iter().zip(exs) {
                         let response = tok.decode(&g.new_ids, true)?;
                         let ok = correct(&response, e.response());
                         hits += usize::from(ok);
+                        words += usize::from(e.response().is_some_and(|r| same_words(&response, r)));
                         tokens += g.new_ids.len();
                         generations.push(Generated {
                             prompt: e.prompt().last().map(|m| m.content.clone()).unwrap_or_default(),
@@ -141,6 +162,7 @@ pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &
                 bar.finish_and_clear();
                 out.push(("eval/exact_match".into(), hits as f64 / examples.len() as f64));
                 out.push(("eval/response_tokens".into(), tokens as f64 / examples.len() as f64));
+                out.push(("eval/words_match".into(), words as f64 / examples.len() as f64));
             }
             Scorer::AvgAtK(a) => {
                 let sp = a.sampling();
@@ -248,5 +270,14 @@ mod tests {
         assert!(!answers_match("42", "43"));
         assert!(correct("work\n#### $1,000", Some("x\n#### 1000")));
         assert!(!correct("#### 12", None));
+    }
+
+    #[test]
+    fn words_match_ignores_numbers_only() {
+        let reference = "Omar starts with 3214 books. After getting 100 more: 3214 + 100 = 3314.\n#### 3314";
+        assert!(same_words("Omar starts with 3214 books. After getting 100 more: 3214 + 100 = 3214.\n#### 3214", reference));
+        assert!(!same_words("Mei starts with 3214 books. After getting 100 more: 3214 + 100 = 3314.\n#### 3314", reference));
+        assert!(!same_words("Omar starts with 3214 apples. After getting 100 more: 3214 + 100 = 3314.\n#### 3314", reference));
+        assert!(!same_words("Omar starts with 3214 books.", reference));
     }
 }

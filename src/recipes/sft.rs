@@ -83,7 +83,10 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
         let (values, _) = evaluate_run(&student, judge, &eval_examples, spec, r.seed, r.logging.progress, run_dir, step)?;
         let logged: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         metrics.log(step, &logged)?;
-        r.training.stop_at.as_ref().map_or(Ok(false), |s| s.reached(&values))
+        if r.training.stop_at.is_empty() {
+            return Ok(false);
+        }
+        r.training.stop_at.iter().try_fold(true, |all, s| Ok(all & s.reached(&values)?))
     };
     // A run that stopped at its target is finished; resuming it trains no further.
     let mut stopped = state.counters.contains_key("stopped_at_target");
@@ -151,9 +154,8 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
         if (state.step == total || eval_due(state.step)) && evaluate_now(&mut metrics, state.step)? {
             stopped = true;
             state.counters.insert("stopped_at_target".into(), state.step as f64);
-            if let Some(s) = &r.training.stop_at {
-                eprintln!("{}: {} reached its target at step {}; training stops", run_dir.display(), s.metric, state.step);
-            }
+            let names: Vec<&str> = r.training.stop_at.iter().map(|s| s.metric.as_str()).collect();
+            eprintln!("{}: {} reached the targets at step {}; training stops", run_dir.display(), names.join(" and "), state.step);
         }
         let last = state.step == total || stopped;
         if last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0) {
