@@ -139,12 +139,39 @@ pub struct TrainingSpec {
     /// Stop at the first evaluation where every listed metric reaches its value (then `steps`
     /// is the most it may take): a warm-up that stops inside an accuracy band on the validation
     /// split rather than after a step count that lands differently at every seed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "one_or_many")]
     pub stop_at: Vec<StopAt>,
 }
 
-/// One condition of `stop_at: [{metric: eval/exact_match, at_least: 0.7}, ...]` (or
-/// `at_most:` for a loss).
+/// `stop_at: {...}` for one condition, `stop_at: [{...}, ...]` for several (all must hold).
+mod one_or_many {
+    use super::StopAt;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        One(StopAt),
+        Many(Vec<StopAt>),
+    }
+
+    pub fn serialize<S: Serializer>(v: &[StopAt], s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<StopAt>, D::Error> {
+        Ok(match Repr::deserialize(d).map_err(|_| serde::de::Error::custom("training.stop_at: expected {metric, at_least | at_most} or a list of them"))? {
+            Repr::One(x) => vec![x],
+            Repr::Many(v) => v,
+        })
+    }
+}
+
+/// A condition of `stop_at: {metric: eval/exact_match, at_least: 0.7}` (or `at_most:` for a
+/// loss); `stop_at` may list several.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StopAt {
