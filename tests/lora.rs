@@ -170,3 +170,26 @@ fn adapters_match_peft_both_ways_and_merge_equals_merge_and_unload() {
         }
     }
 }
+
+/// OPD with a LoRA student: the student samples and is scored with its adapters, only they
+/// train, and an interrupted run resumes to the same adapters.
+#[test]
+fn opd_trains_a_lora_student_and_resumes_exactly() {
+    let tmp = TempDir::new();
+    let lora = "student.lora={r: 8, alpha: 16, target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]}";
+    let run = |dir: &Path, flags: &[&str]| {
+        let out = format!("output_dir={}", dir.display());
+        let mut args = vec!["run", "recipes/opd/tiny.yaml", out.as_str(), "logging.progress=false", lora, "eval=null"];
+        args.extend_from_slice(flags);
+        tokbridge(&args)
+    };
+    let (full, cut) = (tmp.path().join("full"), tmp.path().join("cut"));
+    ok(run(&full, &[]));
+    ok(run(&cut, &["--stop-after", "3"]));
+    ok(run(&cut, &["--resume"]));
+    let adapters = |r: &Path| std::fs::read(r.join("checkpoints/step-000006/adapter_model.safetensors")).unwrap();
+    assert!(adapters(&full) == adapters(&cut), "the resumed LoRA OPD run ends with different adapters");
+    let c = tokbridge::hf::safetensors::Checkpoint::open_file(&full.join("checkpoints/step-000006/adapter_model.safetensors")).unwrap();
+    let b = c.tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight").unwrap();
+    assert!(b.abs().max().double_value(&[]) > 0.0, "B left zero: the adapters did not train");
+}
