@@ -24,6 +24,8 @@ pub struct Point {
     pub time_s: f64,
     pub teacher_tokens: f64,
     pub accuracy: Option<f64>,
+    /// Share of greedy responses equal to the reference with numbers masked.
+    pub words: Option<f64>,
     pub avg_k: Option<f64>,
     /// Held-out mean `log q − log p` per token of the student's samples.
     pub gap: Option<f64>,
@@ -74,7 +76,7 @@ pub fn summarize(run: &CompareRun) -> Result<Summary> {
         let v = read_json(&eval_json)?;
         let obj = v.as_object().context("eval.json is not an object")?;
         s.reference = true;
-        s.points.push(Point { accuracy: obj.get("eval/exact_match").and_then(Value::as_f64), avg_k: avg_key(obj), gap: obj.get("eval/logq_minus_logp").and_then(Value::as_f64), ..Default::default() });
+        s.points.push(Point { accuracy: obj.get("eval/exact_match").and_then(Value::as_f64), words: obj.get("eval/words_match").and_then(Value::as_f64), avg_k: avg_key(obj), gap: obj.get("eval/logq_minus_logp").and_then(Value::as_f64), ..Default::default() });
         return Ok(s);
     }
     let text = std::fs::read_to_string(&metrics).with_context(|| format!("reading {}", metrics.display()))?;
@@ -108,6 +110,7 @@ pub fn summarize(run: &CompareRun) -> Result<Summary> {
             time_s: time + gen_time,
             teacher_tokens: tokens + gen_tokens,
             accuracy: r.get("eval/exact_match").and_then(Value::as_f64),
+            words: r.get("eval/words_match").and_then(Value::as_f64),
             avg_k: avg_key(r),
             gap: r.get("eval/logq_minus_logp").and_then(Value::as_f64),
         });
@@ -132,7 +135,7 @@ fn count(x: f64) -> String {
 
 /// The markdown table of final results.
 pub fn table(runs: &[Summary]) -> String {
-    let mut t = String::from("| run | accuracy (greedy) | avg@k | held-out log q − log p | optimizer steps | prompts | teacher forward tokens | teacher generated tokens |\n|---|---|---|---|---|---|---|---|\n");
+    let mut t = String::from("| run | accuracy (greedy) | words match | avg@k | held-out log q − log p | optimizer steps | prompts | teacher forward tokens | teacher generated tokens |\n|---|---|---|---|---|---|---|---|---|\n");
     for s in runs {
         let last = s.points.last().cloned().unwrap_or_default();
         let gaps: Vec<f64> = s.points.iter().filter_map(|p| p.gap).collect();
@@ -142,11 +145,11 @@ pub fn table(runs: &[Summary]) -> String {
             [first, .., last] => format!("{first:.3} → {last:.3}"),
         };
         if s.reference {
-            t.push_str(&format!("| {} | {} | {} | {gap} | – | – | – | – |\n", s.name, pct(last.accuracy), pct(last.avg_k)));
+            t.push_str(&format!("| {} | {} | {} | {} | {gap} | – | – | – | – |\n", s.name, pct(last.accuracy), pct(last.words), pct(last.avg_k)));
         } else {
             t.push_str(&format!(
-                "| {} | {} | {} | {gap} | {:.0} | {} | {} | {} |\n",
-                s.name, pct(last.accuracy), pct(last.avg_k), s.optimizer_steps, count(s.prompts), count(s.teacher_forward_tokens), count(s.teacher_generated_tokens)
+                "| {} | {} | {} | {} | {gap} | {:.0} | {} | {} | {} |\n",
+                s.name, pct(last.accuracy), pct(last.words), pct(last.avg_k), s.optimizer_steps, count(s.prompts), count(s.teacher_forward_tokens), count(s.teacher_generated_tokens)
             ));
         }
     }
@@ -288,7 +291,7 @@ pub fn report(runs: &[Summary], sweeps: &[(String, std::path::PathBuf)], out: &P
         draw(&SVGBackend::new(&svg, (900, 560)).into_drawing_area(), runs, x, label, caption)?;
     }
     let mut md = format!("# {title}\n\n{}\n", table(runs));
-    md.push_str("\nAccuracy is greedy exact match of the final `#### answer` on the held-out split; avg@k is the mean accuracy of k samples per prompt; held-out log q − log p is the teacher-minus-student log-prob per aligned token of the student's samples at the first and last evaluation. SFT on teacher answers pays the teacher's generation (tokens and time) before training, so its curves start there; OPD pays teacher forward tokens as it trains.\n\n");
+    md.push_str("\nAccuracy is greedy exact match of the final `#### answer` on the held-out split; words match is the share of greedy responses equal to the reference with numbers masked (it follows the format and copies the prompt's names and objects); avg@k is the mean accuracy of k samples per prompt; held-out log q − log p is the teacher-minus-student log-prob per aligned token of the student's samples at the first and last evaluation. SFT on teacher answers pays the teacher's generation (tokens and time) before training, so its curves start there; OPD pays teacher forward tokens as it trains.\n\n");
     for (name, sweep) in sweeps {
         md.push_str(&format!("## Settings chosen on the validation split: {name}\n\n"));
         match crate::recipes::sweep::read_table(sweep) {
