@@ -24,13 +24,14 @@ fn scaled_down_demo_runs_end_to_end() {
     let report = std::fs::read_to_string(root.join("report/report.md")).unwrap();
     for method in METHODS {
         let row = report.lines().find(|l| l.starts_with(&format!("| {method} |"))).unwrap_or_else(|| panic!("no row for {method} in {report}"));
-        assert_eq!(row.matches('|').count(), 9, "{row}");
-        assert!(row.contains('%'), "{row}");
+        assert_eq!(row.matches('|').count(), 10, "{row}");
+        // Accuracy and words match (the response copies the format, names and objects).
+        assert!(row.split('|').nth(2).unwrap().contains('%') && row.split('|').nth(3).unwrap().contains('%'), "{row}");
     }
     // SFT (with eval.teacher) and the OPD runs report the held-out gap from start to end.
     for method in ["SFT on teacher answers", "OPD (DPCA)", "OPD (DPCA + candidates)", "OPD (DPCA) after SFT (160 + 160 steps)", "control: same-tokenizer OPD"] {
         let row = report.lines().find(|l| l.starts_with(&format!("| {method} |"))).unwrap();
-        assert!(row.split('|').nth(4).unwrap().contains('→'), "no gap for {method}: {row}");
+        assert!(row.split('|').nth(5).unwrap().contains('→'), "no gap for {method}: {row}");
     }
     // What the models wrote: generations at every evaluation, side by side in the report,
     // and OPD's rollouts with their alignment.
