@@ -101,7 +101,7 @@ fn a_run_directory_has_one_process_at_a_time() {
     let dir = format!("output_dir={}", run.display());
     let mut first = Command::new(env!("CARGO_BIN_EXE_tokbridge"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["run", "recipes/sft/tiny.yaml", &dir, "logging.progress=false", "training.steps=100000", "eval=null"])
+        .args(["run", "recipes/sft/tiny.yaml", &dir, "logging.progress=false", "training.steps=100000", "training.checkpoint_every=null", "eval=null"])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
