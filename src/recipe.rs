@@ -1145,7 +1145,8 @@ fn substitute_vars(text: &str, overrides: &[String]) -> Result<String> {
     let mut rest = text;
     while let Some(i) = rest.find("${") {
         out.push_str(&rest[..i]);
-        let end = rest[i..].find('}').with_context(|| format!("unclosed ${{ in {:?}", &rest[i..rest.len().min(i + 20)]))? + i;
+        // The excerpt is cut by characters: a byte cut could split one (found by tests/fuzz.rs).
+        let end = rest[i..].find('}').with_context(|| format!("unclosed ${{ in {:?}", rest[i..].chars().take(20).collect::<String>()))? + i;
         let name = &rest[i + 2..end];
         let value = vars.get(name).with_context(|| format!("${{{name}}} is used but vars.{name} is not set"))?;
         out.push_str(match value {
@@ -1192,6 +1193,14 @@ mod tests {
         assert_eq!(r.optimizer.grad_clip, Some(1.0));
         assert_eq!(r.schedule.decay, Decay::Cosine);
         assert_eq!(r.data.max_length, 1024);
+    }
+
+    #[test]
+    fn an_unclosed_placeholder_before_multibyte_text_is_an_error() {
+        // Found by tests/fuzz.rs: the excerpt in the message was cut inside a character.
+        let text = format!("{SFT}note: ${{ab\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\n");
+        let err = Recipe::parse(&text, &[]).err().expect("an error").to_string();
+        assert!(err.contains("unclosed"), "{err}");
     }
 
     #[test]
