@@ -100,7 +100,7 @@ fn model(a: &Args) -> tokbridge::models::Model {
     }
     if let Some(vs) = adapters {
         m.vs.freeze();
-        m.adapters = Some(tokbridge::models::Adapters { spec, vs, trainable: true });
+        m.adapters = Some(tokbridge::models::Adapters { spec, vs });
     }
     m
 }

@@ -6,8 +6,8 @@
 mod common;
 
 use common::tempdir::TempDir;
+use common::{ok, tokbridge};
 use std::path::Path;
-use std::process::{Command, Output};
 use tch::{Device, Kind, Tensor};
 use tokbridge::nn::lora::LoraSpec;
 
@@ -76,13 +76,25 @@ fn lora_gradients_equal_the_chain_rule_through_the_merged_weight() {
     }
 }
 
-fn tokbridge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tokbridge")).current_dir(env!("CARGO_MANIFEST_DIR")).args(args).output().expect("tokbridge runs")
-}
 
-fn ok(out: Output) -> Output {
-    assert!(out.status.success(), "tokbridge failed: {}", String::from_utf8_lossy(&out.stderr));
-    out
+/// Runs `recipe` with `overrides` uninterrupted and interrupted after 3 steps then resumed, and
+/// checks both end at checkpoint `last` with the same adapters; the uninterrupted run's
+/// directory.
+fn full_and_resumed_agree(tmp: &Path, recipe: &str, overrides: &[&str], last: &str) -> std::path::PathBuf {
+    let run = |dir: &Path, flags: &[&str]| {
+        let out = format!("output_dir={}", dir.display());
+        let mut args = vec!["run", recipe, out.as_str(), "logging.progress=false", "eval=null"];
+        args.extend_from_slice(overrides);
+        args.extend_from_slice(flags);
+        ok(tokbridge(&args))
+    };
+    let (full, cut) = (tmp.join("full"), tmp.join("cut"));
+    run(&full, &[]);
+    run(&cut, &["--stop-after", "3"]);
+    run(&cut, &["--resume"]);
+    let adapters = |r: &Path| std::fs::read(r.join("checkpoints").join(last).join("adapter_model.safetensors")).unwrap();
+    assert!(adapters(&full) == adapters(&cut), "{recipe}: the resumed LoRA run ends with different adapters");
+    full
 }
 
 fn logprobs(model: &str, adapter: Option<&Path>) -> Vec<f64> {
@@ -104,18 +116,7 @@ fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
 fn a_lora_run_trains_resumes_exactly_and_exports_a_peft_adapter() {
     let tmp = TempDir::new();
     let lora = "model.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj, down_proj]}";
-    let run = |dir: &Path, flags: &[&str]| {
-        let out = format!("output_dir={}", dir.display());
-        let mut args = vec!["run", "recipes/sft/tiny.yaml", out.as_str(), "logging.progress=false", lora, "training.steps=8", "training.checkpoint_every=2", "eval=null"];
-        args.extend_from_slice(flags);
-        tokbridge(&args)
-    };
-    let (full, cut) = (tmp.path().join("full"), tmp.path().join("cut"));
-    ok(run(&full, &[]));
-    ok(run(&cut, &["--stop-after", "3"]));
-    ok(run(&cut, &["--resume"]));
-    let ckpt = |r: &Path| std::fs::read(r.join("checkpoints/step-000008/adapter_model.safetensors")).unwrap();
-    assert!(ckpt(&full) == ckpt(&cut), "the resumed LoRA run ends with different adapters");
+    let full = full_and_resumed_agree(tmp.path(), "recipes/sft/tiny.yaml", &[lora, "training.steps=8", "training.checkpoint_every=2"], "step-000008");
     let files: Vec<String> = std::fs::read_dir(full.join("checkpoints/step-000008")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(!files.contains(&"model.safetensors".to_string()), "a LoRA checkpoint holds only adapters: {files:?}");
     let losses: Vec<f64> = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap().lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["train/loss"].as_f64()).collect();
@@ -177,18 +178,7 @@ fn adapters_match_peft_both_ways_and_merge_equals_merge_and_unload() {
 fn opd_trains_a_lora_student_and_resumes_exactly() {
     let tmp = TempDir::new();
     let lora = "student.lora={r: 8, alpha: 16, target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]}";
-    let run = |dir: &Path, flags: &[&str]| {
-        let out = format!("output_dir={}", dir.display());
-        let mut args = vec!["run", "recipes/opd/tiny.yaml", out.as_str(), "logging.progress=false", lora, "eval=null"];
-        args.extend_from_slice(flags);
-        tokbridge(&args)
-    };
-    let (full, cut) = (tmp.path().join("full"), tmp.path().join("cut"));
-    ok(run(&full, &[]));
-    ok(run(&cut, &["--stop-after", "3"]));
-    ok(run(&cut, &["--resume"]));
-    let adapters = |r: &Path| std::fs::read(r.join("checkpoints/step-000006/adapter_model.safetensors")).unwrap();
-    assert!(adapters(&full) == adapters(&cut), "the resumed LoRA OPD run ends with different adapters");
+    let full = full_and_resumed_agree(tmp.path(), "recipes/opd/tiny.yaml", &[lora], "step-000006");
     let c = tokbridge::hf::safetensors::Checkpoint::open_file(&full.join("checkpoints/step-000006/adapter_model.safetensors")).unwrap();
     let b = c.tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight").unwrap();
     assert!(b.abs().max().double_value(&[]) > 0.0, "B left zero: the adapters did not train");

@@ -7,12 +7,10 @@
 mod common;
 
 use common::tempdir::TempDir;
+use common::{ok, tokbridge};
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn tokbridge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tokbridge")).current_dir(env!("CARGO_MANIFEST_DIR")).args(args).output().expect("tokbridge runs")
-}
 
 /// Asserts a failure with a one-line error (no panic) that contains every needle.
 fn fails_with(out: &Output, needles: &[&str]) {
@@ -26,13 +24,24 @@ fn fails_with(out: &Output, needles: &[&str]) {
     }
 }
 
-fn ok(out: Output) -> Output {
-    assert!(out.status.success(), "tokbridge failed: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
 
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
+}
+
+/// metrics.jsonl's lines without what differs from run to run (wall times, memory).
+fn stable_metrics(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for k in ["time_s", "train/tokens_per_s", "memory/peak_gib"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v.to_string()
+        })
+        .collect()
 }
 
 fn sft(run: &Path, extra: &[&str], flags: &[&str]) -> Output {
@@ -210,20 +219,7 @@ fn resume_cuts_metrics_back_to_its_checkpoint_and_latest_stays_inside_the_run() 
     text.push_str("{\"step\":4,\"train/lo");
     std::fs::write(cut.join("metrics.jsonl"), text).unwrap();
     ok(sft(&cut, &extra, &["--resume"]));
-    let strip = |run: &Path| -> Vec<String> {
-        std::fs::read_to_string(run.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                for k in ["time_s", "train/tokens_per_s", "memory/peak_gib"] {
-                    v.as_object_mut().unwrap().remove(k);
-                }
-                v.to_string()
-            })
-            .collect()
-    };
-    assert_eq!(strip(&cut), strip(&full), "no duplicate, torn or missing line after the resume");
+    assert_eq!(stable_metrics(&cut), stable_metrics(&full), "no duplicate, torn or missing line after the resume");
     // A second run without --resume is refused only because there are checkpoints.
     fails_with(&sft(&cut, &extra, &[]), &["--resume"]);
     std::fs::write(cut.join("checkpoints/latest"), p(&full.join("checkpoints/step-000006"))).unwrap();
@@ -249,21 +245,8 @@ fn a_run_killed_at_any_write_resumes_to_the_uninterrupted_result() {
     let extra = ["training.steps=6", "training.checkpoint_every=2", "eval.every=2", "eval.scorers=[nll]", "logging.tensorboard=false"];
     let full = tmp.path().join("full");
     ok(sft(&full, &extra, &[]));
-    let lines = |run: &Path| -> Vec<String> {
-        std::fs::read_to_string(run.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                for k in ["time_s", "train/tokens_per_s", "memory/peak_gib"] {
-                    v.as_object_mut().unwrap().remove(k);
-                }
-                v.to_string()
-            })
-            .collect()
-    };
     let weights = |run: &Path| std::fs::read(run.join("checkpoints/step-000006/model.safetensors")).unwrap();
-    let n_records = lines(&full).len();
+    let n_records = stable_metrics(&full).len();
     assert_eq!(n_records, 10, "6 steps and 4 evaluations");
     let points: Vec<String> = (1..=3).flat_map(|i| [format!("checkpoint:{i}"), format!("latest:{i}")]).chain((1..=n_records).map(|i| format!("metrics:{i}"))).collect();
     for point in &points {
@@ -274,7 +257,7 @@ fn a_run_killed_at_any_write_resumes_to_the_uninterrupted_result() {
         let killed = Command::new(env!("CARGO_BIN_EXE_tokbridge")).current_dir(env!("CARGO_MANIFEST_DIR")).args(&args).env("TOKBRIDGE_FAULT", point).output().unwrap();
         assert!(!killed.status.success() && String::from_utf8_lossy(&killed.stderr).contains("fault injected"), "{point}: no fault: {}", String::from_utf8_lossy(&killed.stderr));
         ok(sft(&run, &extra, &["--resume"]));
-        assert_eq!(lines(&run), lines(&full), "{point}: metrics after the resume");
+        assert_eq!(stable_metrics(&run), stable_metrics(&full), "{point}: metrics after the resume");
         assert!(weights(&run) == weights(&full), "{point}: final weights differ");
         let stale: Vec<_> = std::fs::read_dir(run.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".tmp")).collect();
         assert!(stale.is_empty(), "{point}: temporaries left: {stale:?}");

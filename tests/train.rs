@@ -6,19 +6,11 @@
 mod common;
 
 use common::tempdir::TempDir;
+use common::{ok, tokbridge};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use tch::{Device, Kind, Tensor};
 
-fn tokbridge(args: &[&str]) -> Output {
-    let root = env!("CARGO_MANIFEST_DIR");
-    Command::new(env!("CARGO_BIN_EXE_tokbridge")).current_dir(root).args(args).output().expect("tokbridge runs")
-}
-
-fn ok(out: Output) -> Output {
-    assert!(out.status.success(), "tokbridge failed: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
 
 /// metrics.jsonl as (step, object) pairs.
 fn metrics(run: &Path) -> Vec<serde_json::Value> {

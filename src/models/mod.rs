@@ -92,12 +92,11 @@ pub struct Model {
     pub adapters: Option<Adapters>,
 }
 
-/// A model's LoRA adapters: their settings and their own store (float32).
+/// A model's LoRA adapters: their settings and their own store (float32), trainable for a
+/// recipe's `lora:`, frozen when a loaded adapter only applies.
 pub struct Adapters {
     pub spec: LoraSpec,
     pub vs: VarStore,
-    /// Whether they train (a recipe's `lora:`) or only apply (a loaded adapter).
-    pub trainable: bool,
 }
 
 /// One family's forward pass in parts, so that a caller can run the blocks itself
@@ -177,8 +176,8 @@ impl Model {
     /// gradient of its output. Activation memory is then one block's instead of all of them,
     /// for one more forward pass of the blocks; the gradients are the same.
     pub fn backward<T>(&self, ids: &Tensor, recompute: bool, loss_of: impl FnOnce(&Tensor) -> Result<(Tensor, T)>) -> Result<(f64, T)> {
-        self.check_positions(ids.size().last().copied().unwrap_or(0) as usize)?;
         if !recompute {
+            self.check_positions(ids.size().last().copied().unwrap_or(0) as usize)?;
             let (loss, extra) = loss_of(&self.logits(ids))?;
             if loss.requires_grad() {
                 loss.backward();
@@ -498,7 +497,7 @@ pub fn load_adapted(dir: &Path, device: Device, kind: Kind, adapter: Option<&Pat
         None => lora.cloned(),
     };
     let Some(spec) = spec else { return load_base(dir, device, kind) };
-    let (built, avs) = crate::nn::lora::with_adapters(&spec, device, || load_base(dir, device, kind));
+    let (built, mut avs) = crate::nn::lora::with_adapters(&spec, device, || load_base(dir, device, kind));
     let mut model = built?;
     let n = avs.variables().len();
     ensure!(n > 0, "lora.target_modules {:?}: no layer of {} ({}) has that name", spec.target_modules, dir.display(), model.family.model_type());
@@ -519,12 +518,10 @@ pub fn load_adapted(dir: &Path, device: Device, kind: Kind, adapter: Option<&Pat
         }
     }
     model.vs.freeze();
-    let trainable = lora.is_some();
-    let mut avs = avs;
-    if !trainable {
+    if lora.is_none() {
         avs.freeze();
     }
-    model.adapters = Some(Adapters { spec, vs: avs, trainable });
+    model.adapters = Some(Adapters { spec, vs: avs });
     Ok(model)
 }
 

@@ -108,7 +108,7 @@ pub fn load_model(spec: &ModelSpec, device: Device) -> Result<(Model, Tokenizer,
     let kind = crate::runtime::parse_dtype(&spec.dtype).context("model.dtype")?;
     let (model, tok) = crate::runtime::load_adapted(&spec.path, device, kind, spec.adapter.as_deref(), spec.lora.as_ref())?;
     let lora = match &model.adapters {
-        Some(a) => format!(", LoRA r {} on {}{}", a.spec.r, a.spec.target_modules.join(","), if a.trainable { "" } else { ", frozen" }),
+        Some(a) => format!(", LoRA r {} on {}{}", a.spec.r, a.spec.target_modules.join(","), if a.vs.trainable_variables().is_empty() { ", frozen" } else { "" }),
         None => String::new(),
     };
     eprintln!("model {} ({}, {}{lora}) on {}", spec.path, model.family.model_type(), spec.dtype, crate::runtime::describe(device));

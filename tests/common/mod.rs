@@ -71,6 +71,17 @@ pub fn check_alignment(s: &Tokenizer, t: &Tokenizer, text: &str) -> Vec<Chunk> {
     chunks
 }
 
+/// Runs the `tokbridge` binary from the repository root.
+pub fn tokbridge(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tokbridge")).current_dir(env!("CARGO_MANIFEST_DIR")).args(args).output().expect("tokbridge runs")
+}
+
+/// Asserts the run succeeded (its stderr otherwise) and hands its output back.
+pub fn ok(out: std::process::Output) -> std::process::Output {
+    assert!(out.status.success(), "tokbridge failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
 /// Copies a fixture into a fresh temporary directory that the test may damage.
 pub fn scratch_copy(name: &str) -> tempdir::TempDir {
     let tmp = tempdir::TempDir::new();
