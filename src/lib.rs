@@ -15,4 +15,5 @@ pub mod nn;
 pub mod recipe;
 pub mod recipes;
 pub mod runtime;
+pub mod served;
 pub mod train;

@@ -11,11 +11,20 @@ use std::path::{Path, PathBuf};
 
 pub type Vars = std::collections::BTreeMap<String, Value>;
 
-/// A model a recipe uses: a directory or hub id, its dtype and optionally its own device.
+/// A model a recipe uses: a directory or hub id, its dtype and optionally its own device. A
+/// teacher may instead be served by an inference engine (`server`), with only its tokenizer
+/// and chat template here (`tokenizer`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
+    /// A served teacher's tokenizer.json, tokenizer_config.json and config.json: a directory or hub id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
+    /// The server that scores (and, for teacher_responses, generates) for this teacher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<crate::served::ServerSpec>,
     #[serde(default = "f32")]
     pub dtype: String,
     /// Overrides the recipe's `device` for this model.
@@ -27,6 +36,34 @@ pub struct ModelSpec {
     /// Train LoRA adapters instead of the full model (sft, and opd's student).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<crate::nn::lora::LoraSpec>,
+}
+
+impl ModelSpec {
+    /// What names the model in messages: its path, or its server's address.
+    pub fn name(&self) -> &str {
+        match &self.server {
+            Some(s) => &s.url,
+            None => &self.path,
+        }
+    }
+
+    /// Checks the keys that go together; `servable` says whether this model may be a server.
+    pub fn validate(&self, key: &str, servable: bool) -> Result<()> {
+        match &self.server {
+            Some(server) => {
+                ensure!(servable, "{key}.server: only a teacher can be served (the student trains here)");
+                ensure!(self.path.is_empty(), "{key}.path: a served teacher has no weights here; name its tokenizer with {key}.tokenizer");
+                ensure!(self.tokenizer.is_some(), "{key}.tokenizer: a served teacher needs its tokenizer (a directory or hub id with tokenizer.json)");
+                ensure!(self.adapter.is_none() && self.lora.is_none(), "{key}.adapter: a served teacher's adapters are the server's to load");
+                server.check(&format!("{key}.server"))
+            }
+            None => {
+                ensure!(!self.path.is_empty(), "{key}.path: missing (a model directory or hub id)");
+                ensure!(self.tokenizer.is_none(), "{key}.tokenizer: only for a served teacher ({key}.server); the tokenizer comes from {key}.path");
+                Ok(())
+            }
+        }
+    }
 }
 
 fn f32() -> String {
@@ -977,6 +1014,10 @@ impl Recipe {
         crate::atomic::check_output_dir(self.output_dir(), "output_dir")?;
         match self {
             Recipe::Sft(r) => {
+                r.model.validate("model", false)?;
+                if let Some(t) = r.eval.as_ref().and_then(|e| e.teacher.as_ref()) {
+                    t.validate("eval.teacher", true)?;
+                }
                 validate_optimizer(&r.optimizer)?;
                 validate_training(&r.training)?;
                 if let Some(l) = &r.model.lora {
@@ -994,11 +1035,27 @@ impl Recipe {
                 }
             }
             Recipe::TeacherResponses(r) => {
+                r.teacher.validate("teacher", true)?;
                 validate_sampling(&r.sampling, "sampling")?;
                 ensure!(r.batch_size > 0, "batch_size must be positive");
             }
-            Recipe::Eval(r) => validate_eval(&r.eval, true)?,
+            Recipe::Eval(r) => {
+                r.model.validate("model", false)?;
+                if let Some(t) = &r.eval.teacher {
+                    t.validate("eval.teacher", true)?;
+                }
+                validate_eval(&r.eval, true)?
+            }
             Recipe::Opd(r) => {
+                r.student.validate("student", false)?;
+                r.teacher.validate("teacher", true)?;
+                if r.teacher.server.is_some() {
+                    ensure!(
+                        matches!(r.loss, OpdLoss::Dpca | OpdLoss::Alm) && r.dpca.candidates.is_none(),
+                        "teacher.server: a served teacher gives the log-prob of each token, which loss: dpca and alm use; {} and dpca.candidates need its distributions in this process",
+                        serde_yaml::to_string(&r.loss).unwrap_or_default().trim()
+                    );
+                }
                 validate_optimizer(&r.optimizer)?;
                 if let Some(l) = &r.student.lora {
                     l.validate("student.lora")?;

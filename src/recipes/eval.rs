@@ -3,7 +3,7 @@
 //! Also the `eval` recipe, which runs them once on one model. Every evaluation that decodes
 //! greedily writes what the model wrote to `generations/step-NNNNNN.jsonl` in its run directory.
 use crate::data::{self, Example};
-use crate::recipes::opd::{held_out_gap, load_side, Plan, Rollout, Side};
+use crate::recipes::opd::{held_out_gap, load_side, load_teacher, Plan, Rollout, Side, Teacher};
 use crate::generate::{generate, Sampling};
 use crate::hf::chat::ChatTemplate;
 use crate::hf::tokenizer::Tokenizer;
@@ -208,7 +208,7 @@ pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &
 /// the student's samples (drawn as `plan` says; see `opd::held_out_gap`). Returns the metric
 /// values and the teacher-scored samples.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate_run(student: &Side, teacher: Option<(&Side, &Plan)>, examples: &[Example], spec: &EvalSpec, seed: u64, show: bool, run_dir: &Path, step: usize) -> Result<(Vec<(String, f64)>, Vec<Rollout>)> {
+pub fn evaluate_run(student: &Side, teacher: Option<(&Teacher, &Plan)>, examples: &[Example], spec: &EvalSpec, seed: u64, show: bool, run_dir: &Path, step: usize) -> Result<(Vec<(String, f64)>, Vec<Rollout>)> {
     let evaluation = evaluate(&student.model, &student.tok, &student.chat, examples, spec, seed, show)?;
     evaluation.write_generations(run_dir, step)?;
     let mut values = evaluation.values;
@@ -232,10 +232,9 @@ pub fn gap_plan(spec: &EvalSpec) -> Plan {
 }
 
 /// Loads `eval.teacher`, if the spec names one, with the device of the run.
-pub fn load_eval_teacher(spec: Option<&EvalSpec>, device: &str, student: &Side) -> Result<Option<Side>> {
+pub fn load_eval_teacher(spec: Option<&EvalSpec>, device: &str, student: &Side) -> Result<Option<Teacher>> {
     let Some(t) = spec.and_then(|e| e.teacher.as_ref()) else { return Ok(None) };
-    let mut teacher = load_side(t, device).context("eval.teacher")?;
-    teacher.model.vs.freeze();
+    let mut teacher = load_teacher(t, device).context("eval.teacher")?;
     teacher.same_vocab = student.tok.inner.get_vocab(true) == teacher.tok.inner.get_vocab(true);
     Ok(Some(teacher))
 }

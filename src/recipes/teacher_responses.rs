@@ -1,9 +1,11 @@
 //! The `teacher_responses` recipe: the teacher answers every training prompt with batched
 //! KV-cache sampling, writing `responses.jsonl` (an SFT dataset in the input's own shape) and
-//! `stats.json` (prompts, generated tokens, wall time). Resumable: finished lines are kept and
+//! `stats.json` (prompts, generated tokens, wall time). The teacher may be served
+//! (`teacher.server`): the server then samples each answer from the same prompt ids. Resumable: finished lines are kept and
 //! the batches after them are generated with the seeds they would have had.
 use crate::data;
 use crate::generate::{generate, Sampling};
+use crate::recipes::opd::Engine;
 use crate::recipe::TeacherResponses;
 use crate::train::metrics::progress;
 use anyhow::{Context, Result};
@@ -12,8 +14,8 @@ use std::io::Write;
 use std::time::Instant;
 
 pub fn run(r: &TeacherResponses) -> Result<()> {
-    let device = crate::runtime::parse_device(r.teacher.device.as_deref().unwrap_or(&r.device))?;
-    let (model, tok, chat) = super::load_model(&r.teacher, device)?;
+    let teacher = crate::recipes::opd::load_teacher(&r.teacher, &r.device)?;
+    let (tok, chat) = (&teacher.tok, &teacher.chat);
     let examples = data::read_jsonl(&r.data.prompts, r.data.max_examples)?;
     let out_path = r.output_dir.join("responses.jsonl");
     let stats_path = r.output_dir.join("stats.json");
@@ -47,7 +49,7 @@ pub fn run(r: &TeacherResponses) -> Result<()> {
     bar.set_position(done as u64);
     for (b, batch) in examples.chunks(r.batch_size).enumerate().skip(done / r.batch_size) {
         let started = Instant::now();
-        let prompts: Vec<Vec<i64>> = batch.iter().map(|e| data::prompt_ids(&tok, &chat, e.prompt())).collect::<Result<_>>()?;
+        let prompts: Vec<Vec<i64>> = batch.iter().map(|e| data::prompt_ids(tok, chat, e.prompt())).collect::<Result<_>>()?;
         let s = Sampling {
             max_new_tokens: r.sampling.max_new_tokens,
             temperature: r.sampling.temperature,
@@ -56,11 +58,14 @@ pub fn run(r: &TeacherResponses) -> Result<()> {
             ignore_eos: false,
             seed: r.seed.wrapping_add(b as u64),
         };
-        let gens = generate(&model, &prompts, &s, &tok.eos_ids, tok.pad_id)?;
+        // The answers' texts and generated token counts, from the model here or its server.
+        let answers: Vec<(String, u64)> = match &teacher.model {
+            Engine::Local(model) => generate(model, &prompts, &s, &tok.eos_ids, tok.pad_id)?.iter().map(|g| Ok((tok.decode(&g.new_ids, true)?, g.new_ids.len() as u64))).collect::<Result<_>>()?,
+            Engine::Served(server) => server.generate(&prompts, &s)?,
+        };
         let mut lines = String::new();
-        for (ex, g) in batch.iter().zip(&gens) {
-            let response = tok.decode(&g.new_ids, true)?;
-            generated += g.new_ids.len() as u64;
+        for (ex, (response, n)) in batch.iter().zip(answers) {
+            generated += n;
             let line = match ex.prompt() {
                 [m] if m.role == "user" => json!({ "prompt": m.content, "response": response }),
                 msgs => {

@@ -37,7 +37,7 @@
 //! trie of candidate paths; a node sees the teacher tokens before its position and its own
 //! ancestors, at the rotary positions it would have in its own sequence. Equal to scoring each
 //! candidate as its own sequence (tested).
-use super::rollout::{teacher_encode, Rollout, Side};
+use super::rollout::{teacher_encode, Rollout, Side, Teacher};
 use crate::align::Masked;
 use crate::nn::attention::Context;
 use crate::recipe::{CandidatePositions, CandidateSpec};
@@ -90,7 +90,7 @@ impl CandidateStats {
 /// The teacher tokens that spell candidate `id` after the first `prefix` teacher tokens of
 /// `r` (whose response text before the position is `text_before`), or `None` when the rules
 /// leave it out.
-pub fn candidate_path(student: &Side, teacher: &Side, r: &Rollout, prefix: usize, text_before: &[u8], id: i64, k: usize) -> Result<Option<Vec<i64>>> {
+pub fn candidate_path<M>(student: &Side, teacher: &Side<M>, r: &Rollout, prefix: usize, text_before: &[u8], id: i64, k: usize) -> Result<Option<Vec<i64>>> {
     let stops = student.tok.eos_ids.contains(&id) || id == student.eot;
     if stops {
         return Ok(Some(vec![teacher.eot]));
@@ -176,7 +176,7 @@ struct Site {
 }
 
 /// Chooses the positions of `r`, finds every candidate's teacher path, and returns them.
-fn sites(spec: &CandidateSpec, student: &Side, teacher: &Side, index: usize, r: &Rollout, k_tokens: usize) -> Result<Vec<Site>> {
+fn sites<M>(spec: &CandidateSpec, student: &Side, teacher: &Side<M>, index: usize, r: &Rollout, k_tokens: usize) -> Result<Vec<Site>> {
     if r.truncated || r.top.is_empty() {
         return Ok(vec![]);
     }
@@ -253,7 +253,8 @@ fn tree_row(main: &[i64], sites: &[(usize, &Site)]) -> TreeRow {
 /// Scores the candidates of every rollout (no grad) and fills `Rollout::scored`. With
 /// `with_logq` the same pass also gives log q of every rollout's response tokens (as
 /// `score_teacher` does), so `positions: all` needs one teacher pass per step, not two.
-pub fn score_candidates(spec: &CandidateSpec, student: &Side, teacher: &Side, rollouts: &mut [Rollout], micro: usize, k_tokens: usize, with_logq: bool) -> Result<CandidateStats> {
+pub fn score_candidates(spec: &CandidateSpec, student: &Side, teacher: &Teacher, rollouts: &mut [Rollout], micro: usize, k_tokens: usize, with_logq: bool) -> Result<CandidateStats> {
+    let model = teacher.model.local()?;
     let _g = tch::no_grad_guard();
     let mut stats = CandidateStats::default();
     let all: Vec<Site> = rollouts.iter().enumerate().map(|(i, r)| sites(spec, student, teacher, i, r, k_tokens)).collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
@@ -297,12 +298,12 @@ pub fn score_candidates(spec: &CandidateSpec, student: &Side, teacher: &Side, ro
         }
         let ids_t = Tensor::from_slice(&ids).view([b as i64, t as i64]).to_device(device);
         let ctx = Context::tree(Tensor::from_slice(&pos).view([b as i64, t as i64]).to_device(device), Tensor::from_slice(&vis).view([b as i64, t as i64, t as i64]).to_device(device));
-        let hidden = teacher.model.blocks(&ids_t, &ctx, None);
+        let hidden = model.blocks(&ids_t, &ctx, None);
         if with_logq {
             for (bi, &ri) in group.iter().enumerate() {
                 let r = &mut rollouts[ri];
                 let (s, n) = (r.teacher_start as i64, r.teacher_ids.len() as i64);
-                let logits = teacher.model.head(&hidden.get(bi as i64).narrow(0, s - 1, n - s));
+                let logits = model.head(&hidden.get(bi as i64).narrow(0, s - 1, n - s));
                 let targets = Tensor::from_slice(&r.teacher_ids[s as usize..]).to_device(device).unsqueeze(1);
                 r.logq = Vec::<f32>::try_from(logits.log_softmax(-1, Kind::Float).gather(1, &targets, false).view([-1]).to_device(Device::Cpu))?;
             }
@@ -320,10 +321,10 @@ pub fn score_candidates(spec: &CandidateSpec, student: &Side, teacher: &Side, ro
         }
         let flat: Vec<i64> = wanted.iter().map(|w| (w.0 * t + w.1) as i64).collect();
         let hs = hidden.view([(b * t) as i64, -1]).index_select(0, &Tensor::from_slice(&flat).to_device(device));
-        let vocab = teacher.model.config["vocab_size"].as_i64().unwrap_or(1).max(1);
+        let vocab = model.config["vocab_size"].as_i64().unwrap_or(1).max(1);
         let per = ((1i64 << 25) / vocab).max(1) as usize;
         for (start, part) in wanted.chunks(per).enumerate().map(|(i, p)| (i * per, p)) {
-            let logits = teacher.model.head(&hs.narrow(0, start as i64, part.len() as i64));
+            let logits = model.head(&hs.narrow(0, start as i64, part.len() as i64));
             let targets = Tensor::from_slice(&part.iter().map(|w| w.2).collect::<Vec<_>>()).to_device(device).unsqueeze(1);
             let lp = Vec::<f32>::try_from(logits.log_softmax(-1, Kind::Float).gather(1, &targets, false).view([-1]).to_device(Device::Cpu))?;
             for (w, l) in part.iter().zip(lp) {

@@ -4,7 +4,7 @@
 //! any recipe can measure with `eval.teacher`, the competence check that warns before
 //! on-policy training from a student too far from the teacher's support, and a readable dump
 //! of rollouts with their alignment and credit.
-use super::rollout::{make_rollouts, old_logprobs, score_teacher, Plan, Rollout, Side, TeacherKeeps};
+use super::rollout::{make_rollouts, old_logprobs, score_teacher, Plan, Rollout, Side, Teacher, TeacherKeeps};
 use crate::align::{show_pieces, Masked};
 use crate::data::Example;
 use anyhow::Result;
@@ -135,7 +135,7 @@ impl Diagnostics {
 /// `eval/logq_minus_logp` (mean log q − log p per aligned student token), `eval/teacher_logprob`
 /// (per aligned teacher token of the student's samples) and `eval/teacher_logprob_reference`
 /// (the same for the dataset's responses), and the scored samples.
-pub fn held_out_gap(plan: &Plan, student: &Side, teacher: &Side, examples: &[Example], prompts: &[Vec<i64>], n: usize, seed: u64) -> Result<(Vec<(String, f64)>, Vec<Rollout>)> {
+pub fn held_out_gap(plan: &Plan, student: &Side, teacher: &Teacher, examples: &[Example], prompts: &[Vec<i64>], n: usize, seed: u64) -> Result<(Vec<(String, f64)>, Vec<Rollout>)> {
     let picks: Vec<usize> = (0..n.min(examples.len())).collect();
     // One sample per prompt and a fixed batching (sampling draws depend on the batch), whatever
     // the training uses, so that every recipe scores the same samples of the same model.
@@ -192,7 +192,7 @@ pub fn competence_warning(gap: f64, accuracy: Option<f64>, teacher_on_samples: f
 /// A readable dump of the first `n` rollouts: the student's text, then each chunk's student
 /// and teacher pieces, L_S and L_T, the advantage of each student token, and whether it is
 /// masked. This is how a user debugs a teacher/student pair.
-pub fn dump_rollouts(student: &Side, teacher: &Side, rollouts: &[Rollout], n: usize, max_chunk_tokens: usize) -> String {
+pub fn dump_rollouts<M>(student: &Side, teacher: &Side<M>, rollouts: &[Rollout], n: usize, max_chunk_tokens: usize) -> String {
     let (sp, tp) = (student.tok.pieces(), teacher.tok.pieces());
     let piece = |table: &crate::hf::tokenizer::Pieces, id: i64| table.bytes.get(id as usize).cloned().unwrap_or_default();
     let mut out = String::new();

@@ -17,7 +17,7 @@ mod rollout;
 mod signal;
 
 pub use diagnostics::{competence_warning, diagnose, dump_rollouts, held_out_gap, Diagnostics};
-pub use rollout::{end_of_turn, load_side, make_rollouts, old_logprobs, rows, score_teacher, teacher_encode, Plan, Rollout, Side, TeacherKeeps};
+pub use rollout::{end_of_turn, load_side, load_teacher, make_rollouts, old_logprobs, rows, score_teacher, teacher_encode, Engine, Plan, Rollout, Side, Teacher, TeacherKeeps};
 pub use signal::{assign_advantages, backward_batch, micro_loss, normaliser, response_mask, DistInputs, DpcaInputs};
 
 use super::RunOptions;
@@ -45,8 +45,7 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
         student_spec = checkpoint::resume_spec(&student_spec, dir);
     }
     let student = load_side(&student_spec, &r.device)?;
-    let mut teacher = load_side(&r.teacher, &r.device)?;
-    teacher.model.vs.freeze();
+    let mut teacher = load_teacher(&r.teacher, &r.device)?;
     teacher.same_vocab = student.tok.inner.get_vocab(true) == teacher.tok.inner.get_vocab(true);
     if teacher.same_vocab {
         eprintln!("opd: student and teacher share a vocabulary: scoring the student's own tokens (same-tokenizer OPD)");
@@ -56,15 +55,18 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
         divergence.is_none() || teacher.same_vocab,
         "loss: {} compares full next-token distributions and needs student and teacher to share a vocabulary ({} and {} do not); across tokenizers use loss: dpca",
         serde_yaml::to_string(&r.loss).unwrap_or_default().trim(),
-        r.student.path,
-        r.teacher.path
+        r.student.name(),
+        r.teacher.name()
     );
     let plan = Plan::of(r);
     let source_dir = student.model.dir.clone();
-    let matches = (r.loss == OpdLoss::GoldHybrid).then(|| {
-        let (sv, tv) = (student.tok.inner.get_vocab(true), teacher.tok.inner.get_vocab(true));
-        VocabMatch::new(&sv, &tv, logits_width(&student.model), logits_width(&teacher.model)).to_device(student.device())
-    });
+    let matches = match r.loss {
+        OpdLoss::GoldHybrid => {
+            let (sv, tv) = (student.tok.inner.get_vocab(true), teacher.tok.inner.get_vocab(true));
+            Some(VocabMatch::new(&sv, &tv, logits_width(&student.model), logits_width(teacher.model.local()?)).to_device(student.device()))
+        }
+        _ => None,
+    };
 
     // Prompts, rendered once for the student; too-long prompts are skipped with a count.
     let all = data::read_jsonl(&r.data.train, r.data.max_examples)?;

@@ -9,13 +9,15 @@ use crate::hf::chat::{ChatTemplate, Message};
 use crate::hf::tokenizer::Tokenizer;
 use crate::models::Model;
 use crate::recipe::{Opd, RolloutSpec};
+use crate::served::Served;
 use crate::train::token_logprobs;
 use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
 
-/// A model with the text tools of its family.
-pub struct Side {
-    pub model: Model,
+/// A model with the text tools of its family. The student's model is in this process; the
+/// teacher's may be served (`Teacher`).
+pub struct Side<M = Model> {
+    pub model: M,
     pub tok: Tokenizer,
     pub chat: ChatTemplate,
     /// The token that ends an assistant turn in this model's template.
@@ -28,6 +30,33 @@ pub struct Side {
 impl Side {
     pub fn device(&self) -> Device {
         self.model.device()
+    }
+}
+
+/// Where the teacher runs: in this process, or behind an inference server that scores token ids.
+pub enum Engine {
+    Local(Model),
+    Served(Served),
+}
+
+impl Engine {
+    /// The in-process model, for the passes that need the teacher's distributions or hidden states.
+    pub fn local(&self) -> Result<&Model> {
+        match self {
+            Engine::Local(m) => Ok(m),
+            Engine::Served(s) => anyhow::bail!("teacher.server: this needs the teacher's weights in this process, and {} serves it", s.spec.url),
+        }
+    }
+}
+
+pub type Teacher = Side<Engine>;
+
+impl Teacher {
+    pub fn device(&self) -> Device {
+        match &self.model {
+            Engine::Local(m) => m.device(),
+            Engine::Served(_) => Device::Cpu,
+        }
     }
 }
 
@@ -120,7 +149,7 @@ impl Plan {
 /// if the student ended its turn, its own end-of-turn token. Returns the ids, the index of the
 /// first response token, the byte piece of each response token, and whether a token straddles
 /// the prompt/response boundary (its chunk is then masked).
-fn teacher_sequence(teacher: &Side, messages: &[Message], body_ids: &[i64], body: &[u8], finished: bool) -> Result<(Vec<i64>, usize, Vec<Vec<u8>>, bool)> {
+fn teacher_sequence<M>(teacher: &Side<M>, messages: &[Message], body_ids: &[i64], body: &[u8], finished: bool) -> Result<(Vec<i64>, usize, Vec<Vec<u8>>, bool)> {
     let table = teacher.tok.pieces();
     if teacher.same_vocab {
         let mut ids = data::prompt_ids(&teacher.tok, &teacher.chat, messages)?;
@@ -154,7 +183,7 @@ fn teacher_sequence(teacher: &Side, messages: &[Message], body_ids: &[i64], body
 
 /// The teacher's ids of a rendered conversation `text` with byte offsets: its template's text
 /// as it is, or, with the plain template, with the tokenizer's own special tokens (BOS).
-pub fn teacher_encode(teacher: &Side, text: &str) -> Result<(Vec<i64>, Vec<(usize, usize)>)> {
+pub fn teacher_encode<M>(teacher: &Side<M>, text: &str) -> Result<(Vec<i64>, Vec<(usize, usize)>)> {
     if teacher.chat.has_template() {
         return teacher.tok.encode_with_offsets(text);
     }
@@ -236,20 +265,34 @@ pub fn old_logprobs(student: &Side, rollouts: &mut [Rollout], micro: usize, top_
 
 /// The teacher's log q of every response token (and what `keeps` asks for at the response
 /// positions), in one no-grad forward per micro-batch.
-pub fn score_teacher(teacher: &Side, rollouts: &mut [Rollout], micro: usize, keeps: TeacherKeeps) -> Result<()> {
+pub fn score_teacher(teacher: &Teacher, rollouts: &mut [Rollout], micro: usize, keeps: TeacherKeeps) -> Result<()> {
+    let live: Vec<usize> = (0..rollouts.len()).filter(|&i| !rollouts[i].truncated).collect();
+    let model = match &teacher.model {
+        Engine::Local(m) => m,
+        Engine::Served(server) => {
+            anyhow::ensure!(keeps == TeacherKeeps::LogProbs, "teacher.server: a served teacher gives log-probs, not distributions");
+            let seqs: Vec<&[i64]> = live.iter().map(|&i| rollouts[i].teacher_ids.as_slice()).collect();
+            let from: Vec<usize> = live.iter().map(|&i| rollouts[i].teacher_start).collect();
+            let names: Vec<String> = live.iter().map(|&i| format!("rollout {i} (prompt {})", rollouts[i].prompt)).collect();
+            let (logq, _) = server.score(&seqs, &from, &names, &teacher.tok)?;
+            for (&i, lq) in live.iter().zip(logq) {
+                rollouts[i].logq = lq;
+            }
+            return Ok(());
+        }
+    };
     let _g = tch::no_grad_guard();
     let pad = teacher.tok.pad_id;
-    let live: Vec<usize> = (0..rollouts.len()).filter(|&i| !rollouts[i].truncated).collect();
     for group in live.chunks(micro) {
         let len = group.iter().map(|&i| rollouts[i].teacher_ids.len()).max().unwrap_or(2).max(2);
         let mut flat = Vec::with_capacity(group.len() * len);
         for &i in group {
             flat.extend(rollouts[i].teacher_ids.iter().copied().chain(std::iter::repeat(pad)).take(len));
         }
-        teacher.model.check_positions(len).context("the teacher's tokens of a rollout")?;
-        let ids = Tensor::from_slice(&flat).view([group.len() as i64, len as i64]).to_device(teacher.device());
-        let hidden = teacher.model.hidden(&ids);
-        let logits = teacher.model.head(&hidden);
+        model.check_positions(len).context("the teacher's tokens of a rollout")?;
+        let ids = Tensor::from_slice(&flat).view([group.len() as i64, len as i64]).to_device(model.device());
+        let hidden = model.hidden(&ids);
+        let logits = model.head(&hidden);
         let lp = token_logprobs(&logits, &ids).to_device(Device::Cpu);
         for (b, &i) in group.iter().enumerate() {
             let r = &mut rollouts[i];
@@ -270,7 +313,7 @@ pub fn score_teacher(teacher: &Side, rollouts: &mut [Rollout], micro: usize, kee
 /// Samples (or, off-policy, takes the dataset's responses for) the given prompts and builds
 /// the teacher view and the alignment of each rollout.
 #[allow(clippy::too_many_arguments)]
-pub fn make_rollouts(plan: &Plan, student: &Side, teacher: &Side, examples: &[Example], prompts: &[Vec<i64>], picks: &[usize], on_policy: bool, seed: u64) -> Result<Vec<Rollout>> {
+pub fn make_rollouts(plan: &Plan, student: &Side, teacher: &Teacher, examples: &[Example], prompts: &[Vec<i64>], picks: &[usize], on_policy: bool, seed: u64) -> Result<Vec<Rollout>> {
     let r = plan;
     let picks: Vec<usize> = picks.iter().flat_map(|&i| std::iter::repeat(i).take(r.rollout.samples_per_prompt)).collect();
     let responses: Vec<(Vec<i64>, bool)> = if on_policy {
@@ -347,3 +390,19 @@ pub fn load_side(spec: &crate::recipe::ModelSpec, device: &str) -> Result<Side> 
     Ok(Side { model, tok, chat, eot, same_vocab: false })
 }
 
+/// The teacher: loaded here (frozen), or a client of its server with its tokenizer and chat
+/// template from `spec.tokenizer`.
+pub fn load_teacher(spec: &crate::recipe::ModelSpec, device: &str) -> Result<Teacher> {
+    let Some(server) = &spec.server else {
+        let mut side = load_side(spec, device)?;
+        side.model.vs.freeze();
+        return Ok(Side { model: Engine::Local(side.model), tok: side.tok, chat: side.chat, eot: side.eot, same_vocab: false });
+    };
+    let name = spec.tokenizer.as_deref().context("teacher.tokenizer: a served teacher needs its tokenizer")?;
+    let dir = crate::hf::hub::resolve_tokenizer(name)?;
+    let tok = Tokenizer::load(&dir)?;
+    let chat = ChatTemplate::load(&dir)?;
+    let eot = end_of_turn(&tok, &chat).with_context(|| format!("teacher tokenizer {name}"))?;
+    eprintln!("teacher served at {} ({:?} API), tokenizer {name}", server.endpoint(), server.api);
+    Ok(Side { model: Engine::Served(Served::new(server)?), tok, chat, eot, same_vocab: false })
+}

@@ -4,7 +4,8 @@
 //! vocabulary or teacher top-k with a tail); the baselines that need the student's full logits
 //! (ALM, ULD, GOLD); the masks and the normaliser of one optimizer step.
 use super::candidates::CandInputs;
-use super::rollout::{rows, scatter, Rollout, Side};
+use super::rollout::{rows, scatter, Rollout, Side, Teacher};
+use crate::models::Model;
 use crate::align::{Chunk, Masked};
 use crate::loss::{self, PpoClip, VocabMatch};
 use crate::recipe::{AdvantageBaseline, DistillSpec, Opd, OpdLoss};
@@ -42,7 +43,7 @@ pub fn assign_advantages(r: &Opd, rollouts: &mut [Rollout]) {
 /// loss and the number of tokens clipping changed. Full-distribution losses and DPCA run the
 /// head in chunks of positions (`Model::backward_logits`, `Model::backward_tokens`); the
 /// baselines take the full logits.
-pub fn backward_batch(r: &Opd, student: &Side, teacher: &Side, matches: Option<&VocabMatch>, rollouts: &[Rollout], norm: f64) -> Result<(f64, f64)> {
+pub fn backward_batch(r: &Opd, student: &Side, teacher: &Teacher, matches: Option<&VocabMatch>, rollouts: &[Rollout], norm: f64) -> Result<(f64, f64)> {
     let (mut total, mut clipped) = (0.0, 0.0);
     let recompute = r.training.activation_checkpointing;
     for chunk in rollouts.chunks(r.training.micro_batch_size) {
@@ -122,7 +123,7 @@ impl DpcaInputs {
 /// each chunk of positions gets the teacher's logits, and the mask of unmasked response tokens.
 /// Only for a shared vocabulary, where teacher response position j is student position j.
 pub struct DistInputs<'a> {
-    teacher: &'a Side,
+    teacher: &'a Model,
     hidden: Tensor,
     mask: Tensor,
     beta: f64,
@@ -130,7 +131,7 @@ pub struct DistInputs<'a> {
 }
 
 impl<'a> DistInputs<'a> {
-    pub fn new(r: &'a Opd, teacher: &'a Side, batch: &[&Rollout], starts: &[usize], width: i64, device: Device) -> Result<Self> {
+    pub fn new(r: &'a Opd, teacher: &'a Teacher, batch: &[&Rollout], starts: &[usize], width: i64, device: Device) -> Result<Self> {
         let beta = r.loss.divergence_beta(&r.distill).context("not a full-distribution loss")?;
         let h = batch.iter().find_map(|x| x.teacher_hidden.as_ref()).map_or(1, |t| t.size()[1]);
         let hidden = Tensor::zeros([batch.len() as i64, width, h], (Kind::Float, device));
@@ -142,7 +143,7 @@ impl<'a> DistInputs<'a> {
         }
         let mask: Vec<Vec<f32>> = batch.iter().map(|x| response_mask(x)).collect();
         let mask = scatter(&mask.iter().map(Vec::as_slice).collect::<Vec<_>>(), starts, width, device);
-        Ok(Self { teacher, hidden, mask, beta, spec: &r.distill })
+        Ok(Self { teacher: teacher.model.local()?, hidden, mask, beta, spec: &r.distill })
     }
 
     /// The summed divergence of positions `t0..t0 + n` given the student's logits (B, n, V).
@@ -150,8 +151,8 @@ impl<'a> DistInputs<'a> {
         let n = logits.size()[1];
         let mask = self.mask.narrow(1, t0, n);
         let teacher = tch::no_grad(|| {
-            let h = self.hidden.narrow(1, t0, n).to_device(self.teacher.model.device()).to_kind(self.teacher.model.kind);
-            self.teacher.model.head(&h).to_device(logits.device())
+            let h = self.hidden.narrow(1, t0, n).to_device(self.teacher.device()).to_kind(self.teacher.kind);
+            self.teacher.head(&h).to_device(logits.device())
         });
         // Logits widths may differ by padding rows past the shared tokenizer's vocabulary.
         let v = logits.size()[2].min(teacher.size()[2]);
