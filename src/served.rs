@@ -7,12 +7,16 @@
 //!   `prompt_logprobs: 0`; `choices[0].prompt_logprobs` is aligned with the prompt, its first
 //!   entry null, each entry a map from token id to `{logprob, rank, decoded_token}` that holds the
 //!   actual token (and the top-k when asked).
-//! - `openai_completions` (vLLM, llama-cpp-python, any OpenAI-compatible server): the same
-//!   endpoint with `echo: true` and `logprobs: 0`; `choices[0].logprobs` has `tokens` and
+//! - `openai_completions` (vLLM, or any OpenAI-compatible server that takes token ids): the
+//!   same endpoint with `echo: true` and `logprobs: 0`; `choices[0].logprobs` has `tokens` and
 //!   `token_logprobs` (first null) over the echoed prompt and then the generated token. Tokens
 //!   come back as text (or as `token_id:N` where vLLM's `return_tokens_as_token_ids` is on), so
-//!   the server's tokenization is checked against ours token by token. llama-cpp-python drops a
-//!   leading BOS from the echo; the echo is matched to the end of the prompt.
+//!   the server's tokenization is checked against ours token by token.
+//! - `llama_cpp_python`: the same with the prompt as text, which is all its server takes. Its
+//!   echo leaves out every BOS token, and its values are one token off unless the sequence
+//!   starts with the model's BOS (its code pairs echoed token i with the logits after token i,
+//!   right only once a leading BOS is dropped); an answer where the first token was not left
+//!   out is refused.
 //! - `sglang`: `POST /generate` with `input_ids`, `max_new_tokens: 0`, `return_logprob`,
 //!   `logprob_start_len: 0`; `meta_info.input_token_logprobs` is `[[logprob | null, id, text | null], …]`.
 //!
@@ -67,6 +71,10 @@ pub enum Api {
     OpenaiCompletions,
     Vllm,
     Sglang,
+    /// llama-cpp-python's server: `openai_completions` with the prompt as text (it refuses
+    /// ids), whose echo leaves out BOS tokens and is one token off unless the sequence starts
+    /// with the model's BOS (checked on every answer).
+    LlamaCppPython,
 }
 
 impl ServerSpec {
@@ -84,16 +92,18 @@ impl ServerSpec {
         let base = base.strip_suffix("/v1").unwrap_or(base);
         match self.api {
             Api::Sglang => format!("{base}/generate"),
-            Api::OpenaiCompletions | Api::Vllm => format!("{base}/v1/completions"),
+            Api::OpenaiCompletions | Api::Vllm | Api::LlamaCppPython => format!("{base}/v1/completions"),
         }
     }
 }
 
-/// The request body that makes `api` return the log-prob of every token of `ids`.
-pub fn score_request(api: Api, model: Option<&str>, ids: &[i64]) -> Value {
+/// The request body that makes `api` return the log-prob of every token of `ids` (whose text is
+/// `text`, for the servers that take text).
+pub fn score_request(api: Api, model: Option<&str>, ids: &[i64], text: &str) -> Value {
     let mut body = match api {
         Api::Vllm => json!({ "prompt": ids, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0 }),
         Api::OpenaiCompletions => json!({ "prompt": ids, "max_tokens": 1, "temperature": 0.0, "echo": true, "logprobs": 0 }),
+        Api::LlamaCppPython => json!({ "prompt": text, "max_tokens": 1, "temperature": 0.0, "echo": true, "logprobs": 0 }),
         Api::Sglang => json!({
             "input_ids": ids,
             "sampling_params": { "max_new_tokens": 0, "temperature": 0.0 },
@@ -102,7 +112,7 @@ pub fn score_request(api: Api, model: Option<&str>, ids: &[i64]) -> Value {
             "top_logprobs_num": 0,
         }),
     };
-    if let (Some(m), Api::Vllm | Api::OpenaiCompletions) = (model, api) {
+    if let (Some(m), false) = (model, api == Api::Sglang) {
         body["model"] = json!(m);
     }
     body
@@ -181,7 +191,7 @@ pub fn parse_scores(api: Api, body: &Value, ids: &[i64], tok: &Tokenizer) -> std
                 out[i] = logprob(v);
             }
         }
-        Api::OpenaiCompletions => {
+        Api::OpenaiCompletions | Api::LlamaCppPython => {
             let lp = body.pointer("/choices/0/logprobs");
             let (Some(tokens), Some(values)) = (lp.and_then(|l| l.get("tokens")).and_then(Value::as_array), lp.and_then(|l| l.get("token_logprobs")).and_then(Value::as_array)) else {
                 return retry("the answer has no choices[0].logprobs.tokens and token_logprobs (does the server support echo with logprobs? llama-cpp-python needs --logits_all true)");
@@ -189,19 +199,32 @@ pub fn parse_scores(api: Api, body: &Value, ids: &[i64], tok: &Tokenizer) -> std
             if tokens.len() != values.len() {
                 return retry(format!("{} tokens but {} token_logprobs", tokens.len(), values.len()));
             }
-            // The echo is the prompt (perhaps without a leading BOS) and then the generated tokens.
+            // The echo is the prompt and then the generated tokens; a server may leave special
+            // tokens out of it (llama-cpp-python leaves out every BOS), so it is matched to the
+            // prompt from the end, skipping our special tokens where the server has none.
             let generated = body.pointer("/usage/completion_tokens").and_then(Value::as_u64).map_or(tokens.len().saturating_sub(n), |g| g as usize);
-            let echoed = tokens.len().saturating_sub(generated).min(n);
-            if echoed + 1 < n {
-                return retry(format!("the echo holds {echoed} of the {n} prompt tokens"));
-            }
-            let first = n - echoed;
-            for j in 0..echoed {
-                let i = first + j;
-                same_token(i, ids[i], &tokens[j], tok)?;
-                if i > 0 {
-                    out[i] = values[j].as_f64();
+            let (mut i, mut j) = (n, tokens.len().saturating_sub(generated));
+            let special = |id: i64| tok.pieces().special.get(id as usize).copied().unwrap_or(false);
+            while j > 0 {
+                if i == 0 {
+                    return retry(format!("the echo holds more tokens than the {n} of the prompt"));
                 }
+                match same_token(i - 1, ids[i - 1], &tokens[j - 1], tok) {
+                    Ok(()) => {
+                        out[i - 1] = values[j - 1].as_f64();
+                        j -= 1;
+                    }
+                    Err(_) if special(ids[i - 1]) => {}
+                    Err(e) => return Err(e),
+                }
+                i -= 1;
+            }
+            out[0] = None;
+            if api == Api::LlamaCppPython && i == 0 {
+                return Err(Failure::Fatal(format!(
+                    "llama-cpp-python's echoed log-probs are one token off unless the sequence starts with the model's BOS token (it drops that token), and this one starts with {:?}; serve this teacher with vLLM or SGLang",
+                    String::from_utf8_lossy(tok.pieces().bytes.get(ids[0] as usize).map_or(&[][..], |b| b.as_slice()))
+                )));
             }
         }
         Api::Sglang => {
@@ -241,7 +264,7 @@ pub fn needed(scores: &[Option<f64>], from: usize) -> std::result::Result<Vec<f3
 pub fn parse_generation(api: Api, body: &Value) -> std::result::Result<(String, u64), Failure> {
     let (text, tokens) = match api {
         Api::Sglang => (body.get("text"), body.pointer("/meta_info/completion_tokens")),
-        Api::OpenaiCompletions | Api::Vllm => (body.pointer("/choices/0/text"), body.pointer("/usage/completion_tokens")),
+        Api::OpenaiCompletions | Api::Vllm | Api::LlamaCppPython => (body.pointer("/choices/0/text"), body.pointer("/usage/completion_tokens")),
     };
     match (text.and_then(Value::as_str), tokens.and_then(Value::as_u64)) {
         (Some(t), Some(n)) => Ok((t.to_string(), n)),
@@ -259,6 +282,13 @@ fn server_message(body: &str) -> String {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text,
     }
+}
+
+/// The exact text of `ids` (their byte pieces joined), for a server that takes text.
+fn text_of(ids: &[i64], tok: &Tokenizer) -> Result<String> {
+    let table = tok.pieces();
+    let bytes: Vec<u8> = ids.iter().flat_map(|&i| table.bytes.get(i as usize).cloned().unwrap_or_default()).collect();
+    String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("the teacher's tokens do not spell UTF-8 text, which a server that takes text needs"))
 }
 
 /// A client of one teacher server.
@@ -353,7 +383,8 @@ impl Served {
     pub fn score(&self, seqs: &[&[i64]], from: &[usize], names: &[String], tok: &Tokenizer) -> Result<(Vec<Vec<f32>>, f64)> {
         let started = Instant::now();
         let out = self.each(seqs.len(), |i| {
-            let body = score_request(self.spec.api, self.spec.model.as_deref(), seqs[i]);
+            let text = if self.spec.api == Api::LlamaCppPython { text_of(seqs[i], tok)? } else { String::new() };
+            let body = score_request(self.spec.api, self.spec.model.as_deref(), seqs[i], &text);
             self.with_retries(&names[i], || {
                 let answer = self.post(&body)?;
                 needed(&parse_scores(self.spec.api, &answer, seqs[i], tok)?, from[i])
@@ -364,7 +395,7 @@ impl Served {
 
     /// Samples an answer to each prompt (ids in the teacher's template): the texts and the
     /// generated token counts.
-    pub fn generate(&self, prompts: &[Vec<i64>], s: &crate::generate::Sampling) -> Result<Vec<(String, u64)>> {
+    pub fn generate(&self, prompts: &[Vec<i64>], s: &crate::generate::Sampling, tok: &Tokenizer) -> Result<Vec<(String, u64)>> {
         self.each(prompts.len(), |i| {
             let seed = s.seed.wrapping_add(i as u64) & 0x7FFF_FFFF;
             let body = match self.spec.api {
@@ -372,8 +403,9 @@ impl Served {
                     "input_ids": prompts[i],
                     "sampling_params": { "max_new_tokens": s.max_new_tokens, "temperature": s.temperature, "top_p": s.top_p, "top_k": if s.top_k > 0 { s.top_k } else { -1 }, "sampling_seed": seed },
                 }),
-                Api::OpenaiCompletions | Api::Vllm => {
-                    let mut b = json!({ "prompt": prompts[i], "max_tokens": s.max_new_tokens, "temperature": s.temperature, "top_p": s.top_p, "seed": seed });
+                Api::OpenaiCompletions | Api::Vllm | Api::LlamaCppPython => {
+                    let prompt = if self.spec.api == Api::LlamaCppPython { json!(text_of(&prompts[i], tok)?) } else { json!(prompts[i]) };
+                    let mut b = json!({ "prompt": prompt, "max_tokens": s.max_new_tokens, "temperature": s.temperature, "top_p": s.top_p, "seed": seed });
                     if s.top_k > 0 {
                         b["top_k"] = json!(s.top_k);
                     }
@@ -457,6 +489,25 @@ mod tests {
     }
 
     #[test]
+    fn llama_cpp_python_needs_a_leading_bos() {
+        // Its echo of a sequence that starts with BOS leaves the BOS out (fine); one that
+        // starts with another token keeps it, and its values are then one token off.
+        let tok = tok();
+        let mut body = answer("vllm_echo.json");
+        let lp = body.pointer_mut("/choices/0/logprobs").expect("logprobs");
+        for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+            lp[key].as_array_mut().expect("array").remove(0);
+        }
+        lp["token_logprobs"][0] = Value::Null;
+        assert!(parse_scores(Api::LlamaCppPython, &body, &IDS, &tok).is_ok());
+        let msg = fatal(parse_scores(Api::LlamaCppPython, &answer("vllm_echo.json"), &IDS, &tok));
+        assert!(msg.starts_with("llama-cpp-python's echoed log-probs are one token off unless the sequence starts with the model's BOS token"), "{msg}");
+        let body = score_request(Api::LlamaCppPython, Some("m"), &IDS, "<|im_start|>Lucas has 5444 stamps.");
+        assert_eq!(body["prompt"], json!("<|im_start|>Lucas has 5444 stamps."));
+        assert_eq!(text_of(&IDS, &tok).expect("utf-8"), "<|im_start|>Lucas has 5444 stamps.");
+    }
+
+    #[test]
     fn a_different_tokenization_names_the_first_differing_token() {
         let tok = tok();
         let mut body = answer("vllm_echo.json");
@@ -496,11 +547,11 @@ mod tests {
     #[test]
     fn requests_have_each_apis_shape() {
         let ids = [1i64, 355, 307];
-        let v = score_request(Api::Vllm, Some("teacher"), &ids);
+        let v = score_request(Api::Vllm, Some("teacher"), &ids, "");
         assert_eq!(v, json!({"model": "teacher", "prompt": [1, 355, 307], "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}));
-        let v = score_request(Api::OpenaiCompletions, None, &ids);
+        let v = score_request(Api::OpenaiCompletions, None, &ids, "");
         assert_eq!(v, json!({"prompt": [1, 355, 307], "max_tokens": 1, "temperature": 0.0, "echo": true, "logprobs": 0}));
-        let v = score_request(Api::Sglang, Some("ignored"), &ids);
+        let v = score_request(Api::Sglang, Some("ignored"), &ids, "");
         assert_eq!(v["input_ids"], json!([1, 355, 307]));
         assert_eq!(v["sampling_params"]["max_new_tokens"], json!(0));
         assert_eq!(v["logprob_start_len"], json!(0));

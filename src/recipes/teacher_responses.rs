@@ -61,7 +61,7 @@ pub fn run(r: &TeacherResponses) -> Result<()> {
         // The answers' texts and generated token counts, from the model here or its server.
         let answers: Vec<(String, u64)> = match &teacher.model {
             Engine::Local(model) => generate(model, &prompts, &s, &tok.eos_ids, tok.pad_id)?.iter().map(|g| Ok((tok.decode(&g.new_ids, true)?, g.new_ids.len() as u64))).collect::<Result<_>>()?,
-            Engine::Served(server) => server.generate(&prompts, &s)?,
+            Engine::Served(server) => server.generate(&prompts, &s, tok)?,
         };
         let mut lines = String::new();
         for (ex, (response, n)) in batch.iter().zip(answers) {
