@@ -1261,6 +1261,25 @@ mod tests {
     }
 
     #[test]
+    fn a_served_teacher_takes_a_tokenizer_and_no_weights() {
+        let opd = |student: &str, teacher: &str, extra: &str| {
+            let text = format!("recipe: opd\noutput_dir: runs/x\nstudent: {student}\nteacher: {teacher}\ndata: {{train: t.jsonl}}\noptimizer: {{lr: 1.0e-6}}\ntraining: {{steps: 2, prompts_per_step: 4}}\n{extra}");
+            Recipe::parse(&text, &[]).and_then(|r| r.validate()).map_err(|e| format!("{e:#}"))
+        };
+        let served = "{tokenizer: Qwen/Qwen3-8B, server: {url: http://localhost:8000, api: vllm}}";
+        assert_eq!(opd("{path: s}", served, ""), Ok(()));
+        let err = |s: &str, t: &str, x: &str| opd(s, t, x).expect_err("refused");
+        assert_eq!(err("{path: s}", "{path: t, server: {url: http://h:1}}", ""), "teacher.path: a served teacher has no weights here; name its tokenizer with teacher.tokenizer");
+        assert_eq!(err("{path: s}", "{server: {url: http://h:1}}", ""), "teacher.tokenizer: a served teacher needs its tokenizer (a directory or hub id with tokenizer.json)");
+        assert_eq!(err("{path: s, server: {url: http://h:1}}", served, ""), "student.server: only a teacher can be served (the student trains here)");
+        assert_eq!(err("{path: s}", "{path: t, tokenizer: x}", ""), "teacher.tokenizer: only for a served teacher (teacher.server); the tokenizer comes from teacher.path");
+        assert_eq!(err("{path: s}", "{tokenizer: x, server: {url: localhost:8000}}", ""), "teacher.server.url: \"localhost:8000\" is not an http:// or https:// address");
+        assert!(err("{path: s}", served, "loss: gold_hybrid\n").starts_with("teacher.server: a served teacher gives the log-prob of each token"));
+        assert!(err("{path: s}", "{tokenizer: x, server: {url: http://h:1, api: tgi}}", "").contains("unknown variant `tgi`"));
+        assert_eq!(err("{dtype: f32}", "{path: t}", ""), "student.path: missing (a model directory or hub id)");
+    }
+
+    #[test]
     fn unknown_key_is_named_with_line_and_column() {
         let text = SFT.replace("  steps: 3", "  steps: 3\n  stepz: 4");
         let e = format!("{:#}", Recipe::parse(&text, &[]).unwrap_err());

@@ -229,3 +229,34 @@ fn a_recorded_llama_cpp_python_answer_parses() {
         assert!(got[i].is_some_and(|v| (v - want).abs() < 1e-12), "token {i}: {:?} against {want}", got[i]);
     }
 }
+
+/// The SFT baseline's answers from a served teacher: `teacher_responses` has the server sample
+/// them (greedy here) and counts the tokens it generated.
+#[test]
+fn teacher_responses_come_from_the_server() {
+    let Some((python, gguf)) = assets() else { return };
+    let tmp = TempDir::new();
+    let teacher = converted(&gguf, &tmp);
+    let server = Server::start(&python, &gguf, free_port(), &tmp.path().join("server.log"));
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = tmp.path().join("answers");
+    let recipe = tmp.path().join("answers.yaml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "recipe: teacher_responses\noutput_dir: {}\nteacher: {{tokenizer: {}, server: {{url: \"{}\", api: llama_cpp_python, max_concurrency: 2}}}}\ndata: {{prompts: {root}/tests/fixtures/data/arith_train.jsonl, max_examples: 3}}\nsampling: {{temperature: 0.0, max_new_tokens: 24}}\nbatch_size: 2\n",
+            out.display(),
+            teacher.display(),
+            server.url
+        ),
+    )
+    .unwrap();
+    common::ok(run_recipe(&recipe, false));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("responses.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|l| l["response"].as_str().is_some_and(|r| !r.trim().is_empty())), "{lines:?}");
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("stats.json")).unwrap()).unwrap();
+    let generated = stats["generated_tokens"].as_u64().unwrap();
+    assert!(stats["prompts"] == 3 && (3..=72).contains(&generated), "{stats}");
+    eprintln!("served answers: {generated} tokens; first: {:?}", lines[0]["response"]);
+}
