@@ -20,6 +20,7 @@ minutes, and its wheel kept in the cache) goes into a virtual environment in the
 served-teacher tests. Nothing is committed.
 Exit status 2 means the registry could not be reached.
 """
+import fcntl
 import hashlib
 import io
 import os
@@ -128,24 +129,39 @@ SERVERS = {"llama-cpp-python": ("llama-cpp-python", "0.3.36")}
 def server(name: str) -> Path:
     """A virtual environment with the server installed; returns its python."""
     package, version = SERVERS[name]
-    req = f"{package}=={version}"
     venv = cache() / f"{package}-{version}-venv"
     python = venv / "bin" / "python"
     if (venv / "ready").exists():
         return python
+    cache().mkdir(parents=True, exist_ok=True)
+    with open(cache() / f"{package}.lock", "w") as lock:
+        # One builder at a time: tests that need the server ask for it together.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (venv / "ready").exists():
+            return python
+        return build_server(package, version, venv)
+
+
+def build_server(package: str, version: str, venv: Path) -> Path:
+    req = f"{package}=={version}"
+    python = venv / "bin" / "python"
     wheels = cache() / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    try:
+        urllib.request.urlopen(f"https://pypi.org/simple/{package}/", timeout=60).close()
+    except OSError as e:
+        raise Unreachable(f"PyPI: {e}") from e
     if not list(wheels.glob(f"{package.replace('-', '_')}-{version}-*.whl")):
         # Built from source once (compiles llama.cpp for this CPU); the wheel is kept.
         if subprocess.run(pip + ["wheel", "--quiet", "--no-deps", "-w", str(wheels), req]).returncode != 0:
-            raise Unreachable(f"PyPI: building {req} failed")
+            sys.exit(f"assets: building {req} from source failed (see pip's output above)")
     if venv.exists():
         shutil.rmtree(venv)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     install = [str(python), "-m", "pip", "--disable-pip-version-check", "install", "--quiet", "--find-links", str(wheels), f"{package}[server]=={version}"]
     if subprocess.run(install).returncode != 0:
-        raise Unreachable(f"PyPI: installing {req} with its server extras failed")
+        sys.exit(f"assets: installing {req} with its server extras failed (see pip's output above)")
     (venv / "ready").write_text(req + "\n")
     return python
 

