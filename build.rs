@@ -6,7 +6,8 @@
 //! names a CUDA symbol, and without it the linker drops the library and CUDA is never registered.
 //!
 //! It also compiles src/train/ops.cpp, the few libtorch operations tch does not bind (fused
-//! AdamW, setting a gradient), against the same libtorch headers and C++ ABI as torch-sys.
+//! AdamW, setting a gradient), against the same libtorch headers and C++ ABI as torch-sys, and
+//! src/train/dist.cpp (c10d's Gloo process group) when gloo's headers are there.
 use std::path::PathBuf;
 
 fn main() {
@@ -26,6 +27,26 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .warnings(false)
         .compile("tokbridge_ops");
+    // Data parallelism through c10d's Gloo process group, where gloo's headers are present.
+    println!("cargo:rerun-if-changed=src/train/dist.cpp");
+    println!("cargo:rerun-if-changed={}", include.join("gloo").display());
+    println!("cargo::rustc-check-cfg=cfg(tokbridge_dist)");
+    if include.join("gloo/context.h").exists() {
+        cc::Build::new()
+            .cpp(true)
+            .file("src/train/dist.cpp")
+            .include(&include)
+            .include(include.join("torch/csrc/api/include"))
+            .flag("-std=c++17")
+            .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={}", std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into())))
+            .flag("-DGLOG_USE_GLOG_EXPORT")
+            .flag("-DUSE_C10D_GLOO")
+            .warnings(false)
+            .compile("tokbridge_dist");
+        println!("cargo:rustc-cfg=tokbridge_dist");
+    } else {
+        println!("cargo:warning=no gloo headers in {}: built without multi-process training (run scripts/bootstrap)", include.display());
+    }
     let lib = PathBuf::from(&libtorch).join("lib");
     let lib = lib.canonicalize().unwrap_or(lib);
     println!("cargo:rerun-if-changed={}", lib.display());

@@ -48,6 +48,10 @@ enum Command {
         /// Pipelines: redo stages that finished before.
         #[arg(long)]
         fresh: bool,
+        /// Start N local processes (ranks) that train data-parallel over Gloo, as torchrun
+        /// --nproc-per-node N would.
+        #[arg(long, default_value_t = 1)]
+        nproc: usize,
     },
     /// Compare runs: report.md with the final table and accuracy plots (PNG and SVG).
     Compare {
@@ -155,8 +159,18 @@ fn open(args: &ModelArgs) -> Result<(tokbridge::models::Model, tokbridge::hf::to
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { recipe, overrides, resume, stop_after, fresh } => {
+        Command::Run { recipe, overrides, resume, stop_after, fresh, nproc } => {
             let r = tokbridge::recipe::Recipe::load(&recipe, &overrides)?;
+            if nproc > 1 {
+                // The same command for each rank, less --nproc.
+                let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+                if let Some(i) = args.iter().position(|a| a == "--nproc") {
+                    args.drain(i..(i + 2).min(args.len()));
+                }
+                args.retain(|a| !a.to_string_lossy().starts_with("--nproc="));
+                return tokbridge::train::dist::launch(nproc, &args);
+            }
+            anyhow::ensure!(nproc == 1, "--nproc must be at least 1");
             tokbridge::recipes::run(&r, &tokbridge::recipes::RunOptions { resume, stop_after, fresh })?;
         }
         Command::Compare { runs, out } => {

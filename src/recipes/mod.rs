@@ -13,6 +13,7 @@ use crate::hf::chat::ChatTemplate;
 use crate::hf::tokenizer::Tokenizer;
 use crate::models::Model;
 use crate::recipe::{ModelSpec, Recipe};
+use crate::train::dist::Dist;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use tch::Device;
@@ -32,8 +33,12 @@ pub struct RunOptions {
 pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
     match recipe {
         Recipe::Sft(r) => {
-            let _lock = prepare_run_dir(&r.output_dir, recipe, opts.resume)?;
-            sft::run(r, opts)?;
+            let dist = Dist::from_env()?;
+            let _lock = prepare_shared_run_dir(&r.output_dir, recipe, opts.resume, dist.as_ref())?;
+            sft::run(r, opts, dist.as_ref())?;
+            if dist.as_ref().is_some_and(|d| !d.is_main()) {
+                return Ok(());
+            }
             export_final(&r.output_dir, r.export_to.as_deref())
         }
         Recipe::TeacherResponses(r) => {
@@ -46,8 +51,12 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
             eval::run(r)
         }
         Recipe::Opd(r) => {
-            let _lock = prepare_run_dir(&r.output_dir, recipe, opts.resume)?;
-            opd::run(r, opts)?;
+            let dist = Dist::from_env()?;
+            let _lock = prepare_shared_run_dir(&r.output_dir, recipe, opts.resume, dist.as_ref())?;
+            opd::run(r, opts, dist.as_ref())?;
+            if dist.as_ref().is_some_and(|d| !d.is_main()) {
+                return Ok(());
+            }
             export_final(&r.output_dir, r.export_to.as_deref())
         }
         Recipe::MakeTask(r) => task::run(r),
@@ -100,6 +109,19 @@ fn prepare_run_dir(dir: &Path, recipe: &Recipe, resume: bool) -> Result<crate::a
         bail!("output_dir {} already holds a run with checkpoints; pass --resume to continue it, or choose another output_dir", dir.display());
     }
     crate::atomic::write(&dir.join("recipe.yaml"), recipe.to_yaml()?)?;
+    Ok(lock)
+}
+
+/// `prepare_run_dir` by rank 0 of a multi-process run while the others wait for it (they
+/// neither lock nor write the directory).
+fn prepare_shared_run_dir(dir: &Path, recipe: &Recipe, resume: bool, dist: Option<&Dist>) -> Result<Option<crate::atomic::RunLock>> {
+    let lock = match dist {
+        Some(d) if !d.is_main() => None,
+        _ => Some(prepare_run_dir(dir, recipe, resume)?),
+    };
+    if let Some(d) = dist {
+        d.barrier("waiting for rank 0 to prepare the run directory")?;
+    }
     Ok(lock)
 }
 

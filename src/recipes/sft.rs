@@ -5,13 +5,17 @@
 //! One optimizer step: `grad_accum` micro-batches drawn by the seeded sampler; the loss of
 //! each is its summed token NLL divided by the response-token count of the whole window (so
 //! accumulation equals one big batch, TRL #4719); global-norm clipping; AdamW; metrics;
-//! checkpoint and evaluation when due.
+//! checkpoint and evaluation when due. With several processes (`train::dist`) each rank
+//! takes every `world`-th example of each micro-batch and the gradients are summed over the
+//! ranks before clipping, so every rank takes the step one process would take on the whole
+//! batch; rank 0 evaluates, logs and checkpoints.
 use super::RunOptions;
 use crate::data::{self, Sampler};
 use crate::recipe::Sft;
 use crate::recipes::eval::{evaluate_run, gap_plan, load_eval_teacher};
 use crate::recipes::opd::{end_of_turn, Side};
 use crate::train::checkpoint::{self, TrainState};
+use crate::train::dist::Dist;
 use crate::train::metrics::{progress, Metrics};
 use crate::train::optim::AdamW;
 use crate::train::schedule::lr_at;
@@ -20,7 +24,8 @@ use anyhow::{Context, Result};
 use std::time::Instant;
 use tch::Kind;
 
-pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
+pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
+    let (rank, world, main) = dist.map_or((0, 1, true), |d| (d.rank, d.world, d.is_main()));
     let run_dir = &r.output_dir;
     let device = crate::runtime::parse_device(r.model.device.as_deref().unwrap_or(&r.device))?;
     tch::manual_seed(r.seed as i64);
@@ -69,35 +74,45 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
     let mut state = TrainState { step: 0, epoch: 0, index: 0, counters: Default::default() };
     if let Some(dir) = &resume_from {
         state = checkpoint::read_state(dir)?;
+        checkpoint::check_world(&state, world)?;
         let ckpt = crate::hf::safetensors::Checkpoint::open_file(&dir.join("optimizer.safetensors"))?;
         opt.load_state(&ckpt, state.step as i64)?;
         eprintln!("resuming {} from step {}", run_dir.display(), state.step);
     }
     let mut sampler = Sampler::at(encoded.len(), r.data.shuffle, r.seed, state.epoch, state.index);
-    let mut metrics = Metrics::open(run_dir, r.logging.tensorboard, resume_from.as_ref().map(|_| state.step))?;
+    let mut metrics = if main { Some(Metrics::open(run_dir, r.logging.tensorboard, resume_from.as_ref().map(|_| state.step))?) } else { None };
+    if world > 1 {
+        state.counters.insert("world_size".into(), world as f64);
+    }
     let eval_due = |step: usize| r.eval.as_ref().and_then(|e| e.every).is_some_and(|n| step % n == 0);
-    // Evaluates and says whether `training.stop_at` is reached.
-    let evaluate_now = |metrics: &mut Metrics, step: usize| -> Result<bool> {
+    // Evaluates (on rank 0) and says whether `training.stop_at` is reached (on every rank).
+    let evaluate_now = |metrics: &mut Option<Metrics>, step: usize| -> Result<bool> {
         let Some(spec) = &r.eval else { return Ok(false) };
+        let Some(metrics) = metrics else {
+            return Ok(dist.map(|d| d.broadcast(&[0.0], "waiting for rank 0's evaluation")).transpose()?.is_some_and(|v| v[0] > 0.5));
+        };
         let judge = teacher.as_ref().zip(plan.as_ref());
         let (values, _) = evaluate_run(&student, judge, &eval_examples, spec, r.seed, r.logging.progress, run_dir, step)?;
         let logged: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         metrics.log(step, &logged)?;
-        if r.training.stop_at.is_empty() {
-            return Ok(false);
+        let reached = !r.training.stop_at.is_empty() && r.training.stop_at.iter().try_fold(true, |all, s| Ok::<_, anyhow::Error>(all & s.reached(&values)?))?;
+        if let Some(d) = dist {
+            d.broadcast(&[f64::from(u8::from(reached))], "sending the evaluation's verdict")?;
         }
-        r.training.stop_at.iter().try_fold(true, |all, s| Ok(all & s.reached(&values)?))
+        Ok(reached)
     };
     // A run that stopped at its target is finished; resuming it trains no further.
     let mut stopped = state.counters.contains_key("stopped_at_target");
     if state.step == 0 && evaluate_now(&mut metrics, 0)? {
         stopped = true;
         state.counters.insert("stopped_at_target".into(), 0.0);
-        checkpoint::save(run_dir, &model, &source_dir, &opt, &state, r.training.keep_last_checkpoints)?;
+        if main {
+            checkpoint::save(run_dir, model, &source_dir, &opt, &state, r.training.keep_last_checkpoints)?;
+        }
     }
 
     let total = r.training.steps;
-    let bar = progress(total as u64, "sft", r.logging.progress);
+    let bar = progress(total as u64, "sft", r.logging.progress && main);
     bar.set_position(state.step as u64);
     let mut elapsed = state.counters.get("time_s").copied().unwrap_or(0.0);
     let mut tokens_seen = state.counters.get("tokens").copied().unwrap_or(0.0);
@@ -110,13 +125,21 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
         let mut loss_sum = 0.0;
         opt.zero_grad();
         for micro in &window {
-            let refs: Vec<_> = micro.iter().map(|&i| &encoded[i]).collect();
+            // This rank's share of the micro-batch (all of it in one process).
+            let refs: Vec<_> = micro.iter().skip(rank).step_by(world).map(|&i| &encoded[i]).collect();
+            if refs.is_empty() {
+                continue;
+            }
             let b = Batch::new(&refs, tok.pad_id, device);
             let loss = model.backward_tokens(&b.ids, r.training.activation_checkpointing, |lp, t0| {
                 let mask = b.target_mask.narrow(1, t0, lp.size()[1]);
                 Ok(-(lp * mask).sum(Kind::Float) / n_targets as f64)
             })?;
             loss_sum += loss * n_targets as f64;
+        }
+        if let Some(d) = dist {
+            loss_sum = d.sum(&[loss_sum], "summing the loss")?[0];
+            d.all_reduce_grads(&opt.vars())?;
         }
         let loss = loss_sum / n_targets as f64;
         if !loss.is_finite() {
@@ -148,7 +171,9 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
         if let Some(gib) = crate::runtime::peak_memory_gib(device) {
             values.push(("memory/peak_gib", gib));
         }
-        metrics.log(state.step, &values)?;
+        if let Some(m) = &mut metrics {
+            m.log(state.step, &values)?;
+        }
         bar.set_message(format!("loss {loss:.4} {:.0} tok/s", n_targets as f64 / secs));
         bar.inc(1);
         if (state.step == total || eval_due(state.step)) && evaluate_now(&mut metrics, state.step)? {
@@ -158,8 +183,8 @@ pub fn run(r: &Sft, opts: &RunOptions) -> Result<()> {
             eprintln!("{}: {} reached the targets at step {}; training stops", run_dir.display(), names.join(" and "), state.step);
         }
         let last = state.step == total || stopped;
-        if last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0) {
-            checkpoint::save(run_dir, &model, &source_dir, &opt, &state, r.training.keep_last_checkpoints)?;
+        if main && (last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0)) {
+            checkpoint::save(run_dir, model, &source_dir, &opt, &state, r.training.keep_last_checkpoints)?;
         }
         if opts.stop_after == Some(steps_this_run) && !last {
             bar.abandon_with_message("stopped (--stop-after)");

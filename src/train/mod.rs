@@ -1,6 +1,7 @@
 //! The training engine shared by recipes: optimizer, schedule, checkpoints, metrics, losses
 //! over padded batches.
 pub mod checkpoint;
+pub mod dist;
 pub mod metrics;
 pub mod ops;
 pub mod optim;

@@ -45,6 +45,11 @@ impl AdamW {
         Self { params, spec: spec.clone(), steps: 0 }
     }
 
+    /// The parameters it updates, in its (name) order.
+    pub fn vars(&self) -> Vec<Tensor> {
+        self.params.iter().map(|p| p.var.shallow_clone()).collect()
+    }
+
     /// Removes the gradients (torch's `set_to_none`): the next backward writes them afresh
     /// instead of adding to zeros.
     pub fn zero_grad(&mut self) {

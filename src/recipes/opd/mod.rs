@@ -11,6 +11,12 @@
 //!
 //! With identical tokenizers every chunk is 1:1 and the advantage is `log q_i − log p_i`:
 //! same-tokenizer OPD.
+//!
+//! With several processes (`train::dist`) each rank samples and scores every `world`-th prompt
+//! of a step, the normaliser is the count over all ranks, and gradients are summed over the
+//! ranks before clipping; rank 0 evaluates, logs and checkpoints. The `opd/*` diagnostics in
+//! the metrics are rank 0's share of the step; the loss, clip fraction and budget counters are
+//! the whole step's.
 pub mod candidates;
 mod diagnostics;
 mod rollout;
@@ -27,6 +33,7 @@ use crate::models::Model;
 use crate::recipe::{CandidatePositions, Opd, OpdLoss, Scorer};
 use crate::recipes::eval::evaluate_run;
 use crate::train::checkpoint::{self, TrainState};
+use crate::train::dist::Dist;
 use crate::train::metrics::{progress, Metrics};
 use crate::train::optim::AdamW;
 use crate::train::schedule::lr_at;
@@ -36,7 +43,8 @@ use std::time::Instant;
 /// Rollouts written in readable form at each evaluation (`rollouts/step-NNNNNN.md`).
 const DUMPED_ROLLOUTS: usize = 3;
 
-pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
+pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
+    let (rank, world, main) = dist.map_or((0, 1, true), |d| (d.rank, d.world, d.is_main()));
     let run_dir = &r.output_dir;
     tch::manual_seed(r.seed as i64);
     let resume_from = if opts.resume { checkpoint::latest(run_dir)? } else { None };
@@ -93,16 +101,20 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
     let mut state = TrainState { step: 0, epoch: 0, index: 0, counters: Default::default() };
     if let Some(dir) = &resume_from {
         state = checkpoint::read_state(dir)?;
+        checkpoint::check_world(&state, world)?;
         let ckpt = crate::hf::safetensors::Checkpoint::open_file(&dir.join("optimizer.safetensors"))?;
         opt.load_state(&ckpt, state.counters.get("optimizer_steps").copied().unwrap_or(state.step as f64) as i64)?;
         eprintln!("resuming {} from step {}", run_dir.display(), state.step);
     }
     let mut sampler = Sampler::at(examples.len(), r.data.shuffle, r.seed, state.epoch, state.index);
-    let mut metrics = Metrics::open(run_dir, r.logging.tensorboard, resume_from.as_ref().map(|_| state.step))?;
+    let mut metrics = if main { Some(Metrics::open(run_dir, r.logging.tensorboard, resume_from.as_ref().map(|_| state.step))?) } else { None };
+    if world > 1 {
+        state.counters.insert("world_size".into(), world as f64);
+    }
     // Each evaluation: the scorers and their generations, the held-out gap of the student's
     // samples under this run's rollout settings, and a readable dump of a few of them.
-    let evaluate_now = |metrics: &mut Metrics, step: usize| -> Result<Vec<(String, f64)>> {
-        let Some(spec) = &r.eval else { return Ok(vec![]) };
+    let evaluate_now = |metrics: &mut Option<Metrics>, step: usize| -> Result<Vec<(String, f64)>> {
+        let (Some(spec), Some(metrics)) = (&r.eval, metrics) else { return Ok(vec![]) };
         let (values, mut rollouts) = evaluate_run(&student, Some((&teacher, &plan)), &eval_examples, spec, r.seed, r.logging.progress, run_dir, step)?;
         assign_advantages(r, &mut rollouts);
         let dir = run_dir.join("rollouts");
@@ -128,7 +140,7 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
     }
 
     let total = r.training.steps;
-    let bar = progress(total as u64, "opd", r.logging.progress);
+    let bar = progress(total as u64, "opd", r.logging.progress && main);
     bar.set_position(state.step as u64);
     let counter = |state: &TrainState, k: &str| state.counters.get(k).copied().unwrap_or(0.0);
     let mut steps_this_run = 0;
@@ -141,7 +153,9 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
         let seed = r.seed.wrapping_add(1 + state.step as u64);
 
         // Rollout, teacher view, teacher scoring, alignment, old log-probs.
-        let mut rollouts = make_rollouts(&plan, &student, &teacher, &examples, &prompts, &picks, on_policy, seed).map_err(|e| {
+        // This rank's share of the prompts (all of them in one process).
+        let mine: Vec<usize> = picks.iter().skip(rank).step_by(world).copied().collect();
+        let mut rollouts = make_rollouts(&plan, &student, &teacher, &examples, &prompts, &mine, on_policy, seed).map_err(|e| {
             // A diverged student cannot be sampled: the documented non-finite stop.
             if e.downcast_ref::<crate::generate::NonFiniteLogits>().is_some() { checkpoint::non_finite_loss(run_dir, f64::NAN, state.step + 1) } else { e }
         })?;
@@ -170,11 +184,19 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
         let diag = diagnose(&rollouts);
 
         // Update: ppo_epochs optimizer steps over the whole rollout batch.
-        let norm = normaliser(r.loss, &rollouts);
+        let mut norm = normaliser(r.loss, &rollouts);
+        if let Some(d) = dist {
+            norm = d.sum(&[norm], "summing the normaliser")?[0];
+        }
         let (mut loss_value, mut clipped, mut grad_norm) = (0.0, 0.0, 0.0);
         for _ in 0..r.training.ppo_epochs {
             opt.zero_grad();
-            let (epoch_loss, c) = backward_batch(r, &student, &teacher, matches.as_ref(), &rollouts, norm)?;
+            let (mut epoch_loss, mut c) = backward_batch(r, &student, &teacher, matches.as_ref(), &rollouts, norm)?;
+            if let Some(d) = dist {
+                let sums = d.sum(&[epoch_loss, c], "summing the loss")?;
+                (epoch_loss, c) = (sums[0], sums[1]);
+                d.all_reduce_grads(&opt.vars())?;
+            }
             clipped += c;
             loss_value = epoch_loss;
             if !loss_value.is_finite() {
@@ -195,8 +217,11 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
         add(&mut state, "prompts", picks.len() as f64);
         // Teacher tokens run this step: the scoring pass, and the candidate pass (which is the
         // scoring pass too when merged).
-        let teacher_tokens = if merged { 0 } else { diag.teacher_tokens } + cand_stats.as_ref().map_or(0, |c| c.teacher_tokens);
-        add(&mut state, "teacher_forward_tokens", teacher_tokens as f64);
+        let mut teacher_tokens = (if merged { 0 } else { diag.teacher_tokens } + cand_stats.as_ref().map_or(0, |c| c.teacher_tokens)) as f64;
+        if let Some(d) = dist {
+            teacher_tokens = d.sum(&[teacher_tokens], "summing the teacher's tokens")?[0];
+        }
+        add(&mut state, "teacher_forward_tokens", teacher_tokens);
         add(&mut state, "optimizer_steps", r.training.ppo_epochs as f64);
         let mut values = vec![
             ("train/loss", loss_value),
@@ -224,7 +249,9 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
         if let Some(gib) = crate::runtime::peak_memory_gib(student.model.device()) {
             values.push(("memory/peak_gib", gib));
         }
-        metrics.log(state.step, &values)?;
+        if let Some(m) = &mut metrics {
+            m.log(state.step, &values)?;
+        }
         bar.set_message(format!("loss {loss_value:.4} gap {:.3} masked {:.0}%", diag.gap_per_token(), 100.0 * diag.masked as f64 / diag.tokens.max(1) as f64));
         bar.inc(1);
         let last = state.step == total;
@@ -232,7 +259,7 @@ pub fn run(r: &Opd, opts: &RunOptions) -> Result<()> {
         if last || r.eval.as_ref().and_then(|e| e.every).is_some_and(|n| state.step % n == 0) {
             evaluate_now(&mut metrics, state.step)?;
         }
-        if last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0) {
+        if main && (last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0)) {
             checkpoint::save(run_dir, &student.model, &source_dir, &opt, &state, r.training.keep_last_checkpoints)?;
         }
         if opts.stop_after == Some(steps_this_run) && !last {

@@ -1,0 +1,90 @@
+// torch.distributed's engine (c10d) for data parallelism, behind a small C ABI (src/train/dist.rs):
+// a TCPStore rendezvous and a ProcessGroupGloo, as `torch.distributed.init_process_group("gloo")`
+// builds them, and the three collectives training needs (sum all-reduce, broadcast, barrier).
+// Compiled only where gloo's headers are present (scripts/bootstrap puts Debian's libgloo-dev
+// headers beside libtorch's; the library itself is inside libtorch_cpu). Errors come back as
+// a malloc'd message, as in ops.cpp.
+#include <ATen/core/Tensor.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+namespace {
+struct Group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+};
+
+std::vector<at::Tensor> list(at::Tensor** ts, size_t n) {
+  std::vector<at::Tensor> out;
+  out.reserve(n);
+  for (size_t i = 0; i < n; ++i) out.push_back(*ts[i]);
+  return out;
+}
+}  // namespace
+
+extern "C" {
+
+// Rank `rank` of `world` joins the group whose store rank 0 serves at addr:port.
+char* tb_dist_init(int rank, int world, const char* addr, int port, long timeout_ms, void** out) {
+  try {
+    c10d::TCPStoreOptions o;
+    o.port = static_cast<uint16_t>(port);
+    o.isServer = rank == 0;
+    o.numWorkers = world;
+    o.waitWorkers = true;
+    o.timeout = std::chrono::milliseconds(timeout_ms);
+    auto g = new Group();
+    g->store = c10::make_intrusive<c10d::TCPStore>(std::string(addr), o);
+    auto opts = c10d::ProcessGroupGloo::Options::create(std::chrono::milliseconds(timeout_ms));
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(std::string(addr)));
+    g->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(g->store, rank, world, opts);
+    *out = g;
+    return nullptr;
+  } catch (const std::exception& e) {
+    return strdup(e.what());
+  }
+}
+
+void tb_dist_free(void* g) {
+  delete static_cast<Group*>(g);
+}
+
+// Sums each tensor over the ranks, in place (one collective for the list).
+char* tb_dist_all_reduce(void* g, at::Tensor** ts, size_t n) {
+  try {
+    auto tensors = list(ts, n);
+    static_cast<Group*>(g)->pg->allreduce(tensors)->wait();
+    return nullptr;
+  } catch (const std::exception& e) {
+    return strdup(e.what());
+  }
+}
+
+// Every rank's tensors become rank `root`'s.
+char* tb_dist_broadcast(void* g, at::Tensor** ts, size_t n, int root) {
+  try {
+    auto tensors = list(ts, n);
+    c10d::BroadcastOptions o;
+    o.rootRank = root;
+    static_cast<Group*>(g)->pg->broadcast(tensors, o)->wait();
+    return nullptr;
+  } catch (const std::exception& e) {
+    return strdup(e.what());
+  }
+}
+
+char* tb_dist_barrier(void* g) {
+  try {
+    static_cast<Group*>(g)->pg->barrier()->wait();
+    return nullptr;
+  } catch (const std::exception& e) {
+    return strdup(e.what());
+  }
+}
+}

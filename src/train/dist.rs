@@ -1,0 +1,241 @@
+//! Data parallelism on torch's own distributed engine: c10d's TCPStore rendezvous and Gloo
+//! process group (dist.cpp), set up from the launcher's environment as torchrun sets it
+//! (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`), or by `tokbridge run
+//! --nproc N`, which starts the N local ranks itself.
+//!
+//! Every rank holds the whole model and the same optimizer state; each computes the gradients
+//! of its share of a step's examples, scaled by the step's global normaliser, and one sum
+//! all-reduce makes every rank's gradients the gradients of the whole batch, so every rank
+//! takes the same step. Rank 0 writes metrics, checkpoints and exports. With `WORLD_SIZE`
+//! unset (or 1) there is no `Dist` and no distributed code runs.
+use anyhow::{Context, Result};
+use tch::{Kind, Tensor};
+
+/// `tokbridge run --nproc N`: runs this program with `args` as ranks 0..N of one group on this
+/// machine (torchrun's variables, a free port, the CPU's threads shared out unless
+/// OMP_NUM_THREADS is set), and stops them all when one fails.
+pub fn launch(n: usize, args: &[std::ffi::OsString]) -> Result<()> {
+    let exe = std::env::current_exe().context("finding the tokbridge executable")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).context("finding a free port for the rendezvous")?.port();
+    let threads = std::thread::available_parallelism().map_or(1, |c| c.get()).div_ceil(n).max(1);
+    let mut children = Vec::with_capacity(n);
+    for rank in 0..n {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(args).env("RANK", rank.to_string()).env("LOCAL_RANK", rank.to_string()).env("WORLD_SIZE", n.to_string()).env("MASTER_ADDR", "127.0.0.1").env("MASTER_PORT", port.to_string());
+        if std::env::var_os("OMP_NUM_THREADS").is_none() {
+            cmd.env("OMP_NUM_THREADS", threads.to_string());
+        }
+        children.push(cmd.spawn().with_context(|| format!("starting rank {rank}"))?);
+    }
+    let mut running: Vec<usize> = (0..n).collect();
+    while !running.is_empty() {
+        let mut failed = None;
+        running.retain(|&rank| match children[rank].try_wait() {
+            Ok(None) => true,
+            Ok(Some(status)) => {
+                if !status.success() && failed.is_none() {
+                    failed = Some((rank, status.to_string()));
+                }
+                false
+            }
+            Err(e) => {
+                failed.get_or_insert((rank, e.to_string()));
+                false
+            }
+        });
+        if let Some((rank, status)) = failed {
+            for &other in &running {
+                let _ = children[other].kill();
+                let _ = children[other].wait();
+            }
+            anyhow::bail!("rank {rank} of {n} failed ({status}); the other ranks were stopped");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Seconds a collective (or the rendezvous) may wait for the other ranks before the run stops:
+/// `TOKBRIDGE_DIST_TIMEOUT_S`, default 1800 (rank 0 evaluates while the others wait).
+fn timeout_ms() -> Result<i64> {
+    match std::env::var("TOKBRIDGE_DIST_TIMEOUT_S") {
+        Ok(v) => Ok((v.parse::<f64>().ok().filter(|s| *s > 0.0).with_context(|| format!("TOKBRIDGE_DIST_TIMEOUT_S={v:?} is not a positive number of seconds"))? * 1000.0) as i64),
+        Err(_) => Ok(1_800_000),
+    }
+}
+
+/// This process's place in a multi-process run.
+pub struct Dist {
+    pub rank: usize,
+    pub world: usize,
+    #[cfg(tokbridge_dist)]
+    group: *mut std::ffi::c_void,
+}
+
+fn env_usize(key: &str) -> Result<Option<usize>> {
+    match std::env::var(key) {
+        Ok(v) => Ok(Some(v.trim().parse().with_context(|| format!("{key}={v:?} is not a non-negative integer"))?)),
+        Err(_) => Ok(None),
+    }
+}
+
+impl Dist {
+    /// The run's rank and world from the environment; None for a single process.
+    pub fn from_env() -> Result<Option<Dist>> {
+        let Some(world) = env_usize("WORLD_SIZE")?.filter(|&w| w > 1) else { return Ok(None) };
+        let rank = env_usize("RANK")?.context("WORLD_SIZE is set but RANK is not (launch with torchrun's variables or tokbridge run --nproc N)")?;
+        anyhow::ensure!(rank < world, "RANK={rank} is not below WORLD_SIZE={world}");
+        let addr = std::env::var("MASTER_ADDR").unwrap_or_else(|_| "127.0.0.1".into());
+        let port = env_usize("MASTER_PORT")?.context("WORLD_SIZE is set but MASTER_PORT is not")?;
+        anyhow::ensure!((1..65536).contains(&port), "MASTER_PORT={port} is not a port");
+        Self::join(rank, world, &addr, port as u16).with_context(|| format!("rank {rank} of {world}: joining the group at {addr}:{port}"))
+    }
+
+    #[cfg(tokbridge_dist)]
+    fn join(rank: usize, world: usize, addr: &str, port: u16) -> Result<Option<Dist>> {
+        let c_addr = std::ffi::CString::new(addr).context("MASTER_ADDR holds a NUL byte")?;
+        let mut group = std::ptr::null_mut();
+        // SAFETY: the address outlives the call; `group` receives a pointer that Drop frees once.
+        let err = unsafe { ffi::tb_dist_init(rank as i32, world as i32, c_addr.as_ptr(), port as i32, timeout_ms()?, &mut group) };
+        ffi::check("c10d Gloo process group", err)?;
+        eprintln!("rank {rank} of {world}: joined the Gloo process group at {addr}:{port}");
+        Ok(Some(Dist { rank, world, group }))
+    }
+
+    #[cfg(not(tokbridge_dist))]
+    fn join(_rank: usize, world: usize, _addr: &str, _port: u16) -> Result<Option<Dist>> {
+        let _ = timeout_ms()?;
+        anyhow::bail!("WORLD_SIZE={world} asks for {world} processes, but this build has no multi-process training: gloo's headers were missing when it was built (run scripts/bootstrap, then cargo build)")
+    }
+
+    pub fn is_main(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// Sums `ts` over the ranks, in place.
+    pub fn all_reduce(&self, ts: &[Tensor], what: &str) -> Result<()> {
+        self.call(what, |g| {
+            let ptrs: Vec<_> = ts.iter().map(|t| t.as_ptr() as *mut std::ffi::c_void).collect();
+            // SAFETY: the tensors are live for the call.
+            unsafe { ffi::tb_dist_all_reduce(g, ptrs.as_ptr(), ptrs.len()) }
+        })
+    }
+
+    /// The sum of `values` over the ranks (float64).
+    pub fn sum(&self, values: &[f64], what: &str) -> Result<Vec<f64>> {
+        let t = Tensor::from_slice(values);
+        self.all_reduce(std::slice::from_ref(&t), what)?;
+        Ok(Vec::<f64>::try_from(&t)?)
+    }
+
+    /// Rank 0's `values` on every rank.
+    pub fn broadcast(&self, values: &[f64], what: &str) -> Result<Vec<f64>> {
+        let t = Tensor::from_slice(values);
+        self.call(what, |g| {
+            let p = [t.as_ptr() as *mut std::ffi::c_void];
+            // SAFETY: the tensor is live for the call.
+            unsafe { ffi::tb_dist_broadcast(g, p.as_ptr(), 1, 0) }
+        })?;
+        Ok(Vec::<f64>::try_from(&t)?)
+    }
+
+    /// Waits until every rank has reached this point.
+    pub fn barrier(&self, what: &str) -> Result<()> {
+        // SAFETY: the group is live.
+        self.call(what, |g| unsafe { ffi::tb_dist_barrier(g) })
+    }
+
+    /// Sums the gradients of `params` over the ranks in buckets of at most 64 MiB (a parameter
+    /// without a gradient on this rank counts as zeros, so every rank sends the same layout).
+    pub fn all_reduce_grads(&self, params: &[Tensor]) -> Result<()> {
+        let _g = tch::no_grad_guard();
+        const BUCKET_BYTES: i64 = 64 << 20;
+        let mut start = 0;
+        while start < params.len() {
+            let (mut end, mut bytes) = (start, 0);
+            while end < params.len() && (end == start || bytes + 4 * params[end].numel() as i64 <= BUCKET_BYTES) {
+                bytes += 4 * params[end].numel() as i64;
+                end += 1;
+            }
+            let grads: Vec<Tensor> = params[start..end]
+                .iter()
+                .map(|p| {
+                    let g = p.grad();
+                    if g.defined() {
+                        g.to_kind(Kind::Float).view([-1])
+                    } else {
+                        Tensor::zeros([p.numel() as i64], (Kind::Float, p.device()))
+                    }
+                })
+                .collect();
+            let flat = Tensor::cat(&grads, 0);
+            self.all_reduce(std::slice::from_ref(&flat), "all-reducing the gradients")?;
+            let mut offset = 0;
+            for p in &params[start..end] {
+                let n = p.numel() as i64;
+                let summed = flat.narrow(0, offset, n).view(p.size().as_slice()).to_kind(p.kind());
+                super::ops::clear_grad(p);
+                super::ops::accumulate_grad(p, &summed)?;
+                offset += n;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    #[cfg(tokbridge_dist)]
+    fn call(&self, what: &str, f: impl FnOnce(*mut std::ffi::c_void) -> *mut std::ffi::c_char) -> Result<()> {
+        ffi::check(&format!("rank {} of {}: {what}", self.rank, self.world), f(self.group))
+            .map_err(|e| anyhow::anyhow!("{e} (did another rank stop?)"))
+    }
+
+    #[cfg(not(tokbridge_dist))]
+    fn call(&self, _what: &str, _f: impl FnOnce(*mut std::ffi::c_void) -> *mut std::ffi::c_char) -> Result<()> {
+        unreachable!("a Dist exists only in builds with multi-process training")
+    }
+}
+
+#[cfg(tokbridge_dist)]
+impl Drop for Dist {
+    fn drop(&mut self) {
+        // SAFETY: created by tb_dist_init and freed only here.
+        unsafe { ffi::tb_dist_free(self.group) }
+    }
+}
+
+#[cfg(tokbridge_dist)]
+mod ffi {
+    use std::ffi::{c_char, c_void, CStr};
+    extern "C" {
+        pub fn tb_dist_init(rank: i32, world: i32, addr: *const c_char, port: i32, timeout_ms: i64, out: *mut *mut c_void) -> *mut c_char;
+        pub fn tb_dist_free(g: *mut c_void);
+        pub fn tb_dist_all_reduce(g: *mut c_void, ts: *const *mut c_void, n: usize) -> *mut c_char;
+        pub fn tb_dist_broadcast(g: *mut c_void, ts: *const *mut c_void, n: usize, root: i32) -> *mut c_char;
+        pub fn tb_dist_barrier(g: *mut c_void) -> *mut c_char;
+        fn tb_free(p: *mut c_char);
+    }
+
+    /// dist.cpp's error message (null: success) as a `Result`.
+    pub fn check(what: &str, err: *mut c_char) -> anyhow::Result<()> {
+        if err.is_null() {
+            return Ok(());
+        }
+        // SAFETY: a non-null result is a NUL-terminated string from strdup, released once here.
+        let text = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+        unsafe { tb_free(err) };
+        anyhow::bail!("{what}: {}", text.lines().next().unwrap_or("c10d error"))
+    }
+}
+
+#[cfg(not(tokbridge_dist))]
+mod ffi {
+    pub unsafe fn tb_dist_all_reduce(_: *mut std::ffi::c_void, _: *const *mut std::ffi::c_void, _: usize) -> *mut std::ffi::c_char {
+        std::ptr::null_mut()
+    }
+    pub unsafe fn tb_dist_broadcast(_: *mut std::ffi::c_void, _: *const *mut std::ffi::c_void, _: usize, _: i32) -> *mut std::ffi::c_char {
+        std::ptr::null_mut()
+    }
+    pub unsafe fn tb_dist_barrier(_: *mut std::ffi::c_void) -> *mut std::ffi::c_char {
+        std::ptr::null_mut()
+    }
+}
