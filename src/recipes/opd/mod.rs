@@ -24,7 +24,7 @@ mod signal;
 
 pub use diagnostics::{competence_warning, diagnose, dump_rollouts, held_out_gap, Diagnostics};
 pub use rollout::{end_of_turn, load_side, load_teacher, make_rollouts, old_logprobs, rows, score_teacher, teacher_encode, Engine, Plan, Rollout, Side, Teacher, TeacherKeeps};
-pub use signal::{assign_advantages, backward_batch, micro_loss, normaliser, response_mask, DistInputs, DpcaInputs};
+pub use signal::{assign_advantages, backward_batch, micro_loss, normalised_count, normaliser, response_mask, DistInputs, DpcaInputs};
 
 use super::RunOptions;
 use crate::data::{self, Rng, Sampler};
@@ -184,10 +184,10 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         let diag = diagnose(&rollouts);
 
         // Update: ppo_epochs optimizer steps over the whole rollout batch.
-        let mut norm = normaliser(r.loss, &rollouts);
-        if let Some(d) = dist {
-            norm = d.sum(&[norm], "summing the normaliser")?[0];
-        }
+        let norm = match dist {
+            Some(d) => d.sum(&[normalised_count(r.loss, &rollouts) as f64], "summing the normaliser")?[0].max(1.0),
+            None => normaliser(r.loss, &rollouts),
+        };
         let (mut loss_value, mut clipped, mut grad_norm) = (0.0, 0.0, 0.0);
         for _ in 0..r.training.ppo_epochs {
             opt.zero_grad();

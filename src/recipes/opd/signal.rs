@@ -242,12 +242,17 @@ pub fn response_mask(x: &Rollout) -> Vec<f32> {
 /// What one optimizer step normalises its summed loss by: unmasked tokens (DPCA's token
 /// mean, and the full-distribution losses' mean over positions), unmasked chunks (ALM), or scored sequences (ULD, GOLD).
 pub fn normaliser(loss: OpdLoss, rollouts: &[Rollout]) -> f64 {
+    normalised_count(loss, rollouts).max(1) as f64
+}
+
+/// What `normaliser` counts, before the floor of 1 (a multi-process step sums it over the
+/// ranks first).
+pub fn normalised_count(loss: OpdLoss, rollouts: &[Rollout]) -> usize {
     let live = rollouts.iter().filter(|x| !x.truncated);
-    let n: usize = match loss {
+    match loss {
         OpdLoss::Dpca | OpdLoss::ForwardKl | OpdLoss::ReverseKl | OpdLoss::Jsd => live.map(|x| response_mask(x).iter().filter(|&&v| v > 0.0).count()).sum(),
         OpdLoss::Alm => live.map(|x| x.chunks.iter().filter(|c| !c.is_masked()).count()).sum(),
         OpdLoss::Uld | OpdLoss::GoldHybrid => live.count(),
-    };
-    n.max(1) as f64
+    }
 }
 
