@@ -183,6 +183,11 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             eprintln!("{}: {} reached the targets at step {}; training stops", run_dir.display(), names.join(" and "), state.step);
         }
         let last = state.step == total || stopped;
+        if last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0) {
+            if let Some(d) = dist {
+                d.check_replicas(&opt.vars())?;
+            }
+        }
         if main && (last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0)) {
             checkpoint::save(run_dir, model, &source_dir, &opt, &state, r.training.keep_last_checkpoints)?;
         }

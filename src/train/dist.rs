@@ -183,6 +183,21 @@ impl Dist {
         Ok(())
     }
 
+    /// Checks that every rank holds the weights rank 0 holds (a float64 fingerprint of all of
+    /// them, compared exactly), before rank 0 writes them as the run's checkpoint.
+    pub fn check_replicas(&self, params: &[Tensor]) -> Result<()> {
+        let _g = tch::no_grad_guard();
+        let mut f = 0.0;
+        for (i, p) in params.iter().enumerate() {
+            let d = p.to_kind(Kind::Double);
+            f += (i + 1) as f64 * d.sum(Kind::Double).double_value(&[]) + (&d * &d).sum(Kind::Double).double_value(&[]);
+        }
+        let f0 = self.broadcast(&[f], "comparing the ranks' weights")?[0];
+        let differing = self.sum(&[f64::from(u8::from(f.to_bits() != f0.to_bits()))], "comparing the ranks' weights")?[0];
+        anyhow::ensure!(differing == 0.0, "the ranks' weights have diverged: {differing} of {} ranks differ from rank 0", self.world);
+        Ok(())
+    }
+
     #[cfg(tokbridge_dist)]
     fn call(&self, what: &str, f: impl FnOnce(*mut std::ffi::c_void) -> *mut std::ffi::c_char) -> Result<()> {
         ffi::check(&format!("rank {} of {}: {what}", self.rank, self.world), f(self.group))

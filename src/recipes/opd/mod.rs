@@ -259,6 +259,11 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         if last || r.eval.as_ref().and_then(|e| e.every).is_some_and(|n| state.step % n == 0) {
             evaluate_now(&mut metrics, state.step)?;
         }
+        if last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0) {
+            if let Some(d) = dist {
+                d.check_replicas(&opt.vars())?;
+            }
+        }
         if main && (last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0)) {
             checkpoint::save(run_dir, &student.model, &source_dir, &opt, &state, r.training.keep_last_checkpoints)?;
         }
