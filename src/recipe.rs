@@ -1022,6 +1022,7 @@ impl Recipe {
                 validate_training(&r.training)?;
                 if let Some(l) = &r.model.lora {
                     l.validate("model.lora")?;
+                    ensure!(l.dropout == 0.0 || !r.training.activation_checkpointing, "model.lora.dropout: not with training.activation_checkpointing (the recomputed blocks would draw other dropout masks)");
                 }
                 for s in &r.training.stop_at {
                     ensure!(s.at_least.is_some() != s.at_most.is_some(), "training.stop_at: {} needs exactly one of at_least and at_most", s.metric);
@@ -1059,6 +1060,7 @@ impl Recipe {
                 validate_optimizer(&r.optimizer)?;
                 if let Some(l) = &r.student.lora {
                     l.validate("student.lora")?;
+                    ensure!(l.dropout == 0.0 || !r.training.activation_checkpointing, "student.lora.dropout: not with training.activation_checkpointing (the recomputed blocks would draw other dropout masks)");
                 }
                 ensure!(r.teacher.lora.is_none(), "teacher.lora: the teacher is not trained (an adapter on it is teacher.adapter)");
                 ensure!(r.training.steps > 0, "training.steps must be positive");

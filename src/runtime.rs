@@ -9,13 +9,24 @@ use tch::{Device, Kind};
 pub fn parse_device(s: &str) -> Result<Device> {
     Ok(match s {
         "cpu" => Device::Cpu,
-        "auto" => Device::cuda_if_available(),
-        "cuda" | "gpu" => cuda(0)?,
+        "auto" if tch::Cuda::is_available() => cuda(local_rank())?,
+        "auto" => Device::Cpu,
+        "cuda" | "gpu" => cuda(local_rank())?,
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(n)) => cuda(n)?,
             _ => bail!("unknown device {other:?} (use cpu, cuda, cuda:N or auto)"),
         },
     })
+}
+
+/// The GPU of this process in a multi-process launch (`LOCAL_RANK`, as torchrun sets it, when
+/// `WORLD_SIZE` > 1), else 0: `device: cuda` means one GPU per rank.
+fn local_rank() -> usize {
+    let multi = std::env::var("WORLD_SIZE").ok().and_then(|w| w.trim().parse::<usize>().ok()).is_some_and(|w| w > 1);
+    if !multi {
+        return 0;
+    }
+    std::env::var("LOCAL_RANK").ok().and_then(|r| r.trim().parse().ok()).unwrap_or(0)
 }
 
 fn cuda(n: usize) -> Result<Device> {

@@ -20,15 +20,14 @@ fn recipe(extra: &[&str]) -> Opd {
     common::tiny_opd(&[&["dpca.candidates={k: 8}"], extra].concat())
 }
 
-fn sides(r: &Opd) -> (opd::Side, opd::Side) {
+fn sides(r: &Opd) -> (opd::Side, opd::Teacher) {
     let student = opd::load_side(&r.student, "cpu").unwrap();
-    let mut teacher = opd::load_side(&r.teacher, "cpu").unwrap();
-    teacher.model.vs.freeze();
+    let teacher = opd::load_teacher(&r.teacher, "cpu").unwrap();
     (student, teacher)
 }
 
 /// Off-policy rollouts of given responses: the student's encoding of each, scored and aligned.
-fn rollouts_of(r: &Opd, student: &opd::Side, teacher: &opd::Side, lines: &[(&str, &str)]) -> Vec<opd::Rollout> {
+fn rollouts_of(r: &Opd, student: &opd::Side, teacher: &opd::Teacher, lines: &[(&str, &str)]) -> Vec<opd::Rollout> {
     let examples: Vec<Example> = lines
         .iter()
         .map(|(p, a)| Example { messages: vec![tokbridge::hf::chat::Message::new("user", p), tokbridge::hf::chat::Message::new("assistant", a)] })
@@ -84,7 +83,7 @@ fn tree_pass_equals_scoring_each_candidate_alone() {
                 }
                 // The candidate as its own sequence: the teacher's prefix and the path.
                 let seq: Vec<i64> = x.teacher_ids[..prefix].iter().chain(&path).copied().collect();
-                let lp = teacher.model.logits(&Tensor::from_slice(&seq).unsqueeze(0)).get(0).log_softmax(-1, Kind::Double);
+                let lp = teacher.model.local().unwrap().logits(&Tensor::from_slice(&seq).unsqueeze(0)).get(0).log_softmax(-1, Kind::Double);
                 logp.push((0..path.len()).map(|d| lp.double_value(&[(prefix + d - 1) as i64, path[d]])).sum::<f64>());
                 multi += usize::from(path.len() > 1);
                 paths.push(path);

@@ -61,9 +61,8 @@ fn chunked_divergence_gradients_equal_full_logits_autograd() {
     for (loss, extra) in [("forward_kl", "distill.temperature=1.0"), ("jsd", "distill.temperature=0.9"), ("reverse_kl", "distill.top_k=8")] {
         let r = recipe(&[&format!("loss={loss}"), extra, "rollout.max_new_tokens=12"]);
         let mut student = opd::load_side(&r.student, "cpu").unwrap();
-        let mut teacher = opd::load_side(&r.teacher, "cpu").unwrap();
+        let mut teacher = opd::load_teacher(&r.teacher, "cpu").unwrap();
         teacher.same_vocab = true;
-        teacher.model.vs.freeze();
         // Chunks of 3 positions, so a row spans several chunks.
         student.model.logits_per_chunk = Some(3 * 420 * 6);
         let examples = tokbridge::data::read_jsonl(&r.data.train, Some(6)).unwrap();
@@ -83,7 +82,7 @@ fn chunked_divergence_gradients_equal_full_logits_autograd() {
         for x in &rollouts {
             let ids = Tensor::from_slice(&[x.student_prompt.clone(), x.response.clone()].concat()).unsqueeze(0);
             let s = student.model.logits(&ids).get(0).narrow(0, x.student_prompt.len() as i64 - 1, x.response.len() as i64);
-            let t = tch::no_grad(|| teacher.model.logits(&Tensor::from_slice(&x.teacher_ids).unsqueeze(0)).get(0).narrow(0, x.teacher_start as i64 - 1, x.response.len() as i64));
+            let t = tch::no_grad(|| teacher.model.local().unwrap().logits(&Tensor::from_slice(&x.teacher_ids).unsqueeze(0)).get(0).narrow(0, x.teacher_start as i64 - 1, x.response.len() as i64));
             let mask = Tensor::from_slice(&opd::response_mask(x));
             total = total + (tokbridge::loss::distill_divergence(&s, &t, beta, r.distill.temperature, r.distill.top_k) * mask).sum(Kind::Float);
         }

@@ -54,6 +54,7 @@ fn dpca_gradient_is_unbiased_for_the_reverse_kl_gradient() {
     teacher.same_vocab = true;
     scale_final_norm(&student);
     scale_final_norm(&teacher);
+    let teacher = teacher.into_teacher();
     let examples = tokbridge::data::read_jsonl(&r.data.train, Some(1)).unwrap();
     let prompt = tokbridge::data::prompt_ids(&student.tok, &student.chat, examples[0].prompt()).unwrap();
     let prompts = vec![prompt.clone()];
@@ -79,7 +80,7 @@ fn dpca_gradient_is_unbiased_for_the_reverse_kl_gradient() {
     let ids = Tensor::from_slice(&prompt).unsqueeze(0);
     let logp = student.model.logits(&ids).get(0).get(-1).log_softmax(-1, Kind::Double);
     let t_prompt = tokbridge::data::prompt_ids(&teacher.tok, &teacher.chat, examples[0].prompt()).unwrap();
-    let logq: Vec<f64> = tch::no_grad(|| Vec::try_from(teacher.model.logits(&Tensor::from_slice(&t_prompt).unsqueeze(0)).get(0).get(-1).log_softmax(-1, Kind::Double)).unwrap());
+    let logq: Vec<f64> = tch::no_grad(|| Vec::try_from(teacher.model.local().unwrap().logits(&Tensor::from_slice(&t_prompt).unsqueeze(0)).get(0).get(-1).log_softmax(-1, Kind::Double)).unwrap());
     let lp: Vec<f64> = Vec::try_from(logp.detach()).unwrap();
     let special = &student.tok.pieces().special;
     let stops: Vec<i64> = student.tok.eos_ids.iter().copied().chain([student.eot]).collect();

@@ -14,7 +14,7 @@ use tokbridge::nn::lora::LoraSpec;
 const TARGETS: [&str; 11] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv_proj", "gate_up_proj", "c_attn", "c_fc"];
 
 fn spec() -> LoraSpec {
-    LoraSpec { r: 3, alpha: 6.0, target_modules: TARGETS.iter().map(|s| s.to_string()).collect(), use_rslora: false }
+    LoraSpec { r: 3, alpha: 6.0, target_modules: TARGETS.iter().map(|s| s.to_string()).collect(), use_rslora: false, dropout: 0.0 }
 }
 
 /// Summed log-prob of the fixture's reference text, back-propagated.
@@ -115,8 +115,15 @@ fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
 #[test]
 fn a_lora_run_trains_resumes_exactly_and_exports_a_peft_adapter() {
     let tmp = TempDir::new();
-    let lora = "model.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj, down_proj]}";
+    // With PEFT's lora_dropout: the masks are drawn again exactly on resume.
+    let lora = "model.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj, down_proj], dropout: 0.1}";
     let full = full_and_resumed_agree(tmp.path(), "recipes/sft/tiny.yaml", &[lora, "training.steps=8", "training.checkpoint_every=2"], "step-000008");
+    let no_dropout = tmp.path().join("no-dropout");
+    ok(tokbridge(&["run", "recipes/sft/tiny.yaml", &format!("output_dir={}", no_dropout.display()), "eval=null", "training.steps=8", "model.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj, down_proj]}"]));
+    let loss_at = |run: &Path, step: usize| std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| v["step"] == step)?["train/loss"].as_f64();
+    // Step 1 is the same (B starts at zero, so the adapters add nothing yet); after it dropout shows.
+    assert_eq!(loss_at(&full, 1), loss_at(&no_dropout, 1));
+    assert_ne!(loss_at(&full, 3), loss_at(&no_dropout, 3), "lora dropout changed nothing");
     let files: Vec<String> = std::fs::read_dir(full.join("checkpoints/step-000008")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(!files.contains(&"model.safetensors".to_string()), "a LoRA checkpoint holds only adapters: {files:?}");
     let losses: Vec<f64> = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap().lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["train/loss"].as_f64()).collect();
@@ -126,7 +133,7 @@ fn a_lora_run_trains_resumes_exactly_and_exports_a_peft_adapter() {
     let (adapter, merged) = (tmp.path().join("adapter"), tmp.path().join("merged"));
     ok(tokbridge(&["export", full.to_str().unwrap(), "--out", adapter.to_str().unwrap()]));
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
-    assert_eq!((cfg["peft_type"].as_str(), cfg["r"].as_i64(), cfg["lora_alpha"].as_f64()), (Some("LORA"), Some(4), Some(8.0)));
+    assert_eq!((cfg["peft_type"].as_str(), cfg["r"].as_i64(), cfg["lora_alpha"].as_f64(), cfg["lora_dropout"].as_f64()), (Some("LORA"), Some(4), Some(8.0), Some(0.1)));
     let c = tokbridge::hf::safetensors::Checkpoint::open_file(&adapter.join("adapter_model.safetensors")).unwrap();
     assert!(c.names().any(|n| n == "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"), "PEFT's tensor names");
     ok(tokbridge(&["export", full.to_str().unwrap(), "--out", merged.to_str().unwrap(), "--merge"]));

@@ -35,7 +35,7 @@ fn same_tokenizer_dpca_is_per_token_reverse_kl() {
     // qwen2 and qwen3 fixtures share one tokenizer and chat template.
     let r = common::tiny_opd(&["student.path=tests/fixtures/models/qwen2", "dpca.adv_clamp=1000"]);
     let student = opd::load_side(&r.student, "cpu").unwrap();
-    let mut teacher = opd::load_side(&r.teacher, "cpu").unwrap();
+    let mut teacher = opd::load_teacher(&r.teacher, "cpu").unwrap();
     teacher.same_vocab = true;
     let examples = tokbridge::data::read_jsonl(&r.data.train, Some(8)).unwrap();
     let prompts: Vec<Vec<i64>> = examples.iter().map(|e| tokbridge::data::prompt_ids(&student.tok, &student.chat, e.prompt()).unwrap()).collect();
@@ -48,7 +48,7 @@ fn same_tokenizer_dpca_is_per_token_reverse_kl() {
         assert!(x.chunks.iter().all(|c| c.student.len() == 1 && c.teacher.len() == 1), "{:?}", x.chunks);
         // An independent teacher forward on its prompt and the student's very tokens.
         let ids = Tensor::from_slice(&x.teacher_ids).unsqueeze(0);
-        let lp = teacher.model.logits(&ids).log_softmax(-1, Kind::Double);
+        let lp = teacher.model.local().unwrap().logits(&ids).log_softmax(-1, Kind::Double);
         let adv = tokbridge::loss::chunk_advantages(&x.chunks, &x.old_logp, &x.logq, 1000.0);
         // The end-of-turn chunk pairs whichever end token the student chose with the teacher's.
         let body = x.chunks.len() - usize::from(x.finished);

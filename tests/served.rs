@@ -198,7 +198,7 @@ fn opd_with_a_served_teacher_aligns_as_in_process_and_survives_the_server_dying(
     let dir = tmp.path().join("killed");
     let recipe = tmp.path().join("killed.yaml");
     std::fs::write(&recipe, opd_recipe(&dir, &teacher, Some(&server.url), 4)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tokbridge")).args(["run", recipe.to_str().unwrap()]).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_tokbridge")).args(["run", recipe.to_str().unwrap()]).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
     let started = Instant::now();
     while metrics(&dir).is_empty() {
         assert!(started.elapsed() < Duration::from_secs(300), "no step within 300 s");

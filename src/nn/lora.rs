@@ -3,7 +3,8 @@
 //! zeros, `scale = alpha / rank` (rsLoRA: `alpha / sqrt(rank)`). Modules are chosen by their
 //! Hugging Face name as PEFT's `target_modules` does: a name equal to a target or ending in
 //! `.target`. GPT-2's `Conv1D` layers store `W` as (in, out) (PEFT's `fan_in_fan_out`); the
-//! adapters keep PEFT's shapes either way.
+//! adapters keep PEFT's shapes either way. `dropout` (PEFT's `lora_dropout`) drops the adapters'
+//! input inside `training` only.
 //!
 //! The adapters live in their own VarStore, under PEFT's names without its
 //! `base_model.model.` prefix (`model.layers.0.self_attn.q_proj.lora_A.weight`), so the base
@@ -11,7 +12,7 @@
 //! `with_adapters`, which each layer's constructor consults.
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use tch::nn::{Init, Path, VarStore};
 use tch::{Device, Kind, Tensor};
 
@@ -28,6 +29,10 @@ pub struct LoraSpec {
     /// rsLoRA: scale by alpha / sqrt(r) instead of alpha / r.
     #[serde(default)]
     pub use_rslora: bool,
+    /// PEFT's `lora_dropout`: dropout on the adapters' input while training (not while sampling,
+    /// scoring or evaluating).
+    #[serde(default)]
+    pub dropout: f64,
 }
 
 impl LoraSpec {
@@ -43,6 +48,7 @@ impl LoraSpec {
         ensure!(self.r > 0, "{key}.r must be positive");
         ensure!(self.alpha.is_finite() && self.alpha > 0.0, "{key}.alpha must be positive");
         ensure!(!self.target_modules.is_empty(), "{key}.target_modules must name at least one module");
+        ensure!((0.0..1.0).contains(&self.dropout), "{key}.dropout must be in [0, 1)");
         Ok(())
     }
 
@@ -59,7 +65,7 @@ impl LoraSpec {
             "base_model_name_or_path": base,
             "r": self.r,
             "lora_alpha": self.alpha,
-            "lora_dropout": 0.0,
+            "lora_dropout": self.dropout,
             "target_modules": self.target_modules,
             "use_rslora": self.use_rslora,
             "bias": "none",
@@ -90,6 +96,7 @@ impl LoraSpec {
             alpha: v["lora_alpha"].as_f64().with_context(|| at("no lora_alpha"))?,
             target_modules: targets,
             use_rslora: v["use_rslora"].as_bool().unwrap_or(false),
+            dropout: v["lora_dropout"].as_f64().unwrap_or(0.0),
         };
         spec.validate(&path.display().to_string())?;
         Ok(spec)
@@ -102,12 +109,18 @@ pub struct Adapter {
     pub a: Tensor,
     pub b: Tensor,
     scale: f64,
+    dropout: f64,
 }
 
 impl Adapter {
-    /// `scale * x A^T B^T`, computed in float32 and returned in `x`'s dtype.
+    /// `scale * dropout(x) A^T B^T`, computed in float32 and returned in `x`'s dtype; the
+    /// dropout only inside `training`.
     pub fn delta(&self, x: &Tensor) -> Tensor {
-        (x.to_kind(Kind::Float).linear::<Tensor>(&self.a, None).linear::<Tensor>(&self.b, None) * self.scale).to_kind(x.kind())
+        let mut h = x.to_kind(Kind::Float);
+        if self.dropout > 0.0 && TRAINING.with(Cell::get) {
+            h = h.dropout(self.dropout, true);
+        }
+        (h.linear::<Tensor>(&self.a, None).linear::<Tensor>(&self.b, None) * self.scale).to_kind(x.kind())
     }
 
     /// `scale * B A`: the (out, in) matrix that merging adds to the base weight.
@@ -118,6 +131,16 @@ impl Adapter {
 
 thread_local! {
     static PLAN: RefCell<Option<(LoraSpec, VarStore)>> = const { RefCell::new(None) };
+    static TRAINING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` (a training step's forward and backward) with the adapters' dropout on, as PEFT
+/// does in `model.train()`; sampling and scoring outside it see no dropout.
+pub fn training<R>(f: impl FnOnce() -> R) -> R {
+    let before = TRAINING.with(|t| t.replace(true));
+    let out = f();
+    TRAINING.with(|t| t.set(before));
+    out
 }
 
 /// Runs `build` (a model's constructor) with adapters on the layers `spec` targets; returns
@@ -143,7 +166,7 @@ pub fn attach(p: &Path, in_dim: i64, out_dim: i64) -> Option<Adapter> {
         let bound = 1.0 / (in_dim as f64).sqrt();
         let a = (&root / "lora_A").var("weight", &[spec.r, in_dim], Init::Uniform { lo: -bound, up: bound });
         let b = (&root / "lora_B").var("weight", &[out_dim, spec.r], Init::Const(0.));
-        Some(Adapter { a, b, scale: spec.scale() })
+        Some(Adapter { a, b, scale: spec.scale(), dropout: spec.dropout })
     })
 }
 
@@ -163,7 +186,7 @@ mod tests {
 
     #[test]
     fn targets_match_whole_trailing_names() {
-        let s = LoraSpec { r: 4, alpha: 8.0, target_modules: vec!["q_proj".into(), "c_attn".into()], use_rslora: false };
+        let s = LoraSpec { r: 4, alpha: 8.0, target_modules: vec!["q_proj".into(), "c_attn".into()], use_rslora: false, dropout: 0.0 };
         assert!(s.targets("model.layers.0.self_attn.q_proj"));
         assert!(s.targets("transformer.h.1.attn.c_attn"));
         assert!(!s.targets("model.layers.0.self_attn.qq_proj"));

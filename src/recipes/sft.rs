@@ -120,6 +120,7 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     while state.step < total && !stopped {
         let started = Instant::now();
         let lr = lr_at(state.step, total, r.optimizer.lr, &r.schedule);
+        reseed_dropout(model, r.seed, state.step);
         let window: Vec<Vec<usize>> = (0..r.training.grad_accum).map(|_| sampler.next_batch(r.training.batch_size)).collect();
         let n_targets: usize = window.iter().flatten().map(|&i| encoded[i].n_targets()).sum();
         let mut loss_sum = 0.0;
@@ -131,9 +132,11 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
                 continue;
             }
             let b = Batch::new(&refs, tok.pad_id, device);
-            let loss = model.backward_tokens(&b.ids, r.training.activation_checkpointing, |lp, t0| {
-                let mask = b.target_mask.narrow(1, t0, lp.size()[1]);
-                Ok(-(lp * mask).sum(Kind::Float) / n_targets as f64)
+            let loss = crate::nn::lora::training(|| {
+                model.backward_tokens(&b.ids, r.training.activation_checkpointing, |lp, t0| {
+                    let mask = b.target_mask.narrow(1, t0, lp.size()[1]);
+                    Ok(-(lp * mask).sum(Kind::Float) / n_targets as f64)
+                })
             })?;
             loss_sum += loss * n_targets as f64;
         }
@@ -198,4 +201,12 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     }
     bar.finish_with_message("done");
     Ok(())
+}
+
+/// LoRA dropout draws from torch's generator: seeded from the run's seed and the step, so a
+/// resumed run draws the masks the uninterrupted one drew.
+pub fn reseed_dropout(model: &crate::models::Model, seed: u64, step: usize) {
+    if model.adapters.as_ref().is_some_and(|a| a.spec.dropout > 0.0) {
+        tch::manual_seed((seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64 & i64::MAX);
+    }
 }

@@ -184,6 +184,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         let diag = diagnose(&rollouts);
 
         // Update: ppo_epochs optimizer steps over the whole rollout batch.
+        crate::recipes::sft::reseed_dropout(&student.model, r.seed, state.step);
         let norm = match dist {
             Some(d) => d.sum(&[normalised_count(r.loss, &rollouts) as f64], "summing the normaliser")?[0].max(1.0),
             None => normaliser(r.loss, &rollouts),
@@ -191,7 +192,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         let (mut loss_value, mut clipped, mut grad_norm) = (0.0, 0.0, 0.0);
         for _ in 0..r.training.ppo_epochs {
             opt.zero_grad();
-            let (mut epoch_loss, mut c) = backward_batch(r, &student, &teacher, matches.as_ref(), &rollouts, norm)?;
+            let (mut epoch_loss, mut c) = crate::nn::lora::training(|| backward_batch(r, &student, &teacher, matches.as_ref(), &rollouts, norm))?;
             if let Some(d) = dist {
                 let sums = d.sum(&[epoch_loss, c], "summing the loss")?;
                 (epoch_loss, c) = (sums[0], sums[1]);

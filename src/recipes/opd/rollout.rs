@@ -51,6 +51,13 @@ impl Engine {
 
 pub type Teacher = Side<Engine>;
 
+impl Side {
+    /// This side as a teacher that runs in this process (frozen as it is).
+    pub fn into_teacher(self) -> Teacher {
+        Side { model: Engine::Local(self.model), tok: self.tok, chat: self.chat, eot: self.eot, same_vocab: self.same_vocab }
+    }
+}
+
 impl Teacher {
     pub fn device(&self) -> Device {
         match &self.model {
@@ -396,7 +403,7 @@ pub fn load_teacher(spec: &crate::recipe::ModelSpec, device: &str) -> Result<Tea
     let Some(server) = &spec.server else {
         let mut side = load_side(spec, device)?;
         side.model.vs.freeze();
-        return Ok(Side { model: Engine::Local(side.model), tok: side.tok, chat: side.chat, eot: side.eot, same_vocab: false });
+        return Ok(side.into_teacher());
     };
     let name = spec.tokenizer.as_deref().context("teacher.tokenizer: a served teacher needs its tokenizer")?;
     let dir = crate::hf::hub::resolve_tokenizer(name)?;
