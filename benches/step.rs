@@ -5,6 +5,7 @@
 //!   cargo bench --bench step -- train --full-logits                     the same on unchunked logits
 //!   cargo bench --bench step -- sample                                  8 prompts, 128 new tokens
 //!   cargo bench --bench step -- train --lora 16                         LoRA rank 16 on every projection
+//!   cargo bench --bench step -- sample --model DIR --batch 1            a real model (float32)
 //!
 //! The model is a randomly initialised llama (about 30M parameters by default: hidden 384,
 //! 8 layers, 6 heads / 2 KV heads, MLP 1536, vocabulary 32000, tied), float32, on the CPU with
@@ -37,12 +38,18 @@ pub struct Args {
     chunk: i64,
     /// LoRA rank on all seven projections, base frozen (0: full training).
     lora: i64,
+    /// A model directory to load instead of the random llama.
+    model: Option<String>,
 }
 
 pub fn parse(argv: &[String]) -> Args {
-    let mut a = Args { mode: "train".into(), hidden: 384, layers: 8, heads: 6, kv_heads: 2, inter: 1536, vocab: 32000, batch: 8, seq: 256, new_tokens: 128, reps: 10, threads: 2, full_logits: false, chunk: 0, lora: 0 };
+    let mut a = Args { mode: "train".into(), hidden: 384, layers: 8, heads: 6, kv_heads: 2, inter: 1536, vocab: 32000, batch: 8, seq: 256, new_tokens: 128, reps: 10, threads: 2, full_logits: false, chunk: 0, lora: 0, model: None };
     let mut it = argv.iter().filter(|x| *x != "--bench");
     while let Some(k) = it.next() {
+        if k == "--model" {
+            a.model = Some(it.next().expect("a directory after --model").clone());
+            continue;
+        }
         let mut v = || it.next().expect("a value after the flag").parse::<i64>().expect("an integer");
         match k.as_str() {
             "train" | "sample" => a.mode = k.clone(),
@@ -67,6 +74,9 @@ pub fn parse(argv: &[String]) -> Args {
 }
 
 fn model(a: &Args) -> tokbridge::models::Model {
+    if let Some(dir) = &a.model {
+        return tokbridge::runtime::load(dir, Device::Cpu, Kind::Float).unwrap().0;
+    }
     let dir = std::env::temp_dir().join(format!("tokbridge-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = serde_json::json!({
@@ -150,7 +160,8 @@ pub fn run(a: &Args) -> serde_json::Value {
         }
         "sample" => {
             let mut rng = tokbridge::data::Rng(1);
-            let prompts: Vec<Vec<i64>> = (0..8).map(|_| (0..16).map(|_| (rng.next_u64() % a.vocab as u64) as i64).collect()).collect();
+            let vocab = m.config["vocab_size"].as_i64().unwrap_or(a.vocab).min(32000) as u64;
+            let prompts: Vec<Vec<i64>> = (0..a.batch).map(|_| (0..16).map(|_| (rng.next_u64() % vocab) as i64).collect()).collect();
             let s = Sampling { max_new_tokens: a.new_tokens, temperature: 0.0, ignore_eos: true, ..Sampling::default() };
             for rep in 0..a.reps.min(5) + 1 {
                 let t0 = Instant::now();
@@ -160,7 +171,7 @@ pub fn run(a: &Args) -> serde_json::Value {
                     times.push(t0.elapsed().as_secs_f64());
                 }
             }
-            tokens = 8 * a.new_tokens as i64;
+            tokens = a.batch * a.new_tokens as i64;
         }
         other => panic!("unknown mode {other} (train, sample)"),
     }

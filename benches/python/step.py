@@ -5,6 +5,7 @@ initialisation, float32, CPU, thread count, and the same work.
   python benches/python/step.py train   forward + backward + torch.optim.AdamW, batch 8 x 256
   python benches/python/step.py train --fused   the same with AdamW(fused=True) (Trainer's default)
   python benches/python/step.py sample  model.generate, 8 prompts of 16 tokens, 128 new tokens greedy
+  python benches/python/step.py sample --model DIR --batch 1   a real model (float32)
 
 Prints one JSON line like the Rust side. Pinned versions: benches/python/requirements.txt.
 """
@@ -24,6 +25,7 @@ def main():
     for k, v in dict(hidden=384, layers=8, heads=6, kv_heads=2, inter=1536, vocab=32000, batch=8, seq=256,
                      new_tokens=128, reps=10, threads=2).items():
         ap.add_argument(f"--{k.replace('_', '-')}", type=int, default=v)
+    ap.add_argument("--model", help="a model directory to load instead of the random llama")
     ap.add_argument("--fused", action="store_true", help="torch.optim.AdamW(fused=True), the Trainer's default on torch >= 2.8")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -31,7 +33,12 @@ def main():
     cfg = LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.inter, num_hidden_layers=a.layers,
                       num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, max_position_embeddings=4096,
                       rms_norm_eps=1e-6, tie_word_embeddings=True)
-    model = LlamaForCausalLM(cfg).float()
+    if a.model:
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+        a.vocab = min(model.config.get_text_config().vocab_size, 32000)
+    else:
+        model = LlamaForCausalLM(cfg).float()
     params = sum(p.numel() for p in model.parameters())
     times = []
     if a.mode == "train":
@@ -50,7 +57,7 @@ def main():
     else:
         model.eval()
         g = torch.Generator().manual_seed(1)
-        prompts = torch.randint(a.vocab, (8, 16), generator=g)
+        prompts = torch.randint(a.vocab, (a.batch, 16), generator=g)
         for rep in range(min(a.reps, 5) + 1):
             t0 = time.perf_counter()
             with torch.no_grad():
@@ -59,7 +66,7 @@ def main():
             assert out.shape[1] == 16 + a.new_tokens
             if rep >= 1:
                 times.append(time.perf_counter() - t0)
-        tokens = 8 * a.new_tokens
+        tokens = a.batch * a.new_tokens
     times.sort()
     median = statistics.median(times)
     print(json.dumps({"side": "transformers", "mode": a.mode, "params": params, "median_s": median, "min_s": times[0],
