@@ -129,3 +129,25 @@ fn a_rank_that_dies_stops_the_other_with_one_line() {
     assert!(killed_at.elapsed() < Duration::from_secs(70), "rank 0 took {:?} to stop", killed_at.elapsed());
     eprintln!("rank 0 stopped {:?} after rank 1 was killed: {last}", killed_at.elapsed());
 }
+
+#[test]
+fn teacher_responses_over_two_ranks_write_the_same_dataset() {
+    let _one = serial();
+    let tmp = TempDir::new();
+    if !has_dist(&tmp) {
+        return;
+    }
+    // Greedy answers: each rank answers half of every batch, rank 0 writes them in order.
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    for (dir, extra) in [(&one, vec![]), (&two, vec!["--nproc", "2"])] {
+        let out = format!("output_dir={}", dir.display());
+        let mut args = vec!["run", "recipes/teacher_responses/tiny.yaml", out.as_str(), "sampling.temperature=0"];
+        args.extend(extra);
+        common::ok(common::tokbridge(&args));
+    }
+    let read = |d: &Path| std::fs::read_to_string(d.join("responses.jsonl")).unwrap();
+    assert_eq!(read(&one).lines().count(), 16);
+    assert_eq!(read(&one), read(&two));
+    let stats = |d: &Path| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(d.join("stats.json")).unwrap()).unwrap()["generated_tokens"].clone();
+    assert_eq!(stats(&one), stats(&two));
+}

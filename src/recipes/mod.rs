@@ -42,12 +42,10 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
             export_final(&r.output_dir, r.export_to.as_deref())
         }
         Recipe::TeacherResponses(r) => {
-            if !main_process("teacher_responses")? {
-                return Ok(());
-            }
+            let dist = Dist::from_env()?;
             // Always resumable: finished prompts are kept.
-            let _lock = prepare_run_dir(&r.output_dir, recipe, true)?;
-            teacher_responses::run(r)
+            let _lock = prepare_shared_run_dir(&r.output_dir, recipe, true, dist.as_ref())?;
+            teacher_responses::run(r, dist.as_ref())
         }
         Recipe::Eval(r) => {
             if !main_process("eval")? {

@@ -1,6 +1,7 @@
 // torch.distributed's engine (c10d) for data parallelism, behind a small C ABI (src/train/dist.rs):
 // a TCPStore rendezvous and a ProcessGroupGloo, as `torch.distributed.init_process_group("gloo")`
-// builds them, and the three collectives training needs (sum all-reduce, broadcast, barrier).
+// builds them, the three collectives training needs (sum all-reduce, broadcast, barrier), and
+// the store's set and get, through which rank 0 gathers what the ranks generated.
 // Compiled only where gloo's headers are present (scripts/bootstrap puts Debian's libgloo-dev
 // headers beside libtorch's; the library itself is inside libtorch_cpu). Errors come back as
 // a malloc'd message, as in ops.cpp.
@@ -73,6 +74,32 @@ char* tb_dist_broadcast(void* g, at::Tensor** ts, size_t n, int root) {
     c10d::BroadcastOptions o;
     o.rootRank = root;
     static_cast<Group*>(g)->pg->broadcast(tensors, o)->wait();
+    return nullptr;
+  } catch (const std::exception& e) {
+    return strdup(e.what());
+  }
+}
+
+// Puts `data` under `key` in the group's store (rank 0's TCPStore).
+char* tb_dist_store_set(void* g, const char* key, const uint8_t* data, size_t n) {
+  try {
+    static_cast<Group*>(g)->store->set(std::string(key), std::vector<uint8_t>(data, data + n));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return strdup(e.what());
+  }
+}
+
+// Waits for `key` in the store (up to the group's timeout), hands its value over as a
+// malloc'd buffer (released with tb_free) and deletes the key.
+char* tb_dist_store_take(void* g, const char* key, uint8_t** out, size_t* n) {
+  try {
+    auto& store = static_cast<Group*>(g)->store;
+    std::vector<uint8_t> v = store->get(std::string(key));
+    store->deleteKey(std::string(key));
+    *n = v.size();
+    *out = static_cast<uint8_t*>(malloc(v.size() > 0 ? v.size() : 1));
+    if (!v.empty()) memcpy(*out, v.data(), v.size());
     return nullptr;
   } catch (const std::exception& e) {
     return strdup(e.what());

@@ -183,6 +183,29 @@ impl Dist {
         Ok(())
     }
 
+    /// Rank 0 gets every rank's `bytes` (in rank order) through the store; the others get
+    /// None. `tag` names this exchange and must not repeat within a run.
+    pub fn gather(&self, tag: &str, bytes: &[u8]) -> Result<Option<Vec<Vec<u8>>>> {
+        let key = |r: usize| format!("tokbridge/{tag}/{r}");
+        let mine = std::ffi::CString::new(key(self.rank)).context("a gather tag holds a NUL byte")?;
+        // SAFETY: key and data are live for the call.
+        self.call(&format!("sending {tag} to rank 0"), |g| unsafe { ffi::tb_dist_store_set(g, mine.as_ptr(), bytes.as_ptr(), bytes.len()) })?;
+        if !self.is_main() {
+            return Ok(None);
+        }
+        let mut all = Vec::with_capacity(self.world);
+        for r in 0..self.world {
+            let k = std::ffi::CString::new(key(r)).context("a gather tag holds a NUL byte")?;
+            let (mut ptr, mut n) = (std::ptr::null_mut::<u8>(), 0usize);
+            // SAFETY: on success `ptr` is a malloc'd buffer of `n` bytes, copied and freed here.
+            self.call(&format!("receiving {tag} from rank {r}"), |g| unsafe { ffi::tb_dist_store_take(g, k.as_ptr(), &mut ptr, &mut n) })?;
+            let v = unsafe { std::slice::from_raw_parts(ptr, n) }.to_vec();
+            unsafe { ffi::free_buffer(ptr) };
+            all.push(v);
+        }
+        Ok(Some(all))
+    }
+
     /// Checks that every rank holds the weights rank 0 holds (a float64 fingerprint of all of
     /// them, compared exactly), before rank 0 writes them as the run's checkpoint.
     pub fn check_replicas(&self, params: &[Tensor]) -> Result<()> {
@@ -227,7 +250,14 @@ mod ffi {
         pub fn tb_dist_all_reduce(g: *mut c_void, ts: *const *mut c_void, n: usize) -> *mut c_char;
         pub fn tb_dist_broadcast(g: *mut c_void, ts: *const *mut c_void, n: usize, root: i32) -> *mut c_char;
         pub fn tb_dist_barrier(g: *mut c_void) -> *mut c_char;
+        pub fn tb_dist_store_set(g: *mut c_void, key: *const c_char, data: *const u8, n: usize) -> *mut c_char;
+        pub fn tb_dist_store_take(g: *mut c_void, key: *const c_char, out: *mut *mut u8, n: *mut usize) -> *mut c_char;
         fn tb_free(p: *mut c_char);
+    }
+
+    /// Releases a buffer dist.cpp allocated.
+    pub unsafe fn free_buffer(p: *mut u8) {
+        tb_free(p as *mut c_char)
     }
 
     /// dist.cpp's error message (null: success) as a `Result`.
@@ -253,4 +283,11 @@ mod ffi {
     pub unsafe fn tb_dist_barrier(_: *mut std::ffi::c_void) -> *mut std::ffi::c_char {
         std::ptr::null_mut()
     }
+    pub unsafe fn tb_dist_store_set(_: *mut std::ffi::c_void, _: *const std::ffi::c_char, _: *const u8, _: usize) -> *mut std::ffi::c_char {
+        std::ptr::null_mut()
+    }
+    pub unsafe fn tb_dist_store_take(_: *mut std::ffi::c_void, _: *const std::ffi::c_char, _: *mut *mut u8, _: *mut usize) -> *mut std::ffi::c_char {
+        std::ptr::null_mut()
+    }
+    pub unsafe fn free_buffer(_: *mut u8) {}
 }
