@@ -10,8 +10,8 @@
 #      1e-4, bf16 within 2e-2 of the CPU's bf16 (max |Δ log-prob| per fixture; the distance of
 #      bf16 from f32 is shown too);
 #   2. a training-step benchmark of a Llama-3.2-1B-shaped model in bf16 (recipes/gpu/*.yaml:
-#      batch 8 × 1024 tokens, AdamW), with and without activation checkpointing: tokens/s,
-#      model FLOPs utilisation and peak memory;
+#      batch 8 × 1024 tokens, AdamW), with and without activation checkpointing, and LoRA r 16
+#      on every projection: tokens/s, model FLOPs utilisation and peak memory;
 #   3. a short cross-tokenizer OPD run (recipes/opd/tiny.yaml) with both models on the GPU in bf16.
 # DEVICE=cpu SMALL=1 runs the same plumbing on a CPU at toy sizes (what CI-less checks use).
 set -euo pipefail
@@ -101,13 +101,18 @@ PY
 "$bin" run recipes/gpu/llama-1b-init.yaml "vars.root=$out" "${shape[@]}" 2>&1 | tail -1
 say "## 2. training step, Llama-3.2-1B shape, bf16 weights, f32 master weights and moments"
 say ""
-say "| activation checkpointing | step time (median) | tokens/s | MFU | peak memory |"
+say "| training | step time (median) | tokens/s | MFU | peak memory |"
 say "|---|---|---|---|---|"
-for ckpt in false true; do
+lora='model.lora={r: 16, alpha: 32, target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]}'
+for ckpt in false true lora; do
   run="$out/sft-bench-$ckpt"
   rm -rf "$run"
+  case "$ckpt" in
+    lora) mode=("training.activation_checkpointing=false" "$lora") ;;
+    *) mode=("training.activation_checkpointing=$ckpt") ;;
+  esac
   "$bin" run recipes/gpu/llama-1b-sft-bench.yaml "vars.root=$out" "output_dir=$run" "device=$device" \
-    "training.activation_checkpointing=$ckpt" "${bench[@]}" --stop-after "$steps" 2> "$run.log" || { tail -5 "$run.log"; exit 1; }
+    "${mode[@]}" "${bench[@]}" --stop-after "$steps" 2> "$run.log" || { tail -5 "$run.log"; exit 1; }
   row="$("$py" - "$run/metrics.jsonl" "$out/llama-1b/config.json" "$run/recipe.yaml" "$peak_tflops" <<'PY'
 import json, re, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if "train/loss" in l]
@@ -129,7 +134,12 @@ print(f"{step * 1e3:.0f}ms {tps:,.0f} {100 * mfu:.1f}% {peak:.1f}GiB")
 PY
 )"
   read -r st tps mfu peak <<< "$row"
-  say "| $ckpt | $st | $tps | $mfu | $peak |"
+  case "$ckpt" in
+    lora) label="LoRA r 16, every projection (MFU as if full)" ;;
+    true) label="full, activation checkpointing" ;;
+    *) label="full" ;;
+  esac
+  say "| $label | $st | $tps | $mfu | $peak |"
 done
 say ""
 say "Tokens per step: batch × max_length (every example is longer and truncated). MFU against"
