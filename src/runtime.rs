@@ -74,11 +74,8 @@ pub fn load(spec: &str, device: Device, kind: Kind) -> Result<(Model, Tokenizer)
 /// `load` with LoRA adapters (`models::load_adapted`).
 pub fn load_adapted(spec: &str, device: Device, kind: Kind, adapter: Option<&str>, lora: Option<&crate::nn::lora::LoraSpec>) -> Result<(Model, Tokenizer)> {
     let dir = hub::resolve(spec)?;
-    // Adapters are local PEFT directories.
-    let adapter = adapter.map(std::path::PathBuf::from);
-    if let Some(a) = &adapter {
-        anyhow::ensure!(a.join("adapter_config.json").is_file(), "adapter {}: no adapter_config.json there", a.display());
-    }
+    // Adapters are PEFT directories or hub ids.
+    let adapter = adapter.map(hub::resolve_adapter).transpose()?;
     let model = models::load_adapted(&dir, device, kind, adapter.as_deref(), lora).with_context(|| format!("loading model {spec}"))?;
     let tok = Tokenizer::load(&dir)?;
     Ok((model, tok))

@@ -190,3 +190,58 @@ fn opd_trains_a_lora_student_and_resumes_exactly() {
     let b = c.tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight").unwrap();
     assert!(b.abs().max().double_value(&[]) > 0.0, "B left zero: the adapters did not train");
 }
+
+/// Lays a directory out as the hub cache does (refs/main -> snapshots/<sha>/).
+fn cached(root: &Path, repo: &str, from: &Path) -> std::path::PathBuf {
+    let repo_dir = root.join(format!("models--{}", repo.replace('/', "--")));
+    let sha = "89abcdef0123456789abcdef0123456789abcdef";
+    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    std::fs::write(repo_dir.join("refs/main"), sha).unwrap();
+    let snap = repo_dir.join("snapshots").join(sha);
+    std::fs::create_dir_all(&snap).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_file() {
+            std::fs::copy(e.path(), snap.join(e.file_name())).unwrap();
+        }
+    }
+    snap
+}
+
+/// Hub ids work for adapters (`--adapter org/name`, from the cache, offline) and a LoRA run on
+/// a hub-id base names that id as PEFT's base_model_name_or_path, not the cache path.
+#[test]
+fn adapters_and_bases_by_hub_id() {
+    let tmp = TempDir::new();
+    let cache = tmp.path().join("hub");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    cached(&cache, "tiny/llama", &fixtures.join("models/llama"));
+    cached(&cache, "tiny/llama-lora", &fixtures.join("lora/llama/peft-adapter"));
+    let env = [("HF_HUB_CACHE", cache.to_str().unwrap()), ("HF_HUB_OFFLINE", "1")];
+    let score = |model: &str, adapter: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokbridge"))
+            .args(["score", "--model", model, "--adapter", adapter, "--text", "Tom has 12 apples and buys 30 more.", "--json"])
+            .envs(env)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>()
+    };
+    let local = score(fixtures.join("models/llama").to_str().unwrap(), fixtures.join("lora/llama/peft-adapter").to_str().unwrap());
+    assert_eq!(score("tiny/llama", "tiny/llama-lora"), local);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokbridge")).args(["score", "--model", "tiny/llama", "--adapter", "tiny/absent", "--text", "x"]).envs(env).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("adapter tiny/absent") && err.contains("HF_HUB_OFFLINE"), "{err}");
+
+    let run = tmp.path().join("run");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokbridge"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["run", "recipes/sft/tiny.yaml", &format!("output_dir={}", run.display()), "eval=null", "training.steps=2", "model.path=tiny/llama", "model.lora={r: 2, alpha: 4, target_modules: [q_proj]}"])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/step-000002/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["base_model_name_or_path"], "tiny/llama");
+}

@@ -93,6 +93,52 @@ fn resolve_with(spec: &str, weights: bool) -> Result<PathBuf> {
     download(&cache, repo, revision, weights).with_context(|| format!("model {spec}: no such directory, and no hub id {repo} in the cache {} (the download failed)", cache.display()))
 }
 
+/// Resolves a PEFT adapter (`adapter_config.json`, `adapter_model.safetensors`): a directory,
+/// or a hub id from the cache (downloaded into it unless `HF_HUB_OFFLINE` is set).
+pub fn resolve_adapter(spec: &str) -> Result<PathBuf> {
+    const FILES: [&str; 2] = ["adapter_config.json", "adapter_model.safetensors"];
+    let path = Path::new(spec);
+    if path.is_dir() {
+        anyhow::ensure!(path.join(FILES[0]).is_file(), "adapter {spec}: no adapter_config.json there");
+        return Ok(path.to_path_buf());
+    }
+    let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
+    if path.exists() || repo.split('/').count() != 2 || repo.starts_with('.') || repo.starts_with('/') {
+        bail!("adapter {spec:?}: not a directory and not a hub id of the form org/name");
+    }
+    let cache = cache_dir();
+    let cached = cached_snapshot(&cache, repo, revision);
+    if let Some(dir) = cached.as_ref().filter(|d| FILES.iter().all(|f| d.join(f).is_file())) {
+        return Ok(dir.clone());
+    }
+    if offline() {
+        bail!("adapter {spec}: no such directory, and HF_HUB_OFFLINE is set and the cache {} does not hold {} of hub id {repo}", cache.display(), FILES.join(" and "));
+    }
+    let fetch = || -> Result<PathBuf> {
+        use hf_hub::api::sync::ApiBuilder;
+        use hf_hub::{Repo, RepoType};
+        let api = ApiBuilder::from_env().with_cache_dir(cache.clone()).build()?;
+        let repo = api.repo(Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string()));
+        let config = repo.get(FILES[0])?;
+        repo.get(FILES[1])?;
+        Ok(config.parent().context("cache path without parent")?.to_path_buf())
+    };
+    fetch().with_context(|| format!("adapter {spec}: no such directory, and no hub id {repo} in the cache {} (the download failed)", cache.display()))
+}
+
+/// How a model directory is named for others (PEFT's `base_model_name_or_path`): its hub id
+/// when it is a snapshot in the hub cache, else its path.
+pub fn name_of(dir: &Path) -> String {
+    let parts: Vec<String> = dir.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    match parts.as_slice() {
+        [.., repo, snapshots, _sha] if snapshots == "snapshots" => match repo.strip_prefix("models--").and_then(|r| r.split_once("--")) {
+            Some((org, name)) => format!("{org}/{name}"),
+            None => dir.display().to_string(),
+        },
+        _ => dir.display().to_string(),
+    }
+}
+
 fn download(cache: &Path, repo: &str, revision: &str, weights: bool) -> Result<PathBuf> {
     use hf_hub::api::sync::ApiBuilder;
     use hf_hub::{Repo, RepoType};

@@ -59,7 +59,7 @@ pub fn save_adapters(model: &Model, base: &Path, dir: &Path) -> Result<()> {
     let ad = model.adapters.as_ref().context("the model has no adapters")?;
     let named: Vec<(String, tch::Tensor)> = named_weights_of(&ad.vs).into_iter().map(|(n, t)| (crate::nn::lora::peft_name(&n), t)).collect();
     safetensors::save(&named, &dir.join("adapter_model.safetensors"))?;
-    let config = ad.spec.peft_config(&base.display().to_string(), model.family == crate::models::Family::Gpt2);
+    let config = ad.spec.peft_config(&crate::hf::hub::name_of(base), model.family == crate::models::Family::Gpt2);
     std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&config)?).with_context(|| format!("writing {}", dir.join("adapter_config.json").display()))
 }
 
