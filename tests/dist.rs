@@ -112,6 +112,17 @@ fn a_rank_that_dies_stops_the_other_with_one_line() {
             .spawn()
             .unwrap()
     };
+    // A rank whose rendezvous never answers gives up after the timeout, in one line.
+    let lonely = Command::new(env!("CARGO_BIN_EXE_tokbridge"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["run", "recipes/sft/tiny.yaml", &format!("output_dir={}", tmp.path().join("lonely").display()), "eval=null"])
+        .envs([("RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_PORT", port.as_str()), ("TOKBRIDGE_DIST_TIMEOUT_S", "2")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&lonely.stderr);
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    assert!(!lonely.status.success() && last.starts_with(&format!("error: rank 1 of 2: joining the group at 127.0.0.1:{port}: ")) && last.contains("timed out"), "{err}");
+
     let (zero, mut one) = (rank("0"), rank("1"));
     let started = Instant::now();
     while losses(&out).len() < 3 {
