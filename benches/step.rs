@@ -92,6 +92,7 @@ fn model(a: &Args) -> tokbridge::models::Model {
         target_modules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].map(String::from).to_vec(),
         use_rslora: false,
         dropout: 0.0,
+        modules_to_save: vec![],
     };
     let (mut m, adapters) = if a.lora > 0 {
         let (built, vs) = tokbridge::nn::lora::with_adapters(&spec, Device::Cpu, || tokbridge::models::build(&dir, Device::Cpu));

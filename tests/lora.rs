@@ -14,7 +14,7 @@ use tokbridge::nn::lora::LoraSpec;
 const TARGETS: [&str; 11] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv_proj", "gate_up_proj", "c_attn", "c_fc"];
 
 fn spec() -> LoraSpec {
-    LoraSpec { r: 3, alpha: 6.0, target_modules: TARGETS.iter().map(|s| s.to_string()).collect(), use_rslora: false, dropout: 0.0 }
+    LoraSpec { r: 3, alpha: 6.0, target_modules: TARGETS.iter().map(|s| s.to_string()).collect(), use_rslora: false, dropout: 0.0, modules_to_save: vec![] }
 }
 
 /// Summed log-prob of the fixture's reference text, back-propagated.
@@ -244,4 +244,39 @@ fn adapters_and_bases_by_hub_id() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/step-000002/adapter_config.json")).unwrap()).unwrap();
     assert_eq!(cfg["base_model_name_or_path"], "tiny/llama");
+}
+
+/// modules_to_save (PEFT's name; here `lm_head`, trained whole beside the adapters): an adapter
+/// PEFT wrote with it gives PEFT's log-probs here, and PEFT gives with the adapter tokbridge
+/// exported from such a run the log-probs tokbridge gives (tests/fixtures/lora/llama-mts,
+/// scripts/fixtures/make_lora_reference.py). A run with it trains the head and resumes exactly.
+#[test]
+fn modules_to_save_match_peft_and_train() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora/llama-mts");
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let floats = |k: &str| -> Vec<f64> { reference[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
+    let ids: Vec<i64> = reference["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+    let base = common::fixtures().join("llama");
+    let ours = |adapter: &Path| -> Vec<f64> {
+        let m = tokbridge::models::load_adapted(&base, Device::Cpu, Kind::Float, Some(adapter), None).unwrap();
+        let t = Tensor::from_slice(&ids).unsqueeze(0);
+        let lp = tch::no_grad(|| tokbridge::train::token_logprobs(&m.logits(&t), &t)).squeeze_dim(0);
+        Vec::<f32>::try_from(lp).unwrap().into_iter().map(f64::from).collect()
+    };
+    for (adapter, key) in [("peft-adapter", "peft_adapter_logprobs"), ("ours-adapter", "ours_adapter_logprobs_by_peft")] {
+        let (got, want) = (ours(&dir.join(adapter)), floats(key));
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(got.len() == want.len() && err <= 1e-4, "{adapter}: max |ours - PEFT| = {err}");
+        assert!(!close(&got, &floats("base_logprobs"), 1e-3), "{adapter} changes nothing");
+    }
+
+    // Training: the head trains (it is in the adapter file and differs from the base's), and
+    // the resumed run ends with the same adapter file.
+    let tmp = TempDir::new();
+    let lora = "model.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj], modules_to_save: [lm_head]}";
+    let full = full_and_resumed_agree(tmp.path(), "recipes/sft/tiny.yaml", &[lora, "training.steps=6", "training.checkpoint_every=2"], "step-000006");
+    let c = tokbridge::hf::safetensors::Checkpoint::open_file(&full.join("checkpoints/step-000006/adapter_model.safetensors")).unwrap();
+    let head = c.tensor("base_model.model.lm_head.weight").unwrap();
+    let base_head = tokbridge::hf::safetensors::Checkpoint::open(&base).unwrap().tensor("lm_head.weight").unwrap();
+    assert!((head - base_head).abs().max().double_value(&[]) > 1e-4, "lm_head did not train");
 }

@@ -253,7 +253,7 @@ fn train_like_reference(dir: &std::path::Path, kind: Kind, recompute: bool) -> T
         eps: f("eps"),
         grad_clip: Some(f("grad_clip")),
     };
-    let mut opt = AdamW::new(&model.vs, &spec);
+    let mut opt = AdamW::new(model.vs.variables().into_iter().collect(), &spec);
     let (mut losses, mut grad_norms) = (Vec::new(), Vec::new());
     for step in 0..r["steps"].as_u64().unwrap() as usize {
         opt.zero_grad();

@@ -362,11 +362,13 @@ impl Model {
     }
 
     /// The store whose variables training updates: the adapters under LoRA, else the model.
-    pub fn trainable(&self) -> &VarStore {
-        match &self.adapters {
-            Some(a) => &a.vs,
-            None => &self.vs,
+    pub fn trainable(&self) -> Vec<(String, Tensor)> {
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        if let Some(a) = &self.adapters {
+            vars.extend(a.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()));
         }
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
     }
 
     /// The base weights with the adapters merged in (`W + scale B A`, PEFT's
@@ -529,8 +531,17 @@ pub fn load_adapted(dir: &Path, device: Device, kind: Kind, adapter: Option<&Pat
         let ckpt = Checkpoint::open_file(&path)?;
         let mut vars = avs.variables();
         let _guard = tch::no_grad_guard();
+        let base = model.vs.variables();
         for stored in ckpt.names() {
             let name = crate::nn::lora::our_name(stored);
+            if spec.saves(&name) {
+                // A module saved whole (PEFT's modules_to_save): it replaces the base's.
+                let mut var = base.get(&name).with_context(|| format!("{}: {stored} names no weight of the base", path.display()))?.shallow_clone();
+                let t = ckpt.tensor(stored)?;
+                ensure!(t.size() == var.size(), "{}: tensor {stored} has shape {:?}, the base's {:?}", path.display(), t.size(), var.size());
+                var.f_copy_(&t.to_kind(var.kind()).to_device(device))?;
+                continue;
+            }
             let mut var = vars.remove(&name).with_context(|| format!("{}: unexpected tensor {stored} (no such adapter on this base)", path.display()))?;
             let t = ckpt.tensor(stored)?;
             ensure!(t.size() == var.size(), "{}: tensor {stored} has shape {:?}, the adapter config implies {:?}", path.display(), t.size(), var.size());
@@ -543,6 +554,19 @@ pub fn load_adapted(dir: &Path, device: Device, kind: Kind, adapter: Option<&Pat
     model.vs.freeze();
     if lora.is_none() {
         avs.freeze();
+    } else if !spec.modules_to_save.is_empty() {
+        // modules_to_save train in full beside the adapters.
+        let saved: Vec<(String, Tensor)> = model.vs.variables().into_iter().filter(|(n, _)| spec.saves(n)).collect();
+        ensure!(!saved.is_empty(), "lora.modules_to_save {:?}: no module of {} has that name", spec.modules_to_save, dir.display());
+        ensure!(
+            !model.config["tie_word_embeddings"].as_bool().unwrap_or(false) || !saved.iter().any(|(n, _)| n.contains("embed") || n.starts_with("lm_head") || n.ends_with("wte.weight")),
+            "lora.modules_to_save: {} ties its input and output embeddings, and training one of them alone is not supported",
+            dir.display()
+        );
+        for (_, mut t) in saved {
+            t = t.set_requires_grad(true);
+            let _ = t;
+        }
     }
     model.adapters = Some(Adapters { spec, vs: avs });
     Ok(model)

@@ -33,6 +33,10 @@ pub struct LoraSpec {
     /// scoring or evaluating).
     #[serde(default)]
     pub dropout: f64,
+    /// Modules trained in full beside the adapters (PEFT's `modules_to_save`, e.g. `lm_head`),
+    /// saved whole in the adapter file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules_to_save: Vec<String>,
 }
 
 impl LoraSpec {
@@ -49,11 +53,18 @@ impl LoraSpec {
         ensure!(self.alpha.is_finite() && self.alpha > 0.0, "{key}.alpha must be positive");
         ensure!(!self.target_modules.is_empty(), "{key}.target_modules must name at least one module");
         ensure!((0.0..1.0).contains(&self.dropout), "{key}.dropout must be in [0, 1)");
+        ensure!(self.modules_to_save.iter().all(|m| !m.is_empty()), "{key}.modules_to_save: empty module name");
         Ok(())
     }
 
     fn targets(&self, module: &str) -> bool {
         self.target_modules.iter().any(|t| module == t || module.ends_with(&format!(".{t}")))
+    }
+
+    /// Whether the base weight `name` (`lm_head.weight`) belongs to a module of `modules_to_save`.
+    pub fn saves(&self, name: &str) -> bool {
+        let module = name.rsplit_once('.').map_or(name, |(m, _)| m);
+        self.modules_to_save.iter().any(|t| module == t || module.ends_with(&format!(".{t}")))
     }
 
     /// PEFT's adapter_config.json for these adapters on `base` (`fan_in_fan_out` for GPT-2's
@@ -71,7 +82,7 @@ impl LoraSpec {
             "bias": "none",
             "fan_in_fan_out": fan_in_fan_out,
             "inference_mode": true,
-            "modules_to_save": null,
+            "modules_to_save": if self.modules_to_save.is_empty() { serde_json::Value::Null } else { serde_json::json!(self.modules_to_save) },
         })
     }
 
@@ -97,6 +108,7 @@ impl LoraSpec {
             target_modules: targets,
             use_rslora: v["use_rslora"].as_bool().unwrap_or(false),
             dropout: v["lora_dropout"].as_f64().unwrap_or(0.0),
+            modules_to_save: v["modules_to_save"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default(),
         };
         spec.validate(&path.display().to_string())?;
         Ok(spec)
@@ -186,7 +198,8 @@ mod tests {
 
     #[test]
     fn targets_match_whole_trailing_names() {
-        let s = LoraSpec { r: 4, alpha: 8.0, target_modules: vec!["q_proj".into(), "c_attn".into()], use_rslora: false, dropout: 0.0 };
+        let s = LoraSpec { r: 4, alpha: 8.0, target_modules: vec!["q_proj".into(), "c_attn".into()], use_rslora: false, dropout: 0.0, modules_to_save: vec!["lm_head".into()] };
+        assert!(s.saves("lm_head.weight") && !s.saves("model.embed_tokens.weight") && !s.saves("model.layers.0.mlp.lm_head_x.weight"));
         assert!(s.targets("model.layers.0.self_attn.q_proj"));
         assert!(s.targets("transformer.h.1.attn.c_attn"));
         assert!(!s.targets("model.layers.0.self_attn.qq_proj"));

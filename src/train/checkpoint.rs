@@ -57,7 +57,10 @@ pub fn named_weights_of(vs: &tch::nn::VarStore) -> Vec<(String, tch::Tensor)> {
 /// Writes a model's LoRA adapters as a PEFT adapter directory's two files in `dir`.
 pub fn save_adapters(model: &Model, base: &Path, dir: &Path) -> Result<()> {
     let ad = model.adapters.as_ref().context("the model has no adapters")?;
-    let named: Vec<(String, tch::Tensor)> = named_weights_of(&ad.vs).into_iter().map(|(n, t)| (crate::nn::lora::peft_name(&n), t)).collect();
+    let mut named: Vec<(String, tch::Tensor)> = named_weights_of(&ad.vs).into_iter().map(|(n, t)| (crate::nn::lora::peft_name(&n), t)).collect();
+    // modules_to_save go whole, under PEFT's name for them (`base_model.model.lm_head.weight`).
+    named.extend(named_weights_of(&model.vs).into_iter().filter(|(n, _)| ad.spec.saves(n)).map(|(n, t)| (crate::nn::lora::peft_name(&n), t)));
+    named.sort_by(|a, b| a.0.cmp(&b.0));
     safetensors::save(&named, &dir.join("adapter_model.safetensors"))?;
     let config = ad.spec.peft_config(&crate::hf::hub::name_of(base), model.family == crate::models::Family::Gpt2);
     std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&config)?).with_context(|| format!("writing {}", dir.join("adapter_config.json").display()))
@@ -75,7 +78,7 @@ pub fn check_world(state: &TrainState, world: usize) -> Result<()> {
 }
 
 pub fn save(run_dir: &Path, model: &Model, source_dir: &Path, opt: &AdamW, state: &TrainState, keep_last: Option<usize>) -> Result<PathBuf> {
-    let weights = named_weights_of(model.trainable());
+    let weights: Vec<(String, tch::Tensor)> = model.trainable().into_iter().map(|(n, t)| (n, t.detach())).collect();
     if let Some((name, _)) = weights.iter().find(|(_, t)| !bool::try_from(t.isfinite().all()).unwrap_or(false)) {
         bail!("weights are not finite after step {} (tensor {name}); no checkpoint written. The last good checkpoint is {}", state.step, last_good(run_dir, state.step + 1));
     }

@@ -5,7 +5,6 @@ use super::ops;
 use crate::hf::safetensors::Checkpoint;
 use crate::recipe::OptimizerSpec;
 use anyhow::{Context, Result};
-use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
 struct Param {
@@ -31,8 +30,9 @@ pub fn decays(name: &str, dims: usize) -> bool {
 }
 
 impl AdamW {
-    pub fn new(vs: &VarStore, spec: &OptimizerSpec) -> Self {
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    /// AdamW over the named variables that require grad (`Model::trainable`, or a store's).
+    pub fn new(vars: Vec<(String, Tensor)>, spec: &OptimizerSpec) -> Self {
+        let mut vars: Vec<(String, Tensor)> = vars.into_iter().filter(|(_, t)| t.requires_grad()).collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let params = vars
             .into_iter()
