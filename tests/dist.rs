@@ -162,3 +162,42 @@ fn teacher_responses_over_two_ranks_write_the_same_dataset() {
     let stats = |d: &Path| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(d.join("stats.json")).unwrap()).unwrap()["generated_tokens"].clone();
     assert_eq!(stats(&one), stats(&two));
 }
+
+#[test]
+fn evaluations_over_two_ranks_equal_one_process() {
+    let _one = serial();
+    let tmp = TempDir::new();
+    if !has_dist(&tmp) {
+        return;
+    }
+    // The eval recipe: each rank scores half of the examples; rank 0 sums the counts, gathers
+    // the generations in order and writes them.
+    let (one, two) = (tmp.path().join("eval1"), tmp.path().join("eval2"));
+    for (dir, extra) in [(&one, vec![]), (&two, vec!["--nproc", "2"])] {
+        let out = format!("output_dir={}", dir.display());
+        let mut args = vec!["run", "recipes/eval/tiny.yaml", out.as_str()];
+        args.extend(extra);
+        common::ok(common::tokbridge(&args));
+    }
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+    assert_eq!(read(&one.join("eval.json")), read(&two.join("eval.json")));
+    let gens = read(&one.join("generations/step-000000.jsonl"));
+    assert_eq!(gens.lines().count(), 8);
+    assert_eq!(gens, read(&two.join("generations/step-000000.jsonl")));
+    // Evaluations during SFT (every 6 steps, greedy exact match and NLL) likewise.
+    let (one, two) = (tmp.path().join("sft1"), tmp.path().join("sft2"));
+    let out = |d: &Path| format!("output_dir={}", d.display());
+    let scorers = "eval.scorers=[exact_match, nll]";
+    common::ok(common::tokbridge(&["run", "recipes/sft/tiny.yaml", &out(&one), scorers]));
+    common::ok(common::tokbridge(&["run", "recipes/sft/tiny.yaml", &out(&two), scorers, "--nproc", "2"]));
+    let evals = |run: &Path| -> Vec<(u64, f64, f64)> {
+        read(&run.join("metrics.jsonl")).lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v.get("eval/nll").is_some()).map(|v| (v["step"].as_u64().unwrap(), v["eval/nll"].as_f64().unwrap(), v["eval/exact_match"].as_f64().unwrap())).collect()
+    };
+    let (a, b) = (evals(&one), evals(&two));
+    assert_eq!(a.iter().map(|x| x.0).collect::<Vec<_>>(), [0, 6, 12]);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!(x.0 == y.0 && (x.1 - y.1).abs() <= 1e-5 * x.1.abs() && x.2 == y.2, "{x:?} vs {y:?}");
+    }
+    assert_eq!(read(&one.join("generations/step-000012.jsonl")), read(&two.join("generations/step-000012.jsonl")));
+}

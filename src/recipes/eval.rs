@@ -9,6 +9,7 @@ use crate::hf::chat::ChatTemplate;
 use crate::hf::tokenizer::Tokenizer;
 use crate::models::Model;
 use crate::recipe::{self, EvalSpec, Scorer};
+use crate::train::dist::Dist;
 use crate::train::{metrics, token_logprobs, Batch};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -131,38 +132,44 @@ pub fn same_words(response: &str, reference: &str) -> bool {
 /// `eval/exact_match`, `eval/response_tokens`, `eval/words_match` (`same_words`), `eval/avg@k`,
 /// `eval/nll`, `eval/ppl`, and the
 /// greedy generations of `exact_match`.
-pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &[Example], spec: &EvalSpec, seed: u64, show: bool) -> Result<Evaluation> {
-    let examples = &examples[..spec.max_examples.unwrap_or(examples.len()).min(examples.len())];
+pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &[Example], spec: &EvalSpec, seed: u64, show: bool, dist: Option<&Dist>) -> Result<Evaluation> {
+    let all = &examples[..spec.max_examples.unwrap_or(examples.len()).min(examples.len())];
+    let n = all.len();
+    // Over several processes each rank scores every `world`-th example; the counts are summed
+    // over the ranks and rank 0 gathers the generations.
+    let (rank, world) = dist.map_or((0, 1), |d| (d.rank, d.world));
+    let mine: Vec<usize> = (rank..n).step_by(world).collect();
+    let examples: Vec<Example> = mine.iter().map(|&i| all[i].clone()).collect();
     let prompts: Vec<Vec<i64>> = examples.iter().map(|e| data::prompt_ids(tok, chat, e.prompt())).collect::<Result<_>>()?;
-    let mut out = Vec::new();
-    let mut generations = Vec::new();
+    // Per scorer, in order, the sums its values are made of.
+    let mut sums: Vec<f64> = Vec::new();
+    let mut generations: Vec<(usize, Generated)> = Vec::new();
     for scorer in &spec.scorers {
         match scorer {
             Scorer::ExactMatch => {
                 let s = Sampling { max_new_tokens: spec.max_new_tokens, temperature: 0.0, seed, ..Sampling::default() };
                 let bar = metrics::progress(examples.len() as u64, "eval", show);
                 let (mut hits, mut tokens, mut words) = (0usize, 0usize, 0usize);
-                for (chunk, exs) in prompts.chunks(spec.batch_size).zip(examples.chunks(spec.batch_size)) {
-                    for (g, e) in generate(model, chunk, &s, &tok.eos_ids, tok.pad_id)?.iter().zip(exs) {
+                for (c, (chunk, exs)) in prompts.chunks(spec.batch_size).zip(examples.chunks(spec.batch_size)).enumerate() {
+                    for (j, (g, e)) in generate(model, chunk, &s, &tok.eos_ids, tok.pad_id)?.iter().zip(exs).enumerate() {
                         let response = tok.decode(&g.new_ids, true)?;
                         let ok = correct(&response, e.response());
                         hits += usize::from(ok);
                         words += usize::from(e.response().is_some_and(|r| same_words(&response, r)));
                         tokens += g.new_ids.len();
-                        generations.push(Generated {
+                        let generated = Generated {
                             prompt: e.prompt().last().map(|m| m.content.clone()).unwrap_or_default(),
                             answer: final_answer(&response),
                             response,
                             reference: e.response().map(str::to_string),
                             correct: ok,
-                        });
+                        };
+                        generations.push((mine[c * spec.batch_size + j], generated));
                     }
                     bar.inc(chunk.len() as u64);
                 }
                 bar.finish_and_clear();
-                out.push(("eval/exact_match".into(), hits as f64 / examples.len() as f64));
-                out.push(("eval/response_tokens".into(), tokens as f64 / examples.len() as f64));
-                out.push(("eval/words_match".into(), words as f64 / examples.len() as f64));
+                sums.extend([hits as f64, tokens as f64, words as f64]);
             }
             Scorer::AvgAtK(a) => {
                 let sp = a.sampling();
@@ -171,7 +178,7 @@ pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &
                 let per = (spec.batch_size / a.k).max(1);
                 for (i, (chunk, exs)) in prompts.chunks(per).zip(examples.chunks(per)).enumerate() {
                     let repeated: Vec<Vec<i64>> = chunk.iter().flat_map(|p| std::iter::repeat(p.clone()).take(a.k)).collect();
-                    let s = Sampling { max_new_tokens: sp.max_new_tokens, temperature: sp.temperature, top_k: sp.top_k, top_p: sp.top_p, ignore_eos: false, seed: seed.wrapping_add(i as u64) };
+                    let s = Sampling { max_new_tokens: sp.max_new_tokens, temperature: sp.temperature, top_k: sp.top_k, top_p: sp.top_p, ignore_eos: false, seed: seed.wrapping_add((i * world + rank) as u64) };
                     let gens = generate(model, &repeated, &s, &tok.eos_ids, tok.pad_id)?;
                     for (j, g) in gens.iter().enumerate() {
                         hits += usize::from(correct(&tok.decode(&g.new_ids, true)?, exs[j / a.k].response()));
@@ -179,12 +186,12 @@ pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &
                     bar.inc(chunk.len() as u64);
                 }
                 bar.finish_and_clear();
-                out.push((format!("eval/avg@{}", a.k), hits as f64 / (examples.len() * a.k) as f64));
+                sums.push(hits as f64);
             }
             Scorer::Nll => {
                 let _g = tch::no_grad_guard();
+                anyhow::ensure!(all.iter().any(|e| e.response().is_some()), "the nll scorer needs reference responses in the eval data");
                 let encoded: Vec<_> = examples.iter().filter(|e| e.response().is_some()).map(|e| data::encode(tok, chat, e, usize::MAX)).collect::<Result<_>>()?;
-                anyhow::ensure!(!encoded.is_empty(), "the nll scorer needs reference responses in the eval data");
                 let (mut nll, mut count) = (0.0, 0usize);
                 for chunk in encoded.chunks(spec.batch_size) {
                     let refs: Vec<_> = chunk.iter().collect();
@@ -194,13 +201,41 @@ pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &
                     nll -= (lp * &b.target_mask).sum(Kind::Double).double_value(&[]);
                     count += b.n_targets;
                 }
-                let mean = nll / count.max(1) as f64;
+                sums.extend([nll, count as f64]);
+            }
+        }
+    }
+    if let Some(d) = dist {
+        sums = d.sum(&sums, "summing the evaluation's counts")?;
+        let parts = d.gather("evaluation generations", &serde_json::to_vec(&generations)?)?;
+        generations = match parts {
+            Some(parts) => parts.iter().map(|p| serde_json::from_slice::<Vec<(usize, Generated)>>(p)).collect::<std::result::Result<Vec<_>, _>>()?.concat(),
+            None => vec![],
+        };
+        generations.sort_by_key(|g| g.0);
+    }
+    let mut out = Vec::new();
+    let mut at = sums.into_iter();
+    let mut next = || at.next().unwrap_or(0.0);
+    let n = n.max(1) as f64;
+    for scorer in &spec.scorers {
+        match scorer {
+            Scorer::ExactMatch => {
+                let (hits, tokens, words) = (next(), next(), next());
+                out.push(("eval/exact_match".into(), hits / n));
+                out.push(("eval/response_tokens".into(), tokens / n));
+                out.push(("eval/words_match".into(), words / n));
+            }
+            Scorer::AvgAtK(a) => out.push((format!("eval/avg@{}", a.k), next() / (n * a.k as f64))),
+            Scorer::Nll => {
+                let (nll, count) = (next(), next());
+                let mean = nll / count.max(1.0);
                 out.push(("eval/nll".into(), mean));
                 out.push(("eval/ppl".into(), mean.exp()));
             }
         }
     }
-    Ok(Evaluation { values: out, generations })
+    Ok(Evaluation { values: out, generations: generations.into_iter().map(|(_, g)| g).collect() })
 }
 
 /// One evaluation of a run at `step`: the scorers of `spec`, the greedy generations written to
@@ -208,8 +243,13 @@ pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &
 /// the student's samples (drawn as `plan` says; see `opd::held_out_gap`). Returns the metric
 /// values and the teacher-scored samples.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate_run(student: &Side, teacher: Option<(&Teacher, &Plan)>, examples: &[Example], spec: &EvalSpec, seed: u64, show: bool, run_dir: &Path, step: usize) -> Result<(Vec<(String, f64)>, Vec<Rollout>)> {
-    let evaluation = evaluate(&student.model, &student.tok, &student.chat, examples, spec, seed, show)?;
+pub fn evaluate_run(student: &Side, teacher: Option<(&Teacher, &Plan)>, examples: &[Example], spec: &EvalSpec, seed: u64, show: bool, run_dir: &Path, step: usize, dist: Option<&Dist>) -> Result<(Vec<(String, f64)>, Vec<Rollout>)> {
+    let main = dist.is_none_or(Dist::is_main);
+    let evaluation = evaluate(&student.model, &student.tok, &student.chat, examples, spec, seed, show && main, dist)?;
+    // Rank 0 writes the generations and measures the teacher gap (not sharded).
+    if !main {
+        return Ok((evaluation.values, vec![]));
+    }
     evaluation.write_generations(run_dir, step)?;
     let mut values = evaluation.values;
     let Some((teacher, plan)) = teacher else { return Ok((values, vec![])) };
@@ -240,12 +280,15 @@ pub fn load_eval_teacher(spec: Option<&EvalSpec>, device: &str, student: &Side) 
 }
 
 /// The `eval` recipe: evaluates one model and writes `eval.json` in the output directory.
-pub fn run(r: &recipe::Eval) -> Result<()> {
+pub fn run(r: &recipe::Eval, dist: Option<&Dist>) -> Result<()> {
     let student = load_side(&r.model, &r.device)?;
     let teacher = load_eval_teacher(Some(&r.eval), &r.device, &student)?;
     let plan = gap_plan(&r.eval);
     let examples = data::read_jsonl(&r.data, None)?;
-    let (results, _) = evaluate_run(&student, teacher.as_ref().map(|t| (t, &plan)), &examples, &r.eval, r.seed, r.logging.progress, &r.output_dir, 0)?;
+    let (results, _) = evaluate_run(&student, teacher.as_ref().map(|t| (t, &plan)), &examples, &r.eval, r.seed, r.logging.progress, &r.output_dir, 0, dist)?;
+    if dist.is_some_and(|d| !d.is_main()) {
+        return Ok(());
+    }
     let obj: serde_json::Map<String, serde_json::Value> = results.iter().map(|(k, v)| (k.clone(), (*v).into())).collect();
     let path = r.output_dir.join("eval.json");
     std::fs::write(&path, serde_json::to_string_pretty(&obj)?)?;

@@ -48,11 +48,9 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
             teacher_responses::run(r, dist.as_ref())
         }
         Recipe::Eval(r) => {
-            if !main_process("eval")? {
-                return Ok(());
-            }
-            let _lock = prepare_run_dir(&r.output_dir, recipe, true)?;
-            eval::run(r)
+            let dist = Dist::from_env()?;
+            let _lock = prepare_shared_run_dir(&r.output_dir, recipe, true, dist.as_ref())?;
+            eval::run(r, dist.as_ref())
         }
         Recipe::Opd(r) => {
             let dist = Dist::from_env()?;
@@ -74,19 +72,6 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
         Recipe::Sweep(r) => {
             let _lock = crate::atomic::lock_dir(&r.output_dir)?;
             sweep::run(r, opts)
-        }
-    }
-}
-
-/// Whether this process runs a recipe that is not sharded over ranks yet: in a multi-process
-/// launch only rank 0 does (the others say so and finish).
-fn main_process(what: &str) -> Result<bool> {
-    let rank = std::env::var("RANK").ok().filter(|_| std::env::var("WORLD_SIZE").is_ok_and(|w| w.trim() != "1"));
-    match rank.as_deref().map(str::trim) {
-        None | Some("0") => Ok(true),
-        Some(r) => {
-            eprintln!("rank {r}: {what} runs on rank 0 only; nothing to do here");
-            Ok(false)
         }
     }
 }

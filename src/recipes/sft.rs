@@ -85,14 +85,15 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         state.counters.insert("world_size".into(), world as f64);
     }
     let eval_due = |step: usize| r.eval.as_ref().and_then(|e| e.every).is_some_and(|n| step % n == 0);
-    // Evaluates (on rank 0) and says whether `training.stop_at` is reached (on every rank).
+    // Evaluates (every rank its share; rank 0 logs) and says whether `training.stop_at` is
+    // reached (rank 0 decides for every rank).
     let evaluate_now = |metrics: &mut Option<Metrics>, step: usize| -> Result<bool> {
         let Some(spec) = &r.eval else { return Ok(false) };
-        let Some(metrics) = metrics else {
-            return Ok(dist.map(|d| d.broadcast(&[0.0], "waiting for rank 0's evaluation")).transpose()?.is_some_and(|v| v[0] > 0.5));
-        };
         let judge = teacher.as_ref().zip(plan.as_ref());
-        let (values, _) = evaluate_run(&student, judge, &eval_examples, spec, r.seed, r.logging.progress, run_dir, step)?;
+        let (values, _) = evaluate_run(&student, judge, &eval_examples, spec, r.seed, r.logging.progress, run_dir, step, dist)?;
+        let Some(metrics) = metrics else {
+            return Ok(dist.map(|d| d.broadcast(&[0.0], "waiting for rank 0's verdict")).transpose()?.is_some_and(|v| v[0] > 0.5));
+        };
         let logged: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         metrics.log(step, &logged)?;
         let reached = !r.training.stop_at.is_empty() && r.training.stop_at.iter().try_fold(true, |all, s| Ok::<_, anyhow::Error>(all & s.reached(&values)?))?;

@@ -68,6 +68,8 @@ fn timeout_ms() -> Result<i64> {
 pub struct Dist {
     pub rank: usize,
     pub world: usize,
+    /// Gathers so far: every rank makes them in the same order, so the count keeps keys apart.
+    gathers: std::sync::atomic::AtomicUsize,
     #[cfg(tokbridge_dist)]
     group: *mut std::ffi::c_void,
 }
@@ -99,7 +101,7 @@ impl Dist {
         let err = unsafe { ffi::tb_dist_init(rank as i32, world as i32, c_addr.as_ptr(), port as i32, timeout_ms()?, &mut group) };
         ffi::check("c10d Gloo process group", err)?;
         eprintln!("rank {rank} of {world}: joined the Gloo process group at {addr}:{port}");
-        Ok(Some(Dist { rank, world, group }))
+        Ok(Some(Dist { rank, world, gathers: Default::default(), group }))
     }
 
     #[cfg(not(tokbridge_dist))]
@@ -184,9 +186,10 @@ impl Dist {
     }
 
     /// Rank 0 gets every rank's `bytes` (in rank order) through the store; the others get
-    /// None. `tag` names this exchange and must not repeat within a run.
+    /// None. Every rank must call it at the same points; `tag` says what is gathered.
     pub fn gather(&self, tag: &str, bytes: &[u8]) -> Result<Option<Vec<Vec<u8>>>> {
-        let key = |r: usize| format!("tokbridge/{tag}/{r}");
+        let call = self.gathers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = |r: usize| format!("tokbridge/{call}/{tag}/{r}");
         let mine = std::ffi::CString::new(key(self.rank)).context("a gather tag holds a NUL byte")?;
         // SAFETY: key and data are live for the call.
         self.call(&format!("sending {tag} to rank 0"), |g| unsafe { ffi::tb_dist_store_set(g, mine.as_ptr(), bytes.as_ptr(), bytes.len()) })?;

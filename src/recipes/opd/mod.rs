@@ -114,8 +114,9 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     // Each evaluation: the scorers and their generations, the held-out gap of the student's
     // samples under this run's rollout settings, and a readable dump of a few of them.
     let evaluate_now = |metrics: &mut Option<Metrics>, step: usize| -> Result<Vec<(String, f64)>> {
-        let (Some(spec), Some(metrics)) = (&r.eval, metrics) else { return Ok(vec![]) };
-        let (values, mut rollouts) = evaluate_run(&student, Some((&teacher, &plan)), &eval_examples, spec, r.seed, r.logging.progress, run_dir, step)?;
+        let Some(spec) = &r.eval else { return Ok(vec![]) };
+        let (values, mut rollouts) = evaluate_run(&student, Some((&teacher, &plan)), &eval_examples, spec, r.seed, r.logging.progress, run_dir, step, dist)?;
+        let Some(metrics) = metrics else { return Ok(values) };
         assign_advantages(r, &mut rollouts);
         let dir = run_dir.join("rollouts");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
