@@ -330,10 +330,9 @@ impl Served {
         loop {
             match attempt() {
                 Ok(v) => return Ok(v),
-                Err(Failure::Retry(m)) if tries < self.spec.retries => {
+                Err(Failure::Retry(_)) if tries < self.spec.retries => {
                     std::thread::sleep(Duration::from_secs_f64((0.5 * 2f64.powi(tries as i32)).min(8.0)));
                     tries += 1;
-                    let _ = m;
                 }
                 Err(f) => {
                     let tried = if matches!(f, Failure::Retry(_)) { format!(" (after {} tries)", tries + 1) } else { String::new() };

@@ -130,8 +130,10 @@ pub fn same_words(response: &str, reference: &str) -> bool {
 
 /// Runs every scorer of `spec` on `examples`. Returns (metric name, value) pairs:
 /// `eval/exact_match`, `eval/response_tokens`, `eval/words_match` (`same_words`), `eval/avg@k`,
-/// `eval/nll`, `eval/ppl`, and the
-/// greedy generations of `exact_match`.
+/// `eval/nll`, `eval/ppl`, and the greedy generations of `exact_match`. With `dist` each rank
+/// scores every `world`-th example, the counts are summed over the ranks, and rank 0 alone gets
+/// the generations (in the examples' order).
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &[Example], spec: &EvalSpec, seed: u64, show: bool, dist: Option<&Dist>) -> Result<Evaluation> {
     let all = &examples[..spec.max_examples.unwrap_or(examples.len()).min(examples.len())];
     let n = all.len();
