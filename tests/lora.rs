@@ -143,6 +143,28 @@ fn a_lora_run_trains_resumes_exactly_and_exports_a_peft_adapter() {
     assert!(!close(&plain, &applied, 1e-3), "the trained adapter changes nothing");
 }
 
+/// Checks a fixture of scripts/fixtures/make_lora_reference.py both ways: `dir/peft-adapter`
+/// (written by PEFT) gives PEFT's log-probs here, and `dir/ours-adapter` (exported by tokbridge)
+/// gives here the log-probs PEFT computed with it (≤ 1e-4). Returns each adapter's log-probs
+/// and the base's from the reference, when it records them.
+fn peft_both_ways(dir: &Path, base: &Path) -> (Vec<(&'static str, Vec<f64>)>, Option<Vec<f64>>) {
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let floats = |k: &str| -> Option<Vec<f64>> { reference[k].as_array().map(|a| a.iter().map(|x| x.as_f64().unwrap()).collect()) };
+    let ids: Vec<i64> = reference["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+    let mut out = vec![];
+    for (adapter, key) in [("peft-adapter", "peft_adapter_logprobs"), ("ours-adapter", "ours_adapter_logprobs_by_peft")] {
+        let m = tokbridge::models::load_adapted(base, Device::Cpu, Kind::Float, Some(&dir.join(adapter)), None).unwrap();
+        let t = Tensor::from_slice(&ids).unsqueeze(0);
+        let lp = tch::no_grad(|| tokbridge::train::token_logprobs(&m.logits(&t), &t)).squeeze_dim(0);
+        let got: Vec<f64> = Vec::<f32>::try_from(lp).unwrap().into_iter().map(f64::from).collect();
+        let want = floats(key).expect(key);
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(got.len() == want.len() && err <= 1e-4, "{} {adapter}: max |ours - PEFT| = {err}", dir.display());
+        out.push((adapter, got));
+    }
+    (out, floats("base_logprobs"))
+}
+
 /// Parity with PEFT itself (scripts/fixtures/make_lora_reference.py, peft 0.21.2): an adapter
 /// PEFT wrote gives PEFT's log-probs here; the adapter tokbridge exported gives here the
 /// log-probs PEFT computed with it; `export --merge` equals PEFT's merge_and_unload.
@@ -150,21 +172,8 @@ fn a_lora_run_trains_resumes_exactly_and_exports_a_peft_adapter() {
 fn adapters_match_peft_both_ways_and_merge_equals_merge_and_unload() {
     for name in ["llama", "gpt2"] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora").join(name);
-        let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-        let floats = |k: &str| -> Vec<f64> { reference[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
-        let ids: Vec<i64> = reference["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
         let base = common::fixtures().join(name);
-        let ours = |adapter: &Path| -> Vec<f64> {
-            let m = tokbridge::models::load_adapted(&base, Device::Cpu, Kind::Float, Some(adapter), None).unwrap();
-            let t = Tensor::from_slice(&ids).unsqueeze(0);
-            let lp = tch::no_grad(|| tokbridge::train::token_logprobs(&m.logits(&t), &t)).squeeze_dim(0);
-            Vec::<f32>::try_from(lp).unwrap().into_iter().map(f64::from).collect()
-        };
-        for (adapter, key) in [("peft-adapter", "peft_adapter_logprobs"), ("ours-adapter", "ours_adapter_logprobs_by_peft")] {
-            let (got, want) = (ours(&dir.join(adapter)), floats(key));
-            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-            assert!(got.len() == want.len() && err <= 1e-4, "{name} {adapter}: max |ours - PEFT| = {err}");
-        }
+        peft_both_ways(&dir, &base);
         // Our merge of PEFT's adapter against merge_and_unload.
         let m = tokbridge::models::load_adapted(&base, Device::Cpu, Kind::Float, Some(&dir.join("peft-adapter")), None).unwrap();
         let merged: std::collections::HashMap<String, Tensor> = m.merged_weights().into_iter().collect();
@@ -253,21 +262,10 @@ fn adapters_and_bases_by_hub_id() {
 #[test]
 fn modules_to_save_match_peft_and_train() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora/llama-mts");
-    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-    let floats = |k: &str| -> Vec<f64> { reference[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
-    let ids: Vec<i64> = reference["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
     let base = common::fixtures().join("llama");
-    let ours = |adapter: &Path| -> Vec<f64> {
-        let m = tokbridge::models::load_adapted(&base, Device::Cpu, Kind::Float, Some(adapter), None).unwrap();
-        let t = Tensor::from_slice(&ids).unsqueeze(0);
-        let lp = tch::no_grad(|| tokbridge::train::token_logprobs(&m.logits(&t), &t)).squeeze_dim(0);
-        Vec::<f32>::try_from(lp).unwrap().into_iter().map(f64::from).collect()
-    };
-    for (adapter, key) in [("peft-adapter", "peft_adapter_logprobs"), ("ours-adapter", "ours_adapter_logprobs_by_peft")] {
-        let (got, want) = (ours(&dir.join(adapter)), floats(key));
-        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-        assert!(got.len() == want.len() && err <= 1e-4, "{adapter}: max |ours - PEFT| = {err}");
-        assert!(!close(&got, &floats("base_logprobs"), 1e-3), "{adapter} changes nothing");
+    let (adapters, base_lp) = peft_both_ways(&dir, &base);
+    for (adapter, got) in adapters {
+        assert!(!close(&got, &base_lp.clone().expect("base_logprobs"), 1e-3), "{adapter} changes nothing");
     }
 
     // Training: the head trains (it is in the adapter file and differs from the base's), and
