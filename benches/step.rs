@@ -6,6 +6,7 @@
 //!   cargo bench --bench step -- sample                                  8 prompts, 128 new tokens
 //!   cargo bench --bench step -- train --lora 16                         LoRA rank 16 on every projection
 //!   cargo bench --bench step -- sample --model DIR --batch 1            a real model (float32)
+//!   cargo bench --bench step -- sample --model DIR --device cuda --dtype bf16   on a GPU
 //!
 //! The model is a randomly initialised llama (about 30M parameters by default: hidden 384,
 //! 8 layers, 6 heads / 2 KV heads, MLP 1536, vocabulary 32000, tied), float32, on the CPU with
@@ -13,9 +14,12 @@
 //! throughput and the process's peak resident memory. Training goes through
 //! `Model::backward_tokens` as the SFT recipe does (the head in chunks of positions), with the
 //! allocator set up as the `tokbridge` binary sets it (`runtime::keep_freed_memory`).
+//! `--device cuda` and `--dtype bf16` run it on a GPU (timings end with a device synchronise);
+//! sampling then also reports the decode forward alone (no host round trip per token).
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use tokbridge::generate::{generate, Sampling};
+use tokbridge::nn::attention::Context;
 use tokbridge::recipe::OptimizerSpec;
 use tokbridge::train::{optim::AdamW, token_logprobs};
 
@@ -40,14 +44,24 @@ pub struct Args {
     lora: i64,
     /// A model directory to load instead of the random llama.
     model: Option<String>,
+    device: Device,
+    kind: Kind,
 }
 
 pub fn parse(argv: &[String]) -> Args {
-    let mut a = Args { mode: "train".into(), hidden: 384, layers: 8, heads: 6, kv_heads: 2, inter: 1536, vocab: 32000, batch: 8, seq: 256, new_tokens: 128, reps: 10, threads: 2, full_logits: false, chunk: 0, lora: 0, model: None };
+    let mut a = Args { mode: "train".into(), hidden: 384, layers: 8, heads: 6, kv_heads: 2, inter: 1536, vocab: 32000, batch: 8, seq: 256, new_tokens: 128, reps: 10, threads: 2, full_logits: false, chunk: 0, lora: 0, model: None, device: Device::Cpu, kind: Kind::Float };
     let mut it = argv.iter().filter(|x| *x != "--bench");
     while let Some(k) = it.next() {
         if k == "--model" {
             a.model = Some(it.next().expect("a directory after --model").clone());
+            continue;
+        }
+        if k == "--device" {
+            a.device = tokbridge::runtime::parse_device(it.next().expect("a device after --device")).unwrap();
+            continue;
+        }
+        if k == "--dtype" {
+            a.kind = tokbridge::runtime::parse_dtype(it.next().expect("a dtype after --dtype")).unwrap();
             continue;
         }
         let mut v = || it.next().expect("a value after the flag").parse::<i64>().expect("an integer");
@@ -75,7 +89,7 @@ pub fn parse(argv: &[String]) -> Args {
 
 fn model(a: &Args) -> tokbridge::models::Model {
     if let Some(dir) = &a.model {
-        return tokbridge::runtime::load(dir, Device::Cpu, Kind::Float).unwrap().0;
+        return tokbridge::runtime::load(dir, a.device, a.kind).unwrap().0;
     }
     let dir = std::env::temp_dir().join(format!("tokbridge-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -95,10 +109,10 @@ fn model(a: &Args) -> tokbridge::models::Model {
         modules_to_save: vec![],
     };
     let (mut m, adapters) = if a.lora > 0 {
-        let (built, vs) = tokbridge::nn::lora::with_adapters(&spec, Device::Cpu, || tokbridge::models::build(&dir, Device::Cpu));
+        let (built, vs) = tokbridge::nn::lora::with_adapters(&spec, a.device, || tokbridge::models::build(&dir, a.device));
         (built.unwrap().0, Some(vs))
     } else {
-        (tokbridge::models::build(&dir, Device::Cpu).unwrap().0, None)
+        (tokbridge::models::build(&dir, a.device).unwrap().0, None)
     };
     std::fs::remove_dir_all(&dir).unwrap();
     tch::manual_seed(0);
@@ -107,8 +121,11 @@ fn model(a: &Args) -> tokbridge::models::Model {
         if name.ends_with("norm.weight") {
             let _ = t.fill_(1.0);
         } else {
-            let _ = t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.02));
+            let _ = t.copy_(&(Tensor::randn(t.size(), (Kind::Float, a.device)) * 0.02));
         }
+    }
+    if a.kind != Kind::Float {
+        m.vs.set_kind(a.kind);
     }
     if let Some(vs) = adapters {
         m.vs.freeze();
@@ -136,7 +153,7 @@ pub fn run(a: &Args) -> serde_json::Value {
         "train" => {
             let spec = OptimizerSpec { lr: 1e-4, weight_decay: 0.01, betas: [0.9, 0.999], eps: 1e-8, grad_clip: None };
             let mut opt = AdamW::new(m.trainable(), &spec);
-            let ids = Tensor::randint(a.vocab, [a.batch, a.seq], (Kind::Int64, Device::Cpu));
+            let ids = Tensor::randint(a.vocab, [a.batch, a.seq], (Kind::Int64, a.device));
             let mut parts = [0f64; 2];
             for rep in 0..a.reps + 2 {
                 let t0 = Instant::now();
@@ -149,6 +166,7 @@ pub fn run(a: &Args) -> serde_json::Value {
                 }
                 let t1 = Instant::now();
                 opt.step(1e-4).unwrap();
+                sync(a.device);
                 if rep >= 2 {
                     times.push(t0.elapsed().as_secs_f64());
                     parts[0] += (t1 - t0).as_secs_f64();
@@ -173,6 +191,20 @@ pub fn run(a: &Args) -> serde_json::Value {
                 }
             }
             tokens = a.batch * a.new_tokens as i64;
+            // The decode forward alone: the same steps with no host round trip per token (greedy
+            // on the device), so the gap to the loop above is what sampling's bookkeeping costs.
+            let _g = tch::no_grad_guard();
+            let ids = Tensor::from_slice(&prompts.concat()).view([a.batch, 16]).to_device(a.device);
+            let mut cache = m.new_cache();
+            let last = |logits: Tensor| logits.select(1, -1).argmax(-1, false).unsqueeze(1);
+            let mut next = last(m.forward(&ids, &Context::dense(a.batch, 16, 0, a.device), Some(&mut cache)));
+            sync(a.device);
+            let t0 = Instant::now();
+            for step in 0..a.new_tokens as i64 - 1 {
+                next = last(m.forward(&next, &Context::dense(a.batch, 1, 16 + step, a.device), Some(&mut cache)));
+            }
+            sync(a.device);
+            eprintln!("decode forward alone: {:.2} ms per step; the whole loop {:.2} ms per step", 1e3 * t0.elapsed().as_secs_f64() / (a.new_tokens - 1) as f64, 1e3 * times.iter().copied().fold(f64::INFINITY, f64::min) / a.new_tokens as f64);
         }
         other => panic!("unknown mode {other} (train, sample)"),
     }
@@ -183,5 +215,13 @@ pub fn run(a: &Args) -> serde_json::Value {
         "side": "tokbridge", "mode": a.mode, "params": params, "median_s": median,
         "min_s": times[0], "max_s": times[times.len() - 1], "tokens_per_s": tokens as f64 / median,
         "peak_rss_gib": tokbridge::runtime::peak_memory_gib(Device::Cpu),
+        "peak_device_gib": tokbridge::runtime::peak_memory_gib(a.device),
     })
+}
+
+/// Waits for the GPU's queued work (a no-op on the CPU).
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
 }

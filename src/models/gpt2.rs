@@ -56,7 +56,11 @@ impl Conv1D {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        let y = x.matmul(&self.weight) + &self.bias;
+        // One fused addmm, as transformers' Conv1D: in bf16 a separate `+ bias` rounds twice.
+        let mut shape = x.size();
+        let n_in = shape.pop().expect("x has a feature dimension");
+        shape.push(self.weight.size()[1]);
+        let y = self.bias.addmm(&x.reshape([-1, n_in]), &self.weight).view(shape.as_slice());
         match &self.lora {
             Some(a) => y + a.delta(x),
             None => y,

@@ -108,8 +108,12 @@ pub enum Activation {
     Silu,
     /// Exact erf GELU (`gelu`).
     Gelu,
-    /// The tanh approximation (`gelu_pytorch_tanh`, `gelu_new`, `gelu_fast`).
+    /// The tanh approximation in one kernel (`gelu_pytorch_tanh`).
     GeluTanh,
+    /// The tanh approximation written out op by op, as transformers' `gelu_new` (GPT-2) and
+    /// `gelu_fast` compute it: the same function, rounded after every op in bf16.
+    GeluNew,
+    GeluFast,
     Relu,
 }
 
@@ -118,9 +122,11 @@ impl Activation {
         Ok(match name {
             "silu" | "swish" => Self::Silu,
             "gelu" => Self::Gelu,
-            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Self::GeluTanh,
+            "gelu_pytorch_tanh" => Self::GeluTanh,
+            "gelu_new" => Self::GeluNew,
+            "gelu_fast" => Self::GeluFast,
             "relu" => Self::Relu,
-            other => bail!("unsupported activation {other:?} (supported: silu, gelu, gelu_pytorch_tanh, gelu_new, relu)"),
+            other => bail!("unsupported activation {other:?} (supported: silu, gelu, gelu_pytorch_tanh, gelu_new, gelu_fast, relu)"),
         })
     }
 
@@ -129,6 +135,14 @@ impl Activation {
             Self::Silu => x.silu(),
             Self::Gelu => x.gelu("none"),
             Self::GeluTanh => x.gelu("tanh"),
+            Self::GeluNew => {
+                let inner = (x + x.pow_tensor_scalar(3.0) * 0.044715) * (2.0 / std::f64::consts::PI).sqrt();
+                x * 0.5 * (inner.tanh() + 1.0)
+            }
+            Self::GeluFast => {
+                let inner = x * 0.7978845608 * (x * 0.044715 * x + 1.0);
+                x * 0.5 * (inner.tanh() + 1.0)
+            }
             Self::Relu => x.relu(),
         }
     }
