@@ -60,6 +60,13 @@ pub fn parse(argv: &[String]) -> Args {
             a.device = tokbridge::runtime::parse_device(it.next().expect("a device after --device")).unwrap();
             continue;
         }
+        if k == "--sdp" {
+            // The attention kernels SDPA may use on CUDA: a comma list of flash, efficient, math, cudnn.
+            let on = it.next().expect("a list after --sdp").clone();
+            let has = |n: &str| on.split(',').any(|x| x == n);
+            tokbridge::train::ops::sdp_backends(has("flash"), has("efficient"), has("math"), has("cudnn"));
+            continue;
+        }
         if k == "--dtype" {
             a.kind = tokbridge::runtime::parse_dtype(it.next().expect("a dtype after --dtype")).unwrap();
             continue;
@@ -188,6 +195,8 @@ pub fn run(a: &Args) -> serde_json::Value {
                 assert!(g.iter().all(|x| x.new_ids.len() == a.new_tokens));
                 if rep >= 1 {
                     times.push(t0.elapsed().as_secs_f64());
+                } else {
+                    eprintln!("first call (every shape new to the process): {:.2} ms per step", 1e3 * t0.elapsed().as_secs_f64() / a.new_tokens as f64);
                 }
             }
             tokens = a.batch * a.new_tokens as i64;

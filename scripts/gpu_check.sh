@@ -6,9 +6,9 @@
 #   scripts/gpu_check.sh [BINARY]        (default target/release/tokbridge)
 #
 # It runs, in order, and writes a summary to $OUT_DIR/summary.md (default $OUT or /tmp):
-#   1. parity of `tokbridge score` on every committed fixture, CUDA against CPU: f32 within
-#      1e-4, bf16 within 2e-2 of the CPU's bf16 (max |Δ log-prob| per fixture; the distance of
-#      bf16 from f32 is shown too);
+#   1. parity of `tokbridge score` on every committed fixture: CUDA f32 within 1e-4 of CPU f32;
+#      CUDA bf16 against transformers' bf16 on the same device (where Python has transformers),
+#      no further from it than transformers' bf16 is from its own f32;
 #   2. a training-step benchmark of a Llama-3.2-1B-shaped model in bf16 (recipes/gpu/*.yaml:
 #      batch 8 × 1024 tokens, AdamW), with and without activation checkpointing, and LoRA r 16
 #      on every projection: tokens/s, model FLOPs utilisation and peak memory;

@@ -117,13 +117,17 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], s: &Sampling, eos: &[i64], 
     let mut out: Vec<Generation> = (0..b).map(|_| Generation { new_ids: vec![], logprobs: vec![], finished: false }).collect();
     let max_new = s.max_new_tokens.min(room);
     for step in 0..max_new {
-        if !bool::try_from(logits.isfinite().all())? {
-            return Err(NonFiniteLogits.into());
-        }
         let next = sample(&logits, s);
         let lp = logits.log_softmax(-1, Kind::Float).gather(1, &next.unsqueeze(1), false).squeeze_dim(1);
-        let next_v: Vec<i64> = Vec::<i64>::try_from(next.to_device(Device::Cpu))?;
-        let lp_v: Vec<f32> = Vec::<f32>::try_from(lp.to_device(Device::Cpu))?;
+        // One copy to the host per step (each copy waits for the device): the tokens, their
+        // log-probs and whether every logit was finite.
+        let finite = logits.isfinite().all().to_kind(Kind::Double).unsqueeze(0);
+        let host = Vec::<f64>::try_from(Tensor::cat(&[next.to_kind(Kind::Double), lp.to_kind(Kind::Double), finite], 0).to_device(Device::Cpu))?;
+        if host[2 * b] != 1.0 {
+            return Err(NonFiniteLogits.into());
+        }
+        let next_v: Vec<i64> = host[..b].iter().map(|&v| v as i64).collect();
+        let lp_v: Vec<f32> = host[b..2 * b].iter().map(|&v| v as f32).collect();
         let mut feed = Vec::with_capacity(b);
         for (row, g) in out.iter_mut().enumerate() {
             if g.finished {

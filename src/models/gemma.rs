@@ -184,7 +184,9 @@ impl Model {
 impl super::Layers for Model {
     fn embed(&self, ids: &Tensor, _ctx: &Context) -> Tensor {
         let x = self.embed_tokens.forward(ids);
-        let scale = Tensor::from(self.embed_scale as f32).to_kind(x.kind()).to_device(x.device());
+        // The scale rounded to the activations' dtype, as a scalar: a tensor copied to the GPU
+        // on every forward would make each decode step wait for it.
+        let scale = Tensor::from(self.embed_scale as f32).to_kind(x.kind()).double_value(&[]);
         x * scale
     }
 

@@ -10,12 +10,15 @@ use std::f64::consts::PI;
 use tch::{Device, Kind, Tensor};
 
 /// Rotary settings of one attention layer.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Rotary {
     /// (rot_dim / 2) inverse frequencies, float32.
     inv_freq: Vec<f32>,
     /// Scale applied to cos and sin (yarn's attention factor; 1 otherwise).
     attention_scaling: f64,
+    /// `inv_freq` on the device of the last call: copying it there on every forward would make
+    /// each decode step wait for the GPU (a host-to-device copy synchronises).
+    on_device: std::cell::RefCell<Option<Tensor>>,
 }
 
 impl Rotary {
@@ -104,7 +107,7 @@ impl Rotary {
             }
             other => bail!("unsupported rope type {other:?} (supported: default, linear, llama3, yarn)"),
         }
-        Ok(Self { inv_freq, attention_scaling })
+        Ok(Self { inv_freq, attention_scaling, on_device: Default::default() })
     }
 
     pub fn rot_dim(&self) -> i64 {
@@ -114,7 +117,13 @@ impl Rotary {
     /// cos and sin for `positions` (batch, seq) as (batch, 1, seq, rot_dim) in `kind`.
     pub fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
         let device: Device = positions.device();
-        let inv = Tensor::from_slice(&self.inv_freq).to_device(device);
+        let inv = {
+            let mut cached = self.on_device.borrow_mut();
+            match cached.as_ref().filter(|t| t.device() == device) {
+                Some(t) => t.shallow_clone(),
+                None => cached.insert(Tensor::from_slice(&self.inv_freq).to_device(device)).shallow_clone(),
+            }
+        };
         // (batch, seq, rot_dim / 2)
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv;
         let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);

@@ -2,6 +2,7 @@
 // Tensors cross as `at::Tensor*`, which is what tch's `C_tensor` pointers are. Every entry
 // point catches C++ exceptions and returns them as a malloc'd message (null on success) that
 // the caller releases with tb_free.
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_fused_adamw.h>
 #include <cstdlib>
@@ -19,6 +20,16 @@ std::vector<at::Tensor> list(at::Tensor** ts, size_t n) {
 }  // namespace
 
 extern "C" {
+
+// Which kernels scaled_dot_product_attention may choose on CUDA (torch.backends.cuda's
+// enable_flash_sdp, enable_mem_efficient_sdp, enable_math_sdp, enable_cudnn_sdp).
+void tb_sdp_backends(bool flash, bool mem_efficient, bool math, bool cudnn) {
+  auto& c = at::globalContext();
+  c.setSDPUseFlash(flash);
+  c.setSDPUseMemEfficient(mem_efficient);
+  c.setSDPUseMath(math);
+  c.setSDPUseCuDNN(cudnn);
+}
 
 void tb_free(char* p) {
   free(p);

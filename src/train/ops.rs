@@ -8,9 +8,17 @@ use tch::Tensor;
 type T = *mut c_void;
 
 extern "C" {
+    fn tb_sdp_backends(flash: bool, mem_efficient: bool, math: bool, cudnn: bool);
     fn tb_free(p: *mut c_char);
     fn tb_fused_adamw(params: *const T, grads: *const T, exp_avgs: *const T, exp_avg_sqs: *const T, n: usize, step: T, lr: f64, beta1: f64, beta2: f64, weight_decay: f64, eps: f64) -> *mut c_char;
     fn tb_accumulate_grad(var: T, grad: T) -> *mut c_char;
+}
+
+/// Which kernels `scaled_dot_product_attention` may choose on CUDA, as
+/// `torch.backends.cuda.enable_{flash,mem_efficient,math,cudnn}_sdp` set them.
+pub fn sdp_backends(flash: bool, mem_efficient: bool, math: bool, cudnn: bool) {
+    // SAFETY: sets four flags of libtorch's global context; no pointers cross.
+    unsafe { tb_sdp_backends(flash, mem_efficient, math, cudnn) }
 }
 
 fn ptr(t: &Tensor) -> T {
