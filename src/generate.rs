@@ -117,11 +117,13 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], s: &Sampling, eos: &[i64], 
     let mut out: Vec<Generation> = (0..b).map(|_| Generation { new_ids: vec![], logprobs: vec![], finished: false }).collect();
     let max_new = s.max_new_tokens.min(room);
     for step in 0..max_new {
-        let next = sample(&logits, s);
-        let lp = logits.log_softmax(-1, Kind::Float).gather(1, &next.unsqueeze(1), false).squeeze_dim(1);
         // One copy to the host per step (each copy waits for the device): the tokens, their
-        // log-probs and whether every logit was finite.
+        // log-probs and whether every logit was finite. Sampling runs before that check is
+        // known, so it draws from finite stand-ins (a NaN would stop multinomial); a step with a
+        // non-finite logit is then refused.
         let finite = logits.isfinite().all().to_kind(Kind::Double).unsqueeze(0);
+        let next = sample(&logits.nan_to_num(0.0, None, None), s);
+        let lp = logits.log_softmax(-1, Kind::Float).gather(1, &next.unsqueeze(1), false).squeeze_dim(1);
         let host = Vec::<f64>::try_from(Tensor::cat(&[next.to_kind(Kind::Double), lp.to_kind(Kind::Double), finite], 0).to_device(Device::Cpu))?;
         if host[2 * b] != 1.0 {
             return Err(NonFiniteLogits.into());
