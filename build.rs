@@ -14,6 +14,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=src/train/ops.cpp");
+    println!("cargo:rerun-if-changed=src/train/ffi.h");
     let Ok(libtorch) = std::env::var("LIBTORCH") else {
         panic!("LIBTORCH is not set: run scripts/bootstrap, which links ./.libtorch for .cargo/config.toml");
     };

@@ -6,6 +6,7 @@
 // headers beside libtorch's; the library itself is inside libtorch_cpu). Errors come back as
 // a malloc'd message, as in ops.cpp.
 #include <ATen/core/Tensor.h>
+#include "ffi.h"
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <chrono>
@@ -21,12 +22,7 @@ struct Group {
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
 };
 
-std::vector<at::Tensor> list(at::Tensor** ts, size_t n) {
-  std::vector<at::Tensor> out;
-  out.reserve(n);
-  for (size_t i = 0; i < n; ++i) out.push_back(*ts[i]);
-  return out;
-}
+using tb::list;
 }  // namespace
 
 extern "C" {

@@ -4,20 +4,14 @@
 // the caller releases with tb_free.
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
+#include "ffi.h"
 #include <ATen/ops/_fused_adamw.h>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <vector>
 
-namespace {
-std::vector<at::Tensor> list(at::Tensor** ts, size_t n) {
-  std::vector<at::Tensor> out;
-  out.reserve(n);
-  for (size_t i = 0; i < n; ++i) out.push_back(*ts[i]);
-  return out;
-}
-}  // namespace
+using tb::list;
 
 extern "C" {
 
