@@ -62,12 +62,14 @@ impl std::fmt::Display for NonFiniteLogits {
 
 impl std::error::Error for NonFiniteLogits {}
 
-/// Picks the next token of every row of `logits` (batch, vocab).
+/// Picks the next token of every row of `logits` (batch, vocab). Non-finite logits draw from
+/// finite stand-ins (NaN would stop multinomial); `generate` refuses such a step afterwards.
 pub fn sample(logits: &Tensor, s: &Sampling) -> Tensor {
     if s.temperature <= 0.0 {
         return logits.argmax(-1, false);
     }
     let mut l = logits / s.temperature;
+    let _ = l.nan_to_num_(0.0, None, None);
     let vocab = l.size()[1];
     if s.top_k > 0 && s.top_k < vocab {
         let (top, _) = l.topk(s.top_k, -1, true, true);
@@ -118,11 +120,10 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], s: &Sampling, eos: &[i64], 
     let max_new = s.max_new_tokens.min(room);
     for step in 0..max_new {
         // One copy to the host per step (each copy waits for the device): the tokens, their
-        // log-probs and whether every logit was finite. Sampling runs before that check is
-        // known, so it draws from finite stand-ins (a NaN would stop multinomial); a step with a
-        // non-finite logit is then refused.
+        // log-probs and whether every logit was finite; a step with a non-finite logit is
+        // refused once that is known.
         let finite = logits.isfinite().all().to_kind(Kind::Double).unsqueeze(0);
-        let next = sample(&logits.nan_to_num(0.0, None, None), s);
+        let next = sample(&logits, s);
         let lp = logits.log_softmax(-1, Kind::Float).gather(1, &next.unsqueeze(1), false).squeeze_dim(1);
         let host = Vec::<f64>::try_from(Tensor::cat(&[next.to_kind(Kind::Double), lp.to_kind(Kind::Double), finite], 0).to_device(Device::Cpu))?;
         if host[2 * b] != 1.0 {

@@ -27,6 +27,20 @@ fn run(recipe: &str, out: &Path, extra: &[&str]) -> std::process::Output {
     common::tokbridge(&args)
 }
 
+/// Runs `recipe` with `extra` once in one process (into `tmp/NAME1`) and once over two ranks
+/// (`tmp/NAME2`); returns the two output directories.
+fn one_and_two(tmp: &TempDir, name: &str, recipe: &str, extra: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (one, two) = (tmp.path().join(format!("{name}1")), tmp.path().join(format!("{name}2")));
+    for (dir, nproc) in [(&one, &[][..]), (&two, &["--nproc", "2"][..])] {
+        let out = format!("output_dir={}", dir.display());
+        let mut args = vec!["run", recipe, out.as_str()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(nproc);
+        common::ok(common::tokbridge(&args));
+    }
+    (one, two)
+}
+
 /// Whether this build trains over several processes (it was built with gloo's headers).
 fn has_dist(tmp: &TempDir) -> bool {
     let out = run("recipes/sft/tiny.yaml", &tmp.path().join("probe"), &["training.steps=1", "--nproc", "2"]);
@@ -149,13 +163,7 @@ fn teacher_responses_over_two_ranks_write_the_same_dataset() {
         return;
     }
     // Greedy answers: each rank answers half of every batch, rank 0 writes them in order.
-    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
-    for (dir, extra) in [(&one, vec![]), (&two, vec!["--nproc", "2"])] {
-        let out = format!("output_dir={}", dir.display());
-        let mut args = vec!["run", "recipes/teacher_responses/tiny.yaml", out.as_str(), "sampling.temperature=0"];
-        args.extend(extra);
-        common::ok(common::tokbridge(&args));
-    }
+    let (one, two) = one_and_two(&tmp, "answers", "recipes/teacher_responses/tiny.yaml", &["sampling.temperature=0"]);
     let read = |d: &Path| std::fs::read_to_string(d.join("responses.jsonl")).unwrap();
     assert_eq!(read(&one).lines().count(), 16);
     assert_eq!(read(&one), read(&two));
@@ -172,24 +180,14 @@ fn evaluations_over_two_ranks_equal_one_process() {
     }
     // The eval recipe: each rank scores half of the examples; rank 0 sums the counts, gathers
     // the generations in order and writes them.
-    let (one, two) = (tmp.path().join("eval1"), tmp.path().join("eval2"));
-    for (dir, extra) in [(&one, vec![]), (&two, vec!["--nproc", "2"])] {
-        let out = format!("output_dir={}", dir.display());
-        let mut args = vec!["run", "recipes/eval/tiny.yaml", out.as_str()];
-        args.extend(extra);
-        common::ok(common::tokbridge(&args));
-    }
+    let (one, two) = one_and_two(&tmp, "eval", "recipes/eval/tiny.yaml", &[]);
     let read = |p: &Path| std::fs::read_to_string(p).unwrap();
     assert_eq!(read(&one.join("eval.json")), read(&two.join("eval.json")));
     let gens = read(&one.join("generations/step-000000.jsonl"));
     assert_eq!(gens.lines().count(), 8);
     assert_eq!(gens, read(&two.join("generations/step-000000.jsonl")));
     // Evaluations during SFT (every 6 steps, greedy exact match and NLL) likewise.
-    let (one, two) = (tmp.path().join("sft1"), tmp.path().join("sft2"));
-    let out = |d: &Path| format!("output_dir={}", d.display());
-    let scorers = "eval.scorers=[exact_match, nll]";
-    common::ok(common::tokbridge(&["run", "recipes/sft/tiny.yaml", &out(&one), scorers]));
-    common::ok(common::tokbridge(&["run", "recipes/sft/tiny.yaml", &out(&two), scorers, "--nproc", "2"]));
+    let (one, two) = one_and_two(&tmp, "sft", "recipes/sft/tiny.yaml", &["eval.scorers=[exact_match, nll]"]);
     let evals = |run: &Path| -> Vec<(u64, f64, f64)> {
         read(&run.join("metrics.jsonl")).lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v.get("eval/nll").is_some()).map(|v| (v["step"].as_u64().unwrap(), v["eval/nll"].as_f64().unwrap(), v["eval/exact_match"].as_f64().unwrap())).collect()
     };
