@@ -169,7 +169,7 @@ pub fn run(a: &Args) -> serde_json::Value {
                 if a.full_logits {
                     m.backward(&ids, false, |logits| Ok((-token_logprobs(logits, &ids).sum(Kind::Float) / n, ()))).unwrap();
                 } else {
-                    m.backward_tokens(&ids, false, |lp, _| Ok(-lp.sum(Kind::Float) / n)).unwrap();
+                    m.backward_tokens(&ids, 0, false, |lp, _| Ok(-lp.sum(Kind::Float) / n)).unwrap();
                 }
                 let t1 = Instant::now();
                 opt.step(1e-4).unwrap();

@@ -223,7 +223,11 @@ fn dpca_with_candidates_trains_and_counts_its_teacher_cost() {
     let (p, c) = (&plain[0], &cand[0]);
     let tokens = |m: &serde_json::Value| m["budget/teacher_forward_tokens"].as_f64().unwrap();
     assert_eq!(p["opd/response_length"], c["opd/response_length"]);
-    assert_eq!(p["opd/logq_minus_logp"], c["opd/logq_minus_logp"], "the merged pass scores the responses as the plain one");
+    assert_eq!(p["opd/teacher_logprob"], c["opd/teacher_logprob"], "the merged pass scores the responses as the plain one");
+    // The student's side: the sampler's log-probs in the plain run, a forward's (for the top-k)
+    // with candidates; equal up to float rounding.
+    let gap = |m: &serde_json::Value| m["opd/logq_minus_logp"].as_f64().unwrap();
+    assert!((gap(p) - gap(c)).abs() < 1e-5, "{p} {c}");
     assert!(tokens(c) > tokens(p) && tokens(c) < 1.5 * tokens(p), "{p} {c}");
     assert!(c["train/loss"].as_f64().unwrap() > p["train/loss"].as_f64().unwrap(), "{p} {c}");
     // disagree scores fewer positions, after a plain scoring pass that the budget also counts.

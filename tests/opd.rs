@@ -136,3 +136,30 @@ fn baselines_train_on_the_same_rollouts() {
     assert!(series(&dir, "opd/on_policy").iter().all(|(_, v)| *v == 0.0));
     assert!(series(&dir, "opd/eot_rate").iter().all(|(_, v)| *v == 1.0), "dataset responses end their turn");
 }
+
+#[test]
+fn sampled_rollouts_carry_the_log_probs_and_entropies_of_a_full_forward() {
+    // The sampler's values (a left-padded batch through the KV cache) stand in for the old
+    // log-probs' forward: they must be that forward's, up to float rounding.
+    let r = common::tiny_opd(&[]);
+    let student = opd::load_side(&r.student, "cpu").unwrap();
+    let teacher = opd::load_teacher(&r.teacher, "cpu").unwrap();
+    let examples = tokbridge::data::read_jsonl(&r.data.train, Some(8)).unwrap();
+    let prompts: Vec<Vec<i64>> = examples.iter().map(|e| tokbridge::data::prompt_ids(&student.tok, &student.chat, e.prompt()).unwrap()).collect();
+    let picks: Vec<usize> = (0..8).collect();
+    let mut rollouts = opd::make_rollouts(&opd::Plan::of(&r), &student, &teacher, &examples, &prompts, &picks, true, 3).unwrap();
+    let sampled: Vec<(Vec<f32>, Vec<f32>)> = rollouts.iter_mut().map(|x| (std::mem::take(&mut x.old_logp), std::mem::take(&mut x.entropy))).collect();
+    opd::old_logprobs(&student, &mut rollouts, 3, 0).unwrap();
+    let (mut worst_lp, mut worst_h, mut n) = (0f32, 0f32, 0);
+    for ((lp, h), x) in sampled.iter().zip(&rollouts) {
+        assert_eq!((lp.len(), h.len(), x.old_logp.len()), (x.response.len(), x.response.len(), x.response.len()));
+        for i in 0..lp.len() {
+            worst_lp = worst_lp.max((lp[i] - x.old_logp[i]).abs());
+            worst_h = worst_h.max((h[i] - x.entropy[i]).abs());
+            n += 1;
+        }
+    }
+    assert!(n > 50, "only {n} tokens");
+    assert!(worst_lp < 1e-4 && worst_h < 1e-4, "sampler vs forward: log-prob {worst_lp:e}, entropy {worst_h:e}");
+    eprintln!("sampler vs forward over {n} tokens: log-prob {worst_lp:e}, entropy {worst_h:e}");
+}

@@ -125,10 +125,10 @@ fn batched_left_padded_generation_equals_single() {
     }
 }
 
-/// Every parameter's gradient of a masked NLL over a right-padded batch: through
-/// `Model::backward` on the full logits, or through `Model::backward_tokens` when
-/// `model.logits_per_chunk` is set.
-fn gradients(model: &models::Model, ids: &Tensor, recompute: bool, chunked: bool) -> (f64, Vec<(String, Tensor)>) {
+/// Every parameter's gradient of a masked NLL over a right-padded batch whose positions
+/// before `from` carry no loss: through `Model::backward` on the full logits, or through
+/// `Model::backward_tokens` when `model.logits_per_chunk` is set.
+fn gradients(model: &models::Model, ids: &Tensor, from: i64, recompute: bool, chunked: bool) -> (f64, Vec<(String, Tensor)>) {
     for (_, v) in model.vs.variables() {
         let mut g = v.grad();
         if g.defined() {
@@ -136,15 +136,17 @@ fn gradients(model: &models::Model, ids: &Tensor, recompute: bool, chunked: bool
         }
     }
     let mask = ids.narrow(1, 1, ids.size()[1] - 1).ne(0).to_kind(Kind::Float);
+    let _ = mask.narrow(1, 0, from).fill_(0.0);
     let loss = if chunked {
         let mut starts = Vec::new();
         let loss = model
-            .backward_tokens(ids, recompute, |lp, t0| {
+            .backward_tokens(ids, from, recompute, |lp, t0| {
                 starts.push(t0);
                 Ok(-(lp * mask.narrow(1, t0, lp.size()[1])).sum(Kind::Float) / 10.0)
             })
             .unwrap();
         assert!(starts.len() > 3, "the head ran in {} chunks", starts.len());
+        assert!(starts[0] <= from && from - starts[0] < 3, "the head started at position {}", starts[0]);
         loss
     } else {
         let (loss, ()) = model
@@ -169,13 +171,15 @@ fn recomputation_and_the_chunked_head_give_the_same_gradients() {
         let len = enc.iter().map(Vec::len).max().unwrap();
         let flat: Vec<i64> = enc.iter().flat_map(|e| e.iter().copied().chain(std::iter::repeat(0)).take(len)).collect();
         let ids = Tensor::from_slice(&flat).view([2, len as i64]);
-        let (plain_loss, plain) = gradients(&model, &ids, false, false);
         let vocab = model.config["vocab_size"].as_i64().unwrap();
-        // Three positions of both rows per chunk.
-        model.logits_per_chunk = Some(vocab * 2 * 3);
-        for (recompute, chunked) in [(true, false), (false, true), (true, true)] {
-            let what = format!("{} (recompute {recompute}, chunked head {chunked})", dir.display());
-            let (loss, grads) = gradients(&model, &ids, recompute, chunked);
+        // Without a loss on the first 4 positions too: the chunked head then skips the first chunk.
+        for (recompute, chunked, from) in [(true, false, 0), (false, true, 0), (true, true, 0), (false, true, 4), (true, true, 4)] {
+            model.logits_per_chunk = None;
+            let (plain_loss, plain) = gradients(&model, &ids, from, false, false);
+            // Three positions of both rows per chunk.
+            model.logits_per_chunk = Some(vocab * 2 * 3);
+            let what = format!("{} (recompute {recompute}, chunked head {chunked}, loss from {from})", dir.display());
+            let (loss, grads) = gradients(&model, &ids, from, recompute, chunked);
             assert!((plain_loss - loss).abs() < 1e-6 * plain_loss.abs().max(1.0), "{what}: loss {plain_loss} vs {loss}");
             assert_eq!(plain.len(), grads.len());
             let mut nonzero = 0;
@@ -278,7 +282,7 @@ fn train_like_reference(dir: &std::path::Path, kind: Kind, recompute: bool) -> T
     for step in 0..r["steps"].as_u64().unwrap() as usize {
         opt.zero_grad();
         let loss = model
-            .backward_tokens(&ids, recompute, |lp, t0| Ok(-(lp * mask.narrow(1, t0, lp.size()[1])).sum(Kind::Float) / n_targets as f64))
+            .backward_tokens(&ids, 0, recompute, |lp, t0| Ok(-(lp * mask.narrow(1, t0, lp.size()[1])).sum(Kind::Float) / n_targets as f64))
             .unwrap();
         let norm = opt.clip_grad_norm(spec.grad_clip);
         opt.step(spec.lr).unwrap();

@@ -6,6 +6,12 @@ student and qwen3 teacher (different tokenizers), fully on-policy (lmbda 1), ULD
 per optimizer step (after the first) and the peak resident memory.
 
   python benches/python/gold_step.py [--steps 6] [--threads 2]
+  python benches/python/gold_step.py --real     the real pair of recipes/real/smollm2-to-gemma3.yaml
+
+`--real`: SmolLM2-135M-Instruct teaching Gemma-3-270M (converted by scripts/real_run.sh into
+runs/real/), the prompts of recipes/real/prompts.jsonl, 48 new tokens, lr 1e-5. Gemma-3-270M
+has no chat template, so the prompts go in as tokbridge's plain template renders them (the
+text and a newline).
 """
 import argparse
 import json
@@ -39,16 +45,24 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--real", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    student = os.path.join(ROOT, "tests/fixtures/models/llama")
-    teacher = os.path.join(ROOT, "tests/fixtures/models/qwen3")
-    rows = [json.loads(l) for l in open(os.path.join(ROOT, "tests/fixtures/data/arith_train.jsonl"))]
-    data = Dataset.from_list([{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]} for r in rows])
+    if a.real:
+        student, teacher = os.path.join(ROOT, "runs/real/gemma3-270m"), os.path.join(ROOT, "runs/real/smollm2")
+        rows = [json.loads(l) for l in open(os.path.join(ROOT, "recipes/real/prompts.jsonl"))]
+        data = Dataset.from_list([{"prompt": r["prompt"] + "\n", "completion": ""} for r in rows])
+        lr, new_tokens = 1e-5, 48
+    else:
+        student = os.path.join(ROOT, "tests/fixtures/models/llama")
+        teacher = os.path.join(ROOT, "tests/fixtures/models/qwen3")
+        rows = [json.loads(l) for l in open(os.path.join(ROOT, "tests/fixtures/data/arith_train.jsonl"))]
+        data = Dataset.from_list([{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]} for r in rows])
+        lr, new_tokens = 1e-3, 24
     with tempfile.TemporaryDirectory() as out:
         cfg = GOLDConfig(output_dir=out, per_device_train_batch_size=8, gradient_accumulation_steps=1, max_steps=a.steps,
-                         learning_rate=1e-3, lmbda=1.0, max_completion_length=24, temperature=1.0, use_uld_loss=True,
-                         uld_use_hybrid_loss=True, teacher_tokenizer_name_or_path=teacher, report_to=[], logging_steps=1,
+                         learning_rate=lr, lmbda=1.0, max_completion_length=new_tokens, temperature=1.0, use_uld_loss=True,
+                         uld_use_hybrid_loss=True, use_extended_uld=not a.real, teacher_tokenizer_name_or_path=teacher, report_to=[], logging_steps=1,
                          save_strategy="no", use_cpu=True, bf16=False, dataloader_num_workers=0, seed=0)
         timer = Timer()
         tok = AutoTokenizer.from_pretrained(student)

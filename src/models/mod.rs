@@ -235,7 +235,8 @@ impl Model {
     /// over chunks of positions, so the vocabulary-sized tensors exist for one chunk at a time,
     /// as in Liger's fused linear cross-entropy. `loss_of(lp, t0)` gets the log-probs (batch, n)
     /// of positions `t0..t0 + n`, numbered as `train::token_logprobs` numbers them, and returns
-    /// their part of the loss; the value returned is the sum of the parts.
+    /// their part of the loss; the value returned is the sum of the parts. Positions before
+    /// `from` carry no loss (the prompts of every row): the head skips them.
     ///
     /// Autograd sees only the small tensors. With `g` the gradient of the loss with respect to
     /// the chosen tokens' log-probs, the gradient of the logits is `g * (onehot - softmax)`,
@@ -244,8 +245,8 @@ impl Model {
     /// made, and that is the one vocabulary-sized tensor (two with soft-capping) kept for the
     /// gradient, where autograd would make four. The head's two matmul gradients follow from
     /// it; the one of the hidden states goes back through the final norm and the blocks.
-    pub fn backward_tokens(&self, ids: &Tensor, recompute: bool, loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
-        self.backward_head(ids, recompute, true, loss_of)
+    pub fn backward_tokens(&self, ids: &Tensor, from: i64, recompute: bool, loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
+        self.backward_head(ids, from, recompute, true, loss_of)
     }
 
     /// `backward_tokens` for a loss of each position's whole next-token distribution (the
@@ -254,11 +255,11 @@ impl Model {
     /// as a leaf that requires grad. Autograd runs inside one chunk only, so the vocabulary-sized
     /// tensors are still bounded by the chunk; the gradient of the logits then takes the same
     /// path back as in `backward_tokens`.
-    pub fn backward_logits(&self, ids: &Tensor, recompute: bool, loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
-        self.backward_head(ids, recompute, false, loss_of)
+    pub fn backward_logits(&self, ids: &Tensor, from: i64, recompute: bool, loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
+        self.backward_head(ids, from, recompute, false, loss_of)
     }
 
-    fn backward_head(&self, ids: &Tensor, recompute: bool, tokens: bool, mut loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
+    fn backward_head(&self, ids: &Tensor, from: i64, recompute: bool, tokens: bool, mut loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
         let pass = Pass::new(self, ids, recompute)?;
         let top = pass.top_for_grad();
         let normed = pass.l.final_norm(&top);
@@ -272,7 +273,13 @@ impl Model {
         // The loss is summed on the device and read once, so chunks do not wait on each other.
         let mut value = Tensor::zeros([], (Kind::Float, device));
         let (mut grad_h, mut grad_w, mut any_grad) = (Vec::new(), None::<Tensor>, false);
-        let mut t0 = 0;
+        // The chunks before `from` are skipped; the others keep the boundaries they have from
+        // position 0, so the sums (and so the gradients) are bit for bit those of a pass over
+        // every chunk, whose skipped chunks would add exact zeros.
+        let mut t0 = from.clamp(0, t - 1) / step * step;
+        if t0 > 0 {
+            grad_h.push(Tensor::zeros([b, t0, hidden], (h_all.kind(), device)));
+        }
         while t0 < t - 1 {
             let n = step.min(t - 1 - t0);
             let h = h_all.narrow(1, t0, n);

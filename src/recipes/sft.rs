@@ -134,7 +134,7 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             }
             let b = Batch::new(&refs, tok.pad_id, device);
             let loss = crate::nn::lora::training(|| {
-                model.backward_tokens(&b.ids, r.training.activation_checkpointing, |lp, t0| {
+                model.backward_tokens(&b.ids, b.first_target, r.training.activation_checkpointing, |lp, t0| {
                     let mask = b.target_mask.narrow(1, t0, lp.size()[1]);
                     Ok(-(lp * mask).sum(Kind::Float) / n_targets as f64)
                 })

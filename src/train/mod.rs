@@ -17,6 +17,8 @@ pub struct Batch {
     pub target_mask: Tensor,
     /// Number of response tokens (the sum of `target_mask`).
     pub n_targets: usize,
+    /// The first column of `target_mask` with a target in any row (prompts come before it).
+    pub first_target: i64,
 }
 
 impl Batch {
@@ -30,10 +32,12 @@ impl Batch {
         }
         let b = examples.len() as i64;
         let n_targets = mask.iter().filter(|&&m| m > 0.0).count();
+        let first_target = mask.chunks(len - 1).filter_map(|row| row.iter().position(|&m| m > 0.0)).min().unwrap_or(0) as i64;
         Self {
             ids: Tensor::from_slice(&ids).view([b, len as i64]).to_device(device),
             target_mask: Tensor::from_slice(&mask).view([b, len as i64 - 1]).to_device(device),
             n_targets,
+            first_target,
         }
     }
 }

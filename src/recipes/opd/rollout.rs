@@ -242,27 +242,34 @@ pub fn scatter(values: &[&[f32]], starts: &[usize], width: i64, device: Device) 
 }
 
 /// Old log-probs of every rollout's response under the current student (no grad), in the
-/// layout training uses, so the first PPO epoch has ratio exactly 1.
+/// layout training uses. Sampled rollouts already carry them and their entropies from the
+/// sampler (the same weights, the model's distribution at temperature 1; they differ from a
+/// full forward only by float rounding, so the first PPO epoch's ratio is 1 within about
+/// 1e-6): only the others (dataset responses) run a forward, and every rollout does when the
+/// candidates need the student's `top_k` tokens. The head runs on the response positions only.
 pub fn old_logprobs(student: &Side, rollouts: &mut [Rollout], micro: usize, top_k: usize) -> Result<()> {
     let _g = tch::no_grad_guard();
-    for chunk in rollouts.chunks_mut(micro) {
-        let refs: Vec<&Rollout> = chunk.iter().collect();
+    let mut todo: Vec<&mut Rollout> = rollouts.iter_mut().filter(|r| top_k > 0 || r.old_logp.len() != r.response.len()).collect();
+    for chunk in todo.chunks_mut(micro) {
+        let refs: Vec<&Rollout> = chunk.iter().map(|r| &**r).collect();
         let (ids, starts) = rows(&refs, student.tok.pad_id, student.device());
+        let len = ids.size()[1];
+        let from = starts.iter().copied().min().unwrap_or(0) as i64;
         // One log-softmax gives the sampled tokens' log-probs (as `token_logprobs` takes them)
         // and each position's entropy −Σ p log p.
-        let logp = student.model.logits(&ids).log_softmax(-1, Kind::Float);
-        let len = ids.size()[1];
-        let targets = ids.narrow(1, 1, len - 1).unsqueeze(-1);
-        let lp = logp.narrow(1, 0, len - 1).gather(2, &targets, false).squeeze_dim(-1).to_device(Device::Cpu);
+        let hidden = student.model.hidden(&ids).narrow(1, from, len - 1 - from);
+        let logp = student.model.head(&hidden).log_softmax(-1, Kind::Float);
+        let targets = ids.narrow(1, from + 1, len - 1 - from).unsqueeze(-1);
+        let lp = logp.gather(2, &targets, false).squeeze_dim(-1).to_device(Device::Cpu);
         let entropy = (-(logp.exp() * &logp).sum_dim_intlist(-1, false, Kind::Float)).to_device(Device::Cpu);
         let top = (top_k > 0).then(|| logp.topk(top_k as i64, -1, true, true));
         for (b, (r, &s)) in chunk.iter_mut().zip(&starts).enumerate() {
-            let n = r.response.len() as i64;
-            r.old_logp = Vec::<f32>::try_from(lp.get(b as i64).narrow(0, s as i64, n))?;
-            r.entropy = Vec::<f32>::try_from(entropy.get(b as i64).narrow(0, s as i64, n))?;
+            let (n, s) = (r.response.len() as i64, s as i64 - from);
+            r.old_logp = Vec::<f32>::try_from(lp.get(b as i64).narrow(0, s, n))?;
+            r.entropy = Vec::<f32>::try_from(entropy.get(b as i64).narrow(0, s, n))?;
             if let Some((values, ids)) = &top {
-                let v = Vec::<f32>::try_from(values.get(b as i64).narrow(0, s as i64, n).contiguous().view([-1]).to_device(Device::Cpu))?;
-                let i = Vec::<i64>::try_from(ids.get(b as i64).narrow(0, s as i64, n).contiguous().view([-1]).to_device(Device::Cpu))?;
+                let v = Vec::<f32>::try_from(values.get(b as i64).narrow(0, s, n).contiguous().view([-1]).to_device(Device::Cpu))?;
+                let i = Vec::<i64>::try_from(ids.get(b as i64).narrow(0, s, n).contiguous().view([-1]).to_device(Device::Cpu))?;
                 r.top = i.chunks(top_k).zip(v.chunks(top_k)).map(|(i, v)| i.iter().copied().zip(v.iter().copied()).collect()).collect();
             }
         }
@@ -323,7 +330,8 @@ pub fn score_teacher(teacher: &Teacher, rollouts: &mut [Rollout], micro: usize, 
 pub fn make_rollouts(plan: &Plan, student: &Side, teacher: &Teacher, examples: &[Example], prompts: &[Vec<i64>], picks: &[usize], on_policy: bool, seed: u64) -> Result<Vec<Rollout>> {
     let r = plan;
     let picks: Vec<usize> = picks.iter().flat_map(|&i| std::iter::repeat(i).take(r.rollout.samples_per_prompt)).collect();
-    let responses: Vec<(Vec<i64>, bool)> = if on_policy {
+    // (response, finished, the sampler's log-probs and entropies: empty off-policy)
+    let responses: Vec<(Vec<i64>, bool, Vec<f32>, Vec<f32>)> = if on_policy {
         let batch: Vec<Vec<i64>> = picks.iter().map(|&i| prompts[i].clone()).collect();
         let s = Sampling {
             max_new_tokens: r.rollout.max_new_tokens,
@@ -338,7 +346,7 @@ pub fn make_rollouts(plan: &Plan, student: &Side, teacher: &Teacher, examples: &
         let mut out = Vec::with_capacity(batch.len());
         for chunk in batch.chunks(r.micro.max(1) * 4) {
             for g in generate(&student.model, chunk, &s, &stops, student.tok.pad_id)? {
-                out.push((g.new_ids, g.finished));
+                out.push((g.new_ids, g.finished, g.logprobs, g.entropy));
             }
         }
         out
@@ -349,13 +357,13 @@ pub fn make_rollouts(plan: &Plan, student: &Side, teacher: &Teacher, examples: &
                 let text = examples[i].response().context("lmbda < 1 needs a response in every training line")?;
                 let mut ids = student.tok.encode(text, false)?;
                 ids.push(student.eot);
-                Ok((ids, true))
+                Ok((ids, true, vec![], vec![]))
             })
             .collect::<Result<_>>()?
     };
     let table = student.tok.pieces();
     let mut rollouts = Vec::with_capacity(picks.len());
-    for (&i, (response, finished)) in picks.iter().zip(responses) {
+    for (&i, (response, finished, old_logp, entropy)) in picks.iter().zip(responses) {
         if response.is_empty() {
             continue;
         }
@@ -378,8 +386,8 @@ pub fn make_rollouts(plan: &Plan, student: &Side, teacher: &Teacher, examples: &
             logq: vec![],
             teacher_probs: None,
             teacher_hidden: None,
-            old_logp: vec![],
-            entropy: vec![],
+            old_logp,
+            entropy,
             adv: vec![],
             teacher_prompt: if teacher.same_vocab { String::new() } else { teacher.chat.render(examples[i].prompt(), true)? },
             top: vec![],

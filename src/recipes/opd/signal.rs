@@ -50,13 +50,15 @@ pub fn backward_batch(r: &Opd, student: &Side, teacher: &Teacher, matches: Optio
         let refs: Vec<&Rollout> = chunk.iter().collect();
         let (ids, starts) = rows(&refs, student.tok.pad_id, student.device());
         let width = ids.size()[1] - 1;
+        // No loss on the prompts: the head starts at the earliest response.
+        let from = starts.iter().copied().min().unwrap_or(0) as i64;
         let (l, c) = if let Some(spec) = &r.dpca.candidates {
             // DPCA and the candidate term from the same chunks of full logits.
             let dpca = DpcaInputs::new(r, &refs, &starts, width, ids.device());
             let cands = CandInputs::new(spec, &refs, &starts, width, ids.device());
             let scored = rollouts.iter().map(|x| x.scored.len()).sum::<usize>().max(1) as f64;
             let mut c = Tensor::zeros([], (Kind::Float, ids.device()));
-            let l = student.model.backward_logits(&ids, recompute, |logits, t0| {
+            let l = student.model.backward_logits(&ids, from, recompute, |logits, t0| {
                 let targets = ids.narrow(1, t0 + 1, logits.size()[1]).unsqueeze(-1);
                 let lp = logits.log_softmax(-1, Kind::Float).gather(2, &targets, false).squeeze_dim(-1);
                 let (l, n) = dpca.loss(&lp, t0);
@@ -66,11 +68,11 @@ pub fn backward_batch(r: &Opd, student: &Side, teacher: &Teacher, matches: Optio
             (l, c.double_value(&[]))
         } else if r.loss.divergence_beta(&r.distill).is_some() {
             let inputs = DistInputs::new(r, teacher, &refs, &starts, width, ids.device())?;
-            (student.model.backward_logits(&ids, recompute, |logits, t0| Ok(inputs.loss(logits, t0) / norm))?, 0.0)
+            (student.model.backward_logits(&ids, from, recompute, |logits, t0| Ok(inputs.loss(logits, t0) / norm))?, 0.0)
         } else if r.loss == OpdLoss::Dpca {
             let inputs = DpcaInputs::new(r, &refs, &starts, width, ids.device());
             let mut c = Tensor::zeros([], (Kind::Float, ids.device()));
-            let l = student.model.backward_tokens(&ids, recompute, |lp, t0| {
+            let l = student.model.backward_tokens(&ids, from, recompute, |lp, t0| {
                 let (l, n) = inputs.loss(lp, t0);
                 c += n;
                 Ok(l / norm)
