@@ -29,13 +29,7 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        // Without a bias, few rows without a graph on the CPU go the way the head does
-        // (`models::unembed`: one row of Gemma-3-270M decodes in 39 ms instead of 53); a bias
-        // stays inside `linear`'s one addmm, rounded once as transformers rounds it in bf16.
-        let y = match &self.bias {
-            None => crate::models::unembed(x, &self.weight),
-            Some(b) => x.linear(&self.weight, Some(b)),
-        };
+        let y = x.linear(&self.weight, self.bias.as_ref());
         match &self.lora {
             Some(a) => y + a.delta(x),
             None => y,
