@@ -29,7 +29,16 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let y = x.linear(&self.weight, self.bias.as_ref());
+        // A large weight without a bias takes the head's path for few rows without a graph on
+        // the CPU (`models::unembed`): when the weights stream from memory on every decode
+        // step, one row of Gemma-3-270M decodes in 38 ms instead of 54 (BENCHMARKS.md). Small
+        // weights stay in the cache, where `linear` is faster (128 × 64, one row: 3.2 against
+        // 10.7 µs), and a bias stays inside `linear`'s one addmm, rounded once as transformers
+        // rounds it in bf16.
+        let y = match &self.bias {
+            None if self.weight.numel() >= 1 << 17 => crate::models::unembed(x, &self.weight),
+            _ => x.linear(&self.weight, self.bias.as_ref()),
+        };
         match &self.lora {
             Some(a) => y + a.delta(x),
             None => y,
