@@ -74,8 +74,8 @@ const INVERSE_CDF_FROM: i64 = 16_384;
 /// Small vocabularies go through torch's `multinomial`, which draws one exponential per entry
 /// (the exponential race); from `INVERSE_CDF_FROM` entries on, one uniform per row is placed
 /// in the float64 running sum of the probabilities instead: the same distribution, but 3.5 ms
-/// instead of 44.6 ms for 8 rows of Gemma 3's 262,144 on 2 cores, where the race cost half of
-/// a decode step. (The threshold keeps the runs of small models, the demo's among them, on
+/// instead of 44.6 ms for 8 rows of Gemma 3's 262,144 on 2 cores, where the race cost a third
+/// of a sampled decode step. (The threshold keeps the runs of small models, the demo's among them, on
 /// the random stream they were published with.)
 pub fn sample(logits: &Tensor, s: &Sampling) -> Tensor {
     if s.temperature <= 0.0 {
@@ -144,9 +144,8 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], s: &Sampling, eos: &[i64], 
     for step in 0..max_new {
         // One copy to the host per step (each copy waits for the device): the tokens, their
         // log-probs, the entropies and whether every logit was finite; a step with a
-        // non-finite logit is refused once that is known.
-        // A row's sum is finite exactly when its logits are (NaN and infinities carry through
-        // the sum), and costs a thirtieth of `isfinite` over the whole vocabulary.
+        // non-finite logit is refused once that is known. Finiteness is read from the row sums
+        // (NaN and infinities carry through a sum), a thirtieth of `isfinite` over the vocabulary.
         let finite = logits.sum_dim_intlist(-1, false, Kind::Float).isfinite().all().to_kind(Kind::Double).unsqueeze(0);
         let next = sample(&logits, s);
         let logp = logits.log_softmax(-1, Kind::Float);

@@ -126,7 +126,8 @@ pub(crate) trait Layers {
     }
 }
 
-/// `h W^T` for rows of `h` (any leading shape) and the unembedding `W` (vocab, hidden). Without
+/// `h W^T` for rows of `h` (any leading shape) and the unembedding `W` (vocab, hidden), or a
+/// large bias-free projection's weight (`nn::Linear`). Without
 /// a graph on the CPU, for up to 128 rows (a decode step, a scored window) it is computed as
 /// `(W h^T)^T`: MKL packs `W` afresh on every call for `h W^T` with few rows (the
 /// profile of Gemma-3-270M sampling: 66% of the time in `sgemm_scopy_right16`), which the other

@@ -244,8 +244,8 @@ pub fn scatter(values: &[&[f32]], starts: &[usize], width: i64, device: Device) 
 /// Old log-probs of every rollout's response under the current student (no grad), in the
 /// layout training uses. Sampled rollouts already carry them and their entropies from the
 /// sampler (the same weights, the model's distribution at temperature 1; they differ from a
-/// full forward only by float rounding, so the first PPO epoch's ratio is 1 within about
-/// 1e-6): only the others (dataset responses) run a forward, and every rollout does when the
+/// full forward only by float rounding, so the first PPO epoch's ratio is 1 within a few
+/// millionths): only the others (dataset responses) run a forward, and every rollout does when the
 /// candidates need the student's `top_k` tokens. The head runs on the response positions only.
 pub fn old_logprobs(student: &Side, rollouts: &mut [Rollout], micro: usize, top_k: usize) -> Result<()> {
     let _g = tch::no_grad_guard();
