@@ -26,6 +26,9 @@ fn main() {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={}", std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into())))
         .flag("-DGLOG_USE_GLOG_EXPORT")
+        // at::parallel_for is OpenMP inlined from ATen's headers: without -fopenmp it runs on
+        // one thread. Its runtime is libtorch's own libgomp.so.1 (linked below), not a second one.
+        .flag("-fopenmp")
         .warnings(false)
         .compile("tokbridge_ops");
     // Data parallelism through c10d's Gloo process group, where gloo's headers are present.
@@ -52,8 +55,9 @@ fn main() {
     let lib = lib.canonicalize().unwrap_or(lib);
     println!("cargo:rerun-if-changed={}", lib.display());
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    println!("cargo:rustc-link-arg=-l:libgomp.so.1");
     if lib.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-search=native={}", lib.display());
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
 }

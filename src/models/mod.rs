@@ -146,6 +146,10 @@ pub(crate) fn unembed(h: &Tensor, w: &Tensor) -> Tensor {
         *last = w.size()[0];
     }
     let h2 = h.reshape([rows, hidden]);
+    if w.numel() >= 1 << 17 && hidden % 16 == 0 && w.kind() == Kind::Float && h.kind() == Kind::Float && w.is_contiguous() && crate::train::ops::few_rows_available() {
+        let y = crate::train::ops::few_rows_mm(&h2.contiguous(), w).expect("few_rows_mm's conditions were checked above");
+        return y.view(out.as_slice());
+    }
     let h2 = if rows == 1 { Tensor::cat(&[&h2, &h2], 0) } else { h2 };
     w.mm(&h2.tr()).narrow(1, 0, rows).tr().contiguous().view(out.as_slice())
 }
