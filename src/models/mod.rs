@@ -127,13 +127,15 @@ pub(crate) trait Layers {
 }
 
 /// `h W^T` for rows of `h` (any leading shape) and the unembedding `W` (vocab, hidden), or a
-/// large bias-free projection's weight (`nn::Linear`). Without
-/// a graph on the CPU, for up to 128 rows (a decode step, a scored window) it is computed as
-/// `(W h^T)^T`: MKL packs `W` afresh on every call for `h W^T` with few rows (the
-/// profile of Gemma-3-270M sampling: 66% of the time in `sgemm_scopy_right16`), which the other
-/// orientation avoids. One row goes as two (MKL's one-column path is a slow gemv). Measured on
-/// its 262,144 × 640 head with 2 threads: 8 rows 106 → 47 ms, 2 rows 126 → 21 ms, 128 rows 397
-/// → 304 ms, 1 row 56 → 20 ms.
+/// large bias-free projection's weight (`nn::Linear`). Without a graph on the CPU, for up to
+/// 128 rows (a decode step, a scored window), a float32 `W` of at least 2^17 entries goes
+/// through our few-rows kernel (`train::ops::few_rows_mm`: Gemma-3-270M's 262,144 × 640 head
+/// at 8 rows 53 → 18 ms on 2 threads, BENCHMARKS.md); otherwise it is computed as `(W h^T)^T`:
+/// MKL packs `W` afresh on every call for `h W^T` with few rows (the profile of Gemma-3-270M
+/// sampling: 66% of the time in `sgemm_scopy_right16`), which the other orientation avoids.
+/// One row goes as two (MKL's one-column path is a slow gemv). Measured on that head with 2
+/// threads: 8 rows 106 → 47 ms, 2 rows 126 → 21 ms, 128 rows 397 → 304 ms, 1 row 56 → 20 ms.
+/// Smaller weights (the demo's and the fixtures' models) stay on that path.
 pub(crate) fn unembed(h: &Tensor, w: &Tensor) -> Tensor {
     let size = h.size();
     let hidden = size.last().copied().unwrap_or(0);
