@@ -9,7 +9,7 @@
 //! Budgets: OPD runs count teacher forward tokens as they go; SFT on teacher answers pays the
 //! teacher's generated tokens and generation time up front (from its `teacher_responses`
 //! output), so its curves start there.
-use crate::recipe::{Compare, CompareRun, Recipe};
+use crate::recipe::{Compare, CompareRun, CompareSweep, Recipe};
 use crate::recipes::eval::{read_generations, Generated};
 use anyhow::{Context, Result};
 use plotters::coord::Shift;
@@ -276,7 +276,7 @@ where
 }
 
 /// Writes report.md and the plots (PNG and SVG) into `out`.
-pub fn report(runs: &[Summary], sweeps: &[(String, std::path::PathBuf)], out: &Path, title: &str) -> Result<()> {
+pub fn report(runs: &[Summary], sweeps: &[CompareSweep], out: &Path, title: &str) -> Result<()> {
     register_font();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let plots: [(&str, fn(&Point) -> f64, &str, &str); 3] = [
@@ -292,11 +292,15 @@ pub fn report(runs: &[Summary], sweeps: &[(String, std::path::PathBuf)], out: &P
     }
     let mut md = format!("# {title}\n\n{}\n", table(runs));
     md.push_str("\nAccuracy is greedy exact match of the final `#### answer` on the held-out split; words match is the share of greedy responses equal to the reference with numbers masked (it follows the format and copies the prompt's names and objects); avg@k is the mean accuracy of k samples per prompt; held-out log q − log p is the teacher-minus-student log-prob per aligned token of the student's samples at the first and last evaluation. SFT on teacher answers pays the teacher's generation (tokens and time) before training, so its curves start there; OPD pays teacher forward tokens as it trains.\n\n");
-    for (name, sweep) in sweeps {
-        md.push_str(&format!("## Settings chosen on the validation split: {name}\n\n"));
-        match crate::recipes::sweep::read_table(sweep) {
-            Some(t) => md.push_str(&t),
-            None => md.push_str(&format!("(`{}` has no sweep.md: the sweep has not been run here; the recipes carry the values it chose, see RESULTS.md.)\n", sweep.display())),
+    for sweep in sweeps {
+        md.push_str(&format!("## Settings chosen on the validation split: {}\n\n", sweep.name));
+        match (crate::recipes::sweep::read_table(&sweep.dir), &sweep.shipped) {
+            (Some(t), _) => md.push_str(&t),
+            (None, Some(shipped)) => {
+                let t = std::fs::read_to_string(shipped).with_context(|| format!("reading the shipped sweep table {}", shipped.display()))?;
+                md.push_str(&format!("(Not run in `{}`: the sweep that chose the values the recipes ship, as committed in `{}`.)\n\n{t}", sweep.dir.display(), shipped.display()));
+            }
+            (None, None) => md.push_str(&format!("(`{}` has no sweep.md: the sweep has not been run here; the recipes carry the values it chose, see RESULTS.md.)\n", sweep.dir.display())),
         }
         md.push('\n');
     }
@@ -312,8 +316,7 @@ pub fn report(runs: &[Summary], sweeps: &[(String, std::path::PathBuf)], out: &P
 /// The `compare` recipe.
 pub fn run(r: &Compare) -> Result<()> {
     let runs: Vec<Summary> = r.runs.iter().map(summarize).collect::<Result<_>>()?;
-    let sweeps: Vec<(String, std::path::PathBuf)> = r.sweeps.iter().map(|s| (s.name.clone(), s.dir.clone())).collect();
-    report(&runs, &sweeps, &r.output_dir, r.title.as_deref().unwrap_or("tokbridge comparison"))?;
+    report(&runs, &r.sweeps, &r.output_dir, r.title.as_deref().unwrap_or("tokbridge comparison"))?;
     eprintln!("{}", table(&runs));
     eprintln!("report: {}", r.output_dir.join("report.md").display());
     Ok(())

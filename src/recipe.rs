@@ -934,6 +934,10 @@ pub struct Compare {
 pub struct CompareSweep {
     pub name: String,
     pub dir: PathBuf,
+    /// The committed table (a copy of `sweep.md`) of the sweep run that chose the values the
+    /// recipes ship, shown when `dir` has none.
+    #[serde(default)]
+    pub shipped: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -1115,7 +1119,14 @@ impl Recipe {
                 ensure!(r.head_dim.is_some() || r.hidden_size % r.num_attention_heads == 0, "hidden_size must divide by num_attention_heads (or set head_dim)");
             }
             Recipe::Pipeline(r) => ensure!(!r.stages.is_empty(), "stages must not be empty"),
-            Recipe::Compare(r) => ensure!(!r.runs.is_empty(), "runs must not be empty"),
+            Recipe::Compare(r) => {
+                ensure!(!r.runs.is_empty(), "runs must not be empty");
+                for s in &r.sweeps {
+                    if let Some(t) = &s.shipped {
+                        ensure!(t.is_file(), "sweeps: shipped table {} of {:?} is not a file", t.display(), s.name);
+                    }
+                }
+            }
             Recipe::Sweep(r) => r.validate()?,
         }
         Ok(())
@@ -1244,6 +1255,15 @@ mod tests {
     use super::*;
 
     const SFT: &str = "recipe: sft\noutput_dir: runs/x\nmodel:\n  path: m\ndata:\n  train: t.jsonl\noptimizer:\n  lr: 1.0e-4\ntraining:\n  steps: 3\n  batch_size: 2\n";
+
+    #[test]
+    fn a_compare_recipe_names_a_missing_shipped_sweep_table() {
+        let text = "recipe: compare\noutput_dir: out\nruns: [{name: a, dir: runs/a}]\nsweeps: [{name: SFT lr, dir: runs/sweep, shipped: recipes/demo/sweeps/nothing.md}]\n";
+        let e = format!("{:#}", Recipe::parse(text, &[]).and_then(|r| r.validate()).unwrap_err());
+        assert!(e.contains("sweeps: shipped table recipes/demo/sweeps/nothing.md of \"SFT lr\" is not a file"), "{e}");
+        let shipped = text.replace("nothing.md", "sft.md");
+        Recipe::parse(&shipped, &[]).and_then(|r| r.validate()).unwrap();
+    }
 
     #[test]
     fn parses_with_defaults() {

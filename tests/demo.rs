@@ -45,8 +45,11 @@ fn scaled_down_demo_runs_end_to_end() {
     let dump = std::fs::read_to_string(root.join("opd-dpca/rollouts/step-000002.md")).unwrap();
     assert!(dump.contains("## rollout 0") && dump.contains("L_T") && dump.contains("1:1"), "{dump}");
     assert!(report.contains("## Held-out generations") && report.contains("**OPD (DPCA) (step 2)**") && report.contains("**student warm start (llama tokenizer)**"), "{report}");
-    // The sweeps have not run in this root: the report says so and where the values come from.
-    assert!(report.contains("## Settings chosen on the validation split: SFT learning rate") && report.contains("has no sweep.md"), "{report}");
+    // The sweeps have not run in this root: the report shows the committed tables of the run
+    // that chose the shipped values, and says so.
+    let sft_sweep = std::fs::read_to_string("recipes/demo/sweeps/sft.md").unwrap();
+    assert!(report.contains(&format!("## Settings chosen on the validation split: SFT learning rate\n\n(Not run in `{}`: the sweep that chose the values the recipes ship, as committed in `recipes/demo/sweeps/sft.md`.)\n\n{sft_sweep}", root.join("sweep-sft").display())), "{report}");
+    assert!(sft_sweep.contains("| 0.0003 |") && sft_sweep.contains("chosen"), "{sft_sweep}");
     assert!(report.contains("## Timing") && report.contains("a generated token costs about"), "{report}");
     assert!(report.lines().find(|l| l.starts_with("| OPD (DPCA + candidates) |")).is_some());
     for plot in ["accuracy_vs_steps", "accuracy_vs_time", "accuracy_vs_teacher_tokens"] {
