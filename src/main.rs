@@ -230,7 +230,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Generate { model, prompt, max_new_tokens, temperature, top_k, top_p, seed, ignore_eos, json } => {
-            let s = Sampling { max_new_tokens, temperature, top_k, top_p, ignore_eos, seed };
+            let s = Sampling { max_new_tokens, temperature, top_k, top_p, ignore_eos, seed, entropy: false };
             s.check().map_err(|e| {
                 let m = e.to_string();
                 let (field, rest) = m.split_once(' ').unwrap_or((&m, ""));

@@ -70,6 +70,7 @@ pub fn run(r: &TeacherResponses, dist: Option<&Dist>) -> Result<()> {
             top_p: r.sampling.top_p,
             ignore_eos: false,
             seed: r.seed.wrapping_add(b as u64),
+            entropy: false,
         };
         // The answers' texts and generated token counts, from the model here or its server.
         let answers: Vec<(String, u64)> = match &teacher.model {

@@ -340,6 +340,7 @@ pub fn make_rollouts(plan: &Plan, student: &Side, teacher: &Teacher, examples: &
             top_p: r.rollout.top_p,
             ignore_eos: r.rollout.ignore_eos,
             seed,
+            entropy: true,
         };
         let mut stops = student.tok.eos_ids.clone();
         stops.push(student.eot);
