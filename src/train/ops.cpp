@@ -21,11 +21,11 @@ using tb::list;
 
 // ---- Few rows times a large weight: out (rows, n) = h (rows, k) W^T, W (n, k), float32. ----
 // A decode step multiplies a handful of rows by every weight, which streams from memory. MKL
-// computes this at a quarter of the machine's FMA rate for 8 rows (Gemma-3-270M's head,
-// 262,144 x 640, two threads: 45 ms) and its hardware prefetch alone leaves the stream short
-// of the memory bandwidth. Here each thread walks its share of W's rows once, a block of them
-// against up to 8 rows of h held in L1, and prefetches W a few rows ahead into L2: 19-22 ms
-// for the same head (BENCHMARKS.md). Each output is summed wholly by one thread in a fixed
+// computes this at a third of its GEMM rate for 8 rows (Gemma-3-270M's head, 262,144 x 640,
+// two threads: 45 ms) and its hardware prefetch alone leaves the stream short of the memory
+// bandwidth. Here each thread walks its share of W's rows once, a block of them against up
+// to 8 rows of h held in L1, and prefetches W a few rows ahead into L2: 18-22 ms for the
+// same head (BENCHMARKS.md). Each output is summed wholly by one thread in a fixed
 // order, so the result does not depend on the thread count. k must be a multiple of 16.
 namespace {
 constexpr int64_t kAhead = 16;  // rows of W prefetched ahead (16 x 2.5 KB for k = 640)
@@ -102,11 +102,11 @@ int tb_few_rows_isa() {
 }
 
 // out (rows, n) = h (rows, k) W^T for contiguous float32 CPU tensors, k a multiple of 16,
-// where tb_few_rows_isa() is not 0. Rows of h go in passes of 8.
-char* tb_few_rows_mm(at::Tensor* h, at::Tensor* w, at::Tensor* out) {
+// with the kernel `isa` names (2 AVX-512, 1 AVX2; at most what tb_few_rows_isa() says, so
+// a test can run the AVX2 kernel on an AVX-512 machine). Rows of h go in passes of 8.
+char* tb_few_rows_mm(at::Tensor* h, at::Tensor* w, at::Tensor* out, int isa) {
   try {
-    int isa = tb_few_rows_isa();
-    TORCH_CHECK(isa > 0, "no AVX2 on this CPU");
+    TORCH_CHECK(isa >= 1 && isa <= tb_few_rows_isa(), "kernel ", isa, " cannot run on this CPU (it has ", tb_few_rows_isa(), ")");
     TORCH_CHECK(h->dim() == 2 && w->dim() == 2 && out->dim() == 2, "few_rows_mm takes matrices");
     int64_t rows = h->size(0), k_all = h->size(1), n_all = w->size(0);
     TORCH_CHECK(w->size(1) == k_all && k_all % 16 == 0 && out->size(0) == rows && out->size(1) == n_all,

@@ -14,7 +14,7 @@ extern "C" {
     fn tb_fused_adamw(params: *const T, grads: *const T, exp_avgs: *const T, exp_avg_sqs: *const T, n: usize, step: T, lr: f64, beta1: f64, beta2: f64, weight_decay: f64, eps: f64) -> *mut c_char;
     fn tb_accumulate_grad(var: T, grad: T) -> *mut c_char;
     fn tb_few_rows_isa() -> i32;
-    fn tb_few_rows_mm(h: T, w: T, out: T) -> *mut c_char;
+    fn tb_few_rows_mm(h: T, w: T, out: T, isa: i32) -> *mut c_char;
 }
 
 /// Which kernels `scaled_dot_product_attention` may choose on CUDA, as
@@ -68,21 +68,31 @@ pub fn clear_grad(var: &Tensor) {
     check("clearing a gradient", err).expect("resetting a gradient cannot fail");
 }
 
-/// Whether `few_rows_mm` can run on this CPU (x86-64 with AVX2 and FMA, or AVX-512).
-pub fn few_rows_available() -> bool {
+/// The best few-rows kernel this CPU runs: 2 (AVX-512), 1 (AVX2 and FMA) or 0 (none).
+fn few_rows_isa() -> i32 {
     static ISA: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
     // SAFETY: reads CPU feature flags; no pointers cross.
-    *ISA.get_or_init(|| unsafe { tb_few_rows_isa() }) > 0
+    *ISA.get_or_init(|| unsafe { tb_few_rows_isa() })
+}
+
+/// Whether `few_rows_mm` can run on this CPU (x86-64 with AVX2 and FMA, or AVX-512).
+pub fn few_rows_available() -> bool {
+    few_rows_isa() > 0
 }
 
 /// `h W^T` (rows, n) for `h` (rows, k) and `w` (n, k): contiguous float32 CPU matrices with
 /// `k` a multiple of 16, where `few_rows_available()`. Streams `w` once per 8 rows of `h`
 /// (ops.cpp says why this beats MKL for a decode step's few rows).
 pub fn few_rows_mm(h: &Tensor, w: &Tensor) -> Result<Tensor> {
+    few_rows_mm_with(h, w, few_rows_isa())
+}
+
+/// `few_rows_mm` with the kernel `isa` names (1 AVX2, 2 AVX-512), at most the CPU's best.
+fn few_rows_mm_with(h: &Tensor, w: &Tensor, isa: i32) -> Result<Tensor> {
     let out = Tensor::empty([h.size()[0], w.size()[0]], (h.kind(), h.device()));
     // SAFETY: the three pointers are live at::Tensors for the call; ops.cpp checks their
     // shapes, dtypes, devices and layout before reading or writing any data.
-    check("few_rows_mm", unsafe { tb_few_rows_mm(ptr(h), ptr(w), ptr(&out)) })?;
+    check("few_rows_mm", unsafe { tb_few_rows_mm(ptr(h), ptr(w), ptr(&out), isa) })?;
     Ok(out)
 }
 
@@ -112,18 +122,24 @@ mod tests {
             return;
         }
         tch::manual_seed(0);
-        // Rows in one pass, in two passes and a partial third; W with a tail of 3 rows past
-        // the blocks of 4 and more rows than one thread's grain.
-        for (rows, n) in [(1, 1027), (3, 64), (8, 515), (19, 1031)] {
-            let h = Tensor::randn([rows, 48], (Kind::Float, tch::Device::Cpu));
-            let w = Tensor::randn([n, 48], (Kind::Float, tch::Device::Cpu));
-            let got = few_rows_mm(&h, &w).unwrap();
-            let want = h.to_kind(Kind::Double).mm(&w.to_kind(Kind::Double).tr());
-            assert_eq!(got.size(), vec![rows, n]);
-            let err = (got.to_kind(Kind::Double) - &want).abs().max().double_value(&[]);
-            // 48 products of unit normals: float32 rounding is a few 1e-6; a wrong element is O(1).
-            assert!(err < 2e-5, "{rows} x {n}: {err}");
+        // Both kernels this CPU runs (AVX2 everywhere the kernel runs, AVX-512 here). Rows in
+        // one pass, in two passes and a partial third; W with a tail of 3 rows past the blocks
+        // of 4 and more rows than one thread's grain.
+        for isa in 1..=few_rows_isa() {
+            for (rows, n) in [(1, 1027), (3, 64), (8, 515), (19, 1031)] {
+                let h = Tensor::randn([rows, 48], (Kind::Float, tch::Device::Cpu));
+                let w = Tensor::randn([n, 48], (Kind::Float, tch::Device::Cpu));
+                let got = few_rows_mm_with(&h, &w, isa).unwrap();
+                let want = h.to_kind(Kind::Double).mm(&w.to_kind(Kind::Double).tr());
+                assert_eq!(got.size(), vec![rows, n]);
+                let err = (got.to_kind(Kind::Double) - &want).abs().max().double_value(&[]);
+                // 48 products of unit normals: float32 rounding is a few 1e-6; a wrong element is O(1).
+                assert!(err < 2e-5, "kernel {isa}, {rows} x {n}: {err}");
+            }
         }
+        let h = Tensor::zeros([2, 16], (Kind::Float, tch::Device::Cpu));
+        let err = few_rows_mm_with(&h, &h, 3).unwrap_err().to_string();
+        assert!(err.starts_with("few_rows_mm: kernel 3 cannot run on this CPU"), "{err}");
         let err = few_rows_mm(&Tensor::zeros([2, 40], (Kind::Float, tch::Device::Cpu)), &Tensor::zeros([4, 40], (Kind::Float, tch::Device::Cpu))).unwrap_err().to_string();
         assert!(err.starts_with("few_rows_mm: shapes [2, 40] x [4, 40]^T -> [2, 4]"), "{err}");
     }
