@@ -126,6 +126,11 @@ pub(crate) trait Layers {
     }
 }
 
+/// Weights of at least this many entries stream from memory on every decode step: they take
+/// the few-rows kernel in `unembed`, and `nn::Linear` sends them to `unembed`. Smaller ones
+/// (the demo's and the fixtures' models, at most 89,600 entries) stay in the cache.
+pub(crate) const STREAMED_WEIGHT: usize = 1 << 17;
+
 /// `h W^T` for rows of `h` (any leading shape) and the unembedding `W` (vocab, hidden), or a
 /// large bias-free projection's weight (`nn::Linear`). Without a graph on the CPU, for up to
 /// 128 rows (a decode step, a scored window), a float32 `W` of at least 2^17 entries goes
@@ -148,7 +153,7 @@ pub(crate) fn unembed(h: &Tensor, w: &Tensor) -> Tensor {
         *last = w.size()[0];
     }
     let h2 = h.reshape([rows, hidden]);
-    if w.numel() >= 1 << 17 && hidden % 16 == 0 && w.kind() == Kind::Float && h.kind() == Kind::Float && w.is_contiguous() && crate::train::ops::few_rows_available() {
+    if w.numel() >= STREAMED_WEIGHT && hidden % 16 == 0 && w.kind() == Kind::Float && h.kind() == Kind::Float && w.is_contiguous() && crate::train::ops::few_rows_available() {
         let y = crate::train::ops::few_rows_mm(&h2.contiguous(), w).expect("few_rows_mm's conditions were checked above");
         return y.view(out.as_slice());
     }

@@ -36,7 +36,7 @@ impl Linear {
         // 10.7 µs), and a bias stays inside `linear`'s one addmm, rounded once as transformers
         // rounds it in bf16.
         let y = match &self.bias {
-            None if self.weight.numel() >= 1 << 17 => crate::models::unembed(x, &self.weight),
+            None if self.weight.numel() >= crate::models::STREAMED_WEIGHT => crate::models::unembed(x, &self.weight),
             _ => x.linear(&self.weight, self.bias.as_ref()),
         };
         match &self.lora {
