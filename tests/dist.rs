@@ -90,6 +90,34 @@ fn two_ranks_train_as_one_process_on_the_combined_batch() {
     assert_eq!(state["counters"]["world_size"], 2.0, "{state}");
 }
 
+/// A tied model with activation recomputation (the tied matrix is accumulated twice per
+/// backward, by the head outside autograd and by the embedding), one bucket per parameter: the
+/// two-rank curve is the one-process curve, and from the second step every bucket was
+/// all-reduced while the backward ran, none sent again.
+#[test]
+fn gradients_all_reduced_during_the_backward_give_the_same_curve() {
+    let _one = serial();
+    let tmp = TempDir::new();
+    if !has_dist(&tmp) {
+        return;
+    }
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    let args = ["model.path=tests/fixtures/models/qwen2", "training.activation_checkpointing=true", "training.steps=6"];
+    common::ok(run("recipes/sft/tiny.yaml", &one, &args));
+    let out_arg = format!("output_dir={}", two.display());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokbridge"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).env("TOKBRIDGE_DIST_BUCKET_MB", "0.000001").args(["run", "recipes/sft/tiny.yaml", &out_arg, "eval=null", "--nproc", "2"]).args(args);
+    common::ok(cmd.output().unwrap());
+    assert_same_curve(&losses(&one), &losses(&two), "tied, recomputed, overlapped");
+    let text = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
+    let steps: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v["train/loss"].is_number()).collect();
+    assert_eq!(steps.len(), 6);
+    assert!(steps[0]["dist/buckets"].as_f64().unwrap() >= 20.0, "{}", steps[0]);
+    for (i, v) in steps.iter().enumerate() {
+        assert_eq!((v["dist/overlapped"].as_f64(), v["dist/resent"].as_f64()), (Some(if i == 0 { 0.0 } else { 1.0 }), Some(0.0)), "step {}: {v}", i + 1);
+    }
+}
+
 #[test]
 fn a_stopped_two_rank_run_resumes_to_its_curve_and_only_with_two_ranks() {
     let _one = serial();
@@ -198,4 +226,67 @@ fn evaluations_over_two_ranks_equal_one_process() {
         assert!(x.0 == y.0 && (x.1 - y.1).abs() <= 1e-5 * x.1.abs() && x.2 == y.2, "{x:?} vs {y:?}");
     }
     assert_eq!(read(&one.join("generations/step-000012.jsonl")), read(&two.join("generations/step-000012.jsonl")));
+}
+
+/// The reducer in one process: two threads are two ranks of a Gloo group, each parameter its
+/// own bucket. After the first step (which learns the order) the buckets are all-reduced while
+/// the backward runs; a step whose last backward adds to a gradient after its bucket was sent
+/// makes every rank send all again; the gradients are the sums over the ranks every time.
+#[test]
+fn the_reducer_overlaps_the_backward_and_survives_a_late_gradient() {
+    use tch::{Device, Kind, Tensor};
+    use tokbridge::train::dist::Dist;
+    let _one = serial();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let rank = |r: usize| {
+        move || -> Option<Vec<(Vec<f64>, Vec<f64>, Vec<(&'static str, f64)>)>> {
+            let d = match Dist::connect(r, 2, "127.0.0.1", port, Device::Cpu) {
+                Ok(d) => d,
+                Err(e) if format!("{e:#}").contains("this build has no multi-process training") => return None,
+                Err(e) => panic!("{e:#}"),
+            };
+            let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).set_requires_grad(true);
+            let b = Tensor::from_slice(&[0.5f32, -1.0]).set_requires_grad(true);
+            let sync = d.grad_sync(&[a.shallow_clone(), b.shallow_clone()], 1e-6).unwrap();
+            let x = (r + 1) as f64;
+            let mut steps = Vec::new();
+            for step in 0..3 {
+                tokbridge::train::ops::clear_grad(&a);
+                tokbridge::train::ops::clear_grad(&b);
+                // An earlier micro-batch: not armed, its gradients are only accumulated.
+                ((&a * x).sum(Kind::Float) + (&b * &b).sum(Kind::Float)).backward();
+                sync.arm();
+                ((&a * &a * x).sum(Kind::Float) + (&b * x).sum(Kind::Float)).backward();
+                if step == 2 && r == 0 {
+                    // A second backward into `a` after its bucket was sent (a changed graph).
+                    (&a * 10.0).sum(Kind::Float).backward();
+                }
+                sync.finish().unwrap();
+                steps.push((Vec::<f64>::try_from(a.grad().to_kind(Kind::Double)).unwrap(), Vec::<f64>::try_from(b.grad().to_kind(Kind::Double)).unwrap(), sync.values()));
+            }
+            Some(steps)
+        }
+    };
+    let (t0, t1) = (std::thread::spawn(rank(0)), std::thread::spawn(rank(1)));
+    let (Some(s0), Some(s1)) = (t0.join().unwrap(), t1.join().unwrap()) else {
+        eprintln!("\n*** SKIPPING the in-process reducer test: this build has no multi-process training");
+        return;
+    };
+    // d/da of x a + x a^2 summed over x = 1, 2: 3 + 6 a; d/db of b^2 + x b: 2 * 2 b + 3.
+    let (a, b) = ([1.0, 2.0, 3.0], [0.5, -1.0]);
+    for (step, ((ga0, gb0, v0), (ga1, gb1, v1))) in s0.iter().zip(&s1).enumerate() {
+        let late = if step == 2 { 10.0 } else { 0.0 };
+        let want_a: Vec<f64> = a.iter().map(|a| 3.0 + 6.0 * a + late).collect();
+        let want_b: Vec<f64> = b.iter().map(|b| 4.0 * b + 3.0).collect();
+        for (g, w) in [(ga0, &want_a), (ga1, &want_a), (gb0, &want_b), (gb1, &want_b)] {
+            assert!(g.iter().zip(w.iter()).all(|(g, w)| (g - w).abs() < 1e-5), "step {step}: {g:?} vs {w:?}");
+        }
+        let get = |v: &[(&str, f64)], k: &str| v.iter().find(|(n, _)| *n == k).map(|(_, x)| *x).unwrap();
+        assert_eq!(get(v0, "dist/buckets"), 2.0);
+        // Step 0 learns; step 1 sends both buckets during the backward; step 2 resends on both ranks.
+        let (overlapped, resent) = [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0)][step];
+        for v in [v0, v1] {
+            assert_eq!((get(v, "dist/overlapped"), get(v, "dist/resent")), (overlapped, resent), "step {step}: {v:?}");
+        }
+    }
 }

@@ -72,7 +72,7 @@ fn chunked_divergence_gradients_equal_full_logits_autograd() {
         opd::score_teacher(&teacher, &mut rollouts, 6, opd::TeacherKeeps::Hidden).unwrap();
         opd::old_logprobs(&student, &mut rollouts, 6, 0).unwrap();
         let norm = opd::normaliser(r.loss, &rollouts);
-        let (value, _) = opd::backward_batch(&r, &student, &teacher, None, &rollouts, norm).unwrap();
+        let (value, _) = opd::backward_batch(&r, &student, &teacher, None, &rollouts, norm, None).unwrap();
         let chunked = grads(&student);
 
         // Plain autograd: the student's full logits; the teacher's from its own forward over

@@ -70,7 +70,7 @@ fn dpca_gradient_is_unbiased_for_the_reverse_kl_gradient() {
         opd::assign_advantages(&r, &mut rollouts);
         let norm = opd::normaliser(r.loss, &rollouts);
         zero_grads(&student);
-        opd::backward_batch(&r, &student, &teacher, None, &rollouts, norm).unwrap();
+        opd::backward_batch(&r, &student, &teacher, None, &rollouts, norm, None).unwrap();
         // The token mean divides by unmasked samples; the expectation below is over all of them.
         batches.push(norm_grad(&student).iter().map(|g| g * norm / PER_BATCH as f64).collect::<Vec<f64>>());
     }

@@ -33,7 +33,7 @@ pub struct RunOptions {
 pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
     match recipe {
         Recipe::Sft(r) => {
-            let dist = Dist::from_env()?;
+            let dist = Dist::from_env(device_of(&r.model, &r.device)?)?;
             let _lock = prepare_shared_run_dir(&r.output_dir, recipe, opts.resume, dist.as_ref())?;
             sft::run(r, opts, dist.as_ref())?;
             if dist.as_ref().is_some_and(|d| !d.is_main()) {
@@ -42,18 +42,18 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
             export_final(&r.output_dir, r.export_to.as_deref())
         }
         Recipe::TeacherResponses(r) => {
-            let dist = Dist::from_env()?;
+            let dist = Dist::from_env(device_of(&r.teacher, &r.device)?)?;
             // Always resumable: finished prompts are kept.
             let _lock = prepare_shared_run_dir(&r.output_dir, recipe, true, dist.as_ref())?;
             teacher_responses::run(r, dist.as_ref())
         }
         Recipe::Eval(r) => {
-            let dist = Dist::from_env()?;
+            let dist = Dist::from_env(device_of(&r.model, &r.device)?)?;
             let _lock = prepare_shared_run_dir(&r.output_dir, recipe, true, dist.as_ref())?;
             eval::run(r, dist.as_ref())
         }
         Recipe::Opd(r) => {
-            let dist = Dist::from_env()?;
+            let dist = Dist::from_env(device_of(&r.student, &r.device)?)?;
             let _lock = prepare_shared_run_dir(&r.output_dir, recipe, opts.resume, dist.as_ref())?;
             opd::run(r, opts, dist.as_ref())?;
             if dist.as_ref().is_some_and(|d| !d.is_main()) {
@@ -74,6 +74,11 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
             sweep::run(r, opts)
         }
     }
+}
+
+/// The device a model spec runs on (its own `device`, else the recipe's).
+fn device_of(spec: &ModelSpec, device: &str) -> Result<Device> {
+    crate::runtime::parse_device(spec.device.as_deref().unwrap_or(device))
 }
 
 /// Exports a finished run's last checkpoint when the recipe asks for it.

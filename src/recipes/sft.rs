@@ -27,7 +27,7 @@ use tch::Kind;
 pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     let (rank, world, main) = dist.map_or((0, 1, true), |d| (d.rank, d.world, d.is_main()));
     let run_dir = &r.output_dir;
-    let device = crate::runtime::parse_device(r.model.device.as_deref().unwrap_or(&r.device))?;
+    let device = super::device_of(&r.model, &r.device)?;
     tch::manual_seed(r.seed as i64);
 
     // Model: the latest checkpoint when resuming, else the recipe's model.
@@ -71,6 +71,8 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     };
 
     let mut opt = AdamW::new(model.trainable(), &r.optimizer);
+    // Over several ranks: the gradients' all-reduce, hooked to the parameters' accumulation.
+    let sync = dist.map(|d| d.grad_sync(&opt.vars(), crate::train::dist::bucket_mib()?)).transpose()?;
     let mut state = TrainState { step: 0, epoch: 0, index: 0, counters: Default::default() };
     if let Some(dir) = &resume_from {
         state = checkpoint::read_state(dir)?;
@@ -126,13 +128,15 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         let n_targets: usize = window.iter().flatten().map(|&i| encoded[i].n_targets()).sum();
         let mut loss_sum = 0.0;
         opt.zero_grad();
-        for micro in &window {
-            // This rank's share of the micro-batch (all of it in one process).
-            let refs: Vec<_> = micro.iter().skip(rank).step_by(world).map(|&i| &encoded[i]).collect();
-            if refs.is_empty() {
-                continue;
+        // This rank's share of each micro-batch (all of it in one process).
+        let shares: Vec<Vec<_>> = window.iter().map(|micro| micro.iter().skip(rank).step_by(world).map(|&i| &encoded[i]).collect()).filter(|refs: &Vec<_>| !refs.is_empty()).collect();
+        for (k, refs) in shares.iter().enumerate() {
+            if k + 1 == shares.len() {
+                if let Some(sync) = &sync {
+                    sync.arm();
+                }
             }
-            let b = Batch::new(&refs, tok.pad_id, device);
+            let b = Batch::new(refs, tok.pad_id, device);
             let loss = crate::nn::lora::training(|| {
                 model.backward_tokens(&b.ids, b.first_target, r.training.activation_checkpointing, |lp, t0| {
                     let mask = b.target_mask.narrow(1, t0, lp.size()[1]);
@@ -141,9 +145,9 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             })?;
             loss_sum += loss * n_targets as f64;
         }
-        if let Some(d) = dist {
+        if let (Some(d), Some(sync)) = (dist, &sync) {
+            sync.finish()?;
             loss_sum = d.sum(&[loss_sum], "summing the loss")?[0];
-            d.all_reduce_grads(&opt.vars())?;
         }
         let loss = loss_sum / n_targets as f64;
         if !loss.is_finite() {
@@ -174,6 +178,9 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         ];
         if let Some(gib) = crate::runtime::peak_memory_gib(device) {
             values.push(("memory/peak_gib", gib));
+        }
+        if let Some(sync) = &sync {
+            values.extend(sync.values());
         }
         if let Some(m) = &mut metrics {
             m.log(state.step, &values)?;

@@ -1,28 +1,261 @@
 // torch.distributed's engine (c10d) for data parallelism, behind a small C ABI (src/train/dist.rs):
 // a TCPStore rendezvous and a ProcessGroupGloo, as `torch.distributed.init_process_group("gloo")`
-// builds them, the three collectives training needs (sum all-reduce, broadcast, barrier), and
-// the store's set and get, through which rank 0 gathers what the ranks generated.
+// builds them, plus a ProcessGroupNCCL for CUDA tensors where the build has NCCL's headers and
+// every rank has its own GPU (PyTorch's "cpu:gloo,cuda:nccl"); the collectives training needs
+// (sum all-reduce, broadcast, barrier), the store's set and get (rank 0 gathers generations
+// through it), and the gradient reducer: DDP's scheme of buckets all-reduced while the backward
+// still runs, driven by autograd's post-accumulate-grad hooks.
 // Compiled only where gloo's headers are present (scripts/bootstrap puts Debian's libgloo-dev
 // headers beside libtorch's; the library itself is inside libtorch_cpu). Errors come back as
 // a malloc'd message, as in ops.cpp.
-#include <ATen/core/Tensor.h>
+#include <ATen/ATen.h>
 #include "ffi.h"
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef USE_C10D_NCCL
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 namespace {
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  c10::intrusive_ptr<c10d::Backend> gloo;
+  c10::intrusive_ptr<c10d::Backend> nccl;  // for CUDA tensors, when set
+  std::chrono::milliseconds timeout;
+
+  // The backend for these tensors: NCCL for CUDA ones where the group has it, else Gloo
+  // (which also moves CUDA tensors, through the host).
+  c10d::Backend& backend(const std::vector<at::Tensor>& ts) {
+    return (nccl && !ts.empty() && ts[0].is_cuda()) ? *nccl : *gloo;
+  }
+
+  void all_reduce(std::vector<at::Tensor>& ts) { backend(ts).allreduce(ts)->wait(); }
 };
 
 using tb::list;
+
+char* error(const std::exception& e) { return strdup(e.what()); }
+
+// Sums the parameters' gradients over the ranks while the backward runs, as DDP's reducer
+// does: the parameters are split into buckets of at most `cap` bytes of float32 gradient; a
+// bucket is all-reduced (asynchronously) once every parameter in it has received its last
+// gradient of the step, buckets in the same order on every rank, and `finish` sends what is
+// left, waits, and writes the sums back as the gradients.
+//
+// A parameter's gradient is final when autograd's AccumulateGrad (or ops.cpp's
+// tb_accumulate_grad, which runs the same hook) has run for it as many times as it does in one
+// step's last backward (twice for a tied matrix whose head gradient is added outside autograd): learned in the first step (which reduces everything
+// in `finish`), where rank 0's order of the parameters becoming ready and their counts are
+// broadcast and the buckets rebuilt in that order, so that the buckets fill one after the
+// other as the backward runs. A gradient added after its bucket was sent (a step whose graph
+// differs from the first) makes every rank reduce the whole gradients again in `finish`:
+// slower, never wrong.
+struct Reducer;
+
+struct ReadyHook : torch::autograd::PostAccumulateGradHook {
+  Reducer* r;
+  size_t i;
+  ReadyHook(Reducer* r, size_t i) : r(r), i(i) {}
+  void operator()(const torch::autograd::Variable&) override;
+};
+
+struct Reducer {
+  Group* g;
+  std::vector<at::Tensor> params;
+  int64_t cap;
+  std::vector<std::vector<size_t>> buckets;
+  std::vector<size_t> bucket_of;
+  std::vector<int64_t> expected;  // AccumulateGrad runs per parameter in a step's last backward
+  // Per step:
+  std::vector<int64_t> count;
+  std::vector<size_t> missing;  // per bucket: parameters not yet final
+  std::vector<int64_t> stamp;   // per parameter: when it last received a gradient (-1: never)
+  int64_t tick = 0;
+  std::vector<at::Tensor> flats;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  size_t next = 0;  // the next bucket to send
+  bool armed = false, learned = false, late = false;
+  // What the last `finish` found: buckets sent during the backward, and whether all were resent.
+  size_t sent_early = 0;
+  bool resent = false;
+  std::string failure;
+  std::mutex mu;
+
+  Reducer(Group* g, std::vector<at::Tensor> ps, int64_t cap) : g(g), params(std::move(ps)), cap(cap) {
+    std::vector<size_t> seq(params.size());
+    for (size_t i = 0; i < seq.size(); ++i) seq[i] = seq.size() - 1 - i;  // the last parameters first
+    build(seq);
+    expected.assign(params.size(), 0);
+    for (size_t i = 0; i < params.size(); ++i)
+      torch::autograd::impl::set_post_acc_grad_hooks(params[i], std::make_unique<ReadyHook>(this, i));
+    reset();
+  }
+
+  ~Reducer() {
+    for (auto& p : params) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
+  }
+
+  void build(const std::vector<size_t>& seq) {
+    buckets.clear();
+    bucket_of.assign(params.size(), 0);
+    int64_t bytes = 0;
+    for (size_t i : seq) {
+      int64_t b = 4 * params[i].numel();
+      if (buckets.empty() || (bytes + b > cap && !buckets.back().empty())) {
+        buckets.emplace_back();
+        bytes = 0;
+      }
+      buckets.back().push_back(i);
+      bucket_of[i] = buckets.size() - 1;
+      bytes += b;
+    }
+  }
+
+  void reset() {
+    count.assign(params.size(), 0);
+    missing.clear();
+    for (auto& b : buckets) {
+      // A parameter autograd never accumulated in the first step gets its gradient some other
+      // way (train::ops::accumulate_grad) or not at all: its bucket waits for `finish`.
+      size_t m = 0, other = 0;
+      for (size_t i : b) (expected[i] > 0 ? m : other) += 1;
+      missing.push_back(m + (other > 0));
+    }
+    stamp.assign(params.size(), -1);
+    tick = 0;
+    flats.assign(buckets.size(), at::Tensor());
+    works.assign(buckets.size(), {});
+    next = 0;
+    armed = late = false;
+  }
+
+  // Called by AccumulateGrad (on autograd's thread) after it wrote parameter i's gradient.
+  void ready(size_t i) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!armed) return;
+    ++count[i];
+    stamp[i] = tick++;
+    if (!learned) return;
+    size_t b = bucket_of[i];
+    if (b < next) {
+      late = true;  // its bucket has been sent without this gradient
+      return;
+    }
+    if (count[i] == expected[i] && --missing[b] == 0) {
+      while (next < buckets.size() && missing[next] == 0) send(next++);
+    }
+  }
+
+  // Starts the all-reduce of bucket b from the gradients as they are now.
+  void send(size_t b) {
+    try {
+      at::NoGradGuard no_grad;
+      std::vector<at::Tensor> parts;
+      for (size_t i : buckets[b]) {
+        const at::Tensor& p = params[i];
+        const at::Tensor& gr = p.grad();
+        parts.push_back(gr.defined() ? gr.to(at::kFloat).reshape({-1}) : at::zeros({p.numel()}, p.options().dtype(at::kFloat)));
+      }
+      std::vector<at::Tensor> flat{at::cat(parts)};
+      flats[b] = flat[0];
+      works[b] = g->backend(flat).allreduce(flat);
+    } catch (const std::exception& e) {
+      if (failure.empty()) failure = e.what();
+    }
+  }
+
+  void finish() {
+    std::lock_guard<std::mutex> lock(mu);
+    at::NoGradGuard no_grad;
+    sent_early = next;
+    while (next < buckets.size()) send(next++);
+    for (auto& w : works) {
+      if (!w) continue;
+      try {
+        w->wait();
+      } catch (const std::exception& e) {
+        if (failure.empty()) failure = e.what();
+      }
+    }
+    if (!failure.empty()) {
+      std::string f = failure;
+      failure.clear();
+      reset();
+      throw std::runtime_error(f);
+    }
+    // Did any rank add a gradient after its bucket was sent? Then all send everything again.
+    std::vector<at::Tensor> flag{at::full({1}, late ? 1.0 : 0.0, at::kDouble)};
+    g->gloo->allreduce(flag)->wait();
+    resent = flag[0].item<double>() > 0;
+    if (resent) {
+      for (size_t b = 0; b < buckets.size(); ++b) send(b);
+      for (auto& w : works) w->wait();
+      if (!failure.empty()) {
+        std::string f = failure;
+        failure.clear();
+        reset();
+        throw std::runtime_error(f);
+      }
+    }
+    for (size_t b = 0; b < buckets.size(); ++b) {
+      int64_t off = 0;
+      for (size_t i : buckets[b]) {
+        at::Tensor& p = params[i];
+        int64_t n = p.numel();
+        p.mutable_grad() = flats[b].narrow(0, off, n).view(p.sizes()).to(p.scalar_type());
+        off += n;
+      }
+    }
+    if (!learned) learn();
+    reset();
+  }
+
+  // After the first step: rank 0's order of the parameters' gradients becoming final, and
+  // how many times each was accumulated, on every rank.
+  void learn() {
+    size_t n = params.size();
+    std::vector<size_t> seq;
+    for (size_t k = 0; k < n; ++k)
+      if (stamp[n - 1 - k] >= 0) seq.push_back(n - 1 - k);
+    std::stable_sort(seq.begin(), seq.end(), [&](size_t a, size_t b) { return stamp[a] < stamp[b]; });
+    for (size_t k = 0; k < n; ++k)
+      if (stamp[n - 1 - k] < 0) seq.push_back(n - 1 - k);  // never through autograd: sent by `finish`
+    std::vector<at::Tensor> t{at::empty({int64_t(2 * n)}, at::kDouble)};
+    auto a = t[0].accessor<double, 1>();
+    for (size_t k = 0; k < n; ++k) {
+      a[k] = double(seq[k]);
+      a[n + k] = double(count[k]);
+    }
+    c10d::BroadcastOptions o;
+    o.rootRank = 0;
+    g->gloo->broadcast(t, o)->wait();
+    a = t[0].accessor<double, 1>();
+    bool any = false;
+    for (size_t k = 0; k < n; ++k) {
+      seq[k] = size_t(a[k]);
+      expected[k] = int64_t(a[n + k]);
+      any = any || expected[k] > 0;
+    }
+    if (!any) return;  // rank 0 ran no backward in this step's last micro-batch: learn later
+    build(seq);
+    learned = true;
+  }
+};
+
+void ReadyHook::operator()(const torch::autograd::Variable&) { r->ready(i); }
 }  // namespace
 
 extern "C" {
@@ -36,15 +269,46 @@ char* tb_dist_init(int rank, int world, const char* addr, int port, long timeout
     o.numWorkers = world;
     o.waitWorkers = true;
     o.timeout = std::chrono::milliseconds(timeout_ms);
-    auto g = new Group();
+    auto g = std::make_unique<Group>();
+    g->timeout = std::chrono::milliseconds(timeout_ms);
     g->store = c10::make_intrusive<c10d::TCPStore>(std::string(addr), o);
-    auto opts = c10d::ProcessGroupGloo::Options::create(std::chrono::milliseconds(timeout_ms));
+    auto opts = c10d::ProcessGroupGloo::Options::create(g->timeout);
     opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(std::string(addr)));
-    g->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(g->store, rank, world, opts);
-    *out = g;
+    g->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(g->store, rank, world, opts);
+    *out = g.release();
     return nullptr;
   } catch (const std::exception& e) {
-    return strdup(e.what());
+    return error(e);
+  }
+}
+
+// Whether this build can add an NCCL backend (compiled with NCCL's headers).
+int tb_dist_has_nccl() {
+#ifdef USE_C10D_NCCL
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+// Adds the NCCL backend for CUDA tensors, this rank on GPU `device` (every rank calls it, or
+// none). Its communicators are made at the first collective.
+char* tb_dist_add_nccl(void* gp, int rank, int world, int device) {
+  try {
+#ifdef USE_C10D_NCCL
+    auto g = static_cast<Group*>(gp);
+    c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));
+    auto opts = c10d::ProcessGroupNCCL::Options::create();
+    opts->timeout = g->timeout;
+    auto store = c10::make_intrusive<c10d::PrefixStore>("nccl/", g->store);
+    g->nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, opts);
+    return nullptr;
+#else
+    (void)gp, (void)rank, (void)world, (void)device;
+    return strdup("this build has no NCCL (built without NCCL's headers)");
+#endif
+  } catch (const std::exception& e) {
+    return error(e);
   }
 }
 
@@ -56,23 +320,23 @@ void tb_dist_free(void* g) {
 char* tb_dist_all_reduce(void* g, at::Tensor** ts, size_t n) {
   try {
     auto tensors = list(ts, n);
-    static_cast<Group*>(g)->pg->allreduce(tensors)->wait();
+    static_cast<Group*>(g)->all_reduce(tensors);
     return nullptr;
   } catch (const std::exception& e) {
-    return strdup(e.what());
+    return error(e);
   }
 }
 
 // Every rank's tensors become rank `root`'s.
-char* tb_dist_broadcast(void* g, at::Tensor** ts, size_t n, int root) {
+char* tb_dist_broadcast(void* gp, at::Tensor** ts, size_t n, int root) {
   try {
     auto tensors = list(ts, n);
     c10d::BroadcastOptions o;
     o.rootRank = root;
-    static_cast<Group*>(g)->pg->broadcast(tensors, o)->wait();
+    static_cast<Group*>(gp)->backend(tensors).broadcast(tensors, o)->wait();
     return nullptr;
   } catch (const std::exception& e) {
-    return strdup(e.what());
+    return error(e);
   }
 }
 
@@ -82,7 +346,7 @@ char* tb_dist_store_set(void* g, const char* key, const uint8_t* data, size_t n)
     static_cast<Group*>(g)->store->set(std::string(key), std::vector<uint8_t>(data, data + n));
     return nullptr;
   } catch (const std::exception& e) {
-    return strdup(e.what());
+    return error(e);
   }
 }
 
@@ -98,16 +362,58 @@ char* tb_dist_store_take(void* g, const char* key, uint8_t** out, size_t* n) {
     if (!v.empty()) memcpy(*out, v.data(), v.size());
     return nullptr;
   } catch (const std::exception& e) {
-    return strdup(e.what());
+    return error(e);
   }
 }
 
 char* tb_dist_barrier(void* g) {
   try {
-    static_cast<Group*>(g)->pg->barrier()->wait();
+    static_cast<Group*>(g)->gloo->barrier()->wait();
     return nullptr;
   } catch (const std::exception& e) {
-    return strdup(e.what());
+    return error(e);
   }
+}
+
+// A gradient reducer over `params` (hooks on each until tb_reducer_free), buckets of at most
+// `cap_bytes`.
+char* tb_reducer_new(void* g, at::Tensor** ps, size_t n, int64_t cap_bytes, void** out) {
+  try {
+    *out = new Reducer(static_cast<Group*>(g), list(ps, n), cap_bytes);
+    return nullptr;
+  } catch (const std::exception& e) {
+    return error(e);
+  }
+}
+
+// The next backward is the step's last on this rank: its gradients are final as they arrive.
+void tb_reducer_arm(void* r) {
+  auto rd = static_cast<Reducer*>(r);
+  std::lock_guard<std::mutex> lock(rd->mu);
+  rd->armed = true;
+}
+
+// Sends what is left, waits, and makes every parameter's gradient the sum over the ranks.
+char* tb_reducer_finish(void* r) {
+  try {
+    static_cast<Reducer*>(r)->finish();
+    return nullptr;
+  } catch (const std::exception& e) {
+    return error(e);
+  }
+}
+
+// The reducer's buckets, how many of them the last finish found already sent (all-reduced
+// while the backward ran), and whether it had to send all of them again.
+void tb_reducer_stats(void* r, size_t* buckets, size_t* sent_early, int* resent) {
+  auto rd = static_cast<Reducer*>(r);
+  std::lock_guard<std::mutex> lock(rd->mu);
+  *buckets = rd->buckets.size();
+  *sent_early = rd->sent_early;
+  *resent = rd->resent;
+}
+
+void tb_reducer_free(void* r) {
+  delete static_cast<Reducer*>(r);
 }
 }

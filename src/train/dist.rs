@@ -1,12 +1,13 @@
-//! Data parallelism on torch's own distributed engine: c10d's TCPStore rendezvous and Gloo
-//! process group (dist.cpp), set up from the launcher's environment as torchrun sets it
+//! Data parallelism on torch's own distributed engine: c10d's TCPStore rendezvous, Gloo
+//! process group, and NCCL for CUDA tensors where every rank has a GPU of its own (dist.cpp),
+//! set up from the launcher's environment as torchrun sets it
 //! (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`), or by `tokbridge run
 //! --nproc N`, which starts the N local ranks itself.
 //!
 //! Every rank holds the whole model and the same optimizer state; each computes the gradients
-//! of its share of a step's examples, scaled by the step's global normaliser, and one sum
-//! all-reduce makes every rank's gradients the gradients of the whole batch, so every rank
-//! takes the same step. Rank 0 writes metrics, checkpoints and exports. With `WORLD_SIZE`
+//! of its share of a step's examples, scaled by the step's global normaliser, and a sum
+//! all-reduce (in buckets, overlapping the backward: `GradSync`) makes every rank's gradients
+//! the gradients of the whole batch, so every rank takes the same step. Rank 0 writes metrics, checkpoints and exports. With `WORLD_SIZE`
 //! unset (or 1) there is no `Dist` and no distributed code runs.
 use anyhow::{Context, Result};
 use tch::{Kind, Tensor};
@@ -64,6 +65,15 @@ fn timeout_ms() -> Result<i64> {
     }
 }
 
+/// The gradient buckets' size in MiB: `TOKBRIDGE_DIST_BUCKET_MB`, default 25 (DDP's
+/// `bucket_cap_mb`).
+pub fn bucket_mib() -> Result<f64> {
+    match std::env::var("TOKBRIDGE_DIST_BUCKET_MB") {
+        Ok(v) => v.parse::<f64>().ok().filter(|m| *m > 0.0).with_context(|| format!("TOKBRIDGE_DIST_BUCKET_MB={v:?} is not a positive number of MiB")),
+        Err(_) => Ok(25.0),
+    }
+}
+
 /// This process's place in a multi-process run.
 pub struct Dist {
     pub rank: usize,
@@ -82,30 +92,60 @@ fn env_usize(key: &str) -> Result<Option<usize>> {
 }
 
 impl Dist {
-    /// The run's rank and world from the environment; None for a single process.
-    pub fn from_env() -> Result<Option<Dist>> {
+    /// The run's rank and world from the environment; None for a single process. `device` is
+    /// where this rank trains: when every rank is on a GPU of its own (`cuda:LOCAL_RANK`) and
+    /// the build has NCCL, CUDA tensors are reduced over NCCL, everything else over Gloo.
+    pub fn from_env(device: tch::Device) -> Result<Option<Dist>> {
         let Some(world) = env_usize("WORLD_SIZE")?.filter(|&w| w > 1) else { return Ok(None) };
         let rank = env_usize("RANK")?.context("WORLD_SIZE is set but RANK is not (launch with torchrun's variables or tokbridge run --nproc N)")?;
         anyhow::ensure!(rank < world, "RANK={rank} is not below WORLD_SIZE={world}");
         let addr = std::env::var("MASTER_ADDR").unwrap_or_else(|_| "127.0.0.1".into());
         let port = env_usize("MASTER_PORT")?.context("WORLD_SIZE is set but MASTER_PORT is not")?;
         anyhow::ensure!((1..65536).contains(&port), "MASTER_PORT={port} is not a port");
-        Self::join(rank, world, &addr, port as u16).with_context(|| format!("rank {rank} of {world}: joining the group at {addr}:{port}"))
+        Self::connect(rank, world, &addr, port as u16, device).map(Some)
+    }
+
+    /// Joins rank `rank` of `world` to the group whose store rank 0 serves at addr:port, for
+    /// training on `device` (what `from_env` does with the launcher's variables).
+    pub fn connect(rank: usize, world: usize, addr: &str, port: u16, device: tch::Device) -> Result<Dist> {
+        let dist = Self::join(rank, world, addr, port).with_context(|| format!("rank {rank} of {world}: joining the group at {addr}:{port}"))?;
+        dist.add_nccl(device)?;
+        Ok(dist)
+    }
+
+    /// Adds NCCL for CUDA tensors if every rank asks for it (one GPU per local rank, a build
+    /// with NCCL); the ranks vote, so they all use the same backend.
+    fn add_nccl(&self, device: tch::Device) -> Result<()> {
+        let tch::Device::Cuda(gpu) = device else { return Ok(()) };
+        let local = env_usize("LOCAL_RANK")?.unwrap_or(self.rank);
+        // SAFETY: a query without arguments.
+        let built = unsafe { ffi::tb_dist_has_nccl() } != 0;
+        let mine = built && gpu == local;
+        let votes = self.sum(&[f64::from(u8::from(mine))], "choosing the GPU backend")?[0] as usize;
+        if votes < self.world {
+            let why = if !built { "this build has no NCCL (scripts/bootstrap --cuda fetches its headers)".to_string() } else { format!("{} of {} ranks are not on a GPU of their own (cuda:LOCAL_RANK)", self.world - votes, self.world) };
+            eprintln!("rank {} of {}: gradients on cuda:{gpu} go through Gloo: {why}", self.rank, self.world);
+            return Ok(());
+        }
+        // SAFETY: the group is live; every rank makes this call.
+        self.call("adding the NCCL process group", |g| unsafe { ffi::tb_dist_add_nccl(g, self.rank as i32, self.world as i32, gpu as i32) })?;
+        eprintln!("rank {} of {}: CUDA tensors go through NCCL on cuda:{gpu}", self.rank, self.world);
+        Ok(())
     }
 
     #[cfg(tokbridge_dist)]
-    fn join(rank: usize, world: usize, addr: &str, port: u16) -> Result<Option<Dist>> {
+    fn join(rank: usize, world: usize, addr: &str, port: u16) -> Result<Dist> {
         let c_addr = std::ffi::CString::new(addr).context("MASTER_ADDR holds a NUL byte")?;
         let mut group = std::ptr::null_mut();
         // SAFETY: the address outlives the call; `group` receives a pointer that Drop frees once.
         let err = unsafe { ffi::tb_dist_init(rank as i32, world as i32, c_addr.as_ptr(), port as i32, timeout_ms()?, &mut group) };
         ffi::check("c10d Gloo process group", err)?;
         eprintln!("rank {rank} of {world}: joined the Gloo process group at {addr}:{port}");
-        Ok(Some(Dist { rank, world, gathers: Default::default(), group }))
+        Ok(Dist { rank, world, gathers: Default::default(), group })
     }
 
     #[cfg(not(tokbridge_dist))]
-    fn join(_rank: usize, world: usize, _addr: &str, _port: u16) -> Result<Option<Dist>> {
+    fn join(_rank: usize, world: usize, _addr: &str, _port: u16) -> Result<Dist> {
         let _ = timeout_ms()?;
         anyhow::bail!("WORLD_SIZE={world} asks for {world} processes, but this build has no multi-process training: gloo's headers were missing when it was built (run scripts/bootstrap, then cargo build)")
     }
@@ -147,42 +187,15 @@ impl Dist {
         self.call(what, |g| unsafe { ffi::tb_dist_barrier(g) })
     }
 
-    /// Sums the gradients of `params` over the ranks in buckets of at most 64 MiB (a parameter
-    /// without a gradient on this rank counts as zeros, so every rank sends the same layout).
-    pub fn all_reduce_grads(&self, params: &[Tensor]) -> Result<()> {
-        let _g = tch::no_grad_guard();
-        const BUCKET_BYTES: i64 = 64 << 20;
-        let mut start = 0;
-        while start < params.len() {
-            let (mut end, mut bytes) = (start, 0);
-            while end < params.len() && (end == start || bytes + 4 * params[end].numel() as i64 <= BUCKET_BYTES) {
-                bytes += 4 * params[end].numel() as i64;
-                end += 1;
-            }
-            let grads: Vec<Tensor> = params[start..end]
-                .iter()
-                .map(|p| {
-                    let g = p.grad();
-                    if g.defined() {
-                        g.to_kind(Kind::Float).view([-1])
-                    } else {
-                        Tensor::zeros([p.numel() as i64], (Kind::Float, p.device()))
-                    }
-                })
-                .collect();
-            let flat = Tensor::cat(&grads, 0);
-            self.all_reduce(std::slice::from_ref(&flat), "all-reducing the gradients")?;
-            let mut offset = 0;
-            for p in &params[start..end] {
-                let n = p.numel() as i64;
-                let summed = flat.narrow(0, offset, n).view(p.size().as_slice()).to_kind(p.kind());
-                super::ops::clear_grad(p);
-                super::ops::accumulate_grad(p, &summed)?;
-                offset += n;
-            }
-            start = end;
-        }
-        Ok(())
+    /// The gradient reducer for `params` (the optimizer's parameters, the same list on every
+    /// rank): their gradients are summed over the ranks in buckets of at most `bucket_mib`
+    /// MiB of float32 (`bucket_mib()`), all-reduced while the backward still runs.
+    pub fn grad_sync(&self, params: &[Tensor], bucket_mib: f64) -> Result<GradSync<'_>> {
+        let ptrs: Vec<_> = params.iter().map(|t| t.as_ptr() as *mut std::ffi::c_void).collect();
+        let mut reducer = std::ptr::null_mut();
+        // SAFETY: the tensors are live for the call (the reducer keeps its own references).
+        self.call("setting up the gradient all-reduce", |g| unsafe { ffi::tb_reducer_new(g, ptrs.as_ptr(), ptrs.len(), (bucket_mib * 1048576.0) as i64, &mut reducer) })?;
+        Ok(GradSync { dist: self, reducer })
     }
 
     /// Rank 0 gets every rank's `bytes` (in rank order) through the store; the others get
@@ -244,6 +257,48 @@ impl Drop for Dist {
     }
 }
 
+/// Sums a step's gradients over the ranks, overlapping the all-reduce with the backward
+/// (dist.cpp's reducer, on autograd's post-accumulate-grad hooks of every parameter while it
+/// lives): `arm` before the step's last backward on this rank, `finish` after it.
+pub struct GradSync<'a> {
+    dist: &'a Dist,
+    reducer: *mut std::ffi::c_void,
+}
+
+impl GradSync<'_> {
+    /// The next backward is this rank's last of the step: gradients are sent as they become final.
+    pub fn arm(&self) {
+        // SAFETY: the reducer is live.
+        unsafe { ffi::tb_reducer_arm(self.reducer) }
+    }
+
+    /// Sends the buckets not yet sent, waits for all, and makes every parameter's gradient the
+    /// sum over the ranks (a parameter without a gradient on a rank counts as zeros there).
+    pub fn finish(&self) -> Result<()> {
+        let _g = tch::no_grad_guard();
+        // SAFETY: the reducer is live; the call returns once its collectives are done.
+        self.dist.call("all-reducing the gradients", |_| unsafe { ffi::tb_reducer_finish(self.reducer) })
+    }
+
+    /// The last step's metrics: `dist/buckets` per step, the fraction of them all-reduced
+    /// while the backward ran (`dist/overlapped`; 0 in the first step, which learns the order),
+    /// and `dist/resent` (1 when a gradient came after its bucket was sent, so all were sent
+    /// again).
+    pub fn values(&self) -> Vec<(&'static str, f64)> {
+        let (mut buckets, mut early, mut resent) = (0, 0, 0);
+        // SAFETY: the reducer is live; the outputs are plain integers.
+        unsafe { ffi::tb_reducer_stats(self.reducer, &mut buckets, &mut early, &mut resent) };
+        vec![("dist/buckets", buckets as f64), ("dist/overlapped", early as f64 / buckets.max(1) as f64), ("dist/resent", f64::from(resent))]
+    }
+}
+
+impl Drop for GradSync<'_> {
+    fn drop(&mut self) {
+        // SAFETY: created by tb_reducer_new and freed only here; it removes its hooks.
+        unsafe { ffi::tb_reducer_free(self.reducer) }
+    }
+}
+
 #[cfg(tokbridge_dist)]
 mod ffi {
     use std::ffi::{c_char, c_void, CStr};
@@ -255,6 +310,13 @@ mod ffi {
         pub fn tb_dist_barrier(g: *mut c_void) -> *mut c_char;
         pub fn tb_dist_store_set(g: *mut c_void, key: *const c_char, data: *const u8, n: usize) -> *mut c_char;
         pub fn tb_dist_store_take(g: *mut c_void, key: *const c_char, out: *mut *mut u8, n: *mut usize) -> *mut c_char;
+        pub fn tb_dist_has_nccl() -> i32;
+        pub fn tb_dist_add_nccl(g: *mut c_void, rank: i32, world: i32, device: i32) -> *mut c_char;
+        pub fn tb_reducer_new(g: *mut c_void, ps: *const *mut c_void, n: usize, cap_bytes: i64, out: *mut *mut c_void) -> *mut c_char;
+        pub fn tb_reducer_arm(r: *mut c_void);
+        pub fn tb_reducer_finish(r: *mut c_void) -> *mut c_char;
+        pub fn tb_reducer_stats(r: *mut c_void, buckets: *mut usize, sent_early: *mut usize, resent: *mut i32);
+        pub fn tb_reducer_free(r: *mut c_void);
         fn tb_free(p: *mut c_char);
     }
 
@@ -293,4 +355,19 @@ mod ffi {
         std::ptr::null_mut()
     }
     pub unsafe fn free_buffer(_: *mut u8) {}
+    pub unsafe fn tb_dist_has_nccl() -> i32 {
+        0
+    }
+    pub unsafe fn tb_dist_add_nccl(_: *mut std::ffi::c_void, _: i32, _: i32, _: i32) -> *mut std::ffi::c_char {
+        std::ptr::null_mut()
+    }
+    pub unsafe fn tb_reducer_new(_: *mut std::ffi::c_void, _: *const *mut std::ffi::c_void, _: usize, _: i64, _: *mut *mut std::ffi::c_void) -> *mut std::ffi::c_char {
+        std::ptr::null_mut()
+    }
+    pub unsafe fn tb_reducer_arm(_: *mut std::ffi::c_void) {}
+    pub unsafe fn tb_reducer_finish(_: *mut std::ffi::c_void) -> *mut std::ffi::c_char {
+        std::ptr::null_mut()
+    }
+    pub unsafe fn tb_reducer_stats(_: *mut std::ffi::c_void, _: *mut usize, _: *mut usize, _: *mut i32) {}
+    pub unsafe fn tb_reducer_free(_: *mut std::ffi::c_void) {}
 }

@@ -7,6 +7,8 @@
 #include "ffi.h"
 #include <ATen/Parallel.h>
 #include <ATen/ops/_fused_adamw.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -169,7 +171,7 @@ char* tb_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_a
 }
 
 // Adds `grad` to `var`'s gradient as autograd's AccumulateGrad does: in place when it has
-// one, otherwise `grad` becomes it. A null `grad` removes the gradient (zero_grad with
+// one, otherwise `grad` becomes it; then runs its post-accumulate-grad hook, if any. A null `grad` removes the gradient (zero_grad with
 // set_to_none, so the next backward writes the gradient instead of adding it to zeros).
 char* tb_accumulate_grad(at::Tensor* var, at::Tensor* grad) {
   try {
@@ -187,6 +189,9 @@ char* tb_accumulate_grad(at::Tensor* var, at::Tensor* grad) {
     } else {
       current = grad->detach();
     }
+    // As AccumulateGrad does: the parameter's post-accumulate hook (the data-parallel
+    // reducer's, src/train/dist.cpp) learns that its gradient grew.
+    if (auto& hook = torch::autograd::impl::post_acc_grad_hooks(*var)) (*hook)(*var);
     return nullptr;
   } catch (const std::exception& e) {
     return strdup(e.what());

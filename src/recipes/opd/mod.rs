@@ -98,6 +98,8 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     };
 
     let mut opt = AdamW::new(student.model.trainable(), &r.optimizer);
+    // Over several ranks: the gradients' all-reduce, hooked to the parameters' accumulation.
+    let sync = dist.map(|d| d.grad_sync(&opt.vars(), crate::train::dist::bucket_mib()?)).transpose()?;
     let mut state = TrainState { step: 0, epoch: 0, index: 0, counters: Default::default() };
     if let Some(dir) = &resume_from {
         state = checkpoint::read_state(dir)?;
@@ -193,11 +195,11 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         let (mut loss_value, mut clipped, mut grad_norm) = (0.0, 0.0, 0.0);
         for _ in 0..r.training.ppo_epochs {
             opt.zero_grad();
-            let (mut epoch_loss, mut c) = crate::nn::lora::training(|| backward_batch(r, &student, &teacher, matches.as_ref(), &rollouts, norm))?;
-            if let Some(d) = dist {
+            let (mut epoch_loss, mut c) = crate::nn::lora::training(|| backward_batch(r, &student, &teacher, matches.as_ref(), &rollouts, norm, sync.as_ref()))?;
+            if let (Some(d), Some(sync)) = (dist, &sync) {
+                sync.finish()?;
                 let sums = d.sum(&[epoch_loss, c], "summing the loss")?;
                 (epoch_loss, c) = (sums[0], sums[1]);
-                d.all_reduce_grads(&opt.vars())?;
             }
             clipped += c;
             loss_value = epoch_loss;
@@ -250,6 +252,9 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         values.extend(diag.values());
         if let Some(gib) = crate::runtime::peak_memory_gib(student.model.device()) {
             values.push(("memory/peak_gib", gib));
+        }
+        if let Some(sync) = &sync {
+            values.extend(sync.values());
         }
         if let Some(m) = &mut metrics {
             m.log(state.step, &values)?;

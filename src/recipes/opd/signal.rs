@@ -9,6 +9,7 @@ use crate::models::Model;
 use crate::align::{Chunk, Masked};
 use crate::loss::{self, PpoClip, VocabMatch};
 use crate::recipe::{AdvantageBaseline, DistillSpec, Opd, OpdLoss};
+use crate::train::dist::GradSync;
 use crate::train::token_logprobs;
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
@@ -42,11 +43,19 @@ pub fn assign_advantages(r: &Opd, rollouts: &mut [Rollout]) {
 /// averaged over the step's scored positions and weighted) into the student's gradients. Returns the
 /// loss and the number of tokens clipping changed. Full-distribution losses and DPCA run the
 /// head in chunks of positions (`Model::backward_logits`, `Model::backward_tokens`); the
-/// baselines take the full logits.
-pub fn backward_batch(r: &Opd, student: &Side, teacher: &Teacher, matches: Option<&VocabMatch>, rollouts: &[Rollout], norm: f64) -> Result<(f64, f64)> {
+/// baselines take the full logits. Over several ranks `sync` is armed before the last
+/// micro-batch, so its gradients are all-reduced as the backward produces them.
+pub fn backward_batch(r: &Opd, student: &Side, teacher: &Teacher, matches: Option<&VocabMatch>, rollouts: &[Rollout], norm: f64, sync: Option<&GradSync>) -> Result<(f64, f64)> {
     let (mut total, mut clipped) = (0.0, 0.0);
     let recompute = r.training.activation_checkpointing;
-    for chunk in rollouts.chunks(r.training.micro_batch_size) {
+    let micro = r.training.micro_batch_size;
+    for (k, chunk) in rollouts.chunks(micro).enumerate() {
+        if k + 1 == rollouts.len().div_ceil(micro) {
+            // The step's last backward on this rank: its gradients go to the all-reduce as they come.
+            if let Some(s) = sync {
+                s.arm();
+            }
+        }
         let refs: Vec<&Rollout> = chunk.iter().collect();
         let (ids, starts) = rows(&refs, student.tok.pad_id, student.device());
         let width = ids.size()[1] - 1;
