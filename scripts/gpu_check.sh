@@ -15,7 +15,9 @@
 #   3. a short cross-tokenizer OPD run (recipes/opd/tiny.yaml) with both models on the GPU in bf16;
 #   4. decoding speed of the 1B-shaped model (bf16, KV cache), against transformers `generate`
 #      when STEP_BENCH names the step benchmark's binary;
-#   5. data parallelism: two ranks sharing the GPU over Gloo against one process.
+#   5. data parallelism: two ranks sharing the GPU over Gloo against one process;
+#   6. with several GPUs: a rank per GPU over NCCL, the curve against one process and the
+#      scaling of the 1B-shaped training step.
 # DEVICE=cpu SMALL=1 runs the same plumbing on a CPU at toy sizes (what CI-less checks use).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -259,6 +261,60 @@ else:
     print(f"- {sys.argv[3]}: {len(a)} steps, max relative loss difference {rel:.1e}; wall {ta:.1f} s (1 process) vs {tb:.1f} s (2 ranks)")
 PY
 done
+say ""
+
+# 6. Data parallelism across GPUs over NCCL (a rank per GPU, `device=cuda` = cuda:LOCAL_RANK):
+# the tiny SFT curve against one process, then the 1B-shaped training step at 1 and N ranks with
+# the per-rank batch held at 8 (weak scaling): s/step, tokens/s, efficiency, and the fraction of
+# gradient buckets all-reduced while the backward ran.
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU" || true)
+say "## 6. data parallelism across GPUs (NCCL)"
+say ""
+if [ "$device" != cuda ] || [ "${gpus:-0}" -lt 2 ]; then
+  say "- ${gpus:-0} GPU(s): NCCL across GPUs needs at least 2; not run."
+else
+  n="$gpus"
+  for k in 1 "$n"; do
+    rm -rf "$out/nccl-sft-$k"
+    "$bin" run recipes/sft/tiny.yaml "output_dir=$out/nccl-sft-$k" eval=null device=cuda logging.progress=false \
+      --nproc "$k" 2> "$out/nccl-sft-$k.log" || tail -5 "$out/nccl-sft-$k.log" | tee -a "$summary"
+  done
+  grep -h "through NCCL\|through Gloo" "$out/nccl-sft-$n.log" | head -2 | sed 's/^/- /' | tee -a "$summary"
+  say ""
+  say "| ranks | global batch | step time (median) | tokens/s | scaling efficiency | buckets overlapped |"
+  say "|---|---|---|---|---|---|"
+  base=""
+  for k in 1 "$n"; do
+    run="$out/nccl-bench-$k"
+    rm -rf "$run"
+    "$bin" run recipes/gpu/llama-1b-sft-bench.yaml "vars.root=$out" "output_dir=$run" device=cuda \
+      "training.batch_size=$((8 * k))" "${bench[@]}" --stop-after "$steps" --nproc "$k" 2> "$run.log" || { tail -5 "$run.log" | tee -a "$summary"; continue; }
+    row="$("$py" - "$run/metrics.jsonl" "$k" "$base" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if "train/loss" in l]
+times = [b["time_s"] - a["time_s"] for a, b in zip(rows, rows[1:])][2:] or [rows[-1]["time_s"]]
+step = statistics.median(times)
+k = int(sys.argv[2])
+tps = 8 * k * 1024 / step
+eff = f"{tps / (k * float(sys.argv[3])):.2f}" if sys.argv[3] else "1.00"
+ov = statistics.mean(r.get("dist/overlapped", float("nan")) for r in rows[1:]) if k > 1 else float("nan")
+print(f"{tps:.0f} | {k} | {8 * k} | {step * 1e3:.0f} ms | {tps:,.0f} | {eff} | {ov:.2f} |")
+PY
+)"
+    [ -z "$base" ] && base="${row%% |*}"
+    say "| ${row#* | }"
+  done
+  "$py" - "$out/nccl-sft-1/metrics.jsonl" "$out/nccl-sft-$n/metrics.jsonl" <<'PY' | tee -a "$summary"
+import json, sys
+l = lambda p: [json.loads(x)["train/loss"] for x in open(p) if "train/loss" in x]
+try:
+    a, b = l(sys.argv[1]), l(sys.argv[2])
+    rel = max(abs(x - y) / max(abs(x), 1e-3) for x, y in zip(a, b)) if a and len(a) == len(b) else float("nan")
+    print(f"\n- tiny SFT over NCCL: {len(a)} vs {len(b)} steps, max relative loss difference {rel:.1e}")
+except OSError as e:
+    print(f"\n- tiny SFT over NCCL: FAILED ({e})")
+PY
+fi
 say ""
 [ "$fail" = 0 ] || { echo "gpu_check: parity failed" >&2; exit 1; }
 echo "gpu_check: done; summary in $summary" >&2

@@ -85,6 +85,14 @@ fn two_ranks_train_as_one_process_on_the_combined_batch() {
     // The teacher's tokens are counted over both ranks.
     let budget = |run: &Path| std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().last().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["budget/teacher_forward_tokens"].clone());
     assert_eq!(budget(&one), budget(&two));
+    // The diagnostics are the whole step's (summed over the ranks, |A| gathered), as one process's.
+    let rows = |run: &Path| std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v["train/loss"].is_number()).collect::<Vec<_>>();
+    for (x, y) in rows(&one).iter().zip(&rows(&two)) {
+        for key in ["opd/response_length", "opd/masked_fraction", "opd/entropy", "opd/logq_minus_logp", "opd/top1pct_advantage_mass", "opd/teacher_tokens", "opd/eot_rate"] {
+            let (x, y) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "{key}: {x} vs {y}");
+        }
+    }
     // Rank 0 checked at every checkpoint that both ranks hold the same weights, and wrote it.
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(two.join("checkpoints/step-000006/state.json")).unwrap()).unwrap();
     assert_eq!(state["counters"]["world_size"], 2.0, "{state}");

@@ -7,6 +7,7 @@
 use super::rollout::{make_rollouts, old_logprobs, score_teacher, Plan, Rollout, Side, Teacher, TeacherKeeps};
 use crate::align::{show_pieces, Masked};
 use crate::data::Example;
+use crate::train::dist::Dist;
 use anyhow::Result;
 use std::fmt::Write;
 
@@ -78,6 +79,26 @@ pub fn diagnose(rollouts: &[Rollout]) -> Diagnostics {
 }
 
 impl Diagnostics {
+    /// The diagnostics of every rank's rollouts together: the counts and sums added up, every
+    /// rank's |A| gathered (rank 0 reports the top-1% mass; the others keep their own).
+    pub fn over_ranks(mut self, dist: &Dist) -> Result<Self> {
+        let counts = [&mut self.tokens, &mut self.masked, &mut self.one_to_one, &mut self.multi, &mut self.teacher_aligned, &mut self.finished, &mut self.teacher_tokens, &mut self.stuck, &mut self.truncated, &mut self.positive, &mut self.negative, &mut self.non_canonical, &mut self.rollouts];
+        let sums = [&mut self.gap, &mut self.teacher_logq, &mut self.entropy];
+        let local: Vec<f64> = counts.iter().map(|c| **c as f64).chain(sums.iter().map(|s| **s)).collect();
+        let total = dist.sum(&local, "summing the OPD diagnostics")?;
+        for (c, t) in counts.into_iter().zip(&total) {
+            *c = *t as usize;
+        }
+        for (s, t) in sums.into_iter().zip(&total[local.len() - 3..]) {
+            *s = *t;
+        }
+        let bytes: Vec<u8> = self.abs_adv.iter().flat_map(|a| a.to_le_bytes()).collect();
+        if let Some(all) = dist.gather("advantages", &bytes)? {
+            self.abs_adv = all.concat().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        }
+        Ok(self)
+    }
+
     fn unmasked(&self) -> usize {
         self.tokens - self.masked
     }

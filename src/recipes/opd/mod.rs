@@ -225,6 +225,11 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         if let Some(d) = dist {
             teacher_tokens = d.sum(&[teacher_tokens], "summing the teacher's tokens")?[0];
         }
+        // The diagnostics of the whole step, not of this rank's share.
+        let diag = match dist {
+            Some(d) => diag.over_ranks(d)?,
+            None => diag,
+        };
         add(&mut state, "teacher_forward_tokens", teacher_tokens);
         add(&mut state, "optimizer_steps", r.training.ppo_epochs as f64);
         let mut values = vec![
