@@ -297,8 +297,8 @@ step = statistics.median(times)
 k = int(sys.argv[2])
 tps = 8 * k * 1024 / step
 eff = f"{tps / (k * float(sys.argv[3])):.2f}" if sys.argv[3] else "1.00"
-ov = statistics.mean(r.get("dist/overlapped", float("nan")) for r in rows[1:]) if k > 1 else float("nan")
-print(f"{tps:.0f} | {k} | {8 * k} | {step * 1e3:.0f} ms | {tps:,.0f} | {eff} | {ov:.2f} |")
+ov = f'{statistics.mean(r.get("dist/overlapped", float("nan")) for r in rows[1:]):.2f}' if k > 1 else "–"
+print(f"{tps:.0f} | {k} | {8 * k} | {step * 1e3:.0f} ms | {tps:,.0f} | {eff} | {ov} |")
 PY
 )"
     [ -z "$base" ] && base="${row%% |*}"
