@@ -16,8 +16,8 @@
 #   4. decoding speed of the 1B-shaped model (bf16, KV cache), against transformers `generate`
 #      when STEP_BENCH names the step benchmark's binary;
 #   5. data parallelism: two ranks sharing the GPU over Gloo against one process;
-#   6. with several GPUs: a rank per GPU over NCCL, the curve against one process and the
-#      scaling of the 1B-shaped training step.
+#   6. NCCL: a group of one on GPU 0 against the process alone; with several GPUs, a rank per
+#      GPU, the curve against one process and the scaling of the 1B-shaped training step.
 # DEVICE=cpu SMALL=1 runs the same plumbing on a CPU at toy sizes (what CI-less checks use).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -263,23 +263,44 @@ PY
 done
 say ""
 
-# 6. Data parallelism across GPUs over NCCL (a rank per GPU, `device=cuda` = cuda:LOCAL_RANK):
-# the tiny SFT curve against one process, then the 1B-shaped training step at 1 and N ranks with
-# the per-rank batch held at 8 (weak scaling): s/step, tokens/s, efficiency, and the fraction of
-# gradient buckets all-reduced while the backward ran.
+# 6. NCCL. On one GPU: a group of one against the process alone. Across GPUs (a rank per GPU,
+# `device=cuda` = cuda:LOCAL_RANK): the tiny SFT curve against one process, then the 1B-shaped
+# training step at 1 and N ranks with the per-rank batch held at 8 (weak scaling): s/step,
+# tokens/s, efficiency, and the fraction of gradient buckets all-reduced during the backward.
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU" || true)
-say "## 6. data parallelism across GPUs (NCCL)"
+say "## 6. data parallelism over NCCL"
 say ""
-if [ "$device" != cuda ] || [ "${gpus:-0}" -lt 2 ]; then
-  say "- ${gpus:-0} GPU(s): NCCL across GPUs needs at least 2; not run."
+if [ "$device" != cuda ] || [ "${gpus:-0}" -lt 1 ]; then
+  say "- no GPU: not run."
 else
+  # A group of one on GPU 0 (torchrun's variables, WORLD_SIZE=1): NCCL's process group, the
+  # reducer's hooks on CUDA tensors and the all-reduce, against the process alone.
+  port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  rm -rf "$out/nccl-alone" "$out/nccl-one"
+  "$bin" run recipes/sft/tiny.yaml "output_dir=$out/nccl-alone" eval=null device=cuda logging.progress=false 2> "$out/nccl-alone.log" || tail -5 "$out/nccl-alone.log" | tee -a "$summary"
+  RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT="$port" \
+    "$bin" run recipes/sft/tiny.yaml "output_dir=$out/nccl-one" eval=null device=cuda logging.progress=false 2> "$out/nccl-one.log" || tail -5 "$out/nccl-one.log" | tee -a "$summary"
+  { grep -h "through NCCL\|through Gloo" "$out/nccl-one.log" || true; } | head -1 | sed 's/^/- group of one: /' | tee -a "$summary"
+  "$py" - "$out/nccl-alone/metrics.jsonl" "$out/nccl-one/metrics.jsonl" <<'PY' | tee -a "$summary"
+import json, sys
+try:
+    a, b = ([json.loads(x) for x in open(p) if "train/loss" in x] for p in sys.argv[1:])
+    rel = max(abs(x["train/loss"] - y["train/loss"]) / max(abs(x["train/loss"]), 1e-3) for x, y in zip(a, b)) if a and len(a) == len(b) else float("nan")
+    print(f"- group of one on cuda:0: {len(b)} steps, max relative loss difference to the process alone {rel:.1e}, buckets overlapped {b[-1].get('dist/overlapped', 'none')}")
+except (OSError, KeyError, ValueError) as e:
+    print(f"- group of one on cuda:0: FAILED ({e})")
+PY
+fi
+if [ "$device" = cuda ] && [ "${gpus:-0}" -eq 1 ]; then
+  say "- one GPU: NCCL across GPUs and the scaling row need at least 2; not run."
+elif [ "$device" = cuda ] && [ "${gpus:-0}" -ge 2 ]; then
   n="$gpus"
   for k in 1 "$n"; do
     rm -rf "$out/nccl-sft-$k"
     "$bin" run recipes/sft/tiny.yaml "output_dir=$out/nccl-sft-$k" eval=null device=cuda logging.progress=false \
       --nproc "$k" 2> "$out/nccl-sft-$k.log" || tail -5 "$out/nccl-sft-$k.log" | tee -a "$summary"
   done
-  grep -h "through NCCL\|through Gloo" "$out/nccl-sft-$n.log" | head -2 | sed 's/^/- /' | tee -a "$summary"
+  { grep -h "through NCCL\|through Gloo" "$out/nccl-sft-$n.log" || true; } | head -2 | sed 's/^/- /' | tee -a "$summary"
   say ""
   say "| ranks | global batch | step time (median) | tokens/s | scaling efficiency | buckets overlapped |"
   say "|---|---|---|---|---|---|"

@@ -126,6 +126,32 @@ fn gradients_all_reduced_during_the_backward_give_the_same_curve() {
     }
 }
 
+/// torchrun's variables with one process (WORLD_SIZE=1 and a rendezvous) make a group of one,
+/// as torch.distributed does; it trains as the process alone does.
+#[test]
+fn one_rank_with_a_rendezvous_is_a_group_of_one() {
+    let _one = serial();
+    let tmp = TempDir::new();
+    if !has_dist(&tmp) {
+        return;
+    }
+    let (alone, group) = (tmp.path().join("alone"), tmp.path().join("group"));
+    common::ok(run("recipes/sft/tiny.yaml", &alone, &["training.steps=4"]));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let out_arg = format!("output_dir={}", group.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_tokbridge"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .envs([("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", port.as_str())])
+        .args(["run", "recipes/sft/tiny.yaml", &out_arg, "eval=null", "training.steps=4"])
+        .output()
+        .unwrap();
+    let out = common::ok(out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rank 0 of 1: joined the Gloo process group"));
+    assert_same_curve(&losses(&alone), &losses(&group), "group of one");
+    let last = std::fs::read_to_string(group.join("metrics.jsonl")).unwrap();
+    assert!(last.contains("\"dist/overlapped\""), "{last}");
+}
+
 #[test]
 fn a_stopped_two_rank_run_resumes_to_its_curve_and_only_with_two_ranks() {
     let _one = serial();

@@ -7,8 +7,9 @@
 //! Every rank holds the whole model and the same optimizer state; each computes the gradients
 //! of its share of a step's examples, scaled by the step's global normaliser, and a sum
 //! all-reduce (in buckets, overlapping the backward: `GradSync`) makes every rank's gradients
-//! the gradients of the whole batch, so every rank takes the same step. Rank 0 writes metrics, checkpoints and exports. With `WORLD_SIZE`
-//! unset (or 1) there is no `Dist` and no distributed code runs.
+//! the gradients of the whole batch, so every rank takes the same step. Rank 0 writes metrics,
+//! checkpoints and exports. With `WORLD_SIZE` unset (or 1 without `MASTER_PORT`) there is no
+//! `Dist` and no distributed code runs.
 use anyhow::{Context, Result};
 use tch::{Kind, Tensor};
 
@@ -96,7 +97,13 @@ impl Dist {
     /// where this rank trains: when every rank is on a GPU of its own (`cuda:LOCAL_RANK`) and
     /// the build has NCCL, CUDA tensors are reduced over NCCL, everything else over Gloo.
     pub fn from_env(device: tch::Device) -> Result<Option<Dist>> {
-        let Some(world) = env_usize("WORLD_SIZE")?.filter(|&w| w > 1) else { return Ok(None) };
+        let Some(world) = env_usize("WORLD_SIZE")? else { return Ok(None) };
+        // One process joins a group of one only where a launcher set up a rendezvous for it
+        // (torchrun --nproc-per-node 1 does), as torch.distributed would; else it runs alone.
+        if world == 1 && std::env::var_os("MASTER_PORT").is_none() {
+            return Ok(None);
+        }
+        anyhow::ensure!(world >= 1, "WORLD_SIZE=0 is not a number of processes");
         let rank = env_usize("RANK")?.context("WORLD_SIZE is set but RANK is not (launch with torchrun's variables or tokbridge run --nproc N)")?;
         anyhow::ensure!(rank < world, "RANK={rank} is not below WORLD_SIZE={world}");
         let addr = std::env::var("MASTER_ADDR").unwrap_or_else(|_| "127.0.0.1".into());
