@@ -61,8 +61,8 @@ char* error(const std::exception& e) { return strdup(e.what()); }
 // in `finish`), where rank 0's order of the parameters becoming ready and their counts are
 // broadcast and the buckets rebuilt in that order, so that the buckets fill one after the
 // other as the backward runs. A gradient added after its bucket was sent (a step whose graph
-// differs from the first) makes every rank reduce the whole gradients again in `finish`:
-// slower, never wrong.
+// differs from the first) is caught: every rank then all-reduces what was added since the
+// sends (gradients are released when sent) and adds it to the sums: slower, never wrong.
 struct Reducer;
 
 struct ReadyHook : torch::autograd::PostAccumulateGradHook {
@@ -159,17 +159,25 @@ struct Reducer {
     }
   }
 
-  // Starts the all-reduce of bucket b from the gradients as they are now.
+  // Bucket b's gradients as they are now, flat in float32 (zeros for a parameter without one);
+  // the gradients themselves are released, so a step holds one copy of them, not two.
+  at::Tensor take(size_t b) {
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> parts;
+    for (size_t i : buckets[b]) {
+      at::Tensor& p = params[i];
+      const at::Tensor& gr = p.grad();
+      parts.push_back(gr.defined() ? gr.to(at::kFloat).reshape({-1}) : at::zeros({p.numel()}, p.options().dtype(at::kFloat)));
+    }
+    at::Tensor flat = at::cat(parts);
+    for (size_t i : buckets[b]) params[i].mutable_grad().reset();
+    return flat;
+  }
+
+  // Starts the all-reduce of bucket b.
   void send(size_t b) {
     try {
-      at::NoGradGuard no_grad;
-      std::vector<at::Tensor> parts;
-      for (size_t i : buckets[b]) {
-        const at::Tensor& p = params[i];
-        const at::Tensor& gr = p.grad();
-        parts.push_back(gr.defined() ? gr.to(at::kFloat).reshape({-1}) : at::zeros({p.numel()}, p.options().dtype(at::kFloat)));
-      }
-      std::vector<at::Tensor> flat{at::cat(parts)};
+      std::vector<at::Tensor> flat{take(b)};
       flats[b] = flat[0];
       works[b] = g->backend(flat).allreduce(flat);
     } catch (const std::exception& e) {
@@ -196,20 +204,19 @@ struct Reducer {
       reset();
       throw std::runtime_error(f);
     }
-    // Did any rank add a gradient after its bucket was sent? Then all send everything again.
+    // Did any rank add a gradient after its bucket was sent? What was added since (the
+    // gradients were released when sent) is all-reduced too and added: the sums are linear.
     std::vector<at::Tensor> flag{at::full({1}, late ? 1.0 : 0.0, at::kDouble)};
     g->gloo->allreduce(flag)->wait();
     resent = flag[0].item<double>() > 0;
     if (resent) {
-      for (size_t b = 0; b < buckets.size(); ++b) send(b);
-      for (auto& w : works) w->wait();
-      if (!failure.empty()) {
-        std::string f = failure;
-        failure.clear();
-        reset();
-        throw std::runtime_error(f);
+      for (size_t b = 0; b < buckets.size(); ++b) {
+        std::vector<at::Tensor> rest{take(b)};
+        g->backend(rest).allreduce(rest)->wait();
+        flats[b].add_(rest[0]);
       }
     }
+    // The sums become the gradients: views of the bucket for float32 parameters.
     for (size_t b = 0; b < buckets.size(); ++b) {
       int64_t off = 0;
       for (size_t i : buckets[b]) {
@@ -218,6 +225,7 @@ struct Reducer {
         p.mutable_grad() = flats[b].narrow(0, off, n).view(p.sizes()).to(p.scalar_type());
         off += n;
       }
+      flats[b] = at::Tensor();
     }
     if (!learned) learn();
     reset();

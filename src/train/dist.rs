@@ -289,8 +289,8 @@ impl GradSync<'_> {
 
     /// The last step's metrics: `dist/buckets` per step, the fraction of them all-reduced
     /// while the backward ran (`dist/overlapped`; 0 in the first step, which learns the order),
-    /// and `dist/resent` (1 when a gradient came after its bucket was sent, so all were sent
-    /// again).
+    /// and `dist/resent` (1 when a gradient came after its bucket was sent, so what every rank
+    /// added since was all-reduced as well).
     pub fn values(&self) -> Vec<(&'static str, f64)> {
         let (mut buckets, mut early, mut resent) = (0, 0, 0);
         // SAFETY: the reducer is live; the outputs are plain integers.
