@@ -57,10 +57,11 @@ char* error(const std::exception& e) { return strdup(e.what()); }
 //
 // A parameter's gradient is final when autograd's AccumulateGrad (or ops.cpp's
 // tb_accumulate_grad, which runs the same hook) has run for it as many times as it does in one
-// step's last backward (twice for a tied matrix whose head gradient is added outside autograd): learned in the first step (which reduces everything
-// in `finish`), where rank 0's order of the parameters becoming ready and their counts are
-// broadcast and the buckets rebuilt in that order, so that the buckets fill one after the
-// other as the backward runs. A gradient added after its bucket was sent (a step whose graph
+// step's last backward (twice for a tied matrix whose head gradient is added outside
+// autograd). That is learned in the first step, which reduces everything in `finish`: rank 0's
+// order of the parameters' gradients becoming final and their counts are broadcast, and the
+// buckets are rebuilt in that order, so that they fill one after the other as the backward
+// runs. A gradient added after its bucket was sent (a step whose graph
 // differs from the first) is caught: every rank then all-reduces what was added since the
 // sends (gradients are released when sent) and adds it to the sums: slower, never wrong.
 struct Reducer;
@@ -88,7 +89,8 @@ struct Reducer {
   std::vector<c10::intrusive_ptr<c10d::Work>> works;
   size_t next = 0;  // the next bucket to send
   bool armed = false, learned = false, late = false;
-  // What the last `finish` found: buckets sent during the backward, and whether all were resent.
+  // What the last `finish` found: buckets sent during the backward, and whether a late
+  // gradient made the ranks all-reduce what was added after the sends.
   size_t sent_early = 0;
   bool resent = false;
   std::string failure;
