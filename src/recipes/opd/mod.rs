@@ -14,9 +14,9 @@
 //!
 //! With several processes (`train::dist`) each rank samples and scores every `world`-th prompt
 //! of a step, the normaliser is the count over all ranks, and gradients are summed over the
-//! ranks before clipping; rank 0 evaluates, logs and checkpoints. The `opd/*` diagnostics in
-//! the metrics are rank 0's share of the step; the loss, clip fraction and budget counters are
-//! the whole step's.
+//! ranks (during the backward: `GradSync`) before clipping; rank 0 evaluates, logs and
+//! checkpoints. The loss, clip fraction, budget counters and `opd/*` diagnostics in the metrics
+//! are the whole step's; the candidate term's `cand/*` statistics are rank 0's share.
 pub mod candidates;
 mod diagnostics;
 mod rollout;
