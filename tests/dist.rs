@@ -15,16 +15,24 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn losses(run: &Path) -> Vec<f64> {
+/// The metrics of a run's training steps (the records with a `train/loss`).
+fn step_rows(run: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
-    text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter_map(|v| v["train/loss"].as_f64()).collect()
+    text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v["train/loss"].is_number()).collect()
+}
+
+fn losses(run: &Path) -> Vec<f64> {
+    step_rows(run).iter().filter_map(|v| v["train/loss"].as_f64()).collect()
 }
 
 fn run(recipe: &str, out: &Path, extra: &[&str]) -> std::process::Output {
+    run_with(recipe, out, extra, &[])
+}
+
+/// `run` with these environment variables set for the command.
+fn run_with(recipe: &str, out: &Path, extra: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     let out_arg = format!("output_dir={}", out.display());
-    let mut args = vec!["run", recipe, out_arg.as_str(), "eval=null"];
-    args.extend_from_slice(extra);
-    common::tokbridge(&args)
+    Command::new(env!("CARGO_BIN_EXE_tokbridge")).current_dir(env!("CARGO_MANIFEST_DIR")).envs(envs.iter().copied()).args(["run", recipe, &out_arg, "eval=null"]).args(extra).output().expect("tokbridge runs")
 }
 
 /// Runs `recipe` with `extra` once in one process (into `tmp/NAME1`) and once over two ranks
@@ -86,8 +94,7 @@ fn two_ranks_train_as_one_process_on_the_combined_batch() {
     let budget = |run: &Path| std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().last().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["budget/teacher_forward_tokens"].clone());
     assert_eq!(budget(&one), budget(&two));
     // The diagnostics are the whole step's (summed over the ranks, |A| gathered), as one process's.
-    let rows = |run: &Path| std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v["train/loss"].is_number()).collect::<Vec<_>>();
-    for (x, y) in rows(&one).iter().zip(&rows(&two)) {
+    for (x, y) in step_rows(&one).iter().zip(&step_rows(&two)) {
         for key in ["opd/response_length", "opd/masked_fraction", "opd/entropy", "opd/logq_minus_logp", "opd/top1pct_advantage_mass", "opd/teacher_tokens", "opd/eot_rate"] {
             let (x, y) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
             assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "{key}: {x} vs {y}");
@@ -112,13 +119,10 @@ fn gradients_all_reduced_during_the_backward_give_the_same_curve() {
     let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
     let args = ["model.path=tests/fixtures/models/qwen2", "training.activation_checkpointing=true", "training.steps=6"];
     common::ok(run("recipes/sft/tiny.yaml", &one, &args));
-    let out_arg = format!("output_dir={}", two.display());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokbridge"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).env("TOKBRIDGE_DIST_BUCKET_MB", "0.000001").args(["run", "recipes/sft/tiny.yaml", &out_arg, "eval=null", "--nproc", "2"]).args(args);
-    common::ok(cmd.output().unwrap());
+    let two_ranks: Vec<&str> = args.iter().copied().chain(["--nproc", "2"]).collect();
+    common::ok(run_with("recipes/sft/tiny.yaml", &two, &two_ranks, &[("TOKBRIDGE_DIST_BUCKET_MB", "0.000001")]));
     assert_same_curve(&losses(&one), &losses(&two), "tied, recomputed, overlapped");
-    let text = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
-    let steps: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v["train/loss"].is_number()).collect();
+    let steps = step_rows(&two);
     assert_eq!(steps.len(), 6);
     assert!(steps[0]["dist/buckets"].as_f64().unwrap() >= 20.0, "{}", steps[0]);
     for (i, v) in steps.iter().enumerate() {
@@ -138,14 +142,8 @@ fn one_rank_with_a_rendezvous_is_a_group_of_one() {
     let (alone, group) = (tmp.path().join("alone"), tmp.path().join("group"));
     common::ok(run("recipes/sft/tiny.yaml", &alone, &["training.steps=4"]));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
-    let out_arg = format!("output_dir={}", group.display());
-    let out = Command::new(env!("CARGO_BIN_EXE_tokbridge"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .envs([("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", port.as_str())])
-        .args(["run", "recipes/sft/tiny.yaml", &out_arg, "eval=null", "training.steps=4"])
-        .output()
-        .unwrap();
-    let out = common::ok(out);
+    let launcher = [("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", port.as_str())];
+    let out = common::ok(run_with("recipes/sft/tiny.yaml", &group, &["training.steps=4"], &launcher));
     assert!(String::from_utf8_lossy(&out.stderr).contains("rank 0 of 1: joined the Gloo process group"));
     assert_same_curve(&losses(&alone), &losses(&group), "group of one");
     let last = std::fs::read_to_string(group.join("metrics.jsonl")).unwrap();
