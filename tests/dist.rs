@@ -263,62 +263,80 @@ fn evaluations_over_two_ranks_equal_one_process() {
 /// The reducer in one process: two threads are two ranks of a Gloo group, each parameter its
 /// own bucket. After the first step (which learns the order) the buckets are all-reduced while
 /// the backward runs; a step whose last backward adds to a gradient after its bucket was sent
-/// makes every rank send all again; the gradients are the sums over the ranks every time.
+/// makes every rank send all again; the gradients are the sums over the ranks every time, in
+/// their own dtype (a bf16 parameter's are summed in bf16, in a bucket of its own dtype).
 #[test]
 fn the_reducer_overlaps_the_backward_and_survives_a_late_gradient() {
     use tch::{Device, Kind, Tensor};
     use tokbridge::train::dist::Dist;
+    type Step = (Vec<f64>, Vec<f64>, Vec<f64>, Kind, Vec<(&'static str, f64)>);
     let _one = serial();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let rank = |r: usize| {
-        move || -> Option<Vec<(Vec<f64>, Vec<f64>, Vec<(&'static str, f64)>)>> {
-            let d = match Dist::connect(r, 2, "127.0.0.1", port, Device::Cpu) {
-                Ok(d) => d,
-                Err(e) if format!("{e:#}").contains("this build has no multi-process training") => return None,
-                Err(e) => panic!("{e:#}"),
-            };
-            let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).set_requires_grad(true);
-            let b = Tensor::from_slice(&[0.5f32, -1.0]).set_requires_grad(true);
-            let sync = d.grad_sync(&[a.shallow_clone(), b.shallow_clone()], 1e-6).unwrap();
-            let x = (r + 1) as f64;
-            let mut steps = Vec::new();
-            for step in 0..3 {
-                tokbridge::train::ops::clear_grad(&a);
-                tokbridge::train::ops::clear_grad(&b);
-                // An earlier micro-batch: not armed, its gradients are only accumulated.
-                ((&a * x).sum(Kind::Float) + (&b * &b).sum(Kind::Float)).backward();
-                sync.arm();
-                ((&a * &a * x).sum(Kind::Float) + (&b * x).sum(Kind::Float)).backward();
-                if step == 2 && r == 0 {
-                    // A second backward into `a` after its bucket was sent (a changed graph).
-                    (&a * 10.0).sum(Kind::Float).backward();
+    let ranks = |bucket_mib: f64| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let rank = move |r: usize| {
+            move || -> Option<Vec<Step>> {
+                let d = match Dist::connect(r, 2, "127.0.0.1", port, Device::Cpu) {
+                    Ok(d) => d,
+                    Err(e) if format!("{e:#}").contains("this build has no multi-process training") => return None,
+                    Err(e) => panic!("{e:#}"),
+                };
+                let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).set_requires_grad(true);
+                let b = Tensor::from_slice(&[0.5f32, -1.0]).set_requires_grad(true);
+                let c = Tensor::from_slice(&[2.0f32, 4.0]).to_kind(Kind::BFloat16).set_requires_grad(true);
+                let sync = d.grad_sync(&[a.shallow_clone(), b.shallow_clone(), c.shallow_clone()], bucket_mib).unwrap();
+                let x = (r + 1) as f64;
+                let grad = |t: &Tensor| Vec::<f64>::try_from(t.grad().to_kind(Kind::Double)).unwrap();
+                let mut steps = Vec::new();
+                for step in 0..3 {
+                    for t in [&a, &b, &c] {
+                        tokbridge::train::ops::clear_grad(t);
+                    }
+                    // An earlier micro-batch: not armed, its gradients are only accumulated.
+                    ((&a * x).sum(Kind::Float) + (&b * &b).sum(Kind::Float) + (&c * x).sum(Kind::Float)).backward();
+                    sync.arm();
+                    ((&a * &a * x).sum(Kind::Float) + (&b * x).sum(Kind::Float) + (&c * &c * x).sum(Kind::Float)).backward();
+                    if step == 2 && r == 0 {
+                        // A second backward into `a` after its bucket was sent (a changed graph).
+                        (&a * 10.0).sum(Kind::Float).backward();
+                    }
+                    sync.finish().unwrap();
+                    steps.push((grad(&a), grad(&b), grad(&c), c.grad().kind(), sync.values()));
                 }
-                sync.finish().unwrap();
-                steps.push((Vec::<f64>::try_from(a.grad().to_kind(Kind::Double)).unwrap(), Vec::<f64>::try_from(b.grad().to_kind(Kind::Double)).unwrap(), sync.values()));
+                Some(steps)
             }
-            Some(steps)
-        }
+        };
+        let (t0, t1) = (std::thread::spawn(rank(0)), std::thread::spawn(rank(1)));
+        (t0.join().unwrap(), t1.join().unwrap())
     };
-    let (t0, t1) = (std::thread::spawn(rank(0)), std::thread::spawn(rank(1)));
-    let (Some(s0), Some(s1)) = (t0.join().unwrap(), t1.join().unwrap()) else {
+    let (Some(s0), Some(s1)) = ranks(1e-6) else {
         eprintln!("\n*** SKIPPING the in-process reducer test: this build has no multi-process training");
         return;
     };
-    // d/da of x a + x a^2 summed over x = 1, 2: 3 + 6 a; d/db of b^2 + x b: 2 * 2 b + 3.
-    let (a, b) = ([1.0, 2.0, 3.0], [0.5, -1.0]);
-    for (step, ((ga0, gb0, v0), (ga1, gb1, v1))) in s0.iter().zip(&s1).enumerate() {
+    // d/da of x a + x a^2 summed over x = 1, 2: 3 + 6 a; d/db of b^2 + x b: 2 * 2 b + 3;
+    // d/dc of x c + x c^2: 3 + 6 c (exact in bf16).
+    let (a, b, c) = ([1.0, 2.0, 3.0], [0.5, -1.0], [2.0, 4.0]);
+    let get = |v: &[(&str, f64)], k: &str| v.iter().find(|(n, _)| *n == k).map(|(_, x)| *x).unwrap();
+    for (step, ((ga0, gb0, gc0, kind0, v0), (ga1, gb1, gc1, kind1, v1))) in s0.iter().zip(&s1).enumerate() {
         let late = if step == 2 { 10.0 } else { 0.0 };
         let want_a: Vec<f64> = a.iter().map(|a| 3.0 + 6.0 * a + late).collect();
         let want_b: Vec<f64> = b.iter().map(|b| 4.0 * b + 3.0).collect();
-        for (g, w) in [(ga0, &want_a), (ga1, &want_a), (gb0, &want_b), (gb1, &want_b)] {
+        let want_c: Vec<f64> = c.iter().map(|c| 3.0 + 6.0 * c).collect();
+        for (g, w) in [(ga0, &want_a), (ga1, &want_a), (gb0, &want_b), (gb1, &want_b), (gc0, &want_c), (gc1, &want_c)] {
             assert!(g.iter().zip(w.iter()).all(|(g, w)| (g - w).abs() < 1e-5), "step {step}: {g:?} vs {w:?}");
         }
-        let get = |v: &[(&str, f64)], k: &str| v.iter().find(|(n, _)| *n == k).map(|(_, x)| *x).unwrap();
-        assert_eq!(get(v0, "dist/buckets"), 2.0);
-        // Step 0 learns; step 1 sends both buckets during the backward; step 2 resends on both ranks.
+        assert_eq!((*kind0, *kind1), (Kind::BFloat16, Kind::BFloat16));
+        assert_eq!(get(v0, "dist/buckets"), 3.0);
+        // Step 0 learns; step 1 sends every bucket during the backward; step 2 resends on both ranks.
         let (overlapped, resent) = [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0)][step];
         for v in [v0, v1] {
             assert_eq!((get(v, "dist/overlapped"), get(v, "dist/resent")), (overlapped, resent), "step {step}: {v:?}");
         }
+    }
+    // With room for all of them, the float32 gradients share a bucket and the bf16 one has its own.
+    let (Some(s0), Some(_)) = ranks(1.0) else { unreachable!("the group formed a moment ago") };
+    for (step, (ga, gb, gc, _, v)) in s0.iter().enumerate() {
+        assert_eq!(get(v, "dist/buckets"), 2.0, "step {step}");
+        let late = if step == 2 { 10.0 } else { 0.0 };
+        assert_eq!((ga[0], gb[0], gc[1]), (9.0 + late, 5.0, 27.0), "step {step}");
     }
 }

@@ -50,7 +50,8 @@ using tb::list;
 char* error(const std::exception& e) { return strdup(e.what()); }
 
 // Sums the parameters' gradients over the ranks while the backward runs, as DDP's reducer
-// does: the parameters are split into buckets of at most `cap` bytes of float32 gradient; a
+// does: the parameters are split into buckets of at most `cap` bytes of gradient, in the
+// gradients' dtype (a bf16 model's are summed in bf16, as DDP sums them); a
 // bucket is all-reduced (asynchronously) once every parameter in it has received its last
 // gradient of the step, buckets in the same order on every rank, and `finish` sends what is
 // left, waits, and writes the sums back as the gradients.
@@ -110,19 +111,27 @@ struct Reducer {
     for (auto& p : params) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
   }
 
+  // Buckets in `seq`'s order, each of one dtype (the gradients' own, as DDP's), at most `cap`
+  // bytes unless one gradient alone is larger. A bucket's place in the order is that of its
+  // first parameter.
   void build(const std::vector<size_t>& seq) {
     buckets.clear();
     bucket_of.assign(params.size(), 0);
-    int64_t bytes = 0;
+    std::vector<std::pair<at::ScalarType, size_t>> open;  // per dtype: its bucket being filled
+    std::vector<int64_t> bytes;
     for (size_t i : seq) {
-      int64_t b = 4 * params[i].numel();
-      if (buckets.empty() || (bytes + b > cap && !buckets.back().empty())) {
+      at::ScalarType t = params[i].scalar_type();
+      int64_t b = int64_t(params[i].element_size()) * params[i].numel();
+      auto o = std::find_if(open.begin(), open.end(), [&](const auto& e) { return e.first == t; });
+      if (o == open.end() || bytes[o->second] + b > cap) {
         buckets.emplace_back();
-        bytes = 0;
+        bytes.push_back(0);
+        if (o == open.end()) o = open.insert(open.end(), {t, 0});
+        o->second = buckets.size() - 1;
       }
-      buckets.back().push_back(i);
-      bucket_of[i] = buckets.size() - 1;
-      bytes += b;
+      buckets[o->second].push_back(i);
+      bucket_of[i] = o->second;
+      bytes[o->second] += b;
     }
   }
 
@@ -161,15 +170,15 @@ struct Reducer {
     }
   }
 
-  // Bucket b's gradients as they are now, flat in float32 (zeros for a parameter without one);
-  // the gradients themselves are released, so a step holds one copy of them, not two.
+  // Bucket b's gradients as they are now, flat (zeros for a parameter without one); the
+  // gradients themselves are released, so a step holds one copy of them, not two.
   at::Tensor take(size_t b) {
     at::NoGradGuard no_grad;
     std::vector<at::Tensor> parts;
     for (size_t i : buckets[b]) {
       at::Tensor& p = params[i];
       const at::Tensor& gr = p.grad();
-      parts.push_back(gr.defined() ? gr.to(at::kFloat).reshape({-1}) : at::zeros({p.numel()}, p.options().dtype(at::kFloat)));
+      parts.push_back(gr.defined() ? gr.to(p.scalar_type()).reshape({-1}) : at::zeros({p.numel()}, p.options()));
     }
     at::Tensor flat = at::cat(parts);
     for (size_t i : buckets[b]) params[i].mutable_grad().reset();
@@ -218,13 +227,13 @@ struct Reducer {
         flats[b].add_(rest[0]);
       }
     }
-    // The sums become the gradients: views of the bucket for float32 parameters.
+    // The sums become the gradients: views of the bucket.
     for (size_t b = 0; b < buckets.size(); ++b) {
       int64_t off = 0;
       for (size_t i : buckets[b]) {
         at::Tensor& p = params[i];
         int64_t n = p.numel();
-        p.mutable_grad() = flats[b].narrow(0, off, n).view(p.sizes()).to(p.scalar_type());
+        p.mutable_grad() = flats[b].narrow(0, off, n).view(p.sizes());
         off += n;
       }
       flats[b] = at::Tensor();

@@ -195,8 +195,8 @@ impl Dist {
     }
 
     /// The gradient reducer for `params` (the optimizer's parameters, the same list on every
-    /// rank): their gradients are summed over the ranks in buckets of at most `bucket_mib`
-    /// MiB of float32 (`bucket_mib()`), all-reduced while the backward still runs.
+    /// rank): their gradients are summed over the ranks, in their own dtype, in buckets of at
+    /// most `bucket_mib` MiB (`bucket_mib()`), all-reduced while the backward still runs.
     pub fn grad_sync(&self, params: &[Tensor], bucket_mib: f64) -> Result<GradSync<'_>> {
         let ptrs: Vec<_> = params.iter().map(|t| t.as_ptr() as *mut std::ffi::c_void).collect();
         let mut reducer = std::ptr::null_mut();
