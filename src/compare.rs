@@ -2,6 +2,9 @@
 //! plots of held-out accuracy against optimizer steps, wall time and teacher tokens, as PNG and
 //! SVG (plotters, with the DejaVu Sans font embedded so no system fonts are needed).
 //!
+//! Declared contrasts (`contrasts`: one run minus another, e.g. a method against SFT with and
+//! without a control's change) get their own table, from the same final numbers.
+//!
 //! Beside accuracy the table shows the held-out teacher-minus-student log-prob gap where a run
 //! measured it (OPD always does; other recipes with `eval.teacher`), and the report puts a few
 //! held-out generations of every run side by side, at its first and last evaluation.
@@ -9,7 +12,7 @@
 //! Budgets: OPD runs count teacher forward tokens as they go; SFT on teacher answers pays the
 //! teacher's generated tokens and generation time up front (from its `teacher_responses`
 //! output), so its curves start there.
-use crate::recipe::{Compare, CompareRun, CompareSweep, Recipe};
+use crate::recipe::{Compare, CompareContrast, CompareRun, CompareSweep, Recipe};
 use crate::recipes::eval::{read_generations, Generated};
 use anyhow::{Context, Result};
 use plotters::coord::Shift;
@@ -156,6 +159,33 @@ pub fn table(runs: &[Summary]) -> String {
     t
 }
 
+/// The contrasts' table: one run's final accuracy, words match and held-out gap minus
+/// another's (points, and nats per aligned token), from the same numbers as the main table.
+pub fn contrasts(runs: &[Summary], contrasts: &[CompareContrast]) -> Result<String> {
+    let last = |name: &str| -> Result<Point> {
+        let s = runs.iter().find(|s| s.name == name).with_context(|| format!("contrasts: no run named {name:?}"))?;
+        Ok(s.points.last().cloned().unwrap_or_default())
+    };
+    let diff = |a: Option<f64>, b: Option<f64>, scale: f64, digits: usize| match (a, b) {
+        (Some(a), Some(b)) => format!("{:+.*}", digits, scale * (a - b)),
+        _ => "–".into(),
+    };
+    let mut t = String::from("| contrast | run | against | accuracy (points) | words match (points) | held-out log q − log p |\n|---|---|---|---|---|---|\n");
+    for c in contrasts {
+        let (a, b) = (last(&c.run)?, last(&c.against)?);
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            c.name,
+            c.run,
+            c.against,
+            diff(a.accuracy, b.accuracy, 100.0, 1),
+            diff(a.words, b.words, 100.0, 1),
+            diff(a.gap, b.gap, 1.0, 3)
+        ));
+    }
+    Ok(t)
+}
+
 /// Wall times and the measured cost of a generated teacher token against a scored one: the
 /// part of the report that differs from run to run (the table above does not).
 pub fn timing(runs: &[Summary]) -> String {
@@ -276,7 +306,7 @@ where
 }
 
 /// Writes report.md and the plots (PNG and SVG) into `out`.
-pub fn report(runs: &[Summary], sweeps: &[CompareSweep], out: &Path, title: &str) -> Result<()> {
+pub fn report(runs: &[Summary], sweeps: &[CompareSweep], contrast: &[CompareContrast], out: &Path, title: &str) -> Result<()> {
     register_font();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let plots: [(&str, fn(&Point) -> f64, &str, &str); 3] = [
@@ -292,6 +322,9 @@ pub fn report(runs: &[Summary], sweeps: &[CompareSweep], out: &Path, title: &str
     }
     let mut md = format!("# {title}\n\n{}\n", table(runs));
     md.push_str("\nAccuracy is greedy exact match of the final `#### answer` on the held-out split; words match is the share of greedy responses equal to the reference with numbers masked (it follows the format and copies the prompt's names and objects); avg@k is the mean accuracy of k samples per prompt; held-out log q − log p is the teacher-minus-student log-prob per aligned token of the student's samples at the first and last evaluation. SFT on teacher answers pays the teacher's generation (tokens and time) before training, so its curves start there; OPD pays teacher forward tokens as it trains.\n\n");
+    if !contrast.is_empty() {
+        md.push_str(&format!("## Contrasts\n\nEach row is the first run's final result minus the second's (accuracy and words match in percentage points, the held-out gap in nats per aligned token; positive: the run is ahead). Two rows that differ in one change (a control) show what that change accounts for. A few points at one seed can be a single run's noise: read them across seeds.\n\n{}\n", contrasts(runs, contrast)?));
+    }
     for sweep in sweeps {
         md.push_str(&format!("## Settings chosen on the validation split: {}\n\n", sweep.name));
         match (crate::recipes::sweep::read_table(&sweep.dir), &sweep.shipped) {
@@ -316,7 +349,7 @@ pub fn report(runs: &[Summary], sweeps: &[CompareSweep], out: &Path, title: &str
 /// The `compare` recipe.
 pub fn run(r: &Compare) -> Result<()> {
     let runs: Vec<Summary> = r.runs.iter().map(summarize).collect::<Result<_>>()?;
-    report(&runs, &r.sweeps, &r.output_dir, r.title.as_deref().unwrap_or("tokbridge comparison"))?;
+    report(&runs, &r.sweeps, &r.contrasts, &r.output_dir, r.title.as_deref().unwrap_or("tokbridge comparison"))?;
     eprintln!("{}", table(&runs));
     eprintln!("report: {}", r.output_dir.join("report.md").display());
     Ok(())
@@ -336,5 +369,25 @@ pub fn from_dirs(dirs: &[std::path::PathBuf], out: &Path) -> Result<()> {
             CompareRun { name, dir: d.clone(), teacher_responses }
         })
         .collect();
-    run(&Compare { recipe: "compare".into(), vars: Default::default(), output_dir: out.to_path_buf(), runs, title: None, sweeps: vec![] })
+    run(&Compare { recipe: "compare".into(), vars: Default::default(), output_dir: out.to_path_buf(), runs, title: None, sweeps: vec![], contrasts: vec![] })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(name: &str, accuracy: f64, words: f64, gap: Option<f64>) -> Summary {
+        Summary { name: name.into(), points: vec![Point { accuracy: Some(accuracy), words: Some(words), gap, ..Default::default() }], ..Default::default() }
+    }
+
+    #[test]
+    fn contrasts_are_final_differences_in_points_and_nats() {
+        let runs = [run("sft", 0.845, 0.995, Some(-0.404)), run("opd", 0.77, 0.99, Some(-0.293)), run("warm", 0.775, 0.995, None)];
+        let c = |name: &str, run: &str, against: &str| CompareContrast { name: name.into(), run: run.into(), against: against.into() };
+        let t = contrasts(&runs, &[c("opd over sft", "opd", "sft"), c("sft over warm", "sft", "warm")]).unwrap();
+        let rows: Vec<&str> = t.lines().skip(2).collect();
+        assert_eq!(rows, ["| opd over sft | opd | sft | -7.5 | -0.5 | +0.111 |", "| sft over warm | sft | warm | +7.0 | +0.0 | – |"]);
+        let e = contrasts(&runs, &[c("x", "opd", "nope")]).unwrap_err();
+        assert!(format!("{e:#}").contains("contrasts: no run named \"nope\""), "{e:#}");
+    }
 }

@@ -927,6 +927,19 @@ pub struct Compare {
     /// Sweeps whose tables (`sweep.md`) the report shows.
     #[serde(default)]
     pub sweeps: Vec<CompareSweep>,
+    /// Differences between two runs' final results that the report shows together (a method
+    /// against its baseline, with and without a control's change).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contrasts: Vec<CompareContrast>,
+}
+
+/// One run's final results minus another's (both named as in `runs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareContrast {
+    pub name: String,
+    pub run: String,
+    pub against: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1126,6 +1139,11 @@ impl Recipe {
                         ensure!(t.is_file(), "sweeps: shipped table {} of {:?} is not a file", t.display(), s.name);
                     }
                 }
+                for c in &r.contrasts {
+                    for (key, name) in [("run", &c.run), ("against", &c.against)] {
+                        ensure!(r.runs.iter().any(|run| &run.name == name), "contrasts: {key} {name:?} of {:?} is not the name of one of the runs", c.name);
+                    }
+                }
             }
             Recipe::Sweep(r) => r.validate()?,
         }
@@ -1263,6 +1281,14 @@ mod tests {
         assert!(e.contains("sweeps: shipped table recipes/demo/sweeps/nothing.md of \"SFT lr\" is not a file"), "{e}");
         let shipped = text.replace("nothing.md", "sft.md");
         Recipe::parse(&shipped, &[]).and_then(|r| r.validate()).unwrap();
+    }
+
+    #[test]
+    fn a_compare_recipe_names_a_contrast_with_an_unknown_run() {
+        let text = "recipe: compare\noutput_dir: out\nruns: [{name: a, dir: runs/a}, {name: b, dir: runs/b}]\ncontrasts: [{name: a over b, run: a, against: c}]\n";
+        let e = format!("{:#}", Recipe::parse(text, &[]).and_then(|r| r.validate()).unwrap_err());
+        assert!(e.contains("contrasts: against \"c\" of \"a over b\" is not the name of one of the runs"), "{e}");
+        Recipe::parse(&text.replace("against: c", "against: b"), &[]).and_then(|r| r.validate()).unwrap();
     }
 
     #[test]

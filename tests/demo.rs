@@ -1,5 +1,6 @@
 //! The demo pipeline scaled down to seconds: every stage runs through the real recipes, the
-//! report has every method and control with its plots as PNG and SVG, a second run reuses every
+//! report has every method and control with its plots as PNG and SVG and the contrasts of each
+//! method against SFT with and without the control's tokenizer, a second run reuses every
 //! stage, the same command in another directory gives the same table, the sweep chooses on the
 //! validation split, and `tokbridge compare` works on the run directories.
 mod common;
@@ -51,6 +52,11 @@ fn scaled_down_demo_runs_end_to_end() {
     assert!(report.contains(&format!("## Settings chosen on the validation split: SFT learning rate\n\n(Not run in `{}`: the sweep that chose the values the recipes ship, as committed in `recipes/demo/sweeps/sft.md`.)\n\n{sft_sweep}", root.join("sweep-sft").display())), "{report}");
     assert!(sft_sweep.contains("| 0.0003 |") && sft_sweep.contains("chosen"), "{sft_sweep}");
     assert!(report.contains("## Timing") && report.contains("a generated token costs about"), "{report}");
+    // The contrasts: each method minus SFT, with the student's tokenizer and the teacher's.
+    let rows = contrasts(&report);
+    assert_eq!(rows.lines().count(), 7, "{report}");
+    let opd = rows.lines().find(|l| l.starts_with("| OPD (DPCA) − SFT, same tokenizer (control) | control: same-tokenizer OPD | control: SFT on teacher answers | ")).unwrap_or_else(|| panic!("{rows}"));
+    assert!(opd.split('|').nth(4).unwrap().trim().parse::<f64>().is_ok(), "{opd}");
     assert!(report.lines().find(|l| l.starts_with("| OPD (DPCA + candidates) |")).is_some());
     for plot in ["accuracy_vs_steps", "accuracy_vs_time", "accuracy_vs_teacher_tokens"] {
         let png = std::fs::read(root.join(format!("report/{plot}.png"))).unwrap();
@@ -96,13 +102,15 @@ fn scaled_down_demo_runs_end_to_end() {
     let first = table(&std::fs::read_to_string(root.join("report/report.md")).unwrap());
     assert_eq!(first, table(&std::fs::read_to_string(again.join("report/report.md")).unwrap()), "the demo's table must be the same every run");
     assert!(first.lines().count() == 12, "{first}");
+    let report = std::fs::read_to_string(root.join("report/report.md")).unwrap();
+    assert_eq!(contrasts(&report), contrasts(&std::fs::read_to_string(again.join("report/report.md")).unwrap()));
 
     // The sweep on the validation split, reusing the prepared stages of that root.
     let mut sweep = scaled_down(&again);
     sweep[1] = "recipes/demo_sweep.yaml".into();
     let (ok, err) = tokbridge(&sweep.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(ok, "{err}");
-    assert_eq!(err.matches("finished before, reused").count(), 11, "the preparation stages are shared: {err}");
+    assert_eq!(err.matches("finished before, reused").count(), 12, "the preparation and SFT stages are shared: {err}");
     let chosen: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(again.join("sweep-opd/sweep.json")).unwrap()).unwrap();
     let runs = chosen["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 6);
@@ -110,11 +118,21 @@ fn scaled_down_demo_runs_end_to_end() {
     assert_eq!(chosen["best"]["value"].as_f64().unwrap(), best);
     let recipe = std::fs::read_to_string(again.join("sweep-opd/run-00/recipe.yaml")).unwrap();
     assert!(recipe.contains("val.jsonl") && !recipe.contains("test.jsonl"), "the sweep evaluates on the validation split: {recipe}");
+    // OPD's learning rate from the SFT checkpoint, on the same split.
+    let after: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(again.join("sweep-opd-after-sft/sweep.json")).unwrap()).unwrap();
+    assert_eq!(after["runs"].as_array().unwrap().len(), 3, "{after}");
+    let recipe = std::fs::read_to_string(again.join("sweep-opd-after-sft/run-00/recipe.yaml")).unwrap();
+    assert!(recipe.contains("sft-final") && recipe.contains("val.jsonl") && !recipe.contains("test.jsonl"), "{recipe}");
 }
 
 /// The demo's first table (the results, without timing).
 fn table(report: &str) -> String {
     report.lines().skip_while(|l| !l.starts_with("| run |")).take_while(|l| l.starts_with('|')).collect::<Vec<_>>().join("\n")
+}
+
+/// The report's contrasts table.
+fn contrasts(report: &str) -> String {
+    report.lines().skip_while(|l| !l.starts_with("| contrast |")).take_while(|l| l.starts_with('|')).collect::<Vec<_>>().join("\n")
 }
 
 const METHODS: [&str; 10] = [
