@@ -66,12 +66,12 @@ fn avg_key(obj: &serde_json::Map<String, Value>) -> Option<f64> {
 pub fn summarize(run: &CompareRun) -> Result<Summary> {
     let mut s = Summary { name: run.name.clone(), dir: run.dir.clone(), ..Default::default() };
     let (mut gen_tokens, mut gen_time) = (0.0, 0.0);
-    if let Some(tr) = &run.teacher_responses {
+    for tr in &run.teacher_responses {
         let stats = read_json(&tr.join("stats.json"))?;
-        gen_tokens = stats["generated_tokens"].as_f64().unwrap_or(0.0);
-        gen_time = stats["time_s"].as_f64().unwrap_or(0.0);
-        s.teacher_s_per_generated = (gen_tokens > 0.0).then(|| gen_time / gen_tokens);
+        gen_tokens += stats["generated_tokens"].as_f64().unwrap_or(0.0);
+        gen_time += stats["time_s"].as_f64().unwrap_or(0.0);
     }
+    s.teacher_s_per_generated = (gen_tokens > 0.0).then(|| gen_time / gen_tokens);
     s.teacher_generated_tokens = gen_tokens;
     let eval_json = run.dir.join("eval.json");
     let metrics = run.dir.join("metrics.jsonl");
@@ -362,9 +362,9 @@ pub fn from_dirs(dirs: &[std::path::PathBuf], out: &Path) -> Result<()> {
         .iter()
         .map(|d| {
             let name = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| d.display().to_string());
-            let mut teacher_responses = None;
+            let mut teacher_responses = vec![];
             if let Ok(Recipe::Sft(s)) = Recipe::load(&d.join("recipe.yaml"), &[]) {
-                teacher_responses = s.data.train.parent().filter(|p| p.join("stats.json").exists()).map(Path::to_path_buf);
+                teacher_responses.extend(s.data.train.parent().filter(|p| p.join("stats.json").exists()).map(Path::to_path_buf));
             }
             CompareRun { name, dir: d.clone(), teacher_responses }
         })

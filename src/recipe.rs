@@ -182,28 +182,40 @@ pub struct TrainingSpec {
 
 /// `stop_at: {...}` for one condition, `stop_at: [{...}, ...]` for several (all must hold).
 mod one_or_many {
-    use super::StopAt;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     #[derive(Serialize, Deserialize)]
     #[serde(untagged)]
-    enum Repr {
-        One(StopAt),
-        Many(Vec<StopAt>),
+    enum Repr<T> {
+        One(T),
+        Many(Vec<T>),
     }
 
-    pub fn serialize<S: Serializer>(v: &[StopAt], s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<T: Serialize, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
         match v {
             [one] => one.serialize(s),
             many => many.serialize(s),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<StopAt>, D::Error> {
-        Ok(match Repr::deserialize(d).map_err(|_| serde::de::Error::custom("training.stop_at: expected {metric, at_least | at_most} or a list of them"))? {
+    /// One `T` or a list of them; `what` says what was expected when it is neither.
+    pub fn read<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D, what: &str) -> Result<Vec<T>, D::Error> {
+        Ok(match Repr::deserialize(d).map_err(|_| serde::de::Error::custom(what))? {
             Repr::One(x) => vec![x],
             Repr::Many(v) => v,
         })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<super::StopAt>, D::Error> {
+        read(d, "training.stop_at: expected {metric, at_least | at_most} or a list of them")
+    }
+
+    /// `teacher_responses` of a compare run.
+    pub mod paths {
+        pub use super::serialize;
+        pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<std::path::PathBuf>, D::Error> {
+            super::read(d, "runs: teacher_responses: expected a directory or a list of them")
+        }
     }
 }
 
@@ -388,8 +400,16 @@ pub struct Sft {
 pub struct PromptsSpec {
     /// JSONL with `prompt` or `messages` per line (a `response`, if present, is ignored).
     pub prompts: PathBuf,
+    /// Leave out the first N prompts (answer a later slice: prompts another run did not see).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skip: usize,
+    /// Answer at most N prompts (after `skip`).
     #[serde(default)]
     pub max_examples: Option<usize>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// `recipe: teacher_responses`: the teacher answers every prompt; the result is an SFT dataset.
@@ -908,9 +928,10 @@ pub struct CompareRun {
     pub name: String,
     /// A training run directory (metrics.jsonl) or an eval output directory (eval.json).
     pub dir: PathBuf,
-    /// A teacher_responses output whose generation cost this run used (SFT on teacher answers).
-    #[serde(default)]
-    pub teacher_responses: Option<PathBuf>,
+    /// The teacher_responses outputs (one or a list) whose generation cost this run used (SFT
+    /// on teacher answers; a run that continued from one adds both).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "one_or_many::paths")]
+    pub teacher_responses: Vec<PathBuf>,
 }
 
 /// `recipe: compare`: report.md with the final table and plots of several runs.

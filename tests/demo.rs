@@ -34,6 +34,23 @@ fn scaled_down_demo_runs_end_to_end() {
         let row = report.lines().find(|l| l.starts_with(&format!("| {method} |"))).unwrap();
         assert!(row.split('|').nth(5).unwrap().contains('→'), "no gap for {method}: {row}");
     }
+    // SFT continued for as long as OPD after SFT is charged both sets of teacher answers.
+    let generated = |method: &str| {
+        let row = report.lines().find(|l| l.starts_with(&format!("| {method} |"))).unwrap();
+        let cell = row.split('|').nth(9).unwrap().trim().to_string();
+        let (num, scale) = match cell.strip_suffix('k') {
+            Some(n) => (n.to_string(), 1e3),
+            None => (cell.clone(), 1.0),
+        };
+        num.parse::<f64>().unwrap_or_else(|_| panic!("{row}")) * scale
+    };
+    let stats = |dir: &str| -> f64 {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join(dir).join("stats.json")).unwrap()).unwrap();
+        v["generated_tokens"].as_f64().unwrap()
+    };
+    let (first, more) = (stats("teacher-responses"), stats("teacher-responses-more"));
+    assert!((generated("SFT on teacher answers") - first).abs() <= 50.0, "{first}");
+    assert!((generated("SFT on teacher answers (160 + 160 steps)") - (first + more)).abs() <= 50.0, "{first} + {more}");
     // What the models wrote: generations at every evaluation, side by side in the report,
     // and OPD's rollouts with their alignment.
     for run in ["sft", "opd-dpca", "eval-student-warm", "control-opd"] {
@@ -74,7 +91,7 @@ fn scaled_down_demo_runs_end_to_end() {
     // Run again: every stage is reused.
     let (ok, err) = tokbridge(&args);
     assert!(ok, "{err}");
-    assert_eq!(err.matches("finished before, reused").count(), 19, "{err}");
+    assert_eq!(err.matches("finished before, reused").count(), 22, "{err}");
 
     // A redone stage reruns every stage after it, from empty directories (no stale answers).
     std::fs::remove_file(root.join("stages/11_teacher_responses.done")).unwrap();
@@ -83,7 +100,7 @@ fn scaled_down_demo_runs_end_to_end() {
     let (ok, err) = tokbridge(&args);
     assert!(ok, "{err}");
     assert_eq!(err.matches("finished before, reused").count(), 10, "{err}");
-    assert!(err.contains("[19/19] 19_compare\n") && !err.contains("(resuming)"), "{err}");
+    assert!(err.contains("[22/22] 22_compare\n") && !err.contains("(resuming)"), "{err}");
     assert!(!std::fs::read_to_string(&stale).unwrap().contains("stale"), "teacher answers were not redone");
 
     // The compare command on the run directories.
@@ -101,7 +118,7 @@ fn scaled_down_demo_runs_end_to_end() {
     assert!(ok, "{err}");
     let first = table(&std::fs::read_to_string(root.join("report/report.md")).unwrap());
     assert_eq!(first, table(&std::fs::read_to_string(again.join("report/report.md")).unwrap()), "the demo's table must be the same every run");
-    assert!(first.lines().count() == 12, "{first}");
+    assert!(first.lines().count() == 14, "{first}");
     let report = std::fs::read_to_string(root.join("report/report.md")).unwrap();
     assert_eq!(contrasts(&report), contrasts(&std::fs::read_to_string(again.join("report/report.md")).unwrap()));
 
@@ -135,17 +152,19 @@ fn contrasts(report: &str) -> String {
     report.lines().skip_while(|l| !l.starts_with("| contrast |")).take_while(|l| l.starts_with('|')).collect::<Vec<_>>().join("\n")
 }
 
-const METHODS: [&str; 10] = [
+const METHODS: [&str; 12] = [
     "teacher (qwen3)",
     "student warm start (llama tokenizer)",
     "SFT on teacher answers",
     "OPD (DPCA)",
     "OPD (DPCA + candidates)",
     "OPD (DPCA) after SFT (160 + 160 steps)",
+    "SFT on teacher answers (160 + 160 steps)",
     "control: warm start (teacher's tokenizer)",
     "control: SFT on teacher answers",
     "control: same-tokenizer OPD",
     "control: same-tokenizer OPD after SFT (160 + 160 steps)",
+    "control: SFT on teacher answers (160 + 160 steps)",
 ];
 
 /// The demo command at seconds' scale in `root`.

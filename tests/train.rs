@@ -203,6 +203,19 @@ fn teacher_responses_resume_to_the_same_dataset() {
     std::fs::write(b.join("responses.jsonl"), format!("{kept}{{\"prompt\": \"torn")).unwrap();
     run(&b);
     assert_eq!(std::fs::read_to_string(b.join("responses.jsonl")).unwrap(), full);
+
+    // A later slice of the prompts: `data.skip` leaves out the first ones.
+    let c = tmp.path().join("c");
+    ok(tokbridge(&["run", "recipes/teacher_responses/tiny.yaml", &format!("output_dir={}", c.display()), "logging.progress=false", "data.skip=40"]));
+    let prompts = tokbridge::data::read_jsonl(Path::new("tests/fixtures/data/arith_train.jsonl"), None).unwrap();
+    let later = tokbridge::data::read_jsonl(&c.join("responses.jsonl"), None).unwrap();
+    assert_eq!(later.len(), 8, "16 asked, 8 left after the first 40 of 48");
+    for (got, want) in later.iter().zip(&prompts[40..]) {
+        assert_eq!(got.messages[0], want.messages[0]);
+    }
+    let out = tokbridge(&["run", "recipes/teacher_responses/tiny.yaml", &format!("output_dir={}", c.display()), "data.skip=48"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("data.skip 48 leaves no prompts of the 48 in tests/fixtures/data/arith_train.jsonl"), "{err}");
 }
 
 #[test]
