@@ -127,7 +127,7 @@ fn scaled_down_demo_runs_end_to_end() {
     sweep[1] = "recipes/demo_sweep.yaml".into();
     let (ok, err) = tokbridge(&sweep.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(ok, "{err}");
-    assert_eq!(err.matches("finished before, reused").count(), 12, "the preparation and SFT stages are shared: {err}");
+    assert_eq!(err.matches("finished before, reused").count(), 16, "the demo's first 16 stages are shared: {err}");
     let chosen: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(again.join("sweep-opd/sweep.json")).unwrap()).unwrap();
     let runs = chosen["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 6);
@@ -140,6 +140,9 @@ fn scaled_down_demo_runs_end_to_end() {
     assert_eq!(after["runs"].as_array().unwrap().len(), 3, "{after}");
     let recipe = std::fs::read_to_string(again.join("sweep-opd-after-sft/run-00/recipe.yaml")).unwrap();
     assert!(recipe.contains("sft-final") && recipe.contains("val.jsonl") && !recipe.contains("test.jsonl"), "{recipe}");
+    // SFT's, continued from the same checkpoint on the next prompts' answers.
+    let recipe = std::fs::read_to_string(again.join("sweep-sft-more/run-00/recipe.yaml")).unwrap();
+    assert!(recipe.contains("sft-final") && recipe.contains("teacher-responses-more") && recipe.contains("val.jsonl") && !recipe.contains("test.jsonl"), "{recipe}");
 }
 
 /// The demo's first table (the results, without timing).
