@@ -306,7 +306,7 @@ where
 }
 
 /// Writes report.md and the plots (PNG and SVG) into `out`.
-pub fn report(runs: &[Summary], sweeps: &[CompareSweep], contrast: &[CompareContrast], out: &Path, title: &str) -> Result<()> {
+pub fn report(runs: &[Summary], sweeps: &[CompareSweep], declared: &[CompareContrast], out: &Path, title: &str) -> Result<()> {
     register_font();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let plots: [(&str, fn(&Point) -> f64, &str, &str); 3] = [
@@ -322,8 +322,8 @@ pub fn report(runs: &[Summary], sweeps: &[CompareSweep], contrast: &[CompareCont
     }
     let mut md = format!("# {title}\n\n{}\n", table(runs));
     md.push_str("\nAccuracy is greedy exact match of the final `#### answer` on the held-out split; words match is the share of greedy responses equal to the reference with numbers masked (it follows the format and copies the prompt's names and objects); avg@k is the mean accuracy of k samples per prompt; held-out log q − log p is the teacher-minus-student log-prob per aligned token of the student's samples at the first and last evaluation. SFT on teacher answers pays the teacher's generation (tokens and time) before training, so its curves start there; OPD pays teacher forward tokens as it trains.\n\n");
-    if !contrast.is_empty() {
-        md.push_str(&format!("## Contrasts\n\nEach row is the first run's final result minus the second's (accuracy and words match in percentage points, the held-out gap in nats per aligned token; positive: the run is ahead). Two rows that differ in one change (a control) show what that change accounts for. A few points at one seed can be a single run's noise: read them across seeds.\n\n{}\n", contrasts(runs, contrast)?));
+    if !declared.is_empty() {
+        md.push_str(&format!("## Contrasts\n\nEach row is the first run's final result minus the second's (accuracy and words match in percentage points, the held-out gap in nats per aligned token; positive: the run is ahead). Two rows that differ in one change (a control) show what that change accounts for. A few points at one seed can be a single run's noise: read them across seeds.\n\n{}\n", contrasts(runs, declared)?));
     }
     for sweep in sweeps {
         md.push_str(&format!("## Settings chosen on the validation split: {}\n\n", sweep.name));

@@ -180,7 +180,8 @@ pub struct TrainingSpec {
     pub stop_at: Vec<StopAt>,
 }
 
-/// `stop_at: {...}` for one condition, `stop_at: [{...}, ...]` for several (all must hold).
+/// One value or a list of them: `stop_at: {...}` for one condition, `stop_at: [{...}, ...]` for
+/// several (all must hold); a compare run's `teacher_responses: DIR` or `[DIR, DIR]`.
 mod one_or_many {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
