@@ -128,7 +128,7 @@ fn model(a: &Args) -> tokbridge::models::Model {
         if name.ends_with("norm.weight") {
             let _ = t.fill_(1.0);
         } else {
-            let _ = t.copy_(&(Tensor::randn(t.size(), (Kind::Float, a.device)) * 0.02));
+            t.copy_(&(Tensor::randn(t.size(), (Kind::Float, a.device)) * 0.02));
         }
     }
     if a.kind != Kind::Float {

@@ -135,7 +135,7 @@ pub fn encode(tok: &Tokenizer, chat: &ChatTemplate, ex: &Example, max_length: us
     let mut target = Vec::new();
     for (i, (text, is_response)) in segments(chat, &ex.messages)?.iter().enumerate() {
         let piece = tok.encode(text, i == 0 && !chat.has_template())?;
-        target.extend(std::iter::repeat(*is_response).take(piece.len()));
+        target.extend(std::iter::repeat_n(*is_response, piece.len()));
         ids.extend(piece);
     }
     let truncated = ids.len() > max_length;

@@ -128,8 +128,8 @@ pub fn generate(model: &Model, prompts: &[Vec<i64>], s: &Sampling, eos: &[i64], 
     let mut valid = Vec::with_capacity(b * width);
     for p in prompts {
         let pad = width - p.len();
-        ids.extend(std::iter::repeat(pad_id).take(pad).chain(p.iter().copied()));
-        valid.extend(std::iter::repeat(false).take(pad).chain(std::iter::repeat(true).take(p.len())));
+        ids.extend(std::iter::repeat_n(pad_id, pad).chain(p.iter().copied()));
+        valid.extend(std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, p.len())));
     }
     let ids = Tensor::from_slice(&ids).view([b as i64, width as i64]).to_device(device);
     let mut key_valid = Tensor::from_slice(&valid).view([b as i64, width as i64]).to_device(device);

@@ -191,7 +191,7 @@ fn run(cli: Cli) -> Result<()> {
                     .collect();
                 println!("{}", json!({ "chunks": out }));
             } else {
-                println!("{:>5}  {:<40}  {:<40}  {}", "chunk", "student pieces", "teacher pieces", "");
+                println!("{:>5}  {:<40}  {:<40}  ", "chunk", "student pieces", "teacher pieces");
                 for (i, c) in chunks.iter().enumerate() {
                     println!("{i:>5}  {:<40}  {:<40}  {}", show_pieces(&sp[c.student.clone()]), show_pieces(&tp[c.teacher.clone()]), c.label(max_chunk_tokens));
                 }

@@ -1194,7 +1194,7 @@ fn validate_optimizer(o: &OptimizerSpec) -> Result<()> {
     ensure!(o.weight_decay >= 0.0 && o.weight_decay.is_finite(), "optimizer.weight_decay must be a finite number >= 0");
     ensure!(o.betas.iter().all(|b| (0.0..1.0).contains(b)), "optimizer.betas must be in [0, 1)");
     ensure!(o.eps > 0.0 && o.eps.is_finite(), "optimizer.eps must be a finite positive number");
-    ensure!(o.grad_clip.map_or(true, |c| c > 0.0), "optimizer.grad_clip must be positive or null");
+    ensure!(o.grad_clip.is_none_or(|c| c > 0.0), "optimizer.grad_clip must be positive or null");
     Ok(())
 }
 
@@ -1326,7 +1326,7 @@ mod tests {
     fn an_unclosed_placeholder_before_multibyte_text_is_an_error() {
         // Found by tests/fuzz.rs: the excerpt in the message was cut inside a character.
         let text = format!("{SFT}note: ${{ab\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\n");
-        let err = Recipe::parse(&text, &[]).err().expect("an error").to_string();
+        let err = Recipe::parse(&text, &[]).expect_err("an error").to_string();
         assert!(err.contains("unclosed"), "{err}");
     }
 

@@ -34,7 +34,7 @@ fn lora_gradients_equal_the_chain_rule_through_the_merged_weight() {
         tch::no_grad(|| {
             for (n, mut t) in ad.vs.variables() {
                 if n.contains("lora_B") {
-                    let _ = t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.05));
+                    t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.05));
                 }
             }
         });
@@ -45,7 +45,7 @@ fn lora_gradients_equal_the_chain_rule_through_the_merged_weight() {
         let merged: std::collections::HashMap<String, Tensor> = lora.merged_weights().into_iter().collect();
         tch::no_grad(|| {
             for (n, mut t) in full.vs.variables() {
-                let _ = t.copy_(&merged[&n]);
+                t.copy_(&merged[&n]);
             }
         });
         full.vs.unfreeze();

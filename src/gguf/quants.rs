@@ -84,7 +84,7 @@ impl GgmlType {
     /// Bytes that `n` values take; None when `n` is not a whole number of blocks.
     pub fn bytes_for(self, n: usize) -> Option<usize> {
         let (values, bytes) = self.block();
-        if n % values == 0 {
+        if n.is_multiple_of(values) {
             (n / values).checked_mul(bytes)
         } else {
             None

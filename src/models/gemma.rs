@@ -66,8 +66,8 @@ impl Config {
         let w = self.sliding_window?;
         let sliding = match &self.layer_types {
             Some(types) => types.get(i).map(String::as_str) == Some("sliding_attention"),
-            None if family == Family::Gemma3 => (i + 1) % self.sliding_window_pattern.unwrap_or(6) != 0,
-            None => family == Family::Gemma2 && i % 2 == 0,
+            None if family == Family::Gemma3 => !(i + 1).is_multiple_of(self.sliding_window_pattern.unwrap_or(6)),
+            None => family == Family::Gemma2 && i.is_multiple_of(2),
         };
         sliding.then_some(w)
     }

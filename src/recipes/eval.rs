@@ -179,7 +179,7 @@ pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &
                 let mut hits = 0usize;
                 let per = (spec.batch_size / a.k).max(1);
                 for (i, (chunk, exs)) in prompts.chunks(per).zip(examples.chunks(per)).enumerate() {
-                    let repeated: Vec<Vec<i64>> = chunk.iter().flat_map(|p| std::iter::repeat(p.clone()).take(a.k)).collect();
+                    let repeated: Vec<Vec<i64>> = chunk.iter().flat_map(|p| std::iter::repeat_n(p.clone(), a.k)).collect();
                     let s = Sampling { max_new_tokens: sp.max_new_tokens, temperature: sp.temperature, top_k: sp.top_k, top_p: sp.top_p, ignore_eos: false, seed: seed.wrapping_add((i * world + rank) as u64), entropy: false };
                     let gens = generate(model, &repeated, &s, &tok.eos_ids, tok.pad_id)?;
                     for (j, g) in gens.iter().enumerate() {

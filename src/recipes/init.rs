@@ -70,7 +70,7 @@ pub fn run(r: &InitModel) -> Result<()> {
             } else if name.ends_with(".bias") {
                 let _ = t.zero_();
             } else {
-                let _ = t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.02));
+                t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.02));
             }
         }
     }

@@ -50,7 +50,7 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     let mut encoded = Vec::with_capacity(examples.len());
     let (mut truncated, mut empty) = (0usize, 0usize);
     for (i, ex) in examples.iter().enumerate() {
-        let e = data::encode(&tok, &chat, ex, r.data.max_length).with_context(|| format!("{} example {}", r.data.train.display(), i + 1))?;
+        let e = data::encode(tok, chat, ex, r.data.max_length).with_context(|| format!("{} example {}", r.data.train.display(), i + 1))?;
         truncated += usize::from(e.truncated);
         if e.n_targets() == 0 {
             empty += 1;
@@ -86,7 +86,7 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     if world > 1 {
         state.counters.insert("world_size".into(), world as f64);
     }
-    let eval_due = |step: usize| r.eval.as_ref().and_then(|e| e.every).is_some_and(|n| step % n == 0);
+    let eval_due = |step: usize| r.eval.as_ref().and_then(|e| e.every).is_some_and(|n| step.is_multiple_of(n));
     // Evaluates (every rank its share; rank 0 logs) and says whether `training.stop_at` is
     // reached (rank 0 decides for every rank).
     let evaluate_now = |metrics: &mut Option<Metrics>, step: usize| -> Result<bool> {
@@ -194,12 +194,12 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             eprintln!("{}: {} reached the targets at step {}; training stops", run_dir.display(), names.join(" and "), state.step);
         }
         let last = state.step == total || stopped;
-        if last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0) {
+        if last || r.training.checkpoint_every.is_some_and(|n| state.step.is_multiple_of(n)) {
             if let Some(d) = dist {
                 d.check_replicas(&opt.vars())?;
             }
         }
-        if main && (last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0)) {
+        if main && (last || r.training.checkpoint_every.is_some_and(|n| state.step.is_multiple_of(n))) {
             checkpoint::save(run_dir, model, &source_dir, &opt, &state, r.training.keep_last_checkpoints)?;
         }
         if opts.stop_after == Some(steps_this_run) && !last {

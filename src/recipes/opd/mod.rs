@@ -268,15 +268,15 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         bar.inc(1);
         let last = state.step == total;
         // Evaluate before the checkpoint, so a checkpoint's step always has its evaluation.
-        if last || r.eval.as_ref().and_then(|e| e.every).is_some_and(|n| state.step % n == 0) {
+        if last || r.eval.as_ref().and_then(|e| e.every).is_some_and(|n| state.step.is_multiple_of(n)) {
             evaluate_now(&mut metrics, state.step)?;
         }
-        if last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0) {
+        if last || r.training.checkpoint_every.is_some_and(|n| state.step.is_multiple_of(n)) {
             if let Some(d) = dist {
                 d.check_replicas(&opt.vars())?;
             }
         }
-        if main && (last || r.training.checkpoint_every.is_some_and(|n| state.step % n == 0)) {
+        if main && (last || r.training.checkpoint_every.is_some_and(|n| state.step.is_multiple_of(n))) {
             checkpoint::save(run_dir, &student.model, &source_dir, &opt, &state, r.training.keep_last_checkpoints)?;
         }
         if opts.stop_after == Some(steps_this_run) && !last {

@@ -329,7 +329,7 @@ pub fn score_teacher(teacher: &Teacher, rollouts: &mut [Rollout], micro: usize, 
 #[allow(clippy::too_many_arguments)]
 pub fn make_rollouts(plan: &Plan, student: &Side, teacher: &Teacher, examples: &[Example], prompts: &[Vec<i64>], picks: &[usize], on_policy: bool, seed: u64) -> Result<Vec<Rollout>> {
     let r = plan;
-    let picks: Vec<usize> = picks.iter().flat_map(|&i| std::iter::repeat(i).take(r.rollout.samples_per_prompt)).collect();
+    let picks: Vec<usize> = picks.iter().flat_map(|&i| std::iter::repeat_n(i, r.rollout.samples_per_prompt)).collect();
     // (response, finished, the sampler's log-probs and entropies: empty off-policy)
     let responses: Vec<(Vec<i64>, bool, Vec<f32>, Vec<f32>)> = if on_policy {
         let batch: Vec<Vec<i64>> = picks.iter().map(|&i| prompts[i].clone()).collect();

@@ -175,6 +175,9 @@ impl<'a> DistInputs<'a> {
 /// The loss of one micro-batch of rollouts, summed (the caller divides by the batch's
 /// normaliser), for the losses that need the student's logits: ALM's chunk sums, ULD's and
 /// GOLD's distributions. DPCA is trained through `Model::backward_tokens` and `DpcaInputs`.
+// `total = total + x`, not `+=`: tch's `+=` is the in-place `add_`, which autograd records
+// differently (and refuses on a tensor it saved); the sum must be a new node.
+#[allow(clippy::assign_op_pattern)]
 pub fn micro_loss(r: &Opd, batch: &[&Rollout], matches: Option<&VocabMatch>, logits: &Tensor, ids: &Tensor, starts: &[usize]) -> Result<Tensor> {
     let device = ids.device();
     match r.loss {
