@@ -70,7 +70,7 @@ fn scaled_down_demo_runs_end_to_end() {
     assert!(sft_sweep.contains("| 0.0003 |") && sft_sweep.contains("chosen"), "{sft_sweep}");
     assert!(report.contains("## Timing") && report.contains("a generated token costs about"), "{report}");
     // The contrasts: each method minus SFT, with the student's tokenizer and the teacher's.
-    let rows = contrasts(&report);
+    let rows = md_table(&report, "contrast");
     assert_eq!(rows.lines().count(), 7, "{report}");
     let opd = rows.lines().find(|l| l.starts_with("| OPD (DPCA) − SFT, same tokenizer (control) | control: same-tokenizer OPD | control: SFT on teacher answers | ")).unwrap_or_else(|| panic!("{rows}"));
     assert!(opd.split('|').nth(4).unwrap().trim().parse::<f64>().is_ok(), "{opd}");
@@ -116,11 +116,11 @@ fn scaled_down_demo_runs_end_to_end() {
     let args = scaled_down(&again);
     let (ok, err) = tokbridge(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(ok, "{err}");
-    let first = table(&std::fs::read_to_string(root.join("report/report.md")).unwrap());
-    assert_eq!(first, table(&std::fs::read_to_string(again.join("report/report.md")).unwrap()), "the demo's table must be the same every run");
+    let [report, other] = [&root, &again].map(|r| std::fs::read_to_string(r.join("report/report.md")).unwrap());
+    let first = md_table(&report, "run");
+    assert_eq!(first, md_table(&other, "run"), "the demo's table must be the same every run");
     assert!(first.lines().count() == 14, "{first}");
-    let report = std::fs::read_to_string(root.join("report/report.md")).unwrap();
-    assert_eq!(contrasts(&report), contrasts(&std::fs::read_to_string(again.join("report/report.md")).unwrap()));
+    assert_eq!(md_table(&report, "contrast"), md_table(&other, "contrast"));
 
     // The sweep on the validation split, reusing the prepared stages of that root.
     let mut sweep = scaled_down(&again);
@@ -145,14 +145,11 @@ fn scaled_down_demo_runs_end_to_end() {
     assert!(recipe.contains("sft-final") && recipe.contains("teacher-responses-more") && recipe.contains("val.jsonl") && !recipe.contains("test.jsonl"), "{recipe}");
 }
 
-/// The demo's first table (the results, without timing).
-fn table(report: &str) -> String {
-    report.lines().skip_while(|l| !l.starts_with("| run |")).take_while(|l| l.starts_with('|')).collect::<Vec<_>>().join("\n")
-}
-
-/// The report's contrasts table.
-fn contrasts(report: &str) -> String {
-    report.lines().skip_while(|l| !l.starts_with("| contrast |")).take_while(|l| l.starts_with('|')).collect::<Vec<_>>().join("\n")
+/// The report's table whose header starts `| {first} |`: "run" for the results (not the
+/// timing, which comes later), "contrast" for the contrasts.
+fn md_table(report: &str, first: &str) -> String {
+    let header = format!("| {first} |");
+    report.lines().skip_while(|l| !l.starts_with(&header)).take_while(|l| l.starts_with('|')).collect::<Vec<_>>().join("\n")
 }
 
 const METHODS: [&str; 12] = [
