@@ -103,6 +103,20 @@ fn two_ranks_train_as_one_process_on_the_combined_batch() {
     // Rank 0 checked at every checkpoint that both ranks hold the same weights, and wrote it.
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(two.join("checkpoints/step-000006/state.json")).unwrap()).unwrap();
     assert_eq!(state["counters"]["world_size"], 2.0, "{state}");
+    // With the candidate term, whose mean is over the scored positions of every rank: the
+    // same curve and the same `cand/*` statistics as one process.
+    let (one, two) = (tmp.path().join("cand1"), tmp.path().join("cand2"));
+    let args = ["rollout.temperature=0", "dpca.candidates={k: 8, weight: 1.0}", "training.steps=2", "eval=null"];
+    common::ok(run("recipes/opd/tiny.yaml", &one, &args));
+    common::ok(run("recipes/opd/tiny.yaml", &two, &[&args[..], &["--nproc", "2"]].concat()));
+    assert_same_curve(&losses(&one), &losses(&two), "opd with candidates");
+    for (x, y) in step_rows(&one).iter().zip(&step_rows(&two)) {
+        assert!(x["cand/positions"].as_f64().unwrap() >= 10.0, "{x}");
+        for key in ["cand/positions", "cand/candidates_per_position", "cand/teacher_top_differs", "cand/teacher_mass", "cand/student_mass", "cand/teacher_tokens", "budget/teacher_forward_tokens"] {
+            let (x, y) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "{key}: {x} vs {y}");
+        }
+    }
 }
 
 /// A tied model with activation recomputation (the tied matrix is accumulated twice per

@@ -72,7 +72,7 @@ fn chunked_divergence_gradients_equal_full_logits_autograd() {
         let mut rollouts = opd::make_rollouts(&opd::Plan::of(&r), &student, &teacher, &examples, &prompts, &picks, true, 3).unwrap();
         opd::score_teacher(&teacher, &mut rollouts, 6, opd::TeacherKeeps::Hidden).unwrap();
         opd::old_logprobs(&student, &mut rollouts, 6, 0).unwrap();
-        let norm = opd::normaliser(r.loss, &rollouts);
+        let norm = opd::Normaliser::of(r.loss, &rollouts);
         let (value, _) = opd::backward_batch(&r, &student, &teacher, None, &rollouts, norm, None).unwrap();
         let chunked = grads(&student);
 
@@ -87,7 +87,7 @@ fn chunked_divergence_gradients_equal_full_logits_autograd() {
             let mask = Tensor::from_slice(&opd::response_mask(x));
             total = total + (tokbridge::loss::distill_divergence(&s, &t, beta, r.distill.temperature, r.distill.top_k) * mask).sum(Kind::Float);
         }
-        let plain = total / norm;
+        let plain = total / norm.loss;
         assert!((plain.double_value(&[]) - value).abs() < 1e-5 * value.abs().max(1.0), "{loss}: loss {value} vs plain {}", plain.double_value(&[]));
         assert!(value > 1e-3, "{loss}: the fixtures' distributions differ, the loss should not be ~0");
         plain.backward();

@@ -68,11 +68,11 @@ fn dpca_gradient_is_unbiased_for_the_reverse_kl_gradient() {
         opd::score_teacher(&teacher, &mut rollouts, 256, opd::TeacherKeeps::LogProbs).unwrap();
         opd::old_logprobs(&student, &mut rollouts, 256, 0).unwrap();
         opd::assign_advantages(&r, &mut rollouts);
-        let norm = opd::normaliser(r.loss, &rollouts);
+        let norm = opd::Normaliser::of(r.loss, &rollouts);
         zero_grads(&student);
         opd::backward_batch(&r, &student, &teacher, None, &rollouts, norm, None).unwrap();
         // The token mean divides by unmasked samples; the expectation below is over all of them.
-        batches.push(norm_grad(&student).iter().map(|g| g * norm / PER_BATCH as f64).collect::<Vec<f64>>());
+        batches.push(norm_grad(&student).iter().map(|g| g * norm.loss / PER_BATCH as f64).collect::<Vec<f64>>());
     }
 
     // The analytic side: the full vocabulary at the same position.

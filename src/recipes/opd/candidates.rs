@@ -41,6 +41,7 @@ use super::rollout::{teacher_encode, Rollout, Side, Teacher};
 use crate::align::Masked;
 use crate::nn::attention::Context;
 use crate::recipe::{CandidatePositions, CandidateSpec};
+use crate::train::dist::Dist;
 use anyhow::Result;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
@@ -74,6 +75,13 @@ pub struct CandidateStats {
 }
 
 impl CandidateStats {
+    /// The step's statistics over every rank (each rank scored its own prompts' candidates).
+    pub fn over_ranks(self, dist: &Dist) -> Result<Self> {
+        let local = [self.positions as f64, self.candidates as f64, self.teacher_tokens as f64, self.top_differs as f64, self.teacher_mass, self.student_mass];
+        let t = dist.sum(&local, "summing the candidate statistics")?;
+        Ok(Self { positions: t[0] as usize, candidates: t[1] as usize, teacher_tokens: t[2] as usize, top_differs: t[3] as usize, teacher_mass: t[4], student_mass: t[5] })
+    }
+
     pub fn values(&self) -> Vec<(&'static str, f64)> {
         let p = self.positions.max(1) as f64;
         vec![

@@ -15,8 +15,8 @@
 //! With several processes (`train::dist`) each rank samples and scores every `world`-th prompt
 //! of a step, the normaliser is the count over all ranks, and gradients are summed over the
 //! ranks (during the backward: `GradSync`) before clipping; rank 0 evaluates, logs and
-//! checkpoints. The loss, clip fraction, budget counters and `opd/*` diagnostics in the metrics
-//! are the whole step's; the candidate term's `cand/*` statistics are rank 0's share.
+//! checkpoints. The loss, clip fraction, budget counters, `opd/*` diagnostics and the candidate
+//! term's `cand/*` statistics in the metrics are the whole step's.
 pub mod candidates;
 mod diagnostics;
 mod rollout;
@@ -24,7 +24,7 @@ mod signal;
 
 pub use diagnostics::{competence_warning, diagnose, dump_rollouts, held_out_gap, Diagnostics};
 pub use rollout::{end_of_turn, load_side, load_teacher, make_rollouts, old_logprobs, rows, score_teacher, teacher_encode, Engine, Plan, Rollout, Side, Teacher, TeacherKeeps};
-pub use signal::{assign_advantages, backward_batch, micro_loss, normalised_count, normaliser, response_mask, DistInputs, DpcaInputs};
+pub use signal::{assign_advantages, backward_batch, micro_loss, response_mask, Normaliser, DistInputs, DpcaInputs};
 
 use super::RunOptions;
 use crate::data::{self, Rng, Sampler};
@@ -189,8 +189,8 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         // Update: ppo_epochs optimizer steps over the whole rollout batch.
         crate::recipes::sft::reseed_dropout(&student.model, r.seed, state.step);
         let norm = match dist {
-            Some(d) => d.sum(&[normalised_count(r.loss, &rollouts) as f64], "summing the normaliser")?[0].max(1.0),
-            None => normaliser(r.loss, &rollouts),
+            Some(d) => Normaliser::over_ranks(r.loss, &rollouts, d)?,
+            None => Normaliser::of(r.loss, &rollouts),
         };
         let (mut loss_value, mut clipped, mut grad_norm) = (0.0, 0.0, 0.0);
         for _ in 0..r.training.ppo_epochs {
@@ -219,17 +219,14 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         };
         add(&mut state, "time_s", secs);
         add(&mut state, "prompts", picks.len() as f64);
+        // The diagnostics of the whole step, not of this rank's share.
+        let (diag, cand_stats) = match dist {
+            Some(d) => (diag.over_ranks(d)?, cand_stats.map(|c| c.over_ranks(d)).transpose()?),
+            None => (diag, cand_stats),
+        };
         // Teacher tokens run this step: the scoring pass, and the candidate pass (which is the
         // scoring pass too when merged).
-        let mut teacher_tokens = (if merged { 0 } else { diag.teacher_tokens } + cand_stats.as_ref().map_or(0, |c| c.teacher_tokens)) as f64;
-        if let Some(d) = dist {
-            teacher_tokens = d.sum(&[teacher_tokens], "summing the teacher's tokens")?[0];
-        }
-        // The diagnostics of the whole step, not of this rank's share.
-        let diag = match dist {
-            Some(d) => diag.over_ranks(d)?,
-            None => diag,
-        };
+        let teacher_tokens = (if merged { 0 } else { diag.teacher_tokens } + cand_stats.as_ref().map_or(0, |c| c.teacher_tokens)) as f64;
         add(&mut state, "teacher_forward_tokens", teacher_tokens);
         add(&mut state, "optimizer_steps", r.training.ppo_epochs as f64);
         let mut values = vec![
@@ -237,7 +234,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             ("train/lr", lr),
             ("train/grad_norm", grad_norm),
             ("opd/on_policy", f64::from(u8::from(on_policy))),
-            ("opd/clip_fraction", clipped / (norm * r.training.ppo_epochs as f64)),
+            ("opd/clip_fraction", clipped / (norm.loss * r.training.ppo_epochs as f64)),
             ("budget/prompts", counter(&state, "prompts")),
             ("budget/teacher_forward_tokens", counter(&state, "teacher_forward_tokens")),
             ("budget/teacher_generated_tokens", 0.0),

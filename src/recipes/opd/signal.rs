@@ -9,7 +9,7 @@ use crate::models::Model;
 use crate::align::{Chunk, Masked};
 use crate::loss::{self, PpoClip, VocabMatch};
 use crate::recipe::{AdvantageBaseline, DistillSpec, Opd, OpdLoss};
-use crate::train::dist::GradSync;
+use crate::train::dist::{Dist, GradSync};
 use crate::train::token_logprobs;
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
@@ -39,13 +39,13 @@ pub fn assign_advantages(r: &Opd, rollouts: &mut [Rollout]) {
 }
 
 /// Back-propagates the loss of one optimizer step over `rollouts` (summed over micro-batches
-/// and divided by `norm`, the step's normaliser; with candidates, plus their divergence
-/// averaged over the step's scored positions and weighted) into the student's gradients. Returns the
+/// and divided by `norm.loss`; with candidates, plus their divergence divided by `norm.scored`
+/// and weighted) into the student's gradients. Returns the
 /// loss and the number of tokens clipping changed. Full-distribution losses and DPCA run the
 /// head in chunks of positions (`Model::backward_logits`, `Model::backward_tokens`); the
 /// baselines take the full logits. Over several ranks `sync` is armed before the last
 /// micro-batch, so its gradients are all-reduced as the backward produces them.
-pub fn backward_batch(r: &Opd, student: &Side, teacher: &Teacher, matches: Option<&VocabMatch>, rollouts: &[Rollout], norm: f64, sync: Option<&GradSync>) -> Result<(f64, f64)> {
+pub fn backward_batch(r: &Opd, student: &Side, teacher: &Teacher, matches: Option<&VocabMatch>, rollouts: &[Rollout], norm: Normaliser, sync: Option<&GradSync>) -> Result<(f64, f64)> {
     let (mut total, mut clipped) = (0.0, 0.0);
     let recompute = r.training.activation_checkpointing;
     let micro = r.training.micro_batch_size;
@@ -65,30 +65,29 @@ pub fn backward_batch(r: &Opd, student: &Side, teacher: &Teacher, matches: Optio
             // DPCA and the candidate term from the same chunks of full logits.
             let dpca = DpcaInputs::new(r, &refs, &starts, width, ids.device());
             let cands = CandInputs::new(spec, &refs, &starts, width, ids.device());
-            let scored = rollouts.iter().map(|x| x.scored.len()).sum::<usize>().max(1) as f64;
             let mut c = Tensor::zeros([], (Kind::Float, ids.device()));
             let l = student.model.backward_logits(&ids, from, recompute, |logits, t0| {
                 let targets = ids.narrow(1, t0 + 1, logits.size()[1]).unsqueeze(-1);
                 let lp = logits.log_softmax(-1, Kind::Float).gather(2, &targets, false).squeeze_dim(-1);
                 let (l, n) = dpca.loss(&lp, t0);
                 c += n;
-                Ok(l / norm + cands.loss(logits, t0) * (spec.weight / scored))
+                Ok(l / norm.loss + cands.loss(logits, t0) * (spec.weight / norm.scored))
             })?;
             (l, c.double_value(&[]))
         } else if r.loss.divergence_beta(&r.distill).is_some() {
             let inputs = DistInputs::new(r, teacher, &refs, &starts, width, ids.device())?;
-            (student.model.backward_logits(&ids, from, recompute, |logits, t0| Ok(inputs.loss(logits, t0) / norm))?, 0.0)
+            (student.model.backward_logits(&ids, from, recompute, |logits, t0| Ok(inputs.loss(logits, t0) / norm.loss))?, 0.0)
         } else if r.loss == OpdLoss::Dpca {
             let inputs = DpcaInputs::new(r, &refs, &starts, width, ids.device());
             let mut c = Tensor::zeros([], (Kind::Float, ids.device()));
             let l = student.model.backward_tokens(&ids, from, recompute, |lp, t0| {
                 let (l, n) = inputs.loss(lp, t0);
                 c += n;
-                Ok(l / norm)
+                Ok(l / norm.loss)
             })?;
             (l, c.double_value(&[]))
         } else {
-            student.model.backward(&ids, recompute, |logits| Ok((micro_loss(r, &refs, matches, logits, &ids, &starts)? / norm, 0.0)))?
+            student.model.backward(&ids, recompute, |logits| Ok((micro_loss(r, &refs, matches, logits, &ids, &starts)? / norm.loss, 0.0)))?
         };
         total += l;
         clipped += c;
@@ -253,20 +252,39 @@ pub fn response_mask(x: &Rollout) -> Vec<f32> {
     m
 }
 
-/// What one optimizer step normalises its summed loss by: unmasked tokens (DPCA's token
-/// mean, and the full-distribution losses' mean over positions), unmasked chunks (ALM), or scored sequences (ULD, GOLD).
-pub fn normaliser(loss: OpdLoss, rollouts: &[Rollout]) -> f64 {
-    normalised_count(loss, rollouts).max(1) as f64
+/// What one optimizer step divides its summed losses by, each at least 1.
+#[derive(Debug, Clone, Copy)]
+pub struct Normaliser {
+    /// Unmasked tokens (DPCA's token mean, and the full-distribution losses' mean over
+    /// positions), unmasked chunks (ALM), or scored sequences (ULD, GOLD).
+    pub loss: f64,
+    /// Positions whose candidates were scored (the candidate term's mean).
+    pub scored: f64,
 }
 
-/// What `normaliser` counts, before the floor of 1 (a multi-process step sums it over the
-/// ranks first).
-pub fn normalised_count(loss: OpdLoss, rollouts: &[Rollout]) -> usize {
-    let live = rollouts.iter().filter(|x| !x.truncated);
-    match loss {
-        OpdLoss::Dpca | OpdLoss::ForwardKl | OpdLoss::ReverseKl | OpdLoss::Jsd => live.map(|x| response_mask(x).iter().filter(|&&v| v > 0.0).count()).sum(),
-        OpdLoss::Alm => live.map(|x| x.chunks.iter().filter(|c| !c.is_masked()).count()).sum(),
-        OpdLoss::Uld | OpdLoss::GoldHybrid => live.count(),
+impl Normaliser {
+    /// The step's counts over these rollouts.
+    pub fn of(loss: OpdLoss, rollouts: &[Rollout]) -> Self {
+        Self::floored(Self::counts(loss, rollouts))
+    }
+
+    /// The step's counts over every rank's rollouts (each rank holds its own prompts').
+    pub fn over_ranks(loss: OpdLoss, rollouts: &[Rollout], dist: &Dist) -> Result<Self> {
+        let t = dist.sum(&Self::counts(loss, rollouts), "summing the normaliser")?;
+        Ok(Self::floored([t[0], t[1]]))
+    }
+
+    fn counts(loss: OpdLoss, rollouts: &[Rollout]) -> [f64; 2] {
+        let live = rollouts.iter().filter(|x| !x.truncated);
+        let n: usize = match loss {
+            OpdLoss::Dpca | OpdLoss::ForwardKl | OpdLoss::ReverseKl | OpdLoss::Jsd => live.map(|x| response_mask(x).iter().filter(|&&v| v > 0.0).count()).sum(),
+            OpdLoss::Alm => live.map(|x| x.chunks.iter().filter(|c| !c.is_masked()).count()).sum(),
+            OpdLoss::Uld | OpdLoss::GoldHybrid => live.count(),
+        };
+        [n as f64, rollouts.iter().map(|x| x.scored.len()).sum::<usize>() as f64]
+    }
+
+    fn floored([loss, scored]: [f64; 2]) -> Self {
+        Self { loss: loss.max(1.0), scored: scored.max(1.0) }
     }
 }
-
