@@ -30,49 +30,85 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
 }
 
+/// Runs a recipe: in this process alone, or as one rank of the group the launcher's
+/// environment describes (`train::dist`), which every stage of a pipeline or sweep shares.
 pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
+    let dist = Dist::from_env()?;
+    run_in(recipe, opts, dist.as_ref())
+}
+
+/// `run` within a group (or none). Recipes that train or generate shard their work over the
+/// ranks; the others (making a task, a tokenizer or a model, a report) run on rank 0 while
+/// the others wait; a pipeline's or sweep's decisions are rank 0's.
+pub fn run_in(recipe: &Recipe, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
+    let on = |spec: &ModelSpec, device: &str| -> Result<()> {
+        match dist {
+            Some(d) => d.use_device(device_of(spec, device)?),
+            None => Ok(()),
+        }
+    };
     match recipe {
         Recipe::Sft(r) => {
-            let dist = Dist::from_env(device_of(&r.model, &r.device)?)?;
-            let _lock = prepare_shared_run_dir(&r.output_dir, recipe, opts.resume, dist.as_ref())?;
-            sft::run(r, opts, dist.as_ref())?;
-            if dist.as_ref().is_some_and(|d| !d.is_main()) {
+            on(&r.model, &r.device)?;
+            let _lock = prepare_shared_run_dir(&r.output_dir, recipe, opts.resume, dist)?;
+            sft::run(r, opts, dist)?;
+            if dist.is_some_and(|d| !d.is_main()) {
                 return Ok(());
             }
             export_final(&r.output_dir, r.export_to.as_deref())
         }
         Recipe::TeacherResponses(r) => {
-            let dist = Dist::from_env(device_of(&r.teacher, &r.device)?)?;
+            on(&r.teacher, &r.device)?;
             // Always resumable: finished prompts are kept.
-            let _lock = prepare_shared_run_dir(&r.output_dir, recipe, true, dist.as_ref())?;
-            teacher_responses::run(r, dist.as_ref())
+            let _lock = prepare_shared_run_dir(&r.output_dir, recipe, true, dist)?;
+            teacher_responses::run(r, dist)
         }
         Recipe::Eval(r) => {
-            let dist = Dist::from_env(device_of(&r.model, &r.device)?)?;
-            let _lock = prepare_shared_run_dir(&r.output_dir, recipe, true, dist.as_ref())?;
-            eval::run(r, dist.as_ref())
+            on(&r.model, &r.device)?;
+            let _lock = prepare_shared_run_dir(&r.output_dir, recipe, true, dist)?;
+            eval::run(r, dist)
         }
         Recipe::Opd(r) => {
-            let dist = Dist::from_env(device_of(&r.student, &r.device)?)?;
-            let _lock = prepare_shared_run_dir(&r.output_dir, recipe, opts.resume, dist.as_ref())?;
-            opd::run(r, opts, dist.as_ref())?;
-            if dist.as_ref().is_some_and(|d| !d.is_main()) {
+            on(&r.student, &r.device)?;
+            let _lock = prepare_shared_run_dir(&r.output_dir, recipe, opts.resume, dist)?;
+            opd::run(r, opts, dist)?;
+            if dist.is_some_and(|d| !d.is_main()) {
                 return Ok(());
             }
             export_final(&r.output_dir, r.export_to.as_deref())
         }
-        Recipe::MakeTask(r) => task::run(r),
-        Recipe::TrainTokenizer(r) => tokenizer::run(r),
-        Recipe::InitModel(r) => init::run(r),
+        Recipe::MakeTask(r) => on_main(dist, "making the task", || task::run(r)),
+        Recipe::TrainTokenizer(r) => on_main(dist, "training the tokenizer", || tokenizer::run(r)),
+        Recipe::InitModel(r) => on_main(dist, "initialising the model", || init::run(r)),
+        Recipe::Compare(r) => on_main(dist, "writing the report", || crate::compare::run(r)),
         Recipe::Pipeline(r) => {
-            let _lock = crate::atomic::lock_dir(&r.output_dir)?;
-            pipeline::run(r, opts)
+            let _lock = dist.is_none_or(Dist::is_main).then(|| crate::atomic::lock_dir(&r.output_dir)).transpose()?;
+            pipeline::run(r, opts, dist)
         }
-        Recipe::Compare(r) => crate::compare::run(r),
         Recipe::Sweep(r) => {
-            let _lock = crate::atomic::lock_dir(&r.output_dir)?;
-            sweep::run(r, opts)
+            let _lock = dist.is_none_or(Dist::is_main).then(|| crate::atomic::lock_dir(&r.output_dir)).transpose()?;
+            sweep::run(r, opts, dist)
         }
+    }
+}
+
+/// Runs `f` on rank 0 alone (every process when there is no group); the other ranks wait for it.
+fn on_main(dist: Option<&Dist>, what: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    if dist.is_none_or(Dist::is_main) {
+        f()?;
+    }
+    match dist {
+        Some(d) => d.barrier(&format!("waiting for rank 0: {what}")),
+        None => Ok(()),
+    }
+}
+
+/// Rank 0's `values` on every rank (`values` themselves without a group): what rank 0 decided
+/// about the file system, for the others to follow.
+pub fn from_main(dist: Option<&Dist>, values: &[f64], what: &str) -> Result<Vec<f64>> {
+    match dist {
+        Some(d) => d.broadcast(values, what),
+        None => Ok(values.to_vec()),
     }
 }
 

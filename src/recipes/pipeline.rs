@@ -8,6 +8,7 @@
 //! retargets the whole pipeline.
 use super::RunOptions;
 use crate::recipe::{Pipeline, Recipe};
+use crate::train::dist::Dist;
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Instant;
@@ -39,9 +40,15 @@ fn run_dir(r: &Recipe) -> Option<&Path> {
     }
 }
 
-pub fn run(r: &Pipeline, opts: &RunOptions) -> Result<()> {
+/// Runs the stages in order. Over several ranks, rank 0 decides which stages run and which
+/// resume (and clears what reruns), and every rank runs them (`super::run_in` shards the ones
+/// that train or generate).
+pub fn run(r: &Pipeline, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
+    let main = dist.is_none_or(Dist::is_main);
     let marks = r.output_dir.join("stages");
-    std::fs::create_dir_all(&marks).with_context(|| format!("creating {}", marks.display()))?;
+    if main {
+        std::fs::create_dir_all(&marks).with_context(|| format!("creating {}", marks.display()))?;
+    }
     let overrides: Vec<String> = r.vars.iter().map(|(k, v)| format!("vars.{k}={}", scalar(v))).collect();
     let started = Instant::now();
     let n = r.stages.len();
@@ -54,36 +61,57 @@ pub fn run(r: &Pipeline, opts: &RunOptions) -> Result<()> {
         let record = format!("{resolved}# upstream stages: {upstream:016x}\n");
         upstream = fnv1a(resolved.as_bytes(), upstream);
         let (mark, started) = (marks.join(format!("{name}.done")), marks.join(format!("{name}.started")));
-        let same = |p: &Path| std::fs::read_to_string(p).ok().as_deref() == Some(record.as_str());
-        if !opts.fresh && !ran && same(&mark) {
-            eprintln!("[{}/{n}] {name}: finished before, reused", i + 1);
+        // 0: reused; 1: runs afresh; 2: resumes.
+        let plan = if main { prepare(&stage, &record, &mark, &started, opts.fresh, ran)? } else { 0.0 };
+        let plan = super::from_main(dist, &[plan], "following rank 0's plan of the pipeline")?[0];
+        if plan == 0.0 {
+            if main {
+                eprintln!("[{}/{n}] {name}: finished before, reused", i + 1);
+            }
             continue;
         }
         ran = true;
-        let _ = std::fs::remove_file(&mark);
-        // Interrupted in this very context: resume. Anything else starts clean.
-        let interrupted = !opts.fresh && same(&started);
-        let mut resume = false;
-        if let Some(dir) = run_dir(&stage) {
-            let has_checkpoint = crate::train::checkpoint::latest(dir)?.is_some();
-            if interrupted && (has_checkpoint || matches!(stage, Recipe::TeacherResponses(_))) {
-                resume = true;
-            } else if dir.join("recipe.yaml").exists() {
-                std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
-            }
+        let resume = plan == 2.0;
+        if main {
+            eprintln!("[{}/{n}] {name}{}", i + 1, if resume { " (resuming)" } else { "" });
         }
-        crate::atomic::write(&started, &record)?;
-        eprintln!("[{}/{n}] {name}{}", i + 1, if resume { " (resuming)" } else { "" });
         let t0 = Instant::now();
-        super::run(&stage, &RunOptions { resume, fresh: opts.fresh, stop_after: None }).with_context(|| format!("pipeline stage {}", path.display()))?;
-        let secs = t0.elapsed().as_secs_f64();
-        std::fs::write(marks.join(format!("{name}.json")), serde_json::json!({ "seconds": secs }).to_string())?;
-        crate::atomic::write(&mark, &record)?;
-        let _ = std::fs::remove_file(&started);
-        eprintln!("[{}/{n}] {name}: {secs:.1} s", i + 1);
+        super::run_in(&stage, &RunOptions { resume, fresh: opts.fresh, stop_after: None }, dist).with_context(|| format!("pipeline stage {}", path.display()))?;
+        if main {
+            let secs = t0.elapsed().as_secs_f64();
+            std::fs::write(marks.join(format!("{name}.json")), serde_json::json!({ "seconds": secs }).to_string())?;
+            crate::atomic::write(&mark, &record)?;
+            let _ = std::fs::remove_file(&started);
+            eprintln!("[{}/{n}] {name}: {secs:.1} s", i + 1);
+        }
     }
-    eprintln!("pipeline {}: {:.1} s", r.output_dir.display(), started.elapsed().as_secs_f64());
+    if main {
+        eprintln!("pipeline {}: {:.1} s", r.output_dir.display(), started.elapsed().as_secs_f64());
+    }
     Ok(())
+}
+
+/// Whether a stage is reused (0), runs afresh (1) or resumes (2), given its `record`, `--fresh`
+/// and whether a stage before it ran; readies its directory and its `started` mark for a run.
+fn prepare(stage: &Recipe, record: &str, mark: &Path, started: &Path, fresh: bool, upstream_ran: bool) -> Result<f64> {
+    let same = |p: &Path| std::fs::read_to_string(p).ok().as_deref() == Some(record);
+    if !fresh && !upstream_ran && same(mark) {
+        return Ok(0.0);
+    }
+    let _ = std::fs::remove_file(mark);
+    // Interrupted in this very context: resume. Anything else starts clean.
+    let interrupted = !fresh && same(started);
+    let mut resume = false;
+    if let Some(dir) = run_dir(stage) {
+        let has_checkpoint = crate::train::checkpoint::latest(dir)?.is_some();
+        if interrupted && (has_checkpoint || matches!(stage, Recipe::TeacherResponses(_))) {
+            resume = true;
+        } else if dir.join("recipe.yaml").exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+    }
+    crate::atomic::write(started, record)?;
+    Ok(if resume { 2.0 } else { 1.0 })
 }
 
 /// A resolved recipe without its `vars`: their values are already substituted where they are

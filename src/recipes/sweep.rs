@@ -9,6 +9,7 @@
 //! its checkpoint. Ties go to the first setting in grid order.
 use super::RunOptions;
 use crate::recipe::Recipe;
+use crate::train::dist::Dist;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -87,8 +88,14 @@ fn last_value(dir: &Path, metric: &str) -> Result<f64> {
     last.with_context(|| format!("{}: no `{metric}` logged (does the base recipe evaluate it?)", path.display()))
 }
 
-pub fn run(r: &Sweep, opts: &RunOptions) -> Result<()> {
-    std::fs::create_dir_all(&r.output_dir).with_context(|| format!("creating {}", r.output_dir.display()))?;
+/// Runs the grid and chooses. Over several ranks, rank 0 decides which runs are reused or
+/// resume (and clears what reruns), every rank trains, and rank 0 reads the values and writes
+/// the tables.
+pub fn run(r: &Sweep, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
+    let main = dist.is_none_or(Dist::is_main);
+    if main {
+        std::fs::create_dir_all(&r.output_dir).with_context(|| format!("creating {}", r.output_dir.display()))?;
+    }
     let vars: Vec<String> = r.vars.iter().map(|(k, v)| format!("vars.{k}={}", scalar(v))).collect();
     let mut runs = Vec::new();
     let settings = r.settings();
@@ -105,18 +112,28 @@ pub fn run(r: &Sweep, opts: &RunOptions) -> Result<()> {
         let record = recipe.to_yaml()?;
         let done = dir.join("sweep.done");
         let label: Vec<String> = s.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        if !opts.fresh && std::fs::read_to_string(&done).ok().as_deref() == Some(record.as_str()) {
-            eprintln!("[sweep {}/{}] {}: finished before, reused", i + 1, settings.len(), label.join(" "));
-        } else {
-            let resume = !opts.fresh && dir.join("recipe.yaml").exists() && std::fs::read_to_string(dir.join("recipe.yaml")).ok().as_deref() == Some(record.as_str()) && crate::train::checkpoint::latest(&dir)?.is_some();
-            if !resume && dir.exists() {
-                std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        // 0: reused; 1: runs afresh; 2: resumes.
+        let plan = if main { prepare(&dir, &record, opts.fresh)? } else { 0.0 };
+        let plan = super::from_main(dist, &[plan], "following rank 0's plan of the sweep")?[0];
+        if plan == 0.0 {
+            if main {
+                eprintln!("[sweep {}/{}] {}: finished before, reused", i + 1, settings.len(), label.join(" "));
             }
-            eprintln!("[sweep {}/{}] {}", i + 1, settings.len(), label.join(" "));
-            super::run(&recipe, &RunOptions { resume, fresh: false, stop_after: None }).with_context(|| format!("sweep run {} ({})", i, label.join(" ")))?;
-            std::fs::write(&done, &record).with_context(|| format!("writing {}", done.display()))?;
+        } else {
+            if main {
+                eprintln!("[sweep {}/{}] {}", i + 1, settings.len(), label.join(" "));
+            }
+            super::run_in(&recipe, &RunOptions { resume: plan == 2.0, fresh: false, stop_after: None }, dist).with_context(|| format!("sweep run {} ({})", i, label.join(" ")))?;
+            if main {
+                std::fs::write(&done, &record).with_context(|| format!("writing {}", done.display()))?;
+            }
         }
-        runs.push(SweepRun { value: last_value(&dir, &r.metric)?, dir, settings: s.iter().cloned().collect() });
+        if main {
+            runs.push(SweepRun { value: last_value(&dir, &r.metric)?, dir, settings: s.iter().cloned().collect() });
+        }
+    }
+    if !main {
+        return Ok(());
     }
     let better = |a: f64, b: f64| if r.goal == "max" { a > b } else { a < b };
     let best = (0..runs.len()).fold(0, |b, i| if better(runs[i].value, runs[b].value) { i } else { b });
@@ -125,6 +142,20 @@ pub fn run(r: &Sweep, opts: &RunOptions) -> Result<()> {
     std::fs::write(r.output_dir.join("sweep.md"), table(r, &runs, best))?;
     eprintln!("{}", table(r, &runs, best));
     Ok(())
+}
+
+/// Whether the run in `dir` is reused (0: finished with this `record`), runs afresh (1, its
+/// directory cleared) or resumes (2: interrupted with the same recipe, with a checkpoint).
+fn prepare(dir: &Path, record: &str, fresh: bool) -> Result<f64> {
+    let done = dir.join("sweep.done");
+    if !fresh && std::fs::read_to_string(&done).ok().as_deref() == Some(record) {
+        return Ok(0.0);
+    }
+    let resume = !fresh && std::fs::read_to_string(dir.join("recipe.yaml")).ok().as_deref() == Some(record) && crate::train::checkpoint::latest(dir)?.is_some();
+    if !resume && dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    Ok(if resume { 2.0 } else { 1.0 })
 }
 
 /// The markdown table of a sweep: one row per setting, the chosen one marked.

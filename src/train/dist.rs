@@ -81,6 +81,8 @@ pub struct Dist {
     pub world: usize,
     /// Gathers so far: every rank makes them in the same order, so the count keeps keys apart.
     gathers: std::sync::atomic::AtomicUsize,
+    /// The GPU of the first CUDA stage and whether NCCL carries its tensors (`use_device`).
+    gpu: std::sync::Mutex<Option<(usize, bool)>>,
     #[cfg(tokbridge_dist)]
     group: *mut std::ffi::c_void,
 }
@@ -93,10 +95,10 @@ fn env_usize(key: &str) -> Result<Option<usize>> {
 }
 
 impl Dist {
-    /// The run's rank and world from the environment; None for a single process. `device` is
-    /// where this rank trains: when every rank is on a GPU of its own (`cuda:LOCAL_RANK`) and
-    /// the build has NCCL, CUDA tensors are reduced over NCCL, everything else over Gloo.
-    pub fn from_env(device: tch::Device) -> Result<Option<Dist>> {
+    /// The run's rank and world from the environment; None for a single process. The group
+    /// lasts as long as the returned value: a pipeline's or a sweep's stages all run in it,
+    /// each announcing its device (`use_device`).
+    pub fn from_env() -> Result<Option<Dist>> {
         let Some(world) = env_usize("WORLD_SIZE")? else { return Ok(None) };
         // One process joins a group of one only where a launcher set up a rendezvous for it
         // (torchrun --nproc-per-node 1 does), as torch.distributed would; else it runs alone.
@@ -109,21 +111,28 @@ impl Dist {
         let addr = std::env::var("MASTER_ADDR").unwrap_or_else(|_| "127.0.0.1".into());
         let port = env_usize("MASTER_PORT")?.context("WORLD_SIZE is set but MASTER_PORT is not")?;
         anyhow::ensure!((1..65536).contains(&port), "MASTER_PORT={port} is not a port");
-        Self::connect(rank, world, &addr, port as u16, device).map(Some)
+        Self::join(rank, world, &addr, port as u16).with_context(|| format!("rank {rank} of {world}: joining the group at {addr}:{port}")).map(Some)
     }
 
     /// Joins rank `rank` of `world` to the group whose store rank 0 serves at addr:port, for
-    /// training on `device` (what `from_env` does with the launcher's variables).
+    /// training on `device` (what `from_env` and `use_device` do with the launcher's variables).
     pub fn connect(rank: usize, world: usize, addr: &str, port: u16, device: tch::Device) -> Result<Dist> {
         let dist = Self::join(rank, world, addr, port).with_context(|| format!("rank {rank} of {world}: joining the group at {addr}:{port}"))?;
-        dist.add_nccl(device)?;
+        dist.use_device(device)?;
         Ok(dist)
     }
 
-    /// Adds NCCL for CUDA tensors if every rank asks for it (one GPU per local rank, a build
-    /// with NCCL); the ranks vote, so they all use the same backend.
-    fn add_nccl(&self, device: tch::Device) -> Result<()> {
+    /// This rank trains or generates on `device` next (every rank calls it at the same point).
+    /// At the first CUDA device the ranks vote on NCCL: it carries CUDA tensors when every
+    /// rank asks for it (one GPU per local rank, a build with NCCL), Gloo everything else.
+    pub fn use_device(&self, device: tch::Device) -> Result<()> {
         let tch::Device::Cuda(gpu) = device else { return Ok(()) };
+        let mut chosen = self.gpu.lock().map_err(|_| anyhow::anyhow!("rank {}: the GPU choice's lock is poisoned", self.rank))?;
+        match *chosen {
+            Some((g, nccl)) if g == gpu || !nccl => return Ok(()),
+            Some((g, _)) => anyhow::bail!("rank {} of {}: this stage runs on cuda:{gpu}, but the group's NCCL communicator is on cuda:{g} (keep every stage of a multi-process run on cuda:LOCAL_RANK)", self.rank, self.world),
+            None => {}
+        }
         let local = env_usize("LOCAL_RANK")?.unwrap_or(self.rank);
         // SAFETY: a query without arguments.
         let built = unsafe { ffi::tb_dist_has_nccl() } != 0;
@@ -132,11 +141,13 @@ impl Dist {
         if votes < self.world {
             let why = if !built { "this build has no NCCL (scripts/bootstrap --cuda fetches its headers)".to_string() } else { format!("{} of {} ranks are not on a GPU of their own (cuda:LOCAL_RANK)", self.world - votes, self.world) };
             eprintln!("rank {} of {}: gradients on cuda:{gpu} go through Gloo: {why}", self.rank, self.world);
+            *chosen = Some((gpu, false));
             return Ok(());
         }
         // SAFETY: the group is live; every rank makes this call.
         self.call("adding the NCCL process group", |g| unsafe { ffi::tb_dist_add_nccl(g, self.rank as i32, self.world as i32, gpu as i32) })?;
         eprintln!("rank {} of {}: CUDA tensors go through NCCL on cuda:{gpu}", self.rank, self.world);
+        *chosen = Some((gpu, true));
         Ok(())
     }
 
@@ -148,7 +159,7 @@ impl Dist {
         let err = unsafe { ffi::tb_dist_init(rank as i32, world as i32, c_addr.as_ptr(), port as i32, timeout_ms()?, &mut group) };
         ffi::check("c10d Gloo process group", err)?;
         eprintln!("rank {rank} of {world}: joined the Gloo process group at {addr}:{port}");
-        Ok(Dist { rank, world, gathers: Default::default(), group })
+        Ok(Dist { rank, world, gathers: Default::default(), gpu: Default::default(), group })
     }
 
     #[cfg(not(tokbridge_dist))]
