@@ -3,7 +3,9 @@
 //! SVG (plotters, with the DejaVu Sans font embedded so no system fonts are needed).
 //!
 //! Declared contrasts (`contrasts`: one run minus another, e.g. a method against SFT with and
-//! without a control's change) get their own table, from the same final numbers.
+//! without a control's change) get their own table, from the same final numbers. Repeats (the
+//! same recipe re-read with other vars, e.g. each seed's root) add every run's final accuracy
+//! and every contrast per repeat, with their means.
 //!
 //! Beside accuracy the table shows the held-out teacher-minus-student log-prob gap where a run
 //! measured it (OPD always does; other recipes with `eval.teacher`), and the report puts a few
@@ -162,10 +164,7 @@ pub fn table(runs: &[Summary]) -> String {
 /// The contrasts' table: one run's final accuracy, words match and held-out gap minus
 /// another's (points, and nats per aligned token), from the same numbers as the main table.
 pub fn contrasts(runs: &[Summary], contrasts: &[CompareContrast]) -> Result<String> {
-    let last = |name: &str| -> Result<Point> {
-        let s = runs.iter().find(|s| s.name == name).with_context(|| format!("contrasts: no run named {name:?}"))?;
-        Ok(s.points.last().cloned().unwrap_or_default())
-    };
+    let last = |name: &str| last_point(runs, name).context("contrasts");
     let diff = |a: Option<f64>, b: Option<f64>, scale: f64, digits: usize| match (a, b) {
         (Some(a), Some(b)) => format!("{:+.*}", digits, scale * (a - b)),
         _ => "–".into(),
@@ -184,6 +183,45 @@ pub fn contrasts(runs: &[Summary], contrasts: &[CompareContrast]) -> Result<Stri
         ));
     }
     Ok(t)
+}
+
+/// The final evaluation of the run named `name`.
+fn last_point(runs: &[Summary], name: &str) -> Result<Point> {
+    let s = runs.iter().find(|s| s.name == name).with_context(|| format!("no run named {name:?}"))?;
+    Ok(s.points.last().cloned().unwrap_or_default())
+}
+
+/// The repeats' tables: every run's final accuracy and every contrast's accuracy difference
+/// (points) in this comparison (`label`) and in each repeat, with the mean over them.
+pub fn repeats_section(runs: &[Summary], label: &str, repeats: &[(String, Vec<Summary>)], declared: &[CompareContrast]) -> Result<String> {
+    let all: Vec<(&str, &[Summary])> = std::iter::once((label, runs)).chain(repeats.iter().map(|(n, r)| (n.as_str(), r.as_slice()))).collect();
+    let header = |first: &str| format!("| {first} | {} | mean |\n|---|{}---|\n", all.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" | "), "---|".repeat(all.len()));
+    let row = |name: &str, values: &[Option<f64>], digits: usize, signed: bool| {
+        let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| if signed { format!("{v:+.digits$}") } else { format!("{v:.digits$}") });
+        let present: Vec<f64> = values.iter().flatten().copied().collect();
+        let mean = (present.len() == values.len() && !present.is_empty()).then(|| present.iter().sum::<f64>() / present.len() as f64);
+        format!("| {name} | {} | {} |\n", values.iter().map(|&v| cell(v)).collect::<Vec<_>>().join(" | "), cell(mean))
+    };
+    let mut md = format!("Final greedy accuracy (%) of every run in each repeat:\n\n{}", header("run"));
+    for s in runs {
+        let values = all.iter().map(|(n, r)| Ok(last_point(r, &s.name).with_context(|| format!("repeat {n:?}"))?.accuracy.map(|a| 100.0 * a))).collect::<Result<Vec<_>>>()?;
+        md.push_str(&row(&s.name, &values, 1, false));
+    }
+    if !declared.is_empty() {
+        md.push_str(&format!("\nThe contrasts' accuracy (points) in each repeat:\n\n{}", header("contrast")));
+        for c in declared {
+            let values = all
+                .iter()
+                .map(|(n, r)| {
+                    let (a, b) = (last_point(r, &c.run), last_point(r, &c.against));
+                    let (a, b) = (a.with_context(|| format!("repeat {n:?}"))?, b.with_context(|| format!("repeat {n:?}"))?);
+                    Ok(a.accuracy.zip(b.accuracy).map(|(a, b)| 100.0 * (a - b)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            md.push_str(&row(&c.name, &values, 1, true));
+        }
+    }
+    Ok(md)
 }
 
 /// Wall times and the measured cost of a generated teacher token against a scored one: the
@@ -306,7 +344,7 @@ where
 }
 
 /// Writes report.md and the plots (PNG and SVG) into `out`.
-pub fn report(runs: &[Summary], sweeps: &[CompareSweep], declared: &[CompareContrast], out: &Path, title: &str) -> Result<()> {
+pub fn report(runs: &[Summary], sweeps: &[CompareSweep], declared: &[CompareContrast], repeats: &[(String, Vec<Summary>)], label: &str, out: &Path, title: &str) -> Result<()> {
     register_font();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let plots: [(&str, fn(&Point) -> f64, &str, &str); 3] = [
@@ -324,6 +362,9 @@ pub fn report(runs: &[Summary], sweeps: &[CompareSweep], declared: &[CompareCont
     md.push_str("\nAccuracy is greedy exact match of the final `#### answer` on the held-out split; words match is the share of greedy responses equal to the reference with numbers masked (it follows the format and copies the prompt's names and objects); avg@k is the mean accuracy of k samples per prompt; held-out log q − log p is the teacher-minus-student log-prob per aligned token of the student's samples at the first and last evaluation. SFT on teacher answers pays the teacher's generation (tokens and time) before training, so its curves start there; OPD pays teacher forward tokens as it trains.\n\n");
     if !declared.is_empty() {
         md.push_str(&format!("## Contrasts\n\nEach row is the first run's final result minus the second's (accuracy and words match in percentage points, the held-out gap in nats per aligned token; positive: the run is ahead). Two rows that differ in one change (a control) show what that change accounts for. A few points at one seed can be a single run's noise: read them across seeds.\n\n{}\n", contrasts(runs, declared)?));
+    }
+    if !repeats.is_empty() {
+        md.push_str(&format!("## Repeats\n\nThe same runs made again under other settings (another seed, in another root), each from its own final evaluation; the mean is over the columns. A difference that changes sign between repeats is within the runs' noise.\n\n{}\n", repeats_section(runs, label, repeats, declared)?));
     }
     for sweep in sweeps {
         md.push_str(&format!("## Settings chosen on the validation split: {}\n\n", sweep.name));
@@ -349,7 +390,14 @@ pub fn report(runs: &[Summary], sweeps: &[CompareSweep], declared: &[CompareCont
 /// The `compare` recipe.
 pub fn run(r: &Compare) -> Result<()> {
     let runs: Vec<Summary> = r.runs.iter().map(summarize).collect::<Result<_>>()?;
-    report(&runs, &r.sweeps, &r.contrasts, &r.output_dir, r.title.as_deref().unwrap_or("tokbridge comparison"))?;
+    let mut repeats = Vec::with_capacity(r.repeats.len());
+    for rep in &r.repeats {
+        let other = r.repeat(rep)?;
+        let summaries = other.runs.iter().map(summarize).collect::<Result<Vec<_>>>().with_context(|| format!("repeats: {:?}", rep.name))?;
+        repeats.push((rep.name.clone(), summaries));
+    }
+    let label = r.label.as_deref().unwrap_or("here");
+    report(&runs, &r.sweeps, &r.contrasts, &repeats, label, &r.output_dir, r.title.as_deref().unwrap_or("tokbridge comparison"))?;
     eprintln!("{}", table(&runs));
     eprintln!("report: {}", r.output_dir.join("report.md").display());
     Ok(())
@@ -369,7 +417,7 @@ pub fn from_dirs(dirs: &[std::path::PathBuf], out: &Path) -> Result<()> {
             CompareRun { name, dir: d.clone(), teacher_responses }
         })
         .collect();
-    run(&Compare { recipe: "compare".into(), vars: Default::default(), output_dir: out.to_path_buf(), runs, title: None, sweeps: vec![], contrasts: vec![] })
+    run(&Compare { recipe: "compare".into(), vars: Default::default(), output_dir: out.to_path_buf(), runs, title: None, sweeps: vec![], contrasts: vec![], repeats: vec![], label: None, source: None })
 }
 
 #[cfg(test)]
@@ -389,5 +437,29 @@ mod tests {
         assert_eq!(rows, ["| opd over sft | opd | sft | -7.5 | -0.5 | +0.111 |", "| sft over warm | sft | warm | +7.0 | +0.0 | – |"]);
         let e = contrasts(&runs, &[c("x", "opd", "nope")]).unwrap_err();
         assert!(format!("{e:#}").contains("contrasts: no run named \"nope\""), "{e:#}");
+    }
+
+    /// The demo's three seeds (RESULTS.md): each column is a repeat's final accuracy, the mean
+    /// theirs; a run missing from a repeat is an error naming the repeat.
+    #[test]
+    fn repeats_tabulate_each_seed_and_the_mean() {
+        let seed = |sft: f64, opd: f64| vec![run("sft", sft, 0.99, None), run("opd", opd, 0.99, None)];
+        let repeats = [("seed 1".to_string(), seed(0.87, 0.86)), ("seed 2".to_string(), seed(0.815, 0.805))];
+        let c = CompareContrast { name: "opd − sft".into(), run: "opd".into(), against: "sft".into() };
+        let md = repeats_section(&seed(0.845, 0.77), "seed 0", &repeats, &[c.clone()]).unwrap();
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| ")).collect();
+        assert_eq!(
+            rows,
+            [
+                "| run | seed 0 | seed 1 | seed 2 | mean |",
+                "| sft | 84.5 | 87.0 | 81.5 | 84.3 |",
+                "| opd | 77.0 | 86.0 | 80.5 | 81.2 |",
+                "| contrast | seed 0 | seed 1 | seed 2 | mean |",
+                "| opd − sft | -7.5 | -1.0 | -1.0 | -3.2 |",
+            ]
+        );
+        let short = [("seed 1".to_string(), vec![run("sft", 0.87, 0.99, None)])];
+        let e = repeats_section(&seed(0.845, 0.77), "seed 0", &short, &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("repeat \"seed 1\": no run named \"opd\""), "{e:#}");
     }
 }

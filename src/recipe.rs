@@ -11,6 +11,19 @@ use std::path::{Path, PathBuf};
 
 pub type Vars = std::collections::BTreeMap<String, Value>;
 
+/// A YAML value as the text of an override (`key=TEXT`): strings as they are.
+pub fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+    }
+}
+
+/// `vars` as the overrides that hand them to another recipe (`vars.NAME=VALUE`).
+pub fn var_overrides(vars: &Vars) -> Vec<String> {
+    vars.iter().map(|(k, v)| format!("vars.{k}={}", scalar(v))).collect()
+}
+
 /// A model a recipe uses: a directory or hub id, its dtype and optionally its own device. A
 /// teacher may instead be served by an inference engine (`server`), with only its tokenizer
 /// and chat template here (`tokenizer`).
@@ -919,7 +932,69 @@ pub struct Pipeline {
     pub vars: Vars,
     /// Stage bookkeeping (`stages/NAME.done`, timings) lives here.
     pub output_dir: PathBuf,
-    pub stages: Vec<PathBuf>,
+    pub stages: Vec<Stage>,
+}
+
+/// A pipeline stage: a recipe file, or `{recipe: FILE, name: NAME, overrides: [KEY=VALUE]}`,
+/// whose overrides come after the pipeline's vars (the same file run twice, say the whole demo
+/// at another seed in another root, needs its own name).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Stage {
+    File(PathBuf),
+    With {
+        recipe: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        overrides: Vec<String>,
+    },
+}
+
+// By hand rather than `untagged`, so a wrong key in a stage's mapping is named in the error.
+impl<'de> Deserialize<'de> for Stage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct With {
+            recipe: PathBuf,
+            #[serde(default)]
+            name: Option<String>,
+            #[serde(default)]
+            overrides: Vec<String>,
+        }
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(Stage::File(s.into())),
+            v => {
+                let w: With = serde_yaml::from_value(v).map_err(serde::de::Error::custom)?;
+                Ok(Stage::With { recipe: w.recipe, name: w.name, overrides: w.overrides })
+            }
+        }
+    }
+}
+
+impl Stage {
+    pub fn file(&self) -> &Path {
+        match self {
+            Stage::File(p) | Stage::With { recipe: p, .. } => p,
+        }
+    }
+
+    /// The name of its bookkeeping files: `name`, else the file's stem.
+    pub fn name(&self) -> String {
+        match self {
+            Stage::With { name: Some(n), .. } => n.clone(),
+            _ => self.file().file_stem().map_or_else(|| self.file().display().to_string(), |s| s.to_string_lossy().into_owned()),
+        }
+    }
+
+    /// The stage's own overrides (after the pipeline's vars).
+    pub fn overrides(&self) -> &[String] {
+        match self {
+            Stage::With { overrides, .. } => overrides,
+            Stage::File(_) => &[],
+        }
+    }
 }
 
 /// One entry of a comparison.
@@ -953,6 +1028,38 @@ pub struct Compare {
     /// against its baseline, with and without a control's change).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contrasts: Vec<CompareContrast>,
+    /// The same runs made again under other `vars` (another seed, in another root): the report
+    /// adds every run's final accuracy and every contrast in each repeat, and their means.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repeats: Vec<CompareRepeat>,
+    /// This comparison's column in the repeats' tables (default `here`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The recipe's text and overrides before its vars were substituted (what a repeat
+    /// re-reads with its own vars).
+    #[serde(skip)]
+    pub source: Option<(String, Vec<String>)>,
+}
+
+/// One repeat of a comparison: its label in the report and the vars that differ.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareRepeat {
+    pub name: String,
+    pub vars: Vars,
+}
+
+impl Compare {
+    /// This comparison with a repeat's vars: the same runs, found where the repeat put them.
+    pub fn repeat(&self, rep: &CompareRepeat) -> Result<Compare> {
+        let (text, overrides) = self.source.as_ref().context("a comparison built in code has no recipe text to repeat")?;
+        let mut over = overrides.clone();
+        over.extend(var_overrides(&rep.vars));
+        match Recipe::parse(text, &over).with_context(|| format!("repeats: {:?}", rep.name))? {
+            Recipe::Compare(c) => Ok(c),
+            _ => bail!("repeats: {:?} is not a comparison", rep.name),
+        }
+    }
 }
 
 /// One run's final results minus another's (both named as in `runs`).
@@ -999,6 +1106,7 @@ impl Recipe {
     }
 
     pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
+        let original = text;
         let substituted = substitute_vars(text, overrides)?;
         let text = substituted.as_str();
         let mut tree: Value = serde_yaml::from_str(text)?;
@@ -1024,7 +1132,11 @@ impl Recipe {
             "train_tokenizer" => Recipe::TrainTokenizer(serde_yaml::from_str(text)?),
             "init_model" => Recipe::InitModel(serde_yaml::from_str(text)?),
             "pipeline" => Recipe::Pipeline(serde_yaml::from_str(text)?),
-            "compare" => Recipe::Compare(serde_yaml::from_str(text)?),
+            "compare" => {
+                let mut c: Compare = serde_yaml::from_str(text)?;
+                c.source = Some((original.to_string(), overrides.to_vec()));
+                Recipe::Compare(c)
+            }
             "sweep" => Recipe::Sweep(serde_yaml::from_str(text)?),
             other => bail!("recipe: unknown recipe {other:?} (known: {})", RECIPES.join(", ")),
         };
@@ -1153,7 +1265,13 @@ impl Recipe {
                 ensure!(r.num_attention_heads > 0 && r.num_key_value_heads > 0 && r.num_attention_heads % r.num_key_value_heads == 0, "num_attention_heads must be a positive multiple of num_key_value_heads");
                 ensure!(r.head_dim.is_some() || r.hidden_size % r.num_attention_heads == 0, "hidden_size must divide by num_attention_heads (or set head_dim)");
             }
-            Recipe::Pipeline(r) => ensure!(!r.stages.is_empty(), "stages must not be empty"),
+            Recipe::Pipeline(r) => {
+                ensure!(!r.stages.is_empty(), "stages must not be empty");
+                for (i, st) in r.stages.iter().enumerate() {
+                    let name = st.name();
+                    ensure!(!r.stages[..i].iter().any(|o| o.name() == name), "stages: two stages are named {name:?} (give one `name:`)");
+                }
+            }
             Recipe::Compare(r) => {
                 ensure!(!r.runs.is_empty(), "runs must not be empty");
                 for s in &r.sweeps {
@@ -1165,6 +1283,10 @@ impl Recipe {
                     for (key, name) in [("run", &c.run), ("against", &c.against)] {
                         ensure!(r.runs.iter().any(|run| &run.name == name), "contrasts: {key} {name:?} of {:?} is not the name of one of the runs", c.name);
                     }
+                }
+                for (i, rep) in r.repeats.iter().enumerate() {
+                    ensure!(!rep.vars.is_empty(), "repeats: {:?} sets no vars (it would be this comparison again)", rep.name);
+                    ensure!(!r.repeats[..i].iter().any(|o| o.name == rep.name), "repeats: the name {:?} is used twice", rep.name);
                 }
             }
             Recipe::Sweep(r) => r.validate()?,
@@ -1303,6 +1425,30 @@ mod tests {
         assert!(e.contains("sweeps: shipped table recipes/demo/sweeps/nothing.md of \"SFT lr\" is not a file"), "{e}");
         let shipped = text.replace("nothing.md", "sft.md");
         Recipe::parse(&shipped, &[]).and_then(|r| r.validate()).unwrap();
+    }
+
+    #[test]
+    fn a_compare_recipe_repeats_itself_under_other_vars() {
+        let text = "recipe: compare\nvars: {root: runs/demo}\noutput_dir: ${root}/report\nruns: [{name: a, dir: '${root}/a'}]\nrepeats: [{name: seed 1, vars: {root: runs/demo-seed1}}]\n";
+        let Recipe::Compare(c) = Recipe::parse(text, &["vars.root=/r".into()]).unwrap() else { panic!() };
+        assert_eq!(c.runs[0].dir, Path::new("/r/a"));
+        // The repeat's vars come after the command line's.
+        let again = c.repeat(&c.repeats[0]).unwrap();
+        assert_eq!((again.runs[0].dir.as_path(), again.output_dir.as_path()), (Path::new("runs/demo-seed1/a"), Path::new("runs/demo-seed1/report")));
+        let e = format!("{:#}", Recipe::parse(&text.replace("vars: {root: runs/demo-seed1}", "vars: {}"), &[]).unwrap_err());
+        assert!(e.contains("repeats: \"seed 1\" sets no vars"), "{e}");
+    }
+
+    #[test]
+    fn a_pipeline_stage_adds_its_own_overrides_under_its_own_name() {
+        let text = "recipe: pipeline\noutput_dir: out\nstages: [recipes/demo.yaml, {recipe: recipes/demo.yaml, name: seed1, overrides: [vars.seed=1]}]\n";
+        let Recipe::Pipeline(p) = Recipe::parse(text, &[]).unwrap() else { panic!() };
+        assert_eq!((p.stages[0].name(), p.stages[1].name()), ("demo".to_string(), "seed1".to_string()));
+        assert_eq!((p.stages[0].overrides(), p.stages[1].overrides()), (&[][..], &["vars.seed=1".to_string()][..]));
+        let e = format!("{:#}", Recipe::parse(&text.replace("name: seed1", "name: demo"), &[]).unwrap_err());
+        assert!(e.contains("stages: two stages are named \"demo\""), "{e}");
+        let e = format!("{:#}", Recipe::parse(&text.replace("overrides:", "overides:"), &[]).unwrap_err());
+        assert!(e.contains("unknown field `overides`, expected one of `recipe`, `name`, `overrides`"), "{e}");
     }
 
     #[test]

@@ -143,6 +143,30 @@ fn scaled_down_demo_runs_end_to_end() {
     // SFT's, continued from the same checkpoint on the next prompts' answers.
     let recipe = std::fs::read_to_string(again.join("sweep-sft-more/run-00/recipe.yaml")).unwrap();
     assert!(recipe.contains("sft-final") && recipe.contains("teacher-responses-more") && recipe.contains("val.jsonl") && !recipe.contains("test.jsonl"), "{recipe}");
+
+    // Three seeds and the report over them: seed 0 is the finished root (every stage reused),
+    // seeds 1 and 2 get roots of their own; the report's per-seed columns are each root's own
+    // final accuracy, and the mean is theirs.
+    let mut seeds = scaled_down(&root);
+    seeds[1] = "recipes/demo_seeds.yaml".into();
+    let (ok, err) = tokbridge(&seeds.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    assert!(err.matches("finished before, reused").count() >= 22, "{err}");
+    let pooled = std::fs::read_to_string(root.with_file_name("demo-seeds/report/report.md")).unwrap();
+    let acc = |report: &str, run: &str| md_table(report, "run").lines().find(|l| l.starts_with(&format!("| {run} |"))).map(|l| l.split('|').nth(2).unwrap().trim().trim_end_matches('%').parse::<f64>().unwrap()).unwrap();
+    let own: Vec<String> = ["demo", "demo-seed1", "demo-seed2"].iter().map(|d| std::fs::read_to_string(root.with_file_name(d).join("report/report.md")).unwrap()).collect();
+    let repeats = md_table(&pooled[pooled.find("## Repeats").unwrap()..], "run");
+    assert!(repeats.starts_with("| run | seed 0 | seed 1 | seed 2 | mean |"), "{repeats}");
+    for method in METHODS {
+        let row = repeats.lines().find(|l| l.starts_with(&format!("| {method} |"))).unwrap_or_else(|| panic!("{repeats}"));
+        let cells: Vec<f64> = row.split('|').skip(2).take(4).map(|c| c.trim().parse().unwrap()).collect();
+        for (k, report) in own.iter().enumerate() {
+            assert_eq!(cells[k], acc(report, method), "{method} at seed {k}: {row}");
+        }
+        assert!((cells[3] - (cells[0] + cells[1] + cells[2]) / 3.0).abs() < 0.1, "{row}");
+    }
+    let contrasts = md_table(&pooled[pooled.find("## Repeats").unwrap()..], "contrast");
+    assert_eq!(contrasts.lines().count(), 7, "{contrasts}");
 }
 
 /// The report's table whose header starts `| {first} |`: "run" for the results (not the

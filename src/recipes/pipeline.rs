@@ -5,7 +5,9 @@
 //! recipe, same upstream) resumes: training from its checkpoint, teacher answers from the
 //! answers written; a stage rerun for any other reason starts from an empty directory. The
 //! pipeline's `vars` reach every stage as `vars.NAME=VALUE` overrides, so one override
-//! retargets the whole pipeline.
+//! retargets the whole pipeline; a stage written `{recipe, name, overrides}` adds its own after
+//! them (a nested pipeline at another seed and root). A nested pipeline or sweep does its own
+//! reuse of its stages.
 use super::RunOptions;
 use crate::recipe::{Pipeline, Recipe};
 use crate::train::dist::Dist;
@@ -22,12 +24,6 @@ fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
     h
 }
 
-fn scalar(v: &serde_yaml::Value) -> String {
-    match v {
-        serde_yaml::Value::String(s) => s.clone(),
-        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
-    }
-}
 
 /// The directory a stage writes, if it is a run directory this pipeline may clear.
 fn run_dir(r: &Recipe) -> Option<&Path> {
@@ -49,15 +45,20 @@ pub fn run(r: &Pipeline, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     if main {
         std::fs::create_dir_all(&marks).with_context(|| format!("creating {}", marks.display()))?;
     }
-    let overrides: Vec<String> = r.vars.iter().map(|(k, v)| format!("vars.{k}={}", scalar(v))).collect();
+    let overrides: Vec<String> = crate::recipe::var_overrides(&r.vars);
     let started = Instant::now();
     let n = r.stages.len();
     let mut upstream = 0xcbf2_9ce4_8422_2325u64;
     let mut ran = false;
-    for (i, path) in r.stages.iter().enumerate() {
-        let stage = Recipe::load(path, &overrides).with_context(|| format!("pipeline stage {}", path.display()))?;
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| format!("stage{i}"));
-        let resolved = without_vars(&stage.to_yaml()?)?;
+    for (i, st) in r.stages.iter().enumerate() {
+        let path = st.file();
+        let stage = Recipe::load(path, &[&overrides[..], st.overrides()].concat()).with_context(|| format!("pipeline stage {}", path.display()))?;
+        let name = st.name();
+        // A nested pipeline or sweep hands its vars on to its own stages: they are its content.
+        let resolved = match stage {
+            Recipe::Pipeline(_) | Recipe::Sweep(_) => stage.to_yaml()?,
+            _ => without_vars(&stage.to_yaml()?)?,
+        };
         let record = format!("{resolved}# upstream stages: {upstream:016x}\n");
         upstream = fnv1a(resolved.as_bytes(), upstream);
         let (mark, started) = (marks.join(format!("{name}.done")), marks.join(format!("{name}.started")));

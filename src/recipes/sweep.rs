@@ -53,18 +53,12 @@ impl Sweep {
         let mut out: Vec<Vec<(String, String)>> = vec![vec![]];
         for entry in &self.grid {
             let (key, values) = entry.iter().next().expect("validated");
-            out = out.into_iter().flat_map(|prev| values.iter().map(move |v| [prev.clone(), vec![(key.clone(), scalar(v))]].concat())).collect();
+            out = out.into_iter().flat_map(|prev| values.iter().map(move |v| [prev.clone(), vec![(key.clone(), crate::recipe::scalar(v))]].concat())).collect();
         }
         out
     }
 }
 
-fn scalar(v: &serde_yaml::Value) -> String {
-    match v {
-        serde_yaml::Value::String(s) => s.clone(),
-        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
-    }
-}
 
 /// One run of the sweep.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,7 +90,7 @@ pub fn run(r: &Sweep, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     if main {
         std::fs::create_dir_all(&r.output_dir).with_context(|| format!("creating {}", r.output_dir.display()))?;
     }
-    let vars: Vec<String> = r.vars.iter().map(|(k, v)| format!("vars.{k}={}", scalar(v))).collect();
+    let vars: Vec<String> = crate::recipe::var_overrides(&r.vars);
     let mut runs = Vec::new();
     let settings = r.settings();
     for (i, s) in settings.iter().enumerate() {
