@@ -96,10 +96,8 @@ pub fn dpca<S: AsRef<[u8]>, T: AsRef<[u8]>>(student: &[S], teacher: &[T], max_to
             if grow_student && se < n {
                 sbuf.extend_from_slice(student[se].as_ref());
                 se += 1;
-            } else if !grow_student && te < m {
-                tbuf.extend_from_slice(teacher[te].as_ref());
-                te += 1;
-            } else if sbuf.len() == tbuf.len() && te < m {
+            } else if (!grow_student || sbuf.len() == tbuf.len()) && te < m {
+                // The teacher grows, or (equal text, the student exhausted) takes the tie.
                 tbuf.extend_from_slice(teacher[te].as_ref());
                 te += 1;
             } else {

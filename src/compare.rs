@@ -446,7 +446,7 @@ mod tests {
         let seed = |sft: f64, opd: f64| vec![run("sft", sft, 0.99, None), run("opd", opd, 0.99, None)];
         let repeats = [("seed 1".to_string(), seed(0.87, 0.86)), ("seed 2".to_string(), seed(0.815, 0.805))];
         let c = CompareContrast { name: "opd − sft".into(), run: "opd".into(), against: "sft".into() };
-        let md = repeats_section(&seed(0.845, 0.77), "seed 0", &repeats, &[c.clone()]).unwrap();
+        let md = repeats_section(&seed(0.845, 0.77), "seed 0", &repeats, std::slice::from_ref(&c)).unwrap();
         let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| ")).collect();
         assert_eq!(
             rows,

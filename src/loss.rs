@@ -310,7 +310,7 @@ mod tests {
     #[test]
     fn merge_and_jsd_by_hand() {
         let probs = Tensor::from_slice(&[0.5f32, 0.5, 0.25, 0.75]).view([2, 2]);
-        let m = merge_observed(&probs, &[0..2], &[0, 1]);
+        let m = merge_observed(&probs, std::slice::from_ref(&(0..2)), &[0, 1]);
         let v: Vec<f32> = Vec::try_from(m.view([-1])).unwrap();
         assert!(close(v[0] as f64, 0.375) && close(v[1] as f64, 0.375));
         let p = Tensor::from_slice(&[0.5f32, 0.5]).view([1, 2]);

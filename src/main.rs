@@ -238,7 +238,7 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             let (m, tok) = open(&model)?;
             let ids = tok.encode(&prompt, true)?;
-            let g = generate(&m, &[ids.clone()], &s, &tok.eos_ids, tok.pad_id)?.remove(0);
+            let g = generate(&m, std::slice::from_ref(&ids), &s, &tok.eos_ids, tok.pad_id)?.remove(0);
             let text = tok.decode(&g.new_ids, true)?;
             if json {
                 println!("{}", json!({ "ids": ids, "new_ids": g.new_ids, "text": text }));

@@ -1082,6 +1082,8 @@ pub struct CompareSweep {
     pub shipped: Option<PathBuf>,
 }
 
+// One value per run: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Recipe {
     Sft(Sft),

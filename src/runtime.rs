@@ -125,7 +125,7 @@ fn cuda_used_bytes(n: usize) -> Option<u64> {
     let (get, set, info) = (sym(c"cudaGetDevice")?, sym(c"cudaSetDevice")?, sym(c"cudaMemGetInfo")?);
     // SAFETY: the symbols are the CUDA runtime's functions with these C signatures.
     unsafe {
-        let (get, set, info): (GetDevice, SetDevice, MemGetInfo) = (std::mem::transmute(get), std::mem::transmute(set), std::mem::transmute(info));
+        let (get, set, info): (GetDevice, SetDevice, MemGetInfo) = (std::mem::transmute::<*mut libc::c_void, GetDevice>(get), std::mem::transmute::<*mut libc::c_void, SetDevice>(set), std::mem::transmute::<*mut libc::c_void, MemGetInfo>(info));
         let mut current = 0i32;
         if get(&mut current) != 0 || set(n as i32) != 0 {
             return None;

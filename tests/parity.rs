@@ -116,7 +116,7 @@ fn batched_left_padded_generation_equals_single() {
         let s = Sampling { max_new_tokens: 8, temperature: 0.0, ignore_eos: true, ..Sampling::default() };
         let batched = generate(&model, &prompts, &s, &tok.eos_ids, tok.pad_id).unwrap();
         for (p, b) in prompts.iter().zip(&batched) {
-            let single = generate(&model, &[p.clone()], &s, &tok.eos_ids, tok.pad_id).unwrap().remove(0);
+            let single = generate(&model, std::slice::from_ref(p), &s, &tok.eos_ids, tok.pad_id).unwrap().remove(0);
             assert_eq!(b.new_ids, single.new_ids, "{}: batched vs single ids", dir.display());
             for (x, y) in b.logprobs.iter().zip(&single.logprobs) {
                 assert!((x - y).abs() < 1e-3, "{}: batched vs single log-prob {x} vs {y}", dir.display());

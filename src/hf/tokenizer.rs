@@ -6,6 +6,9 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 use std::path::Path;
 
+/// Each token's (start, end) byte offsets in the text it was encoded from.
+pub type Offsets = Vec<(usize, usize)>;
+
 pub struct Tokenizer {
     pub inner: tokenizers::Tokenizer,
     /// Per-id byte pieces and special flags, built on first use.
@@ -132,7 +135,7 @@ impl Tokenizer {
     }
 
     /// Encodes `text` without special tokens, with each token's (start, end) byte offsets in `text`.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<i64>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<i64>, Offsets)> {
         let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
         Ok((enc.get_ids().iter().map(|&i| i as i64).collect(), enc.get_offsets().to_vec()))
     }

@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::Kind;
 
+/// Named metric values, in the order they are logged.
+pub type Values = Vec<(String, f64)>;
+
 /// The final answer of a worked solution: the text after the last `####`, else the content of
 /// the last `\boxed{...}`; commas, `$` and a trailing period removed.
 pub fn final_answer(text: &str) -> Option<String> {
@@ -68,7 +71,7 @@ pub struct Generated {
 
 /// The results of `evaluate`: (metric name, value) pairs and the greedy generations.
 pub struct Evaluation {
-    pub values: Vec<(String, f64)>,
+    pub values: Values,
     pub generations: Vec<Generated>,
 }
 
@@ -245,7 +248,7 @@ pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &
 /// the student's samples (drawn as `plan` says; see `opd::held_out_gap`). Returns the metric
 /// values and the teacher-scored samples.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate_run(student: &Side, teacher: Option<(&Teacher, &Plan)>, examples: &[Example], spec: &EvalSpec, seed: u64, show: bool, run_dir: &Path, step: usize, dist: Option<&Dist>) -> Result<(Vec<(String, f64)>, Vec<Rollout>)> {
+pub fn evaluate_run(student: &Side, teacher: Option<(&Teacher, &Plan)>, examples: &[Example], spec: &EvalSpec, seed: u64, show: bool, run_dir: &Path, step: usize, dist: Option<&Dist>) -> Result<(Values, Vec<Rollout>)> {
     let main = dist.is_none_or(Dist::is_main);
     let evaluation = evaluate(&student.model, &student.tok, &student.chat, examples, spec, seed, show && main, dist)?;
     // Rank 0 writes the generations and measures the teacher gap (not sharded).

@@ -156,7 +156,7 @@ impl Diagnostics {
 /// `eval/logq_minus_logp` (mean log q − log p per aligned student token), `eval/teacher_logprob`
 /// (per aligned teacher token of the student's samples) and `eval/teacher_logprob_reference`
 /// (the same for the dataset's responses), and the scored samples.
-pub fn held_out_gap(plan: &Plan, student: &Side, teacher: &Teacher, examples: &[Example], prompts: &[Vec<i64>], n: usize, seed: u64) -> Result<(Vec<(String, f64)>, Vec<Rollout>)> {
+pub fn held_out_gap(plan: &Plan, student: &Side, teacher: &Teacher, examples: &[Example], prompts: &[Vec<i64>], n: usize, seed: u64) -> Result<(crate::recipes::eval::Values, Vec<Rollout>)> {
     let picks: Vec<usize> = (0..n.min(examples.len())).collect();
     // One sample per prompt and a fixed batching (sampling draws depend on the batch), whatever
     // the training uses, so that every recipe scores the same samples of the same model.

@@ -115,7 +115,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     }
     // Each evaluation: the scorers and their generations, the held-out gap of the student's
     // samples under this run's rollout settings, and a readable dump of a few of them.
-    let evaluate_now = |metrics: &mut Option<Metrics>, step: usize| -> Result<Vec<(String, f64)>> {
+    let evaluate_now = |metrics: &mut Option<Metrics>, step: usize| -> Result<crate::recipes::eval::Values> {
         let Some(spec) = &r.eval else { return Ok(vec![]) };
         let (values, mut rollouts) = evaluate_run(&student, Some((&teacher, &plan)), &eval_examples, spec, r.seed, r.logging.progress, run_dir, step, dist)?;
         let Some(metrics) = metrics else { return Ok(values) };

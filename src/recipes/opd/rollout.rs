@@ -34,6 +34,8 @@ impl Side {
 }
 
 /// Where the teacher runs: in this process, or behind an inference server that scores token ids.
+// One per run: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Engine {
     Local(Model),
     Served(Served),
@@ -190,7 +192,7 @@ fn teacher_sequence<M>(teacher: &Side<M>, messages: &[Message], body_ids: &[i64]
 
 /// The teacher's ids of a rendered conversation `text` with byte offsets: its template's text
 /// as it is, or, with the plain template, with the tokenizer's own special tokens (BOS).
-pub fn teacher_encode<M>(teacher: &Side<M>, text: &str) -> Result<(Vec<i64>, Vec<(usize, usize)>)> {
+pub fn teacher_encode<M>(teacher: &Side<M>, text: &str) -> Result<(Vec<i64>, crate::hf::tokenizer::Offsets)> {
     if teacher.chat.has_template() {
         return teacher.tok.encode_with_offsets(text);
     }
