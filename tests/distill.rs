@@ -101,6 +101,56 @@ fn chunked_divergence_gradients_equal_full_logits_autograd() {
     }
 }
 
+/// ULD and GOLD's hybrid across tokenizers through the chunked head (chunks of 2 positions, so
+/// GOLD's multi-token groups straddle chunks) against the same losses on full logits through
+/// plain autograd (`micro_loss`): the same loss and the same gradients.
+#[test]
+fn chunked_uld_and_gold_gradients_equal_full_logits_autograd() {
+    for loss in ["uld", "gold_hybrid"] {
+        // A digit-splitting student (qwen2's tokenizer) and a teacher that packs digits (llama's):
+        // a number is one teacher token and several student tokens, one GOLD group.
+        let teacher_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama").display().to_string();
+        let mut r = common::tiny_opd(&[&format!("loss={loss}"), "rollout.max_new_tokens=12", "student.path=tests/fixtures/models/qwen2"]);
+        r.teacher.path = teacher_path;
+        let mut student = opd::load_side(&r.student, "cpu").unwrap();
+        let teacher = opd::load_teacher(&r.teacher, "cpu").unwrap();
+        student.model.logits_per_chunk = Some(2 * 6 * logits_width(&student));
+        let examples = tokbridge::data::read_jsonl(&r.data.train, Some(6)).unwrap();
+        let prompts: Vec<Vec<i64>> = examples.iter().map(|e| tokbridge::data::prompt_ids(&student.tok, &student.chat, e.prompt()).unwrap()).collect();
+        // The dataset's responses (arithmetic text; the untrained fixtures sample byte soup).
+        let mut rollouts = opd::make_rollouts(&opd::Plan::of(&r), &student, &teacher, &examples, &prompts, &(0..6).collect::<Vec<_>>(), false, 3).unwrap();
+        opd::score_teacher(&teacher, &mut rollouts, 6, opd::TeacherKeeps::Distributions).unwrap();
+        opd::old_logprobs(&student, &mut rollouts, 6, 0).unwrap();
+        // GOLD merges every group that is not stuck (too long for DPCA's credit, not for GOLD).
+        let multi = rollouts.iter().flat_map(|x| &x.chunks).filter(|c| c.student.len() > 1 && c.masked != tokbridge::align::Masked::Stuck).count();
+        assert!(loss == "uld" || multi >= 3, "GOLD's merge needs multi-token student groups: {multi}");
+        let (sv, tv) = (student.tok.inner.get_vocab(true), teacher.tok.inner.get_vocab(true));
+        let width = |m: &tokbridge::models::Model| m.config["vocab_size"].as_i64().unwrap();
+        let vm = tokbridge::loss::VocabMatch::new(&sv, &tv, width(&student.model), width(teacher.model.local().unwrap()));
+        let matches = (loss == "gold_hybrid").then_some(&vm);
+        let norm = opd::Normaliser::of(r.loss, &rollouts);
+        let (value, _) = opd::backward_batch(&r, &student, &teacher, matches, &rollouts, norm, None).unwrap();
+        let chunked = grads(&student);
+
+        let refs: Vec<&opd::Rollout> = rollouts.iter().collect();
+        let (ids, starts) = opd::rows(&refs, student.tok.pad_id, tch::Device::Cpu);
+        let (plain, _) = student.model.backward(&ids, false, |logits| Ok((opd::micro_loss(&r, &refs, matches, logits, &ids, &starts)? / norm.loss, ()))).unwrap();
+        assert!((plain - value).abs() < 1e-5 * value.abs().max(1.0), "{loss}: loss {value} vs plain {plain}");
+        assert!(value > 1e-3, "{loss}: the fixtures' distributions differ, the loss should not be ~0");
+        let full = grads(&student);
+        assert_eq!(chunked.len(), full.len(), "{loss}: same parameters get gradients");
+        for ((name, a), (_, b)) in chunked.iter().zip(&full) {
+            let scale = b.abs().max().double_value(&[]).max(1e-6);
+            let diff = (a - b).abs().max().double_value(&[]);
+            assert!(diff <= 1e-4 * scale, "{loss}: {name} differs by {diff} (scale {scale})");
+        }
+    }
+}
+
+fn logits_width(side: &opd::Side) -> i64 {
+    side.model.config["vocab_size"].as_i64().unwrap()
+}
+
 fn tokbridge(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_tokbridge")).current_dir(root()).args(args).output().expect("runs")
 }

@@ -193,7 +193,13 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             None => Normaliser::of(r.loss, &rollouts),
         };
         let (mut loss_value, mut clipped, mut grad_norm) = (0.0, 0.0, 0.0);
-        for _ in 0..r.training.ppo_epochs {
+        for epoch in 0..r.training.ppo_epochs {
+            if epoch > 0 && r.loss == OpdLoss::GoldHybrid {
+                // GOLD's merged rows use the current student's token probabilities (no PPO ratio
+                // reads `old_logp` here), so each later epoch refreshes them.
+                rollouts.iter_mut().for_each(|x| x.old_logp.clear());
+                old_logprobs(&student, &mut rollouts, r.training.micro_batch_size, 0)?;
+            }
             opt.zero_grad();
             let (mut epoch_loss, mut c) = crate::nn::lora::training(|| backward_batch(r, &student, &teacher, matches.as_ref(), &rollouts, norm, sync.as_ref()))?;
             if let (Some(d), Some(sync)) = (dist, &sync) {

@@ -74,6 +74,9 @@ pub fn backward_batch(r: &Opd, student: &Side, teacher: &Teacher, matches: Optio
                 Ok(l / norm.loss + cands.loss(logits, t0) * (spec.weight / norm.scored))
             })?;
             (l, c.double_value(&[]))
+        } else if matches!(r.loss, OpdLoss::Uld | OpdLoss::GoldHybrid) {
+            let mut inputs = SortedInputs::new(r, matches, &refs, &starts, ids.device())?;
+            (student.model.backward_logits(&ids, from, recompute, |logits, t0| Ok(inputs.loss(logits, t0)? / norm.loss))?, 0.0)
         } else if r.loss.divergence_beta(&r.distill).is_some() {
             let inputs = DistInputs::new(r, teacher, &refs, &starts, width, ids.device())?;
             (student.model.backward_logits(&ids, from, recompute, |logits, t0| Ok(inputs.loss(logits, t0) / norm.loss))?, 0.0)
@@ -171,9 +174,131 @@ impl<'a> DistInputs<'a> {
     }
 }
 
-/// The loss of one micro-batch of rollouts, summed (the caller divides by the batch's
-/// normaliser), for the losses that need the student's logits: ALM's chunk sums, ULD's and
-/// GOLD's distributions. DPCA is trained through `Model::backward_tokens` and `DpcaInputs`.
+/// ULD's and GOLD's inputs of one micro-batch for the chunked head. Both losses are a mean over
+/// rows of one rollout's student and teacher distributions (ULD: its first k response
+/// positions; GOLD: one merged row per aligned group), so a chunk of positions adds its rows'
+/// share. A GOLD row is the group's first position's distribution times the probabilities of
+/// the group's later tokens (`loss::merge_observed`), which may fall in later chunks: the
+/// product comes from the step's current log-probs (`old_logp`), and each later token gets the
+/// gradient `∂L/∂c · c` of its log-prob (computed when the group's first position is) through
+/// a zero-valued term `w · (log p − sg(log p))`. `micro_loss` is the same loss on full logits.
+pub struct SortedInputs<'a> {
+    seqs: Vec<SortedRows>,
+    matches: Option<&'a VocabMatch>,
+    gold: Option<(f64, Option<(f64, f64)>)>,
+}
+
+/// One rollout's rows: student positions (training layout) and the merged product of each
+/// row's later tokens, its later tokens' positions and ids, the teacher rows, the divisor.
+struct SortedRows {
+    b: i64,
+    pos: Vec<i64>,
+    factor: Vec<f32>,
+    later: Vec<Vec<(i64, i64)>>,
+    teacher: Tensor,
+    rows: f64,
+    /// `∂L/∂c · c` of each row, once its first position's chunk has run.
+    weight: Vec<f64>,
+}
+
+impl<'a> SortedInputs<'a> {
+    pub fn new(r: &Opd, matches: Option<&'a VocabMatch>, batch: &[&Rollout], starts: &[usize], device: Device) -> Result<Self> {
+        let gold = (r.loss == OpdLoss::GoldHybrid).then(|| (r.baselines.gold_beta, r.baselines.gold_matched_weight.zip(r.baselines.gold_unmatched_weight)));
+        anyhow::ensure!(gold.is_none() || matches.is_some(), "GOLD needs the vocabulary match");
+        let mut seqs = Vec::new();
+        for (b, x) in batch.iter().enumerate().filter(|(_, x)| !x.truncated) {
+            let Some(tp) = &x.teacher_probs else { continue };
+            // EOS excluded on both sides, as TRL's uld_skip_*_eos defaults do.
+            let n = x.response.len() - usize::from(x.finished);
+            let m = tp.size()[0] as usize - usize::from(x.finished);
+            if n == 0 || m == 0 {
+                continue;
+            }
+            let at = |k: usize| (starts[b] + k) as i64;
+            let tp = tp.narrow(0, 0, m as i64).to_device(device);
+            let row = if gold.is_none() {
+                let k = n.min(m);
+                SortedRows { b: b as i64, pos: (0..k).map(at).collect(), factor: vec![1.0; k], later: vec![vec![]; k], teacher: tp.narrow(0, 0, k as i64), rows: k as f64, weight: vec![0.0; k] }
+            } else {
+                let groups: Vec<&Chunk> = x.chunks.iter().filter(|c| c.masked != Masked::Stuck && c.student.end <= n && c.teacher.end <= m).collect();
+                if groups.is_empty() {
+                    continue;
+                }
+                anyhow::ensure!(x.old_logp.len() == x.response.len(), "GOLD's merged rows need the student's log-probs of the response");
+                let tg: Vec<_> = groups.iter().map(|c| c.teacher.clone()).collect();
+                let teacher = tch::no_grad(|| loss::merge_observed(&tp, &tg, &x.teacher_ids[x.teacher_start..]));
+                let g = groups.len();
+                SortedRows {
+                    b: b as i64,
+                    pos: groups.iter().map(|c| at(c.student.start)).collect(),
+                    // merge_observed's floor of 1e-8 on each later probability.
+                    factor: groups.iter().map(|c| c.student.clone().skip(1).map(|k| x.old_logp[k].exp().max(1e-8)).product()).collect(),
+                    later: groups.iter().map(|c| c.student.clone().skip(1).map(|k| (at(k), x.response[k])).collect()).collect(),
+                    teacher,
+                    rows: g as f64,
+                    weight: vec![0.0; g],
+                }
+            };
+            seqs.push(row);
+        }
+        Ok(Self { seqs, matches, gold })
+    }
+
+    /// The loss of the rows whose (first) position is among `t0..t0 + n`, given the student's
+    /// logits (B, n, V), plus the zero-valued terms that give later tokens their gradient.
+    // `total = total + x`: tch's `+=` is the in-place add_, which autograd records differently.
+    #[allow(clippy::assign_op_pattern)]
+    pub fn loss(&mut self, logits: &Tensor, t0: i64) -> Result<Tensor> {
+        let n = logits.size()[1];
+        let device = logits.device();
+        let mut total = Tensor::zeros([], (Kind::Float, device));
+        for seq in &mut self.seqs {
+            let here: Vec<usize> = (0..seq.pos.len()).filter(|&i| (t0..t0 + n).contains(&seq.pos[i])).collect();
+            if !here.is_empty() {
+                let idx = Tensor::from_slice(&here.iter().map(|&i| seq.pos[i] - t0).collect::<Vec<_>>()).to_device(device);
+                let sp = logits.get(seq.b).index_select(0, &idx).softmax(-1, Kind::Float);
+                let tp = seq.teacher.index_select(0, &Tensor::from_slice(&here.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device));
+                let share = here.len() as f64 / seq.rows;
+                let l = match (self.gold, self.matches) {
+                    (Some((beta, w)), Some(m)) => {
+                        let c = Tensor::from_slice(&here.iter().map(|&i| seq.factor[i]).collect::<Vec<_>>()).to_device(device).set_requires_grad(true);
+                        let l = loss::gold_hybrid(&(sp * c.unsqueeze(1)), &tp, m, beta, w) * share;
+                        if here.iter().any(|&i| !seq.later[i].is_empty()) {
+                            let g = Tensor::run_backward(&[&l], &[&c], true, false).remove(0);
+                            let wc = Vec::<f32>::try_from((g * &c).to_device(Device::Cpu))?;
+                            for (&i, w) in here.iter().zip(wc) {
+                                seq.weight[i] = w as f64;
+                            }
+                        }
+                        l
+                    }
+                    _ => loss::sorted_l1(&sp, &tp) * share,
+                };
+                total = total + l;
+            }
+            // The later tokens in this chunk, of rows whose first position came here or before.
+            let (mut at, mut ids, mut w) = (vec![], vec![], vec![]);
+            for (i, later) in seq.later.iter().enumerate() {
+                for &(p, id) in later.iter().filter(|(p, _)| (t0..t0 + n).contains(p)) {
+                    at.push(p - t0);
+                    ids.push(id);
+                    w.push(seq.weight[i] as f32);
+                }
+            }
+            if !at.is_empty() {
+                let rows = logits.get(seq.b).index_select(0, &Tensor::from_slice(&at).to_device(device));
+                let lp = rows.log_softmax(-1, Kind::Float).gather(1, &Tensor::from_slice(&ids).to_device(device).unsqueeze(1), false).squeeze_dim(1);
+                total = total + ((&lp - lp.detach()) * Tensor::from_slice(&w).to_device(device)).sum(Kind::Float);
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// The loss of one micro-batch of rollouts on full logits, summed (the caller divides by the
+/// batch's normaliser): how ALM trains, and ULD's and GOLD's loss as written (their training
+/// runs it per chunk of positions, `SortedInputs`; the tests compare the two). DPCA is
+/// trained through `Model::backward_tokens` and `DpcaInputs`.
 // `total = total + x`, not `+=`: tch's `+=` is the in-place `add_`, which autograd records
 // differently (and refuses on a tensor it saved); the sum must be a new node.
 #[allow(clippy::assign_op_pattern)]
