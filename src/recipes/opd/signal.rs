@@ -1,8 +1,8 @@
 //! OPD training signals on scored rollouts: DPCA's advantages (with the optional group-mean
 //! baseline) and its per-token inputs to the PPO surrogate; the full-distribution divergences
 //! of same-vocabulary distillation (GKD's forward KL, reverse KL and generalized JSD, whole
-//! vocabulary or teacher top-k with a tail); the baselines that need the student's full logits
-//! (ALM, ULD, GOLD); the masks and the normaliser of one optimizer step.
+//! vocabulary or teacher top-k with a tail); the baselines (ULD and GOLD per chunk of
+//! positions, ALM on full logits); the masks and the normaliser of one optimizer step.
 use super::candidates::CandInputs;
 use super::rollout::{rows, scatter, Rollout, Side, Teacher};
 use crate::models::Model;
