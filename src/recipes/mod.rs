@@ -103,12 +103,28 @@ fn on_main(dist: Option<&Dist>, what: &str, f: impl FnOnce() -> Result<()>) -> R
     }
 }
 
-/// Rank 0's `values` on every rank (`values` themselves without a group): what rank 0 decided
-/// about the file system, for the others to follow.
-pub fn from_main(dist: Option<&Dist>, values: &[f64], what: &str) -> Result<Vec<f64>> {
-    match dist {
-        Some(d) => d.broadcast(values, what),
-        None => Ok(values.to_vec()),
+/// What becomes of a pipeline's stage or a sweep's setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Finished before with the same recipe: reused.
+    Reuse,
+    /// Runs from an empty directory.
+    Run,
+    /// Interrupted in the same context: resumes from what it wrote.
+    Resume,
+}
+
+impl Plan {
+    /// Rank 0's plan on every rank (`decide` runs on rank 0 alone, or in the process alone,
+    /// and readies the file system for it); the others follow it.
+    pub fn by_main(dist: Option<&Dist>, what: &str, decide: impl FnOnce() -> Result<Plan>) -> Result<Plan> {
+        let Some(d) = dist else { return decide() };
+        let code = if d.is_main() { decide()? as u8 as f64 } else { 0.0 };
+        Ok(match d.broadcast(&[code], what)?[0] as u8 {
+            0 => Plan::Reuse,
+            1 => Plan::Run,
+            _ => Plan::Resume,
+        })
     }
 }
 

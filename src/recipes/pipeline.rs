@@ -8,7 +8,7 @@
 //! retargets the whole pipeline; a stage written `{recipe, name, overrides}` adds its own after
 //! them (a nested pipeline at another seed and root). A nested pipeline or sweep does its own
 //! reuse of its stages.
-use super::RunOptions;
+use super::{Plan, RunOptions};
 use crate::recipe::{Pipeline, Recipe};
 use crate::train::dist::Dist;
 use anyhow::{Context, Result};
@@ -23,7 +23,6 @@ fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
     }
     h
 }
-
 
 /// The directory a stage writes, if it is a run directory this pipeline may clear.
 fn run_dir(r: &Recipe) -> Option<&Path> {
@@ -62,17 +61,15 @@ pub fn run(r: &Pipeline, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         let record = format!("{resolved}# upstream stages: {upstream:016x}\n");
         upstream = fnv1a(resolved.as_bytes(), upstream);
         let (mark, started) = (marks.join(format!("{name}.done")), marks.join(format!("{name}.started")));
-        // 0: reused; 1: runs afresh; 2: resumes.
-        let plan = if main { prepare(&stage, &record, &mark, &started, opts.fresh, ran)? } else { 0.0 };
-        let plan = super::from_main(dist, &[plan], "following rank 0's plan of the pipeline")?[0];
-        if plan == 0.0 {
+        let plan = Plan::by_main(dist, "following rank 0's plan of the pipeline", || prepare(&stage, &record, &mark, &started, opts.fresh, ran))?;
+        if plan == Plan::Reuse {
             if main {
                 eprintln!("[{}/{n}] {name}: finished before, reused", i + 1);
             }
             continue;
         }
         ran = true;
-        let resume = plan == 2.0;
+        let resume = plan == Plan::Resume;
         if main {
             eprintln!("[{}/{n}] {name}{}", i + 1, if resume { " (resuming)" } else { "" });
         }
@@ -92,12 +89,12 @@ pub fn run(r: &Pipeline, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     Ok(())
 }
 
-/// Whether a stage is reused (0), runs afresh (1) or resumes (2), given its `record`, `--fresh`
-/// and whether a stage before it ran; readies its directory and its `started` mark for a run.
-fn prepare(stage: &Recipe, record: &str, mark: &Path, started: &Path, fresh: bool, upstream_ran: bool) -> Result<f64> {
+/// Whether a stage is reused, runs afresh or resumes, given its `record`, `--fresh` and whether
+/// a stage before it ran; readies its directory and its `started` mark for a run.
+fn prepare(stage: &Recipe, record: &str, mark: &Path, started: &Path, fresh: bool, upstream_ran: bool) -> Result<Plan> {
     let same = |p: &Path| std::fs::read_to_string(p).ok().as_deref() == Some(record);
     if !fresh && !upstream_ran && same(mark) {
-        return Ok(0.0);
+        return Ok(Plan::Reuse);
     }
     let _ = std::fs::remove_file(mark);
     // Interrupted in this very context: resume. Anything else starts clean.
@@ -112,7 +109,7 @@ fn prepare(stage: &Recipe, record: &str, mark: &Path, started: &Path, fresh: boo
         }
     }
     crate::atomic::write(started, record)?;
-    Ok(if resume { 2.0 } else { 1.0 })
+    Ok(if resume { Plan::Resume } else { Plan::Run })
 }
 
 /// A resolved recipe without its `vars`: their values are already substituted where they are

@@ -7,7 +7,7 @@
 //! Runs are `run-NN/` under the sweep's directory; a finished run (`run-NN/sweep.done`) is
 //! reused when the sweep is run again with the same overrides, an unfinished one resumes from
 //! its checkpoint. Ties go to the first setting in grid order.
-use super::RunOptions;
+use super::{Plan, RunOptions};
 use crate::recipe::Recipe;
 use crate::train::dist::Dist;
 use anyhow::{bail, ensure, Context, Result};
@@ -106,10 +106,8 @@ pub fn run(r: &Sweep, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         let record = recipe.to_yaml()?;
         let done = dir.join("sweep.done");
         let label: Vec<String> = s.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        // 0: reused; 1: runs afresh; 2: resumes.
-        let plan = if main { prepare(&dir, &record, opts.fresh)? } else { 0.0 };
-        let plan = super::from_main(dist, &[plan], "following rank 0's plan of the sweep")?[0];
-        if plan == 0.0 {
+        let plan = Plan::by_main(dist, "following rank 0's plan of the sweep", || prepare(&dir, &record, opts.fresh))?;
+        if plan == Plan::Reuse {
             if main {
                 eprintln!("[sweep {}/{}] {}: finished before, reused", i + 1, settings.len(), label.join(" "));
             }
@@ -117,7 +115,7 @@ pub fn run(r: &Sweep, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             if main {
                 eprintln!("[sweep {}/{}] {}", i + 1, settings.len(), label.join(" "));
             }
-            super::run_in(&recipe, &RunOptions { resume: plan == 2.0, fresh: false, stop_after: None }, dist).with_context(|| format!("sweep run {} ({})", i, label.join(" ")))?;
+            super::run_in(&recipe, &RunOptions { resume: plan == Plan::Resume, fresh: false, stop_after: None }, dist).with_context(|| format!("sweep run {} ({})", i, label.join(" ")))?;
             if main {
                 std::fs::write(&done, &record).with_context(|| format!("writing {}", done.display()))?;
             }
@@ -138,18 +136,18 @@ pub fn run(r: &Sweep, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     Ok(())
 }
 
-/// Whether the run in `dir` is reused (0: finished with this `record`), runs afresh (1, its
-/// directory cleared) or resumes (2: interrupted with the same recipe, with a checkpoint).
-fn prepare(dir: &Path, record: &str, fresh: bool) -> Result<f64> {
+/// Whether the run in `dir` is reused (finished with this `record`), runs afresh (its directory
+/// cleared) or resumes (interrupted with the same recipe, with a checkpoint).
+fn prepare(dir: &Path, record: &str, fresh: bool) -> Result<Plan> {
     let done = dir.join("sweep.done");
     if !fresh && std::fs::read_to_string(&done).ok().as_deref() == Some(record) {
-        return Ok(0.0);
+        return Ok(Plan::Reuse);
     }
     let resume = !fresh && std::fs::read_to_string(dir.join("recipe.yaml")).ok().as_deref() == Some(record) && crate::train::checkpoint::latest(dir)?.is_some();
     if !resume && dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
-    Ok(if resume { 2.0 } else { 1.0 })
+    Ok(if resume { Plan::Resume } else { Plan::Run })
 }
 
 /// The markdown table of a sweep: one row per setting, the chosen one marked.
