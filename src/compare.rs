@@ -196,8 +196,8 @@ fn last_point(runs: &[Summary], name: &str) -> Result<Point> {
 pub fn repeats_section(runs: &[Summary], label: &str, repeats: &[(String, Vec<Summary>)], declared: &[CompareContrast]) -> Result<String> {
     let all: Vec<(&str, &[Summary])> = std::iter::once((label, runs)).chain(repeats.iter().map(|(n, r)| (n.as_str(), r.as_slice()))).collect();
     let header = |first: &str| format!("| {first} | {} | mean |\n|---|{}---|\n", all.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" | "), "---|".repeat(all.len()));
-    let row = |name: &str, values: &[Option<f64>], digits: usize, signed: bool| {
-        let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| if signed { format!("{v:+.digits$}") } else { format!("{v:.digits$}") });
+    let row = |name: &str, values: &[Option<f64>], signed: bool| {
+        let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| if signed { format!("{v:+.1}") } else { format!("{v:.1}") });
         let present: Vec<f64> = values.iter().flatten().copied().collect();
         let mean = (present.len() == values.len() && !present.is_empty()).then(|| present.iter().sum::<f64>() / present.len() as f64);
         format!("| {name} | {} | {} |\n", values.iter().map(|&v| cell(v)).collect::<Vec<_>>().join(" | "), cell(mean))
@@ -205,7 +205,7 @@ pub fn repeats_section(runs: &[Summary], label: &str, repeats: &[(String, Vec<Su
     let mut md = format!("Final greedy accuracy (%) of every run in each repeat:\n\n{}", header("run"));
     for s in runs {
         let values = all.iter().map(|(n, r)| Ok(last_point(r, &s.name).with_context(|| format!("repeat {n:?}"))?.accuracy.map(|a| 100.0 * a))).collect::<Result<Vec<_>>>()?;
-        md.push_str(&row(&s.name, &values, 1, false));
+        md.push_str(&row(&s.name, &values, false));
     }
     if !declared.is_empty() {
         md.push_str(&format!("\nThe contrasts' accuracy (points) in each repeat:\n\n{}", header("contrast")));
@@ -218,7 +218,7 @@ pub fn repeats_section(runs: &[Summary], label: &str, repeats: &[(String, Vec<Su
                     Ok(a.accuracy.zip(b.accuracy).map(|(a, b)| 100.0 * (a - b)))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            md.push_str(&row(&c.name, &values, 1, true));
+            md.push_str(&row(&c.name, &values, true));
         }
     }
     Ok(md)
