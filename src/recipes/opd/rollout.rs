@@ -10,7 +10,6 @@ use crate::hf::tokenizer::Tokenizer;
 use crate::models::Model;
 use crate::recipe::{Opd, RolloutSpec};
 use crate::served::Served;
-use crate::train::token_logprobs;
 use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -307,18 +306,23 @@ pub fn score_teacher(teacher: &Teacher, rollouts: &mut [Rollout], micro: usize, 
         }
         model.check_positions(len).context("the teacher's tokens of a rollout")?;
         let ids = Tensor::from_slice(&flat).view([group.len() as i64, len as i64]).to_device(model.device());
-        let hidden = model.hidden(&ids);
+        // The head runs from the position that predicts the group's earliest response token:
+        // the prompts' positions predict nothing the loss uses.
+        let from = group.iter().map(|&i| rollouts[i].teacher_start).min().unwrap_or(1).max(1) as i64 - 1;
+        let n = len as i64 - 1 - from;
+        let hidden = model.hidden(&ids).narrow(1, from, n);
         let logits = model.head(&hidden);
-        let lp = token_logprobs(&logits, &ids).to_device(Device::Cpu);
+        let targets = ids.narrow(1, from + 1, n).unsqueeze(-1);
+        let lp = logits.log_softmax(-1, Kind::Float).gather(2, &targets, false).squeeze_dim(-1).to_device(Device::Cpu);
         for (b, &i) in group.iter().enumerate() {
             let r = &mut rollouts[i];
-            let (s, m) = (r.teacher_start as i64, (r.teacher_ids.len() - r.teacher_start) as i64);
-            r.logq = if m == 0 { vec![] } else { Vec::<f32>::try_from(lp.get(b as i64).narrow(0, s - 1, m))? };
+            let (s, m) = (r.teacher_start as i64 - 1 - from, (r.teacher_ids.len() - r.teacher_start) as i64);
+            r.logq = if m == 0 { vec![] } else { Vec::<f32>::try_from(lp.get(b as i64).narrow(0, s, m))? };
             if m > 0 {
                 match keeps {
                     TeacherKeeps::LogProbs => {}
-                    TeacherKeeps::Distributions => r.teacher_probs = Some(logits.get(b as i64).narrow(0, s - 1, m).softmax(-1, Kind::Float)),
-                    TeacherKeeps::Hidden => r.teacher_hidden = Some(hidden.get(b as i64).narrow(0, s - 1, m).copy()),
+                    TeacherKeeps::Distributions => r.teacher_probs = Some(logits.get(b as i64).narrow(0, s, m).softmax(-1, Kind::Float)),
+                    TeacherKeeps::Hidden => r.teacher_hidden = Some(hidden.get(b as i64).narrow(0, s, m).copy()),
                 }
             }
         }
