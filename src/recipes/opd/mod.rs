@@ -164,8 +164,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         })?;
         let t_rollout = started.elapsed().as_secs_f64();
         let keeps = match r.loss {
-            OpdLoss::Uld | OpdLoss::GoldHybrid => TeacherKeeps::Distributions,
-            OpdLoss::ForwardKl | OpdLoss::ReverseKl | OpdLoss::Jsd => TeacherKeeps::Hidden,
+            OpdLoss::Uld | OpdLoss::GoldHybrid | OpdLoss::ForwardKl | OpdLoss::ReverseKl | OpdLoss::Jsd => TeacherKeeps::Hidden,
             OpdLoss::Dpca | OpdLoss::Alm => TeacherKeeps::LogProbs,
         };
         // With candidates at every chunk, one tree pass scores the responses and the

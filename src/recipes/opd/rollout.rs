@@ -131,9 +131,10 @@ pub struct Rollout {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum TeacherKeeps {
     LogProbs,
-    /// Its next-token distributions at the response positions (ULD, GOLD).
+    /// Its next-token distributions at the response positions (`micro_loss`'s ULD and GOLD,
+    /// the tests' reference; training keeps `Hidden`).
     Distributions,
-    /// Its last hidden states there (the full-distribution losses).
+    /// Its last hidden states there (the full-distribution losses, ULD and GOLD).
     Hidden,
 }
 

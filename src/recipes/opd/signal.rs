@@ -75,7 +75,7 @@ pub fn backward_batch(r: &Opd, student: &Side, teacher: &Teacher, matches: Optio
             })?;
             (l, c.double_value(&[]))
         } else if matches!(r.loss, OpdLoss::Uld | OpdLoss::GoldHybrid) {
-            let mut inputs = SortedInputs::new(r, matches, &refs, &starts, ids.device())?;
+            let mut inputs = SortedInputs::new(r, teacher, matches, &refs, &starts)?;
             (student.model.backward_logits(&ids, from, recompute, |logits, t0| Ok(inputs.loss(logits, t0)? / norm.loss))?, 0.0)
         } else if r.loss.divergence_beta(&r.distill).is_some() {
             let inputs = DistInputs::new(r, teacher, &refs, &starts, width, ids.device())?;
@@ -181,67 +181,84 @@ impl<'a> DistInputs<'a> {
 /// the group's later tokens (`loss::merge_observed`), which may fall in later chunks: the
 /// product comes from the step's current log-probs (`old_logp`), and each later token gets the
 /// gradient `∂L/∂c · c` of its log-prob (computed when the group's first position is) through
-/// a zero-valued term `w · (log p − sg(log p))`. `micro_loss` is the same loss on full logits.
+/// a zero-valued term `w · (log p − sg(log p))`. The teacher's rows are made per chunk from its
+/// kept last hidden states (its later tokens' probabilities from `logq`), so no
+/// vocabulary-sized teacher tensor outlives a chunk. `micro_loss` is the same loss on full
+/// logits and the teacher's kept distributions.
 pub struct SortedInputs<'a> {
     seqs: Vec<SortedRows>,
+    teacher: &'a Model,
     matches: Option<&'a VocabMatch>,
     gold: Option<(f64, Option<(f64, f64)>)>,
 }
 
 /// One rollout's rows: student positions (training layout) and the merged product of each
-/// row's later tokens, its later tokens' positions and ids, the teacher rows, the divisor.
+/// row's later tokens, its later tokens' positions and ids, the teacher's hidden state and
+/// product of each row, the divisor.
 struct SortedRows {
     b: i64,
     pos: Vec<i64>,
     factor: Vec<f32>,
     later: Vec<Vec<(i64, i64)>>,
-    teacher: Tensor,
+    teacher_hidden: Tensor,
+    teacher_factor: Vec<f32>,
     rows: f64,
     /// `∂L/∂c · c` of each row, once its first position's chunk has run.
     weight: Vec<f64>,
 }
 
 impl<'a> SortedInputs<'a> {
-    pub fn new(r: &Opd, matches: Option<&'a VocabMatch>, batch: &[&Rollout], starts: &[usize], device: Device) -> Result<Self> {
+    pub fn new(r: &Opd, teacher: &'a Teacher, matches: Option<&'a VocabMatch>, batch: &[&Rollout], starts: &[usize]) -> Result<Self> {
         let gold = (r.loss == OpdLoss::GoldHybrid).then(|| (r.baselines.gold_beta, r.baselines.gold_matched_weight.zip(r.baselines.gold_unmatched_weight)));
         anyhow::ensure!(gold.is_none() || matches.is_some(), "GOLD needs the vocabulary match");
         let mut seqs = Vec::new();
         for (b, x) in batch.iter().enumerate().filter(|(_, x)| !x.truncated) {
-            let Some(tp) = &x.teacher_probs else { continue };
+            let Some(th) = &x.teacher_hidden else { continue };
             // EOS excluded on both sides, as TRL's uld_skip_*_eos defaults do.
             let n = x.response.len() - usize::from(x.finished);
-            let m = tp.size()[0] as usize - usize::from(x.finished);
+            let m = th.size()[0] as usize - usize::from(x.finished);
             if n == 0 || m == 0 {
                 continue;
             }
             let at = |k: usize| (starts[b] + k) as i64;
-            let tp = tp.narrow(0, 0, m as i64).to_device(device);
             let row = if gold.is_none() {
                 let k = n.min(m);
-                SortedRows { b: b as i64, pos: (0..k).map(at).collect(), factor: vec![1.0; k], later: vec![vec![]; k], teacher: tp.narrow(0, 0, k as i64), rows: k as f64, weight: vec![0.0; k] }
+                SortedRows { b: b as i64, pos: (0..k).map(at).collect(), factor: vec![1.0; k], later: vec![vec![]; k], teacher_hidden: th.narrow(0, 0, k as i64), teacher_factor: vec![1.0; k], rows: k as f64, weight: vec![0.0; k] }
             } else {
                 let groups: Vec<&Chunk> = x.chunks.iter().filter(|c| c.masked != Masked::Stuck && c.student.end <= n && c.teacher.end <= m).collect();
                 if groups.is_empty() {
                     continue;
                 }
                 anyhow::ensure!(x.old_logp.len() == x.response.len(), "GOLD's merged rows need the student's log-probs of the response");
-                let tg: Vec<_> = groups.iter().map(|c| c.teacher.clone()).collect();
-                let teacher = tch::no_grad(|| loss::merge_observed(&tp, &tg, &x.teacher_ids[x.teacher_start..]));
+                // merge_observed's floor of 1e-8 on each later probability, on both sides.
+                let product = |logp: &[f32], r: std::ops::Range<usize>| r.skip(1).map(|k| logp[k].exp().max(1e-8)).product::<f32>();
+                let first = Tensor::from_slice(&groups.iter().map(|c| c.teacher.start as i64).collect::<Vec<_>>());
                 let g = groups.len();
                 SortedRows {
                     b: b as i64,
                     pos: groups.iter().map(|c| at(c.student.start)).collect(),
-                    // merge_observed's floor of 1e-8 on each later probability.
-                    factor: groups.iter().map(|c| c.student.clone().skip(1).map(|k| x.old_logp[k].exp().max(1e-8)).product()).collect(),
+                    factor: groups.iter().map(|c| product(&x.old_logp, c.student.clone())).collect(),
                     later: groups.iter().map(|c| c.student.clone().skip(1).map(|k| (at(k), x.response[k])).collect()).collect(),
-                    teacher,
+                    teacher_hidden: th.index_select(0, &first.to_device(th.device())),
+                    teacher_factor: groups.iter().map(|c| product(&x.logq, c.teacher.clone())).collect(),
                     rows: g as f64,
                     weight: vec![0.0; g],
                 }
             };
             seqs.push(row);
         }
-        Ok(Self { seqs, matches, gold })
+        Ok(Self { seqs, teacher: teacher.model.local()?, matches, gold })
+    }
+
+    /// The teacher's rows `here` of `seq`: its distributions, times each row's product.
+    fn teacher_rows(&self, seq: &SortedRows, here: &[usize], device: Device) -> Tensor {
+        tch::no_grad(|| {
+            let idx = Tensor::from_slice(&here.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(seq.teacher_hidden.device());
+            let h = seq.teacher_hidden.index_select(0, &idx).to_device(self.teacher.device()).to_kind(self.teacher.kind);
+            let p = self.teacher.head(&h).softmax(-1, Kind::Float).to_device(device);
+            let c = Tensor::from_slice(&here.iter().map(|&i| seq.teacher_factor[i]).collect::<Vec<_>>()).to_device(device);
+            p * c.unsqueeze(1)
+        })
     }
 
     /// The loss of the rows whose (first) position is among `t0..t0 + n`, given the student's
@@ -252,12 +269,14 @@ impl<'a> SortedInputs<'a> {
         let n = logits.size()[1];
         let device = logits.device();
         let mut total = Tensor::zeros([], (Kind::Float, device));
-        for seq in &mut self.seqs {
+        for k in 0..self.seqs.len() {
+            let seq = &self.seqs[k];
             let here: Vec<usize> = (0..seq.pos.len()).filter(|&i| (t0..t0 + n).contains(&seq.pos[i])).collect();
-            if !here.is_empty() {
+            let tp = (!here.is_empty()).then(|| self.teacher_rows(seq, &here, device));
+            let seq = &mut self.seqs[k];
+            if let Some(tp) = tp {
                 let idx = Tensor::from_slice(&here.iter().map(|&i| seq.pos[i] - t0).collect::<Vec<_>>()).to_device(device);
                 let sp = logits.get(seq.b).index_select(0, &idx).softmax(-1, Kind::Float);
-                let tp = seq.teacher.index_select(0, &Tensor::from_slice(&here.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device));
                 let share = here.len() as f64 / seq.rows;
                 let l = match (self.gold, self.matches) {
                     (Some((beta, w)), Some(m)) => {
