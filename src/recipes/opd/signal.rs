@@ -214,18 +214,13 @@ impl<'a> SortedInputs<'a> {
         let mut seqs = Vec::new();
         for (b, x) in batch.iter().enumerate().filter(|(_, x)| !x.truncated) {
             let Some(th) = &x.teacher_hidden else { continue };
-            // EOS excluded on both sides, as TRL's uld_skip_*_eos defaults do.
-            let n = x.response.len() - usize::from(x.finished);
-            let m = th.size()[0] as usize - usize::from(x.finished);
-            if n == 0 || m == 0 {
-                continue;
-            }
+            let Some((n, m)) = sorted_extent(x, th) else { continue };
             let at = |k: usize| (starts[b] + k) as i64;
             let row = if gold.is_none() {
                 let k = n.min(m);
                 SortedRows { b: b as i64, pos: (0..k).map(at).collect(), factor: vec![1.0; k], later: vec![vec![]; k], teacher_hidden: th.narrow(0, 0, k as i64), teacher_factor: vec![1.0; k], rows: k as f64, weight: vec![0.0; k] }
             } else {
-                let groups: Vec<&Chunk> = x.chunks.iter().filter(|c| c.masked != Masked::Stuck && c.student.end <= n && c.teacher.end <= m).collect();
+                let groups = gold_groups(x, n, m);
                 if groups.is_empty() {
                     continue;
                 }
@@ -354,19 +349,14 @@ pub fn micro_loss(r: &Opd, batch: &[&Rollout], matches: Option<&VocabMatch>, log
             let mut total = Tensor::zeros([], (Kind::Float, device));
             for (b, x) in batch.iter().enumerate().filter(|(_, x)| !x.truncated) {
                 let Some(tp) = &x.teacher_probs else { continue };
-                // EOS excluded on both sides, as TRL's uld_skip_*_eos defaults do.
-                let n = x.response.len() - usize::from(x.finished);
-                let m = tp.size()[0] as usize - usize::from(x.finished);
-                if n == 0 || m == 0 {
-                    continue;
-                }
+                let Some((n, m)) = sorted_extent(x, tp) else { continue };
                 let sp = logits.get(b as i64).narrow(0, starts[b] as i64, n as i64).softmax(-1, Kind::Float);
                 let tp = tp.narrow(0, 0, m as i64).to_device(device);
                 let l = if r.loss == OpdLoss::Uld {
                     let k = n.min(m) as i64;
                     loss::sorted_l1(&sp.narrow(0, 0, k), &tp.narrow(0, 0, k))
                 } else {
-                    let groups: Vec<&Chunk> = x.chunks.iter().filter(|c| c.masked != Masked::Stuck && c.student.end <= n && c.teacher.end <= m).collect();
+                    let groups = gold_groups(x, n, m);
                     if groups.is_empty() {
                         continue;
                     }
@@ -383,6 +373,21 @@ pub fn micro_loss(r: &Opd, batch: &[&Rollout], matches: Option<&VocabMatch>, log
             Ok(total)
         }
     }
+}
+
+/// ULD's and GOLD's response rows of a rollout, student and teacher (`teacher` holds one row
+/// per teacher response token), without the end-of-turn token on both sides as TRL's
+/// uld_skip_*_eos defaults do; None when either side is empty.
+fn sorted_extent(x: &Rollout, teacher: &Tensor) -> Option<(usize, usize)> {
+    let n = x.response.len() - usize::from(x.finished);
+    let m = teacher.size()[0] as usize - usize::from(x.finished);
+    (n > 0 && m > 0).then_some((n, m))
+}
+
+/// GOLD's groups within the first `n` student and `m` teacher rows: every aligned chunk that is
+/// not stuck (too long for DPCA's credit is not too long for GOLD).
+fn gold_groups(x: &Rollout, n: usize, m: usize) -> Vec<&Chunk> {
+    x.chunks.iter().filter(|c| c.masked != Masked::Stuck && c.student.end <= n && c.teacher.end <= m).collect()
 }
 
 /// 1 for response tokens in unmasked chunks, 0 elsewhere.
