@@ -412,7 +412,7 @@ pub fn from_dirs(dirs: &[std::path::PathBuf], out: &Path) -> Result<()> {
             let name = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| d.display().to_string());
             let mut teacher_responses = vec![];
             if let Ok(Recipe::Sft(s)) = Recipe::load(&d.join("recipe.yaml"), &[]) {
-                teacher_responses.extend(s.data.train.parent().filter(|p| p.join("stats.json").exists()).map(Path::to_path_buf));
+                teacher_responses.extend(s.data.train.local_file().and_then(Path::parent).filter(|p| p.join("stats.json").exists()).map(Path::to_path_buf));
             }
             CompareRun { name, dir: d.clone(), teacher_responses }
         })

@@ -1,11 +1,13 @@
-//! Datasets: JSONL files of `{"prompt": ..., "response": ...}` or `{"messages": [...]}` lines,
+//! Datasets: JSONL, JSON or Parquet records of `{"prompt": ..., "response": ...}` (or TRL's
+//! `completion`), `{"messages": [...]}`, or fields a recipe names, local or from the hub;
 //! rendered with the model's chat template and tokenized with a mask of the response
 //! (assistant) tokens, which are the only ones the loss covers. Also a seeded sampler whose
 //! position can be saved and restored.
 use crate::hf::chat::{check_roles, ChatTemplate, Message};
 use crate::hf::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
-use serde::Deserialize;
+use crate::recipe::Dataset;
+use serde_json::Value;
 use std::path::Path;
 
 /// The longest JSONL line a dataset may have (about 250k tokens of text, beyond any context).
@@ -32,24 +34,58 @@ impl Example {
     }
 }
 
-#[derive(Deserialize)]
-struct Line {
-    prompt: Option<String>,
-    response: Option<String>,
-    messages: Option<Vec<Message>>,
+/// Reads a dataset's examples, file after file (shards in name order). Errors name the file
+/// and the 1-based line or row.
+pub fn read(ds: &Dataset, max_examples: Option<usize>) -> Result<Vec<Example>> {
+    let files = crate::hf::hub::dataset_files(&ds.path)?;
+    let mut out = Vec::new();
+    for file in &files {
+        let mut take = |at: &dyn Fn() -> String, record: Value| -> Result<bool> {
+            if max_examples.is_some_and(|m| out.len() >= m) {
+                return Ok(false);
+            }
+            out.push(example(record, ds).with_context(at)?);
+            Ok(true)
+        };
+        let name = file.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+        if name.ends_with(".parquet") {
+            parquet_records(file, &mut take)?;
+        } else if name.ends_with(".jsonl") || name.ends_with(".json") {
+            json_records(file, &mut take)?;
+        } else {
+            bail!("dataset {}: not a .jsonl, .json or .parquet file", file.display());
+        }
+    }
+    ensure!(!out.is_empty(), "dataset {} has no examples", ds.path);
+    Ok(out)
 }
 
-/// Reads a JSONL dataset. Errors name the file and the 1-based line.
+/// Reads a local JSONL file of `{"prompt", "response"}` or `{"messages"}` lines.
 pub fn read_jsonl(path: &Path, max_examples: Option<usize>) -> Result<Vec<Example>> {
+    read(&Dataset::from(path.to_path_buf()), max_examples)
+}
+
+/// What a file reader hands each record to, with the record's place for errors; false stops it.
+type Take<'a> = dyn FnMut(&dyn Fn() -> String, Value) -> Result<bool> + 'a;
+
+/// Hands each record of a JSON Lines file (or of a JSON array, as `datasets` can also write)
+/// to `take` until it returns false.
+fn json_records(path: &Path, take: &mut Take) -> Result<()> {
     use std::io::{BufRead, Read};
     let file = std::fs::File::open(path).with_context(|| format!("reading dataset {}", path.display()))?;
     let mut reader = std::io::BufReader::new(file);
-    let mut out = Vec::new();
+    let head = reader.fill_buf().with_context(|| format!("reading dataset {}", path.display()))?;
+    if head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        let records: Vec<Value> = serde_json::from_reader(reader).with_context(|| format!("{}: not a JSON array of records", path.display()))?;
+        for (i, record) in records.into_iter().enumerate() {
+            if !take(&|| format!("{} record {}", path.display(), i + 1), record)? {
+                break;
+            }
+        }
+        return Ok(());
+    }
     let mut bytes = Vec::new();
     for i in 0.. {
-        if max_examples.is_some_and(|m| out.len() >= m) {
-            break;
-        }
         let at = || format!("{}:{}", path.display(), i + 1);
         // Streamed one bounded line at a time: a huge line is an error, not gigabytes of memory.
         bytes.clear();
@@ -63,25 +99,72 @@ pub fn read_jsonl(path: &Path, max_examples: Option<usize>) -> Result<Vec<Exampl
         ensure!(bytes.len() <= MAX_LINE_BYTES, "{}: line longer than {} MiB", at(), MAX_LINE_BYTES >> 20);
         let raw = std::str::from_utf8(&bytes).with_context(|| format!("{}: not UTF-8", at()))?.trim_end_matches('\r');
         ensure!(!raw.trim().is_empty(), "{}: empty line", at());
-        let line: Line = serde_json::from_str(raw).with_context(|| format!("{}: not a JSON object of the expected shape", at()))?;
-        let messages = match (line.messages, line.prompt, line.response) {
-            (Some(m), None, None) => m,
-            (None, Some(p), r) => {
-                let mut m = vec![Message::new("user", &p)];
-                if let Some(r) = r {
-                    m.push(Message::new("assistant", &r));
-                }
-                m
-            }
-            (Some(_), _, _) => bail!("{}: has both \"messages\" and \"prompt\"/\"response\"", at()),
-            (None, None, _) => bail!("{}: needs \"prompt\" (with \"response\") or \"messages\"", at()),
-        };
-        ensure!(!messages.is_empty(), "{}: \"messages\" is empty", at());
-        check_roles(&messages).with_context(at)?;
-        out.push(Example { messages });
+        let record: Value = serde_json::from_str(raw).with_context(|| format!("{}: not JSON", at()))?;
+        if !take(&at, record)? {
+            break;
+        }
     }
-    ensure!(!out.is_empty(), "dataset {} has no examples", path.display());
-    Ok(out)
+    Ok(())
+}
+
+/// Hands each row of a Parquet file (the hub's format for datasets) to `take` as a JSON object
+/// until it returns false.
+fn parquet_records(path: &Path, take: &mut Take) -> Result<()> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path).with_context(|| format!("reading dataset {}", path.display()))?;
+    let reader = SerializedFileReader::new(file).with_context(|| format!("dataset {}: not a Parquet file", path.display()))?;
+    let rows = reader.get_row_iter(None).with_context(|| format!("reading dataset {}", path.display()))?;
+    for (i, row) in rows.enumerate() {
+        let row = row.with_context(|| format!("{} row {}: unreadable", path.display(), i + 1))?;
+        if !take(&|| format!("{} row {}", path.display(), i + 1), row.to_json_value())? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// One record as a conversation, from the fields `ds` names (or the defaults). A prompt or
+/// response may be a string or, as in TRL's conversational datasets, a list of messages.
+fn example(record: Value, ds: &Dataset) -> Result<Example> {
+    let Value::Object(fields) = record else { bail!("not a JSON object") };
+    let field = |named: &Option<String>, default: &[&str]| -> Result<Option<(String, Value)>> {
+        if let Some(name) = named {
+            return match fields.get(name).filter(|v| !v.is_null()) {
+                Some(v) => Ok(Some((name.clone(), v.clone()))),
+                None => bail!("no field {name:?} (the fields are {})", fields.keys().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")),
+            };
+        }
+        Ok(default.iter().find_map(|&k| fields.get(k).filter(|v| !v.is_null()).map(|v| (k.to_string(), v.clone()))))
+    };
+    let turns = |(name, v): (String, Value), role: &str| -> Result<Vec<Message>> {
+        match v {
+            Value::String(text) => Ok(vec![Message::new(role, &text)]),
+            v @ Value::Array(_) => serde_json::from_value(v).with_context(|| format!("{name:?}: not a list of {{role, content}} messages")),
+            _ => bail!("{name:?}: neither a string nor a list of messages"),
+        }
+    };
+    let mapped = ds.prompt.is_some() || ds.response.is_some();
+    let messages = if ds.messages.is_some() || !mapped { field(&ds.messages, &["messages"])? } else { None };
+    let prompt = if ds.messages.is_none() { field(&ds.prompt, &["prompt"])? } else { None };
+    let response = if ds.messages.is_none() { field(&ds.response, &["response", "completion"])? } else { None };
+    let messages = match (messages, prompt, response) {
+        (Some((name, v)), None, None) => match v {
+            v @ Value::Array(_) => serde_json::from_value(v).with_context(|| format!("{name:?}: not a list of {{role, content}} messages"))?,
+            _ => bail!("{name:?}: not a list of messages"),
+        },
+        (None, Some(p), r) => {
+            let mut m = turns(p, "user")?;
+            if let Some(r) = r {
+                m.extend(turns(r, "assistant")?);
+            }
+            m
+        }
+        (Some(_), _, _) => bail!("has both \"messages\" and \"prompt\"/\"response\""),
+        (None, None, _) => bail!("needs \"prompt\" (with \"response\" or \"completion\") or \"messages\"; name other fields in the recipe as {{path, prompt: FIELD, response: FIELD}}"),
+    };
+    ensure!(!messages.is_empty(), "\"messages\" is empty");
+    check_roles(&messages)?;
+    Ok(Example { messages })
 }
 
 /// A tokenized example: ids and, per id, whether it is a response token (a loss target).
@@ -244,7 +327,7 @@ mod tests {
             assert!(e.contains(needle), "{e} should contain {needle}");
         };
         check("{\"prompt\":\"a\",\"response\":\"b\"}\n\n", "d.jsonl:2: empty line");
-        check("{\"prompt\":\"a\"}\n{\"prompt\": 3}\n", "d.jsonl:2: not a JSON object");
+        check("{\"prompt\":\"a\"}\n[1, 2]\n", "d.jsonl:2: not a JSON object");
         check("{\"text\":\"a\"}\n", "d.jsonl:1: needs \"prompt\"");
         check("{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}\n", "d.jsonl:1: unknown role");
         check("", "has no examples");
@@ -252,6 +335,64 @@ mod tests {
         let ex = read_jsonl(&p, None).unwrap();
         assert_eq!(ex[0].response(), Some("b"));
         assert_eq!(ex[1].response(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn mapped(path: &str, prompt: &str, response: &str) -> Dataset {
+        Dataset { path: path.into(), prompt: Some(prompt.into()), response: Some(response.into()), messages: None }
+    }
+
+    #[test]
+    fn parquet_and_json_files_as_datasets_writes_them_give_the_jsonl_examples() {
+        // Made from the JSONL fixtures by scripts/fixtures/make_dataset_fixtures.py.
+        let arith = read_jsonl(Path::new("tests/fixtures/data/arith_train.jsonl"), Some(48)).unwrap();
+        let shards = read(&mapped("tests/fixtures/data/hub/arith/data/train-0000*-of-00002.parquet", "question", "answer"), None).unwrap();
+        let zstd = read(&mapped("tests/fixtures/data/hub/arith/data/train-zstd.parquet", "question", "answer"), None).unwrap();
+        assert_eq!((shards.len(), &shards), (48, &arith), "two snappy shards, in name order");
+        assert_eq!(zstd, arith);
+        let first = read(&mapped("tests/fixtures/data/hub/arith/data/train-*-of-00002.parquet", "question", "answer"), Some(30)).unwrap();
+        assert_eq!(first, arith[..30], "max_examples stops across shards");
+        let chat = read_jsonl(Path::new("tests/fixtures/data/chat_train.jsonl"), None).unwrap();
+        assert!(chat.len() == 8 && chat[0].messages.len() == 5);
+        assert_eq!(read(&"tests/fixtures/data/hub/chat/conversations.parquet".into(), None).unwrap(), chat, "a list of {{role, content}} structs");
+        assert_eq!(read(&"tests/fixtures/data/hub/chat/conversations.json".into(), None).unwrap(), chat, "a JSON array");
+        let e = format!("{:#}", read(&"tests/fixtures/data/hub/arith/data/train-zstd.parquet".into(), None).unwrap_err());
+        assert!(e.contains("train-zstd.parquet row 1: needs \"prompt\""), "{e}");
+        let e = format!("{:#}", read(&mapped("tests/fixtures/data/hub/arith/data/train-zstd.parquet", "question", "solution"), None).unwrap_err());
+        assert!(e.contains("row 1: no field \"solution\" (the fields are \"answer\", \"id\", \"question\")"), "{e}");
+        let e = format!("{:#}", read(&"tests/fixtures/data/arith_train.jsonl.parquet".into(), None).unwrap_err());
+        assert!(e.contains("arith_train.jsonl.parquet: no such file"), "{e}");
+        let e = format!("{:#}", read(&"tests/fixtures/data/hub/nothing-*.parquet".into(), None).unwrap_err());
+        assert!(e.contains("nothing-*.parquet: no file matches"), "{e}");
+        let e = format!("{:#}", read(&"tests/fixtures/data/hub/chat".into(), None).unwrap_err());
+        assert!(e.contains("hub/chat: no such file"), "{e}");
+    }
+
+    #[test]
+    fn trl_prompt_completion_records_strings_or_messages() {
+        let dir = std::env::temp_dir().join(format!("tokbridge-trl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("d.jsonl");
+        std::fs::write(
+            &p,
+            concat!(
+                "{\"prompt\": \"2+2?\", \"completion\": \"4\"}\n",
+                "{\"prompt\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", \"content\": \"2+3?\"}], \"completion\": [{\"role\": \"assistant\", \"content\": \"5\"}]}\n",
+                "{\"prompt\": \"2+4?\", \"completion\": null, \"label\": true}\n",
+            ),
+        )
+        .unwrap();
+        let ex = read_jsonl(&p, None).unwrap();
+        let m = |r: &str, c: &str| Message::new(r, c);
+        assert_eq!(ex[0].messages, [m("user", "2+2?"), m("assistant", "4")]);
+        assert_eq!(ex[1].messages, [m("system", "Be brief."), m("user", "2+3?"), m("assistant", "5")]);
+        assert_eq!((ex[2].messages.len(), ex[2].response()), (1, None), "a null field is absent");
+        std::fs::write(&p, "{\"messages\": \"hello\"}\n").unwrap();
+        let e = format!("{:#}", read_jsonl(&p, None).unwrap_err());
+        assert!(e.contains("d.jsonl:1: \"messages\": not a list of messages"), "{e}");
+        std::fs::write(&p, "{\"prompt\": 3}\n").unwrap();
+        let e = format!("{:#}", read_jsonl(&p, None).unwrap_err());
+        assert!(e.contains("d.jsonl:1: \"prompt\": neither a string nor a list of messages"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -24,6 +24,86 @@ pub fn var_overrides(vars: &Vars) -> Vec<String> {
     vars.iter().map(|(k, v)| format!("vars.{k}={}", scalar(v))).collect()
 }
 
+/// A dataset: JSONL, JSON or Parquet files, local or on the hub as
+/// `hf://datasets/ORG/NAME[@REVISION]/PATH` (the Hugging Face file-system URL; from the hub
+/// cache, downloaded into it unless `HF_HUB_OFFLINE` is set), where `*` in the file name
+/// matches shards. Written as that string, or as `{path, prompt, response, messages}` naming
+/// the fields that hold the conversation when they are not the defaults: `prompt` and
+/// `response` (or TRL's `completion`), or `messages`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Dataset {
+    pub path: String,
+    pub prompt: Option<String>,
+    pub response: Option<String>,
+    pub messages: Option<String>,
+}
+
+impl Dataset {
+    /// The file itself when the dataset is one local file (not a hub URL, not a pattern).
+    pub fn local_file(&self) -> Option<&Path> {
+        (!self.path.starts_with("hf://") && !self.path.contains('*')).then(|| Path::new(&self.path))
+    }
+
+    fn mapped(&self) -> bool {
+        self.prompt.is_some() || self.response.is_some() || self.messages.is_some()
+    }
+}
+
+impl std::fmt::Display for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.path)
+    }
+}
+
+impl From<&str> for Dataset {
+    fn from(path: &str) -> Self {
+        Dataset { path: path.into(), ..Default::default() }
+    }
+}
+
+impl From<PathBuf> for Dataset {
+    fn from(path: PathBuf) -> Self {
+        Dataset { path: path.display().to_string(), ..Default::default() }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatasetMap {
+    path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    response: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    messages: Option<String>,
+}
+
+impl Serialize for Dataset {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if !self.mapped() {
+            return s.serialize_str(&self.path);
+        }
+        DatasetMap { path: self.path.clone(), prompt: self.prompt.clone(), response: self.response.clone(), messages: self.messages.clone() }.serialize(s)
+    }
+}
+
+// By hand rather than `untagged`, so a wrong key in the mapping is named in the error.
+impl<'de> Deserialize<'de> for Dataset {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        let m: DatasetMap = match Value::deserialize(d)? {
+            Value::String(path) => return Ok(Dataset { path, ..Default::default() }),
+            v @ Value::Mapping(_) => serde_yaml::from_value(v).map_err(D::Error::custom)?,
+            _ => return Err(D::Error::custom("expected a dataset path or {path, prompt, response, messages}")),
+        };
+        if m.messages.is_some() && (m.prompt.is_some() || m.response.is_some()) {
+            return Err(D::Error::custom("a dataset's conversation is in `messages` or in `prompt` and `response`, not both"));
+        }
+        Ok(Dataset { path: m.path, prompt: m.prompt, response: m.response, messages: m.messages })
+    }
+}
+
 /// A model a recipe uses: a directory or hub id, its dtype and optionally its own device. A
 /// teacher may instead be served by an inference engine (`server`), with only its tokenizer
 /// and chat template here (`tokenizer`).
@@ -86,11 +166,11 @@ fn f32() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
-    /// JSONL training set: `{"prompt", "response"}` or `{"messages": [...]}` per line.
-    pub train: PathBuf,
-    /// Held-out JSONL set for evaluation.
+    /// The training set: `{"prompt", "response"}` or `{"messages": [...]}` records.
+    pub train: Dataset,
+    /// The held-out set for evaluation.
     #[serde(default)]
-    pub eval: Option<PathBuf>,
+    pub eval: Option<Dataset>,
     /// Sequences longer than this (prompt + response tokens) are truncated, with a count.
     #[serde(default = "d_max_length")]
     pub max_length: usize,
@@ -412,8 +492,8 @@ pub struct Sft {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PromptsSpec {
-    /// JSONL with `prompt` or `messages` per line (a `response`, if present, is ignored).
-    pub prompts: PathBuf,
+    /// Records with `prompt` or `messages` (a `response`, if present, is ignored).
+    pub prompts: Dataset,
     /// Leave out the first N prompts (answer a later slice: prompts another run did not see).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub skip: usize,
@@ -464,8 +544,8 @@ pub struct Eval {
     #[serde(default = "d_device")]
     pub device: String,
     pub model: ModelSpec,
-    /// JSONL with prompts and reference responses.
-    pub data: PathBuf,
+    /// Prompts and reference responses.
+    pub data: Dataset,
     pub eval: EvalSpec,
     #[serde(default)]
     pub logging: LoggingSpec,
@@ -609,11 +689,11 @@ pub enum AdvantageBaseline {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpdData {
-    /// JSONL prompts (`prompt` or `messages`); responses, if present, feed the off-policy fraction.
-    pub train: PathBuf,
-    /// Held-out JSONL for evaluation (scorers, and the teacher-student log-prob gap).
+    /// Prompts (`prompt` or `messages`); responses, if present, feed the off-policy fraction.
+    pub train: Dataset,
+    /// The held-out set for evaluation (scorers, and the teacher-student log-prob gap).
     #[serde(default)]
-    pub eval: Option<PathBuf>,
+    pub eval: Option<Dataset>,
     #[serde(default)]
     pub max_examples: Option<usize>,
     #[serde(default = "yes")]
@@ -869,7 +949,7 @@ pub struct TrainTokenizer {
     #[serde(default, skip_serializing_if = "Vars::is_empty")]
     pub vars: Vars,
     pub output_dir: PathBuf,
-    pub data: Vec<PathBuf>,
+    pub data: Vec<Dataset>,
     pub vocab_size: usize,
     pub spaces: SpaceStyle,
     pub digits: DigitStyle,
@@ -1259,7 +1339,7 @@ impl Recipe {
                 ensure!(r.min_digits >= 1 && r.min_digits <= r.max_digits && r.max_digits <= 12, "need 1 <= min_digits <= max_digits <= 12");
             }
             Recipe::TrainTokenizer(r) => {
-                ensure!(!r.data.is_empty(), "data must list at least one JSONL file");
+                ensure!(!r.data.is_empty(), "data must list at least one dataset");
                 ensure!(r.vocab_size >= 300, "vocab_size must be at least 300 (specials and 256 bytes come first)");
             }
             Recipe::InitModel(r) => {

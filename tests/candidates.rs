@@ -53,7 +53,7 @@ fn prefix_of(x: &opd::Rollout, pos: usize) -> usize {
 fn tree_pass_equals_scoring_each_candidate_alone() {
     let r = recipe(&[]);
     let (student, teacher) = sides(&r);
-    let examples = tokbridge::data::read_jsonl(&r.data.train, Some(4)).unwrap();
+    let examples = tokbridge::data::read(&r.data.train, Some(4)).unwrap();
     let prompts: Vec<Vec<i64>> = examples.iter().map(|e| tokbridge::data::prompt_ids(&student.tok, &student.chat, e.prompt()).unwrap()).collect();
     // Sampled responses of the random student, and the dataset's (digits, words, end of turn).
     let mut rollouts = opd::make_rollouts(&opd::Plan::of(&r), &student, &teacher, &examples, &prompts, &[0, 1], true, 5).unwrap();

@@ -66,7 +66,7 @@ fn chunked_divergence_gradients_equal_full_logits_autograd() {
         teacher.same_vocab = true;
         // Chunks of 3 positions, so a row spans several chunks.
         student.model.logits_per_chunk = Some(3 * 420 * 6);
-        let examples = tokbridge::data::read_jsonl(&r.data.train, Some(6)).unwrap();
+        let examples = tokbridge::data::read(&r.data.train, Some(6)).unwrap();
         let prompts: Vec<Vec<i64>> = examples.iter().map(|e| tokbridge::data::prompt_ids(&student.tok, &student.chat, e.prompt()).unwrap()).collect();
         let picks: Vec<usize> = (0..6).collect();
         let mut rollouts = opd::make_rollouts(&opd::Plan::of(&r), &student, &teacher, &examples, &prompts, &picks, true, 3).unwrap();
@@ -115,7 +115,7 @@ fn chunked_uld_and_gold_gradients_equal_full_logits_autograd() {
         let mut student = opd::load_side(&r.student, "cpu").unwrap();
         let teacher = opd::load_teacher(&r.teacher, "cpu").unwrap();
         student.model.logits_per_chunk = Some(2 * 6 * logits_width(&student));
-        let examples = tokbridge::data::read_jsonl(&r.data.train, Some(6)).unwrap();
+        let examples = tokbridge::data::read(&r.data.train, Some(6)).unwrap();
         let prompts: Vec<Vec<i64>> = examples.iter().map(|e| tokbridge::data::prompt_ids(&student.tok, &student.chat, e.prompt()).unwrap()).collect();
         // The dataset's responses (arithmetic text; the untrained fixtures sample byte soup).
         let mut rollouts = opd::make_rollouts(&opd::Plan::of(&r), &student, &teacher, &examples, &prompts, &(0..6).collect::<Vec<_>>(), false, 3).unwrap();

@@ -55,7 +55,7 @@ fn dpca_gradient_is_unbiased_for_the_reverse_kl_gradient() {
     scale_final_norm(&student);
     scale_final_norm(&teacher);
     let teacher = teacher.into_teacher();
-    let examples = tokbridge::data::read_jsonl(&r.data.train, Some(1)).unwrap();
+    let examples = tokbridge::data::read(&r.data.train, Some(1)).unwrap();
     let prompt = tokbridge::data::prompt_ids(&student.tok, &student.chat, examples[0].prompt()).unwrap();
     let prompts = vec![prompt.clone()];
     let plan = opd::Plan::of(&r);

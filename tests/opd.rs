@@ -37,7 +37,7 @@ fn same_tokenizer_dpca_is_per_token_reverse_kl() {
     let student = opd::load_side(&r.student, "cpu").unwrap();
     let mut teacher = opd::load_teacher(&r.teacher, "cpu").unwrap();
     teacher.same_vocab = true;
-    let examples = tokbridge::data::read_jsonl(&r.data.train, Some(8)).unwrap();
+    let examples = tokbridge::data::read(&r.data.train, Some(8)).unwrap();
     let prompts: Vec<Vec<i64>> = examples.iter().map(|e| tokbridge::data::prompt_ids(&student.tok, &student.chat, e.prompt()).unwrap()).collect();
     let picks: Vec<usize> = (0..8).collect();
     let mut rollouts = opd::make_rollouts(&opd::Plan::of(&r), &student, &teacher, &examples, &prompts, &picks, true, 7).unwrap();
@@ -144,7 +144,7 @@ fn sampled_rollouts_carry_the_log_probs_and_entropies_of_a_full_forward() {
     let r = common::tiny_opd(&[]);
     let student = opd::load_side(&r.student, "cpu").unwrap();
     let teacher = opd::load_teacher(&r.teacher, "cpu").unwrap();
-    let examples = tokbridge::data::read_jsonl(&r.data.train, Some(8)).unwrap();
+    let examples = tokbridge::data::read(&r.data.train, Some(8)).unwrap();
     let prompts: Vec<Vec<i64>> = examples.iter().map(|e| tokbridge::data::prompt_ids(&student.tok, &student.chat, e.prompt()).unwrap()).collect();
     let picks: Vec<usize> = (0..8).collect();
     let mut rollouts = opd::make_rollouts(&opd::Plan::of(&r), &student, &teacher, &examples, &prompts, &picks, true, 3).unwrap();

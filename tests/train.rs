@@ -2,7 +2,7 @@
 //! lowers the loss and writes a complete run directory; an interrupted run resumed from its
 //! checkpoint reproduces the uninterrupted loss curve; export reloads to identical logits;
 //! a diverging run stops with the last good checkpoint; teacher responses resume; eval writes
-//! its scores; every shipped recipe validates.
+//! its scores; a hub dataset in Parquet trains as its JSONL; every shipped recipe validates.
 mod common;
 
 use common::tempdir::TempDir;
@@ -229,6 +229,48 @@ fn eval_recipe_writes_every_score() {
     }
     // A random model's perplexity is near its vocabulary size, far from 1.
     assert!(v["eval/ppl"].as_f64().unwrap() > 50.0);
+}
+
+/// A dataset on the hub (`hf://datasets/...`, Parquet shards with other field names, from the
+/// hub cache offline) trains exactly as the same records in JSONL.
+#[test]
+fn a_hub_dataset_in_parquet_shards_trains_as_its_jsonl() {
+    let tmp = TempDir::new();
+    let cache = tmp.path().join("hub");
+    let repo = cache.join("datasets--tiny--arith");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    let snapshot = repo.join("snapshots/0123abcd/data");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    for shard in ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"] {
+        std::fs::copy(Path::new("tests/fixtures/data/hub/arith/data").join(shard), snapshot.join(shard)).unwrap();
+    }
+    let common = ["training.steps=4", "eval.every=4", "data.shuffle=false"];
+    let (jsonl, hub) = (tmp.path().join("jsonl"), tmp.path().join("hub-run"));
+    ok(sft(&jsonl, &common, &["data.max_examples=48"]));
+    let run = |out: &Path, train: &str| {
+        let mut args = vec!["run".to_string(), "recipes/sft/tiny.yaml".into(), format!("output_dir={}", out.display()), "logging.progress=false".into(), format!("data.train={train}")];
+        args.extend(common.iter().map(|s| s.to_string()));
+        std::process::Command::new(env!("CARGO_BIN_EXE_tokbridge"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(&args)
+            .env("HF_HUB_CACHE", &cache)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    ok(run(&hub, "{path: hf://datasets/tiny/arith/data/train-*.parquet, prompt: question, response: answer}"));
+    let (a, b) = (losses(&jsonl), losses(&hub));
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, b, "the same 48 examples in the same order");
+    let resolved = std::fs::read_to_string(hub.join("recipe.yaml")).unwrap();
+    assert!(resolved.contains("path: hf://datasets/tiny/arith/data/train-*.parquet") && resolved.contains("prompt: question"), "{resolved}");
+    let out = run(&tmp.path().join("absent"), "hf://datasets/tiny/absent/data/train.parquet");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("dataset hf://datasets/tiny/absent/data/train.parquet: HF_HUB_OFFLINE is set"), "{err}");
+    let out = run(&tmp.path().join("typo"), "{path: hf://datasets/tiny/arith/data/train-*.parquet, prompts: question}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("unknown field `prompts`") && err.lines().count() == 1, "{err}");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Resolving a model spec (a local directory or a hub id such as `Qwen/Qwen3-0.6B`) to a
-//! directory in Hugging Face layout.
+//! directory in Hugging Face layout, and a dataset path (a local file, or the file-system URL
+//! `hf://datasets/openai/gsm8k/main/train-*.parquet`) to its files.
 //!
 //! Hub ids are looked up in the standard cache first (`$HF_HUB_CACHE`, else `$HF_HOME/hub`,
 //! else `~/.cache/huggingface/hub`; `models--org--name/refs/<revision>` -> `snapshots/<sha>`),
@@ -51,9 +52,14 @@ fn missing_files(dir: &Path, weights: bool) -> Vec<String> {
     missing
 }
 
-/// The snapshot directory of a cached hub repo, if its ref resolves.
+/// The snapshot directory of a cached hub model, if its ref resolves.
 fn cached_snapshot(cache: &Path, repo: &str, revision: &str) -> Option<PathBuf> {
-    let repo_dir = cache.join(format!("models--{}", repo.replace('/', "--")));
+    cached_repo(cache, "models", repo, revision)
+}
+
+/// The snapshot directory of a cached hub repo of a kind (`models`, `datasets`), if its ref resolves.
+fn cached_repo(cache: &Path, kind: &str, repo: &str, revision: &str) -> Option<PathBuf> {
+    let repo_dir = cache.join(format!("{kind}--{}", repo.replace('/', "--")));
     let sha = std::fs::read_to_string(repo_dir.join("refs").join(revision)).ok();
     let snapshot = repo_dir.join("snapshots").join(sha.as_deref().map(str::trim).unwrap_or(revision));
     snapshot.is_dir().then_some(snapshot)
@@ -169,4 +175,100 @@ fn download(cache: &Path, repo: &str, revision: &str, weights: bool) -> Result<P
         }
     }
     Ok(dir)
+}
+
+/// The files of a dataset path, in name order: a local file; a local pattern with `*` in its
+/// file name; or `hf://datasets/ORG/NAME[@REVISION]/PATH` (`*` allowed in the file name, a
+/// revision's `/` written `%2F` as the hub's URLs do), taken from the hub cache and downloaded
+/// into it unless `HF_HUB_OFFLINE` is set. A pattern on the hub is matched against the repo's
+/// file list (one request), so a partly downloaded set of shards is completed, not used as it
+/// is; offline, it matches the cached files.
+pub fn dataset_files(spec: &str) -> Result<Vec<PathBuf>> {
+    let Some(rest) = spec.strip_prefix("hf://") else {
+        let path = Path::new(spec);
+        if !spec.contains('*') {
+            anyhow::ensure!(path.is_file(), "dataset {spec}: no such file");
+            return Ok(vec![path.to_path_buf()]);
+        }
+        let files = matching(Path::new("."), spec).with_context(|| format!("dataset {spec}"))?;
+        anyhow::ensure!(!files.is_empty(), "dataset {spec}: no file matches");
+        return Ok(files);
+    };
+    let form = "a hub dataset is hf://datasets/ORG/NAME[@REVISION]/PATH";
+    let Some(rest) = rest.strip_prefix("datasets/") else { bail!("dataset {spec}: {form}") };
+    let mut parts = rest.splitn(3, '/');
+    let (Some(org), Some(name), Some(file)) = (parts.next(), parts.next(), parts.next()) else { bail!("dataset {spec}: {form}") };
+    let (name, revision) = name.split_once('@').unwrap_or((name, "main"));
+    let revision = revision.replace("%2F", "/").replace("%2f", "/");
+    anyhow::ensure!(!org.is_empty() && !name.is_empty() && !file.is_empty() && !file.ends_with('/'), "dataset {spec}: {form}");
+    let repo = format!("{org}/{name}");
+    let cache = cache_dir();
+    let cached = match cached_repo(&cache, "datasets", &repo, &revision) {
+        Some(dir) if file.contains('*') => matching(&dir, file).with_context(|| format!("dataset {spec}"))?,
+        Some(dir) => Some(dir.join(file)).filter(|p| p.is_file()).into_iter().collect(),
+        None => vec![],
+    };
+    if !cached.is_empty() && (offline() || !file.contains('*')) {
+        return Ok(cached);
+    }
+    if offline() {
+        bail!("dataset {spec}: HF_HUB_OFFLINE is set and the cache {} holds no {file} of hub dataset {repo}", cache.display());
+    }
+    let fetch = || -> Result<Vec<PathBuf>> {
+        use hf_hub::api::sync::ApiBuilder;
+        use hf_hub::{Repo, RepoType};
+        let api = ApiBuilder::from_env().with_cache_dir(cache.clone()).build()?;
+        let hub = api.repo(Repo::with_revision(repo.clone(), RepoType::Dataset, revision.clone()));
+        let mut names = vec![file.to_string()];
+        if file.contains('*') {
+            names = hub.info()?.siblings.into_iter().map(|s| s.rfilename).filter(|f| glob(file, f)).collect();
+            names.sort();
+            anyhow::ensure!(!names.is_empty(), "no file of the repo matches {file}");
+        }
+        names.iter().map(|n| hub.get(n).with_context(|| format!("downloading {n}"))).collect()
+    };
+    fetch().with_context(|| match cached.len() {
+        0 => format!("dataset {spec}: not in the cache {}, and the hub did not give it", cache.display()),
+        n => format!("dataset {spec}: the hub did not list the files that match (the cache {} holds {n}; HF_HUB_OFFLINE=1 uses those)", cache.display()),
+    })
+}
+
+/// The files under `root` whose path matches `pattern` (`*` only in its file name), sorted.
+fn matching(root: &Path, pattern: &str) -> Result<Vec<PathBuf>> {
+    let (dir, name) = pattern.rsplit_once('/').unwrap_or(("", pattern));
+    anyhow::ensure!(!dir.contains('*'), "`*` may only appear in the file name");
+    let dir = if dir.is_empty() && pattern.starts_with('/') { Path::new("/").to_path_buf() } else { root.join(dir) };
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(vec![]) };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| glob(name, &e.file_name().to_string_lossy()) && e.path().is_file())
+        .map(|e| if root == Path::new(".") { Path::new(pattern).with_file_name(e.file_name()) } else { e.path() })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters but `/`.
+fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, tail)) => {
+            let Some(rest) = text.strip_prefix(head) else { return false };
+            (0..=rest.len()).filter(|&i| rest.is_char_boundary(i)).take_while(|&i| !rest[..i].contains('/')).any(|i| glob(tail, &rest[i..]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_shards_within_one_directory() {
+        assert!(glob("train-*.parquet", "train-00000-of-00002.parquet"));
+        assert!(glob("main/train-*", "main/train-00001-of-00002.parquet"));
+        assert!(!glob("main/train-*", "main/test-00000-of-00001.parquet"));
+        assert!(!glob("*.parquet", "main/train.parquet"), "`*` does not cross directories");
+        assert!(glob("a*b*c", "a-b-b-c") && !glob("a*b*c", "a-c-b"));
+    }
 }

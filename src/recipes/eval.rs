@@ -289,7 +289,7 @@ pub fn run(r: &recipe::Eval, dist: Option<&Dist>) -> Result<()> {
     let student = load_side(&r.model, &r.device)?;
     let teacher = load_eval_teacher(Some(&r.eval), &r.device, &student)?;
     let plan = gap_plan(&r.eval);
-    let examples = data::read_jsonl(&r.data, None)?;
+    let examples = data::read(&r.data, None)?;
     let (results, _) = evaluate_run(&student, teacher.as_ref().map(|t| (t, &plan)), &examples, &r.eval, r.seed, r.logging.progress, &r.output_dir, 0, dist)?;
     if dist.is_some_and(|d| !d.is_main()) {
         return Ok(());

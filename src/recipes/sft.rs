@@ -46,11 +46,11 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     let plan = r.eval.as_ref().map(gap_plan);
 
     // Data: encode once, count truncations, drop examples left without response tokens.
-    let examples = data::read_jsonl(&r.data.train, r.data.max_examples)?;
+    let examples = data::read(&r.data.train, r.data.max_examples)?;
     let mut encoded = Vec::with_capacity(examples.len());
     let (mut truncated, mut empty) = (0usize, 0usize);
     for (i, ex) in examples.iter().enumerate() {
-        let e = data::encode(tok, chat, ex, r.data.max_length).with_context(|| format!("{} example {}", r.data.train.display(), i + 1))?;
+        let e = data::encode(tok, chat, ex, r.data.max_length).with_context(|| format!("{} example {}", r.data.train, i + 1))?;
         truncated += usize::from(e.truncated);
         if e.n_targets() == 0 {
             empty += 1;
@@ -64,9 +64,9 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     if empty > 0 {
         eprintln!("warning: {empty} examples have no response tokens (after truncation) and are skipped");
     }
-    anyhow::ensure!(!encoded.is_empty(), "{}: no example has response tokens", r.data.train.display());
+    anyhow::ensure!(!encoded.is_empty(), "{}: no example has response tokens", r.data.train);
     let eval_examples = match (&r.eval, &r.data.eval) {
-        (Some(_), Some(path)) => data::read_jsonl(path, None)?,
+        (Some(_), Some(path)) => data::read(path, None)?,
         _ => vec![],
     };
 

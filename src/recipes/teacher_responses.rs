@@ -21,8 +21,8 @@ pub fn run(r: &TeacherResponses, dist: Option<&Dist>) -> Result<()> {
     let teacher = crate::recipes::opd::load_teacher(&r.teacher, &r.device)?;
     let (tok, chat) = (&teacher.tok, &teacher.chat);
     let skip = r.data.skip;
-    let mut examples = data::read_jsonl(&r.data.prompts, r.data.max_examples.map(|m| m + skip))?;
-    anyhow::ensure!(examples.len() > skip, "data.skip {skip} leaves no prompts of the {} in {}", examples.len(), r.data.prompts.display());
+    let mut examples = data::read(&r.data.prompts, r.data.max_examples.map(|m| m + skip))?;
+    anyhow::ensure!(examples.len() > skip, "data.skip {skip} leaves no prompts of the {} in {}", examples.len(), r.data.prompts);
     examples.drain(..skip);
     let out_path = r.output_dir.join("responses.jsonl");
     let stats_path = r.output_dir.join("stats.json");

@@ -30,7 +30,7 @@ fn split_regex(digits: DigitStyle) -> String {
 pub fn run(r: &TrainTokenizer) -> Result<()> {
     let mut texts = Vec::new();
     for path in &r.data {
-        for ex in data::read_jsonl(path, None)? {
+        for ex in data::read(path, None)? {
             texts.extend(ex.messages.into_iter().map(|m| m.content));
         }
     }

@@ -126,7 +126,7 @@ pub fn tiny_opd(overrides: &[&str]) -> tokbridge::recipe::Opd {
     let text = std::fs::read_to_string(root.join("recipes/opd/tiny.yaml")).expect("tiny recipe");
     let over: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
     let Ok(tokbridge::recipe::Recipe::Opd(mut r)) = tokbridge::recipe::Recipe::parse(&text, &over) else { panic!("an opd recipe") };
-    r.data.train = root.join(&r.data.train);
+    r.data.train.path = root.join(&r.data.train.path).display().to_string();
     r.student.path = root.join(&r.student.path).display().to_string();
     r.teacher.path = root.join(&r.teacher.path).display().to_string();
     r

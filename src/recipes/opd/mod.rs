@@ -77,7 +77,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     };
 
     // Prompts, rendered once for the student; too-long prompts are skipped with a count.
-    let all = data::read_jsonl(&r.data.train, r.data.max_examples)?;
+    let all = data::read(&r.data.train, r.data.max_examples)?;
     let n_all = all.len();
     let mut examples = Vec::with_capacity(all.len());
     let mut prompts = Vec::with_capacity(all.len());
@@ -91,9 +91,9 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     if examples.len() < n_all {
         eprintln!("warning: {} of {n_all} prompts are longer than data.max_prompt_length = {} and are skipped", n_all - examples.len(), r.data.max_prompt_length);
     }
-    anyhow::ensure!(!examples.is_empty(), "{}: no prompt fits data.max_prompt_length = {}", r.data.train.display(), r.data.max_prompt_length);
+    anyhow::ensure!(!examples.is_empty(), "{}: no prompt fits data.max_prompt_length = {}", r.data.train, r.data.max_prompt_length);
     let eval_examples = match (&r.eval, &r.data.eval) {
-        (Some(_), Some(path)) => data::read_jsonl(path, None)?,
+        (Some(_), Some(path)) => data::read(path, None)?,
         _ => vec![],
     };
 
