@@ -129,6 +129,10 @@ pub struct ModelSpec {
     /// Train LoRA adapters instead of the full model (sft, and opd's student).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<crate::nn::lora::LoraSpec>,
+    /// Extra variables for the model's chat template, as transformers'
+    /// `apply_chat_template(..., **kwargs)` takes them: `{enable_thinking: false}` for Qwen3.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub chat_template_kwargs: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 impl ModelSpec {

@@ -1,9 +1,33 @@
 //! Parsing the `--device` and `--dtype` choices users give, saying which device a run uses,
-//! its peak memory, and loading a model spec with its tokenizer in one call.
+//! its peak memory, loading a model spec with its tokenizer in one call, and the `info!` lines
+//! that only one rank of a multi-process run prints.
 use crate::hf::{hub, tokenizer::Tokenizer};
 use crate::models::{self, Model};
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind};
+
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on this process prints no `info!` lines: it is a rank other than 0 of a
+/// multi-process run, whose lines rank 0 already prints (torchrun's ranks would all print them).
+pub fn quiet() {
+    QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn is_quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A line of progress or a warning about the data on stderr, which every rank would say alike:
+/// printed by rank 0 only. Rank-specific lines and errors use `eprintln!`.
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => {
+        if !$crate::runtime::is_quiet() {
+            eprintln!($($arg)*);
+        }
+    };
+}
 
 /// `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available, else CPU).
 pub fn parse_device(s: &str) -> Result<Device> {

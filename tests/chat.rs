@@ -65,3 +65,29 @@ fn plain_template_without_a_chat_template() {
     let targets: Vec<i64> = e.ids.iter().zip(&e.target).filter(|(_, &t)| t).map(|(&i, _)| i).collect();
     assert_eq!(tok.decode(&targets, false).unwrap(), "#### 4<|endoftext|>");
 }
+
+/// `chat_template_kwargs` reach the template as transformers' `apply_chat_template(...,
+/// **kwargs)` passes them: Qwen3's switch (its template's own lines) and a kwarg that
+/// overrides a special token. The expected strings are what transformers 5.23.0 printed for
+/// this template and these kwargs.
+#[test]
+fn chat_template_kwargs_are_template_variables() {
+    let tmp = common::tempdir::TempDir::new();
+    std::fs::write(
+        tmp.path().join("chat_template.jinja"),
+        "{%- for message in messages %}\n    {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}\n{%- endfor %}\n{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n    {%- if enable_thinking is defined and enable_thinking is false %}\n        {{- '<think>\\n\\n</think>\\n\\n' }}\n    {%- endif %}\n{%- endif %}",
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("tokenizer_config.json"), r#"{"eos_token": "<|im_end|>"}"#).unwrap();
+    let messages = [Message::new("user", "What is 2 + 2?")];
+    let kwargs = |v: serde_json::Value| -> std::collections::BTreeMap<String, serde_json::Value> { serde_json::from_value(v).unwrap() };
+    let render = |k: serde_json::Value| ChatTemplate::load(tmp.path()).unwrap().with_kwargs(&kwargs(k)).unwrap().render(&messages, true).unwrap();
+    let plain = "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(render(serde_json::json!({})), plain);
+    assert_eq!(render(serde_json::json!({"enable_thinking": true})), plain);
+    assert_eq!(render(serde_json::json!({"enable_thinking": false})), format!("{plain}<think>\n\n</think>\n\n"));
+    std::fs::write(tmp.path().join("chat_template.jinja"), "{{ eos_token }}|{{ bos_token }}").unwrap();
+    assert_eq!(render(serde_json::json!({"eos_token": "X"})), "X|");
+    let refused = ChatTemplate::load(tmp.path()).unwrap().with_kwargs(&kwargs(serde_json::json!({"messages": []})));
+    assert!(refused.is_err_and(|e| e.to_string().contains("\"messages\" is set by tokbridge itself")));
+}

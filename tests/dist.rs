@@ -78,10 +78,14 @@ fn two_ranks_train_as_one_process_on_the_combined_batch() {
     // SFT: 12 steps of 2 micro-batches of 4; each rank takes 2 examples of each micro-batch.
     let (one, two) = (tmp.path().join("sft1"), tmp.path().join("sft2"));
     common::ok(run("recipes/sft/tiny.yaml", &one, &[]));
-    common::ok(run("recipes/sft/tiny.yaml", &two, &["--nproc", "2"]));
+    let out = common::ok(run("recipes/sft/tiny.yaml", &two, &["--nproc", "2"]));
     let (a, b) = (losses(&one), losses(&two));
     assert_eq!(a.len(), 12);
     assert_same_curve(&a, &b, "sft");
+    // What every rank would say alike is said once (rank 0); each rank says it joined.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("model tests/fixtures/models/llama (llama, f32) on cpu").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("joined the Gloo process group").count(), 2, "{stderr}");
     // OPD across tokenizers, greedy rollouts (sampling is then the same whatever the batch).
     let (one, two) = (tmp.path().join("opd1"), tmp.path().join("opd2"));
     common::ok(run("recipes/opd/tiny.yaml", &one, &["rollout.temperature=0"]));

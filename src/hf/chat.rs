@@ -27,6 +27,9 @@ pub struct ChatTemplate {
     pub bos_token: String,
     pub eos_token: String,
     specials: Vec<(String, String)>,
+    /// Extra variables for the template (transformers' `apply_chat_template(..., **kwargs)`),
+    /// such as Qwen3's `enable_thinking`.
+    kwargs: serde_json::Map<String, Value>,
     /// Where the template came from, for errors.
     origin: String,
 }
@@ -82,7 +85,17 @@ impl ChatTemplate {
             Some(src) => Some(environment(src).with_context(|| format!("{}: chat template does not compile", dir.display()))?),
             None => None,
         };
-        Ok(Self { env, bos_token, eos_token, specials, origin })
+        Ok(Self { env, bos_token, eos_token, specials, kwargs: Default::default(), origin })
+    }
+
+    /// The same template rendered with these extra variables (they win over the special
+    /// tokens' names, as in transformers; `messages` and `add_generation_prompt` are refused).
+    pub fn with_kwargs(mut self, kwargs: &std::collections::BTreeMap<String, Value>) -> Result<Self> {
+        for (k, v) in kwargs {
+            anyhow::ensure!(k != "messages" && k != "add_generation_prompt", "chat_template_kwargs: {k:?} is set by tokbridge itself");
+            self.kwargs.insert(k.clone(), v.clone());
+        }
+        Ok(self)
     }
 
     pub fn has_template(&self) -> bool {
@@ -103,6 +116,7 @@ impl ChatTemplate {
         for (k, v) in &self.specials {
             ctx.insert(k.clone(), Value::String(v.clone()));
         }
+        ctx.extend(self.kwargs.clone());
         let tmpl = env.get_template("chat")?;
         tmpl.render(minijinja::Value::from_serialize(&ctx)).map_err(|e| anyhow::anyhow!("{}: rendering the chat template: {e:#}", self.origin))
     }

@@ -298,7 +298,7 @@ pub fn run(r: &recipe::Eval, dist: Option<&Dist>) -> Result<()> {
     let path = r.output_dir.join("eval.json");
     std::fs::write(&path, serde_json::to_string_pretty(&obj)?)?;
     for (k, v) in &results {
-        eprintln!("{k}: {v:.4}");
+        crate::info!("{k}: {v:.4}");
     }
     Ok(())
 }

@@ -84,6 +84,6 @@ pub fn run(r: &InitModel) -> Result<()> {
     std::fs::rename(&out, &r.output_dir)?;
     let back = models::load(&r.output_dir, Device::Cpu, kind)?;
     let params: i64 = back.vs.variables().values().map(|t| t.numel() as i64).sum();
-    eprintln!("init_model: {} with {:.2}M parameters in {}", r.model_type, params as f64 / 1e6, r.output_dir.display());
+    crate::info!("init_model: {} with {:.2}M parameters in {}", r.model_type, params as f64 / 1e6, r.output_dir.display());
     Ok(())
 }

@@ -140,7 +140,7 @@ fn export_final(run_dir: &Path, to: Option<&Path>) -> Result<()> {
         return Ok(()); // stopped early (--stop-after): nothing final to export
     }
     crate::export::export(&run_dir.display().to_string(), to, Some(tch::Kind::Float), 5_000_000_000, Device::Cpu, false)?;
-    eprintln!("exported {} to {}", run_dir.display(), to.display());
+    crate::info!("exported {} to {}", run_dir.display(), to.display());
     Ok(())
 }
 
@@ -192,7 +192,7 @@ pub fn load_model(spec: &ModelSpec, device: Device) -> Result<(Model, Tokenizer,
         Some(a) => format!(", LoRA r {} on {}{}", a.spec.r, a.spec.target_modules.join(","), if a.vs.trainable_variables().is_empty() { ", frozen" } else { "" }),
         None => String::new(),
     };
-    eprintln!("model {} ({}, {}{lora}) on {}", spec.path, model.family.model_type(), spec.dtype, crate::runtime::describe(device));
-    let chat = ChatTemplate::load(&model.dir)?;
+    crate::info!("model {} ({}, {}{lora}) on {}", spec.path, model.family.model_type(), spec.dtype, crate::runtime::describe(device));
+    let chat = ChatTemplate::load(&model.dir)?.with_kwargs(&spec.chat_template_kwargs)?;
     Ok((model, tok, chat))
 }

@@ -64,14 +64,14 @@ pub fn run(r: &Pipeline, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         let plan = Plan::by_main(dist, "following rank 0's plan of the pipeline", || prepare(&stage, &record, &mark, &started, opts.fresh, ran))?;
         if plan == Plan::Reuse {
             if main {
-                eprintln!("[{}/{n}] {name}: finished before, reused", i + 1);
+                crate::info!("[{}/{n}] {name}: finished before, reused", i + 1);
             }
             continue;
         }
         ran = true;
         let resume = plan == Plan::Resume;
         if main {
-            eprintln!("[{}/{n}] {name}{}", i + 1, if resume { " (resuming)" } else { "" });
+            crate::info!("[{}/{n}] {name}{}", i + 1, if resume { " (resuming)" } else { "" });
         }
         let t0 = Instant::now();
         super::run_in(&stage, &RunOptions { resume, fresh: opts.fresh, stop_after: None }, dist).with_context(|| format!("pipeline stage {}", path.display()))?;
@@ -80,11 +80,11 @@ pub fn run(r: &Pipeline, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             std::fs::write(marks.join(format!("{name}.json")), serde_json::json!({ "seconds": secs }).to_string())?;
             crate::atomic::write(&mark, &record)?;
             let _ = std::fs::remove_file(&started);
-            eprintln!("[{}/{n}] {name}: {secs:.1} s", i + 1);
+            crate::info!("[{}/{n}] {name}: {secs:.1} s", i + 1);
         }
     }
     if main {
-        eprintln!("pipeline {}: {:.1} s", r.output_dir.display(), started.elapsed().as_secs_f64());
+        crate::info!("pipeline {}: {:.1} s", r.output_dir.display(), started.elapsed().as_secs_f64());
     }
     Ok(())
 }

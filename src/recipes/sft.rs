@@ -59,10 +59,10 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         }
     }
     if truncated > 0 {
-        eprintln!("warning: {truncated} of {} examples were longer than data.max_length = {} and were truncated", examples.len(), r.data.max_length);
+        crate::info!("warning: {truncated} of {} examples were longer than data.max_length = {} and were truncated", examples.len(), r.data.max_length);
     }
     if empty > 0 {
-        eprintln!("warning: {empty} examples have no response tokens (after truncation) and are skipped");
+        crate::info!("warning: {empty} examples have no response tokens (after truncation) and are skipped");
     }
     anyhow::ensure!(!encoded.is_empty(), "{}: no example has response tokens", r.data.train);
     let eval_examples = match (&r.eval, &r.data.eval) {
@@ -79,7 +79,7 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         checkpoint::check_world(&state, world)?;
         let ckpt = crate::hf::safetensors::Checkpoint::open_file(&dir.join("optimizer.safetensors"))?;
         opt.load_state(&ckpt, state.step as i64)?;
-        eprintln!("resuming {} from step {}", run_dir.display(), state.step);
+        crate::info!("resuming {} from step {}", run_dir.display(), state.step);
     }
     let mut sampler = Sampler::at(encoded.len(), r.data.shuffle, r.seed, state.epoch, state.index);
     let mut metrics = if main { Some(Metrics::open(run_dir, r.logging.tensorboard, resume_from.as_ref().map(|_| state.step))?) } else { None };
@@ -191,7 +191,7 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             stopped = true;
             state.counters.insert("stopped_at_target".into(), state.step as f64);
             let names: Vec<&str> = r.training.stop_at.iter().map(|s| s.metric.as_str()).collect();
-            eprintln!("{}: {} reached the targets at step {}; training stops", run_dir.display(), names.join(" and "), state.step);
+            crate::info!("{}: {} reached the targets at step {}; training stops", run_dir.display(), names.join(" and "), state.step);
         }
         let last = state.step == total || stopped;
         if last || r.training.checkpoint_every.is_some_and(|n| state.step.is_multiple_of(n)) {

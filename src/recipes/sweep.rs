@@ -109,11 +109,11 @@ pub fn run(r: &Sweep, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         let plan = Plan::by_main(dist, "following rank 0's plan of the sweep", || prepare(&dir, &record, opts.fresh))?;
         if plan == Plan::Reuse {
             if main {
-                eprintln!("[sweep {}/{}] {}: finished before, reused", i + 1, settings.len(), label.join(" "));
+                crate::info!("[sweep {}/{}] {}: finished before, reused", i + 1, settings.len(), label.join(" "));
             }
         } else {
             if main {
-                eprintln!("[sweep {}/{}] {}", i + 1, settings.len(), label.join(" "));
+                crate::info!("[sweep {}/{}] {}", i + 1, settings.len(), label.join(" "));
             }
             super::run_in(&recipe, &RunOptions { resume: plan == Plan::Resume, fresh: false, stop_after: None }, dist).with_context(|| format!("sweep run {} ({})", i, label.join(" ")))?;
             if main {
@@ -132,7 +132,7 @@ pub fn run(r: &Sweep, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     let json = serde_json::json!({ "metric": r.metric, "goal": r.goal, "runs": runs, "best": runs[best] });
     std::fs::write(r.output_dir.join("sweep.json"), serde_json::to_string_pretty(&json)?)?;
     std::fs::write(r.output_dir.join("sweep.md"), table(r, &runs, best))?;
-    eprintln!("{}", table(r, &runs, best));
+    crate::info!("{}", table(r, &runs, best));
     Ok(())
 }
 

@@ -72,7 +72,7 @@ pub fn run(r: &MakeTask) -> Result<()> {
         let text: String = rows.iter().map(|(p, s)| format!("{}\n", json!({ "prompt": p, "response": s }))).collect();
         crate::atomic::write(&path, text)?;
     }
-    eprintln!("make_task: {} train, {} validation and {} held-out test problems in {}", train.len(), val.len(), test.len(), r.output_dir.display());
+    crate::info!("make_task: {} train, {} validation and {} held-out test problems in {}", train.len(), val.len(), test.len(), r.output_dir.display());
     Ok(())
 }
 

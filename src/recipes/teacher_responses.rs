@@ -51,7 +51,7 @@ pub fn run(r: &TeacherResponses, dist: Option<&Dist>) -> Result<()> {
             (n, prior["time_s"].as_f64().unwrap_or(0.0))
         };
         if done > 0 {
-            eprintln!("teacher_responses: {done} of {} prompts already answered in {}", examples.len(), out_path.display());
+            crate::info!("teacher_responses: {done} of {} prompts already answered in {}", examples.len(), out_path.display());
         }
         file = Some(std::fs::OpenOptions::new().append(true).open(&out_path).with_context(|| format!("opening {}", out_path.display()))?);
     }
@@ -111,7 +111,7 @@ pub fn run(r: &TeacherResponses, dist: Option<&Dist>) -> Result<()> {
     }
     bar.finish_with_message("done");
     if main {
-        eprintln!("teacher_responses: wrote {} ({} generated tokens)", out_path.display(), generated);
+        crate::info!("teacher_responses: wrote {} ({} generated tokens)", out_path.display(), generated);
     }
     Ok(())
 }

@@ -108,6 +108,6 @@ pub fn run(r: &TrainTokenizer) -> Result<()> {
     let check = tokenizers::Tokenizer::from_file(r.output_dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let sample = texts.first().map(String::as_str).unwrap_or("");
     let ids = check.encode(sample, false).map_err(|e| anyhow::anyhow!("{e}"))?;
-    eprintln!("train_tokenizer: {} tokens in {}; the first text takes {} tokens", check.get_vocab_size(true), r.output_dir.display(), ids.len());
+    crate::info!("train_tokenizer: {} tokens in {}; the first text takes {} tokens", check.get_vocab_size(true), r.output_dir.display(), ids.len());
     Ok(())
 }

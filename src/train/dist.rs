@@ -111,7 +111,11 @@ impl Dist {
         let addr = std::env::var("MASTER_ADDR").unwrap_or_else(|_| "127.0.0.1".into());
         let port = env_usize("MASTER_PORT")?.context("WORLD_SIZE is set but MASTER_PORT is not")?;
         anyhow::ensure!((1..65536).contains(&port), "MASTER_PORT={port} is not a port");
-        Self::join(rank, world, &addr, port as u16).with_context(|| format!("rank {rank} of {world}: joining the group at {addr}:{port}")).map(Some)
+        let dist = Self::join(rank, world, &addr, port as u16).with_context(|| format!("rank {rank} of {world}: joining the group at {addr}:{port}"))?;
+        if rank > 0 {
+            crate::runtime::quiet();
+        }
+        Ok(Some(dist))
     }
 
     /// Joins rank `rank` of `world` to the group whose store rank 0 serves at addr:port, for

@@ -56,7 +56,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     let mut teacher = load_teacher(&r.teacher, &r.device)?;
     teacher.same_vocab = student.tok.inner.get_vocab(true) == teacher.tok.inner.get_vocab(true);
     if teacher.same_vocab {
-        eprintln!("opd: student and teacher share a vocabulary: scoring the student's own tokens (same-tokenizer OPD)");
+        crate::info!("opd: student and teacher share a vocabulary: scoring the student's own tokens (same-tokenizer OPD)");
     }
     let divergence = r.loss.divergence_beta(&r.distill);
     anyhow::ensure!(
@@ -89,7 +89,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         }
     }
     if examples.len() < n_all {
-        eprintln!("warning: {} of {n_all} prompts are longer than data.max_prompt_length = {} and are skipped", n_all - examples.len(), r.data.max_prompt_length);
+        crate::info!("warning: {} of {n_all} prompts are longer than data.max_prompt_length = {} and are skipped", n_all - examples.len(), r.data.max_prompt_length);
     }
     anyhow::ensure!(!examples.is_empty(), "{}: no prompt fits data.max_prompt_length = {}", r.data.train, r.data.max_prompt_length);
     let eval_examples = match (&r.eval, &r.data.eval) {
@@ -106,7 +106,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         checkpoint::check_world(&state, world)?;
         let ckpt = crate::hf::safetensors::Checkpoint::open_file(&dir.join("optimizer.safetensors"))?;
         opt.load_state(&ckpt, state.counters.get("optimizer_steps").copied().unwrap_or(state.step as f64) as i64)?;
-        eprintln!("resuming {} from step {}", run_dir.display(), state.step);
+        crate::info!("resuming {} from step {}", run_dir.display(), state.step);
     }
     let mut sampler = Sampler::at(examples.len(), r.data.shuffle, r.seed, state.epoch, state.index);
     let mut metrics = if main { Some(Metrics::open(run_dir, r.logging.tensorboard, resume_from.as_ref().map(|_| state.step))?) } else { None };
@@ -137,7 +137,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         if let (Some(gap), true) = (get("eval/logq_minus_logp"), r.lmbda > 0.0) {
             let accuracy = r.eval.as_ref().filter(|e| e.scorers.iter().any(|s| matches!(s, Scorer::ExactMatch))).and_then(|_| get("eval/exact_match"));
             if let Some(w) = competence_warning(gap, accuracy, get("eval/teacher_logprob").unwrap_or(f64::NAN), get("eval/teacher_logprob_reference")) {
-                eprintln!("{w}");
+                crate::info!("{w}");
             }
         }
     }
