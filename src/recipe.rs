@@ -178,6 +178,10 @@ pub struct DataSpec {
     /// Sequences longer than this (prompt + response tokens) are truncated, with a count.
     #[serde(default = "d_max_length")]
     pub max_length: usize,
+    /// Pack each micro-batch's sequences into rows of at most `max_length` tokens (TRL's
+    /// `packing`, torchtune's `packed`): the same examples and loss, without the padding.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub packing: bool,
     #[serde(default = "yes")]
     pub shuffle: bool,
     /// Use only the first N examples.

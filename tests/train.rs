@@ -2,7 +2,8 @@
 //! lowers the loss and writes a complete run directory; an interrupted run resumed from its
 //! checkpoint reproduces the uninterrupted loss curve; export reloads to identical logits;
 //! a diverging run stops with the last good checkpoint; teacher responses resume; eval writes
-//! its scores; a hub dataset in Parquet trains as its JSONL; every shipped recipe validates.
+//! its scores; packed sequences train as padded ones; a hub dataset in Parquet trains as its
+//! JSONL; every shipped recipe validates.
 mod common;
 
 use common::tempdir::TempDir;
@@ -229,6 +230,53 @@ fn eval_recipe_writes_every_score() {
     }
     // A random model's perplexity is near its vocabulary size, far from 1.
     assert!(v["eval/ppl"].as_f64().unwrap() > 50.0);
+}
+
+/// Packed rows (`data.packing`) train exactly as padded ones: each sequence keeps its
+/// positions and sees only itself, so the loss curve is the padded one within float rounding,
+/// with activation checkpointing and on families with sliding windows and soft-capping
+/// (gemma2) and learned positions (gpt2).
+#[test]
+fn packed_sequences_train_as_padded_ones() {
+    let tmp = TempDir::new();
+    // Conversations of one to three turns with answers of one to four lines: 20-160 tokens,
+    // so rows of up to 256 hold several and padding has something to save.
+    let train = tmp.path().join("varied.jsonl");
+    let lines: Vec<String> = (0..48)
+        .map(|i| {
+            let line = |k: usize| format!("{} + {} = {}.", 10 * i + k, k, 10 * i + 2 * k);
+            let answer = (1..=1 + i % 4).map(line).collect::<Vec<_>>().join(" ");
+            let turns = 1 + i % 3;
+            let mut messages = vec![];
+            for t in 0..turns {
+                messages.push(serde_json::json!({"role": "user", "content": format!("Add {t} to {i}, line by line.")}));
+                messages.push(serde_json::json!({"role": "assistant", "content": format!("{answer}\n#### {}", i + t)}));
+            }
+            serde_json::json!({"messages": messages}).to_string()
+        })
+        .collect();
+    std::fs::write(&train, lines.join("\n")).unwrap();
+    for (model, extra) in [("llama", "training.activation_checkpointing=false"), ("llama", "training.activation_checkpointing=true"), ("gemma2", "training.steps=4"), ("gpt2", "training.steps=4")] {
+        let runs: Vec<_> = ["false", "true"]
+            .iter()
+            .map(|packing| {
+                let out = tmp.path().join(format!("{model}-{extra}-{packing}"));
+                let path = format!("model.path=tests/fixtures/models/{model}");
+                let data = format!("data.train={}", train.display());
+                ok(sft(&out, &[&path, extra, &data, "eval=null", "data.eval=null", &format!("data.packing={packing}")], &[]));
+                let padding: Vec<f64> = metrics(&out).iter().filter_map(|m| m["train/padding"].as_f64()).collect();
+                (losses(&out), padding)
+            })
+            .collect();
+        let ((padded, pad_a), (packed, pad_b)) = (&runs[0], &runs[1]);
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        assert!(mean(pad_a) > 0.3 && mean(pad_b) < 0.5 * mean(pad_a), "{model}: padding {pad_a:?} -> {pad_b:?}");
+        let runs = [padded.clone(), packed.clone()];
+        assert!(runs[0].len() >= 4);
+        for ((_, a), (_, b)) in runs[0].iter().zip(&runs[1]) {
+            assert!((a - b).abs() <= 1e-5 * a.abs(), "{model} {extra}: padded {:?} packed {:?}", runs[0], runs[1]);
+        }
+    }
 }
 
 /// A dataset on the hub (`hf://datasets/...`, Parquet shards with other field names, from the

@@ -219,7 +219,7 @@ impl Model {
             }
             return Ok((loss.double_value(&[]), extra));
         }
-        let pass = Pass::new(self, ids, true)?;
+        let pass = Pass::new(self, ids, None, true)?;
         let top = pass.top_for_grad();
         let (loss, extra) = loss_of(&pass.l.head(&top))?;
         let value = loss.double_value(&[]);
@@ -258,7 +258,13 @@ impl Model {
     /// gradient, where autograd would make four. The head's two matmul gradients follow from
     /// it; the one of the hidden states goes back through the final norm and the blocks.
     pub fn backward_tokens(&self, ids: &Tensor, from: i64, recompute: bool, loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
-        self.backward_head(ids, from, recompute, true, loss_of)
+        self.backward_head(ids, None, from, recompute, true, loss_of)
+    }
+
+    /// `backward_tokens` at a context of its own: packed rows, whose sequences each start at
+    /// position 0 and see only themselves (`train::Batch::packed`).
+    pub fn backward_tokens_in(&self, ids: &Tensor, ctx: Context, from: i64, recompute: bool, loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
+        self.backward_head(ids, Some(ctx), from, recompute, true, loss_of)
     }
 
     /// `backward_tokens` for a loss of each position's whole next-token distribution (the
@@ -268,11 +274,11 @@ impl Model {
     /// tensors are still bounded by the chunk; the gradient of the logits then takes the same
     /// path back as in `backward_tokens`.
     pub fn backward_logits(&self, ids: &Tensor, from: i64, recompute: bool, loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
-        self.backward_head(ids, from, recompute, false, loss_of)
+        self.backward_head(ids, None, from, recompute, false, loss_of)
     }
 
-    fn backward_head(&self, ids: &Tensor, from: i64, recompute: bool, tokens: bool, mut loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
-        let pass = Pass::new(self, ids, recompute)?;
+    fn backward_head(&self, ids: &Tensor, ctx: Option<Context>, from: i64, recompute: bool, tokens: bool, mut loss_of: impl FnMut(&Tensor, i64) -> Result<Tensor>) -> Result<f64> {
+        let pass = Pass::new(self, ids, ctx, recompute)?;
         let top = pass.top_for_grad();
         let normed = pass.l.final_norm(&top);
         let (b, t, hidden) = normed.size3()?;
@@ -443,10 +449,13 @@ struct Pass<'a> {
 }
 
 impl<'a> Pass<'a> {
-    fn new(model: &'a Model, ids: &'a Tensor, recompute: bool) -> Result<Self> {
+    /// `ctx`: where the tokens sit; None for unpadded or right-padded rows from position 0.
+    fn new(model: &'a Model, ids: &'a Tensor, ctx: Option<Context>, recompute: bool) -> Result<Self> {
         let (b, t) = ids.size2().context("ids are (batch, seq)")?;
-        model.check_positions(t as usize)?;
-        let ctx = Context::dense(b, t, 0, ids.device());
+        // Packed rows restart their positions at each sequence: the span is the largest one.
+        let span = ctx.as_ref().map_or(t, |c| c.positions.max().int64_value(&[]) + 1);
+        model.check_positions(span as usize)?;
+        let ctx = ctx.unwrap_or_else(|| Context::dense(b, t, 0, ids.device()));
         let l = model.layers();
         let shared = l.shared(&ctx, model.kind);
         let mut inputs = Vec::new();

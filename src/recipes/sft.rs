@@ -22,7 +22,7 @@ use crate::train::schedule::lr_at;
 use crate::train::Batch;
 use anyhow::{Context, Result};
 use std::time::Instant;
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     let (rank, world, main) = dist.map_or((0, 1, true), |d| (d.rank, d.world, d.is_main()));
@@ -126,7 +126,7 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         reseed_dropout(model, r.seed, state.step);
         let window: Vec<Vec<usize>> = (0..r.training.grad_accum).map(|_| sampler.next_batch(r.training.batch_size)).collect();
         let n_targets: usize = window.iter().flatten().map(|&i| encoded[i].n_targets()).sum();
-        let mut loss_sum = 0.0;
+        let (mut loss_sum, mut padding, mut laid_out) = (0.0, 0.0, 0.0);
         opt.zero_grad();
         // This rank's share of each micro-batch (all of it in one process).
         let shares: Vec<Vec<_>> = window.iter().map(|micro| micro.iter().skip(rank).step_by(world).map(|&i| &encoded[i]).collect()).filter(|refs: &Vec<_>| !refs.is_empty()).collect();
@@ -136,18 +136,24 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
                     sync.arm();
                 }
             }
-            let b = Batch::new(refs, tok.pad_id, device);
-            let loss = crate::nn::lora::training(|| {
-                model.backward_tokens(&b.ids, b.first_target, r.training.activation_checkpointing, |lp, t0| {
-                    let mask = b.target_mask.narrow(1, t0, lp.size()[1]);
-                    Ok(-(lp * mask).sum(Kind::Float) / n_targets as f64)
-                })
+            let mut b = if r.data.packing { Batch::packed(refs, r.data.max_length, tok.pad_id, device) } else { Batch::new(refs, tok.pad_id, device) };
+            let ctx = b.ctx.take();
+            (padding, laid_out) = (padding + b.pad_tokens as f64, laid_out + b.ids.numel() as f64);
+            let loss_of = |lp: &Tensor, t0: i64| {
+                let mask = b.target_mask.narrow(1, t0, lp.size()[1]);
+                Ok(-(lp * mask).sum(Kind::Float) / n_targets as f64)
+            };
+            let recompute = r.training.activation_checkpointing;
+            let loss = crate::nn::lora::training(|| match ctx {
+                Some(ctx) => model.backward_tokens_in(&b.ids, ctx, b.first_target, recompute, loss_of),
+                None => model.backward_tokens(&b.ids, b.first_target, recompute, loss_of),
             })?;
             loss_sum += loss * n_targets as f64;
         }
         if let (Some(d), Some(sync)) = (dist, &sync) {
             sync.finish()?;
-            loss_sum = d.sum(&[loss_sum], "summing the loss")?[0];
+            let sums = d.sum(&[loss_sum, padding, laid_out], "summing the loss")?;
+            (loss_sum, padding, laid_out) = (sums[0], sums[1], sums[2]);
         }
         let loss = loss_sum / n_targets as f64;
         if !loss.is_finite() {
@@ -171,6 +177,7 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             ("train/grad_norm", grad_norm),
             ("train/tokens", n_targets as f64),
             ("train/tokens_per_s", n_targets as f64 / secs),
+            ("train/padding", padding / laid_out.max(1.0)),
             ("train/epoch", state.epoch as f64 + state.index as f64 / encoded.len() as f64),
             ("budget/prompts", examples_seen),
             ("budget/optimizer_steps", state.step as f64),
