@@ -164,7 +164,13 @@ fn example(record: Value, ds: &Dataset) -> Result<Example> {
     };
     ensure!(!messages.is_empty(), "\"messages\" is empty");
     check_roles(&messages)?;
-    Ok(Example { messages })
+    let mut ex = Example { messages };
+    if let Some(suffix) = &ds.prompt_suffix {
+        let n = ex.prompt().len();
+        let Some(turn) = ex.messages[..n].iter_mut().rev().find(|m| m.role == "user") else { bail!("no user turn to append prompt_suffix to") };
+        turn.content.push_str(suffix);
+    }
+    Ok(ex)
 }
 
 /// A tokenized example: ids and, per id, whether it is a response token (a loss target).
@@ -339,7 +345,7 @@ mod tests {
     }
 
     fn mapped(path: &str, prompt: &str, response: &str) -> Dataset {
-        Dataset { path: path.into(), prompt: Some(prompt.into()), response: Some(response.into()), messages: None }
+        Dataset { path: path.into(), prompt: Some(prompt.into()), response: Some(response.into()), ..Default::default() }
     }
 
     #[test]
@@ -352,10 +358,18 @@ mod tests {
         assert_eq!(zstd, arith);
         let first = read(&mapped("tests/fixtures/data/hub/arith/data/train-*-of-00002.parquet", "question", "answer"), Some(30)).unwrap();
         assert_eq!(first, arith[..30], "max_examples stops across shards");
+        let suffix = " Let's think step by step and output the final answer after \"####\".";
+        let instructed = read(&Dataset { prompt_suffix: Some(suffix.into()), ..mapped("tests/fixtures/data/hub/arith/data/train-zstd.parquet", "question", "answer") }, Some(1)).unwrap();
+        assert_eq!(instructed[0].messages[0].content, format!("{}{suffix}", arith[0].messages[0].content));
+        assert_eq!(instructed[0].response(), arith[0].response());
         let chat = read_jsonl(Path::new("tests/fixtures/data/chat_train.jsonl"), None).unwrap();
         assert!(chat.len() == 8 && chat[0].messages.len() == 5);
         assert_eq!(read(&"tests/fixtures/data/hub/chat/conversations.parquet".into(), None).unwrap(), chat, "a list of {{role, content}} structs");
         assert_eq!(read(&"tests/fixtures/data/hub/chat/conversations.json".into(), None).unwrap(), chat, "a JSON array");
+        // The suffix goes to the last user turn before the final response, not to earlier ones.
+        let ds = Dataset { path: "tests/fixtures/data/hub/chat/conversations.json".into(), prompt_suffix: Some(" (briefly)".into()), ..Default::default() };
+        let instructed = read(&ds, Some(1)).unwrap();
+        assert_eq!((instructed[0].messages[1].content.as_str(), instructed[0].messages[3].content.as_str()), ("What is 0 + 0?", "And times 3? (briefly)"));
         let e = format!("{:#}", read(&"tests/fixtures/data/hub/arith/data/train-zstd.parquet".into(), None).unwrap_err());
         assert!(e.contains("train-zstd.parquet row 1: needs \"prompt\""), "{e}");
         let e = format!("{:#}", read(&mapped("tests/fixtures/data/hub/arith/data/train-zstd.parquet", "question", "solution"), None).unwrap_err());

@@ -27,15 +27,17 @@ pub fn var_overrides(vars: &Vars) -> Vec<String> {
 /// A dataset: JSONL, JSON or Parquet files, local or on the hub as
 /// `hf://datasets/ORG/NAME[@REVISION]/PATH` (the Hugging Face file-system URL; from the hub
 /// cache, downloaded into it unless `HF_HUB_OFFLINE` is set), where `*` in the file name
-/// matches shards. Written as that string, or as `{path, prompt, response, messages}` naming
-/// the fields that hold the conversation when they are not the defaults: `prompt` and
-/// `response` (or TRL's `completion`), or `messages`.
+/// matches shards. Written as that string, or as `{path, prompt, response, messages,
+/// prompt_suffix}` naming the fields that hold the conversation when they are not the
+/// defaults (`prompt` and `response` or TRL's `completion`, or `messages`), and text appended
+/// to the last user turn before the response (an instruction such as verl's for GSM8K).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Dataset {
     pub path: String,
     pub prompt: Option<String>,
     pub response: Option<String>,
     pub messages: Option<String>,
+    pub prompt_suffix: Option<String>,
 }
 
 impl Dataset {
@@ -45,7 +47,7 @@ impl Dataset {
     }
 
     fn mapped(&self) -> bool {
-        self.prompt.is_some() || self.response.is_some() || self.messages.is_some()
+        self.prompt.is_some() || self.response.is_some() || self.messages.is_some() || self.prompt_suffix.is_some()
     }
 }
 
@@ -77,6 +79,8 @@ struct DatasetMap {
     response: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     messages: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prompt_suffix: Option<String>,
 }
 
 impl Serialize for Dataset {
@@ -84,7 +88,8 @@ impl Serialize for Dataset {
         if !self.mapped() {
             return s.serialize_str(&self.path);
         }
-        DatasetMap { path: self.path.clone(), prompt: self.prompt.clone(), response: self.response.clone(), messages: self.messages.clone() }.serialize(s)
+        let Dataset { path, prompt, response, messages, prompt_suffix } = self.clone();
+        DatasetMap { path, prompt, response, messages, prompt_suffix }.serialize(s)
     }
 }
 
@@ -95,12 +100,12 @@ impl<'de> Deserialize<'de> for Dataset {
         let m: DatasetMap = match Value::deserialize(d)? {
             Value::String(path) => return Ok(Dataset { path, ..Default::default() }),
             v @ Value::Mapping(_) => serde_yaml::from_value(v).map_err(D::Error::custom)?,
-            _ => return Err(D::Error::custom("expected a dataset path or {path, prompt, response, messages}")),
+            _ => return Err(D::Error::custom("expected a dataset path or {path, prompt, response, messages, prompt_suffix}")),
         };
         if m.messages.is_some() && (m.prompt.is_some() || m.response.is_some()) {
             return Err(D::Error::custom("a dataset's conversation is in `messages` or in `prompt` and `response`, not both"));
         }
-        Ok(Dataset { path: m.path, prompt: m.prompt, response: m.response, messages: m.messages })
+        Ok(Dataset { path: m.path, prompt: m.prompt, response: m.response, messages: m.messages, prompt_suffix: m.prompt_suffix })
     }
 }
 
