@@ -129,7 +129,8 @@ fn example(record: Value, ds: &Dataset) -> Result<Example> {
     let Value::Object(fields) = record else { bail!("not a JSON object") };
     let field = |named: &Option<String>, default: &[&str]| -> Result<Option<(String, Value)>> {
         if let Some(name) = named {
-            return match fields.get(name).filter(|v| !v.is_null()) {
+            return match fields.get(name) {
+                Some(Value::Null) => bail!("field {name:?} is null"),
                 Some(v) => Ok(Some((name.clone(), v.clone()))),
                 None => bail!("no field {name:?} (the fields are {})", fields.keys().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")),
             };
