@@ -53,6 +53,16 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         nproc: usize,
     },
+    /// What a recipe's models will see: its first examples rendered with each model's chat
+    /// template, loss tokens marked ⟦so⟧ (tokenizers only; nothing trains).
+    Preview {
+        recipe: std::path::PathBuf,
+        /// Overrides `key.path=value`, as for `run`.
+        overrides: Vec<String>,
+        /// How many examples.
+        #[arg(long, default_value_t = 2)]
+        n: usize,
+    },
     /// Compare runs: report.md with the final table and accuracy plots (PNG and SVG).
     Compare {
         runs: Vec<std::path::PathBuf>,
@@ -172,6 +182,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             anyhow::ensure!(nproc == 1, "--nproc must be at least 1");
             tokbridge::recipes::run(&r, &tokbridge::recipes::RunOptions { resume, stop_after, fresh })?;
+        }
+        Command::Preview { recipe, overrides, n } => {
+            let r = tokbridge::recipe::Recipe::load(&recipe, &overrides)?;
+            print!("{}", tokbridge::recipes::preview::preview(&r, n)?);
         }
         Command::Compare { runs, out } => {
             anyhow::ensure!(!runs.is_empty(), "compare needs at least one run directory");

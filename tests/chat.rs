@@ -91,3 +91,28 @@ fn chat_template_kwargs_are_template_variables() {
     let refused = ChatTemplate::load(tmp.path()).unwrap().with_kwargs(&kwargs(serde_json::json!({"messages": []})));
     assert!(refused.is_err_and(|e| e.to_string().contains("\"messages\" is set by tokbridge itself")));
 }
+
+/// `tokbridge preview`: the recipe's first examples as each model will see them, read the way
+/// the recipe reads its data (here a Parquet file with other field names and an instruction),
+/// the loss tokens marked, with the counts `data::encode` gives.
+#[test]
+fn preview_shows_each_model_its_rendered_examples() {
+    use tokbridge::recipe::Recipe;
+    let data = "{path: tests/fixtures/data/hub/arith/data/train-zstd.parquet, prompt: question, response: answer, prompt_suffix: ' Show your work.'}";
+    let text = std::fs::read_to_string("recipes/sft/tiny.yaml").unwrap();
+    let sft = Recipe::parse(&text, &[format!("data.train={data}")]).unwrap();
+    let shown = tokbridge::recipes::preview::preview(&sft, 1).unwrap();
+    let dir = std::path::Path::new("tests/fixtures/models/llama");
+    let (tok, chat) = (Tokenizer::load(dir).unwrap(), ChatTemplate::load(dir).unwrap());
+    let mut ex = data::read_jsonl(std::path::Path::new("tests/fixtures/data/arith_train.jsonl"), Some(1)).unwrap().remove(0);
+    ex.messages[0].content.push_str(" Show your work.");
+    let e = data::encode(&tok, &chat, &ex, 256).unwrap();
+    assert!(shown.contains(&format!("model tests/fixtures/models/llama ({} tokens, {} loss tokens):", e.ids.len(), e.n_targets())), "{shown}");
+    assert!(shown.contains("How many apples are left over? Show your work.<|eot_id|>"), "{shown}");
+    assert!(shown.contains(&format!("<|end_header_id|>\n\n⟦{}<|eot_id|>⟧", ex.response().unwrap())), "{shown}");
+    let text = std::fs::read_to_string("recipes/opd/tiny.yaml").unwrap();
+    let opd = Recipe::parse(&text, &[format!("data.train={data}")]).unwrap();
+    let shown = tokbridge::recipes::preview::preview(&opd, 2).unwrap();
+    assert_eq!(shown.matches("teacher tests/fixtures/models/qwen3 (").count(), 2, "{shown}");
+    assert!(shown.contains("Show your work.<|im_end|>\n<|im_start|>assistant\n"), "{shown}");
+}

@@ -3,6 +3,7 @@ pub mod eval;
 pub mod init;
 pub mod opd;
 pub mod pipeline;
+pub mod preview;
 pub mod sft;
 pub mod sweep;
 pub mod task;
