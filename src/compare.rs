@@ -347,7 +347,9 @@ where
 pub fn report(runs: &[Summary], sweeps: &[CompareSweep], declared: &[CompareContrast], repeats: &[(String, Vec<Summary>)], label: &str, out: &Path, title: &str) -> Result<()> {
     register_font();
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let plots: [(&str, fn(&Point) -> f64, &str, &str); 3] = [
+    // (file name, x of a point, x axis label, caption)
+    type Plot = (&'static str, fn(&Point) -> f64, &'static str, &'static str);
+    let plots: [Plot; 3] = [
         ("accuracy_vs_steps", |p| p.step, "optimizer steps", "Accuracy against optimizer steps"),
         ("accuracy_vs_time", |p| p.time_s, "wall time (s)", "Accuracy against wall time"),
         ("accuracy_vs_teacher_tokens", |p| p.teacher_tokens, "teacher tokens (forward + generated)", "Accuracy against teacher tokens"),

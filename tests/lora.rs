@@ -143,11 +143,13 @@ fn a_lora_run_trains_resumes_exactly_and_exports_a_peft_adapter() {
     assert!(!close(&plain, &applied, 1e-3), "the trained adapter changes nothing");
 }
 
+type LogProbs = Vec<f64>;
+
 /// Checks a fixture of scripts/fixtures/make_lora_reference.py both ways: `dir/peft-adapter`
 /// (written by PEFT) gives PEFT's log-probs here, and `dir/ours-adapter` (exported by tokbridge)
 /// gives here the log-probs PEFT computed with it (≤ 1e-4). Returns each adapter's log-probs
 /// and the base's from the reference, when it records them.
-fn peft_both_ways(dir: &Path, base: &Path) -> (Vec<(&'static str, Vec<f64>)>, Option<Vec<f64>>) {
+fn peft_both_ways(dir: &Path, base: &Path) -> (Vec<(&'static str, LogProbs)>, Option<LogProbs>) {
     let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let floats = |k: &str| -> Option<Vec<f64>> { reference[k].as_array().map(|a| a.iter().map(|x| x.as_f64().unwrap()).collect()) };
     let ids: Vec<i64> = reference["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();

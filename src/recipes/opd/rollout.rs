@@ -154,11 +154,15 @@ impl Plan {
     }
 }
 
+/// The teacher's ids, the index of its first response token, the byte piece of each response
+/// token, and whether a token straddles the prompt/response boundary.
+type TeacherSequence = (Vec<i64>, usize, Vec<Vec<u8>>, bool);
+
 /// The teacher sees its own rendering of the conversation, the student's response bytes and,
 /// if the student ended its turn, its own end-of-turn token. Returns the ids, the index of the
 /// first response token, the byte piece of each response token, and whether a token straddles
 /// the prompt/response boundary (its chunk is then masked).
-fn teacher_sequence<M>(teacher: &Side<M>, messages: &[Message], body_ids: &[i64], body: &[u8], finished: bool) -> Result<(Vec<i64>, usize, Vec<Vec<u8>>, bool)> {
+fn teacher_sequence<M>(teacher: &Side<M>, messages: &[Message], body_ids: &[i64], body: &[u8], finished: bool) -> Result<TeacherSequence> {
     let table = teacher.tok.pieces();
     if teacher.same_vocab {
         let mut ids = data::prompt_ids(&teacher.tok, &teacher.chat, messages)?;
@@ -338,7 +342,8 @@ pub fn make_rollouts(plan: &Plan, student: &Side, teacher: &Teacher, examples: &
     let r = plan;
     let picks: Vec<usize> = picks.iter().flat_map(|&i| std::iter::repeat_n(i, r.rollout.samples_per_prompt)).collect();
     // (response, finished, the sampler's log-probs and entropies: empty off-policy)
-    let responses: Vec<(Vec<i64>, bool, Vec<f32>, Vec<f32>)> = if on_policy {
+    type Sampled = (Vec<i64>, bool, Vec<f32>, Vec<f32>);
+    let responses: Vec<Sampled> = if on_policy {
         let batch: Vec<Vec<i64>> = picks.iter().map(|&i| prompts[i].clone()).collect();
         let s = Sampling {
             max_new_tokens: r.rollout.max_new_tokens,
