@@ -190,7 +190,7 @@ pub fn dataset_files(spec: &str) -> Result<Vec<PathBuf>> {
             anyhow::ensure!(path.is_file(), "dataset {spec}: no such file");
             return Ok(vec![path.to_path_buf()]);
         }
-        let files = matching(Path::new("."), spec).with_context(|| format!("dataset {spec}"))?;
+        let files = matching(Path::new(""), spec).with_context(|| format!("dataset {spec}"))?;
         anyhow::ensure!(!files.is_empty(), "dataset {spec}: no file matches");
         return Ok(files);
     };
@@ -233,17 +233,15 @@ pub fn dataset_files(spec: &str) -> Result<Vec<PathBuf>> {
     })
 }
 
-/// The files under `root` whose path matches `pattern` (`*` only in its file name), sorted.
+/// The files under `root` whose path relative to it matches `pattern` (`*` only in its file
+/// name), sorted.
 fn matching(root: &Path, pattern: &str) -> Result<Vec<PathBuf>> {
-    let (dir, name) = pattern.rsplit_once('/').unwrap_or(("", pattern));
-    anyhow::ensure!(!dir.contains('*'), "`*` may only appear in the file name");
-    let dir = if dir.is_empty() && pattern.starts_with('/') { Path::new("/").to_path_buf() } else { root.join(dir) };
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(vec![]) };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| glob(name, &e.file_name().to_string_lossy()) && e.path().is_file())
-        .map(|e| if root == Path::new(".") { Path::new(pattern).with_file_name(e.file_name()) } else { e.path() })
-        .collect();
+    let pattern = Path::new(pattern);
+    let dir = root.join(pattern.parent().unwrap_or(Path::new("")));
+    let name = pattern.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    anyhow::ensure!(!pattern.parent().is_some_and(|d| d.to_string_lossy().contains('*')), "`*` may only appear in the file name");
+    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { &dir }) else { return Ok(vec![]) };
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok()).filter(|e| glob(&name, &e.file_name().to_string_lossy())).map(|e| dir.join(e.file_name())).filter(|p| p.is_file()).collect();
     files.sort();
     Ok(files)
 }

@@ -185,6 +185,15 @@ fn prepare_shared_run_dir(dir: &Path, recipe: &Recipe, resume: bool, dist: Optio
     Ok(lock)
 }
 
+/// A model spec's tokenizer and chat template (with its `chat_template_kwargs`), without its
+/// weights: a served teacher's from its `tokenizer`, any other's from its `path`.
+pub fn tokenizer_of(spec: &ModelSpec) -> Result<(Tokenizer, ChatTemplate)> {
+    let name = spec.tokenizer.as_deref().unwrap_or(&spec.path);
+    let dir = crate::hf::hub::resolve_tokenizer(name)?;
+    let chat = ChatTemplate::load(&dir)?.with_kwargs(&spec.chat_template_kwargs)?;
+    Ok((Tokenizer::load(&dir)?, chat))
+}
+
 /// Loads a recipe's model with its tokenizer and chat template.
 pub fn load_model(spec: &ModelSpec, device: Device) -> Result<(Model, Tokenizer, ChatTemplate)> {
     let kind = crate::runtime::parse_dtype(&spec.dtype).context("model.dtype")?;

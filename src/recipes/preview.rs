@@ -3,24 +3,14 @@
 //! each model's chat template (and `chat_template_kwargs`), the loss tokens marked ⟦so⟧, with
 //! token counts. Only tokenizers and templates are loaded, never weights.
 use crate::data::{self, Example};
-use crate::hf::chat::ChatTemplate;
-use crate::hf::tokenizer::Tokenizer;
 use crate::recipe::{Dataset, ModelSpec, Recipe};
 use anyhow::{bail, Context, Result};
 use std::fmt::Write;
 
-/// The tokenizer and chat template of a model spec (a served teacher's from its `tokenizer`).
-fn template_of(spec: &ModelSpec) -> Result<(Tokenizer, ChatTemplate)> {
-    let name = spec.tokenizer.as_deref().unwrap_or(&spec.path);
-    let dir = crate::hf::hub::resolve_tokenizer(name)?;
-    let chat = ChatTemplate::load(&dir)?.with_kwargs(&spec.chat_template_kwargs)?;
-    Ok((Tokenizer::load(&dir)?, chat))
-}
-
 /// A training example as the model trains on it: the text of each run of tokens, loss runs
 /// between ⟦ and ⟧.
 fn training_view(out: &mut String, who: &str, spec: &ModelSpec, ex: &Example, max_length: usize) -> Result<()> {
-    let (tok, chat) = template_of(spec)?;
+    let (tok, chat) = super::tokenizer_of(spec)?;
     let e = data::encode(&tok, &chat, ex, max_length)?;
     let truncated = if e.truncated { format!(", cut to data.max_length = {max_length}") } else { String::new() };
     writeln!(out, "{who} {} ({} tokens, {} loss tokens{truncated}):", spec.name(), e.ids.len(), e.n_targets())?;
@@ -42,7 +32,7 @@ fn training_view(out: &mut String, who: &str, spec: &ModelSpec, ex: &Example, ma
 
 /// A prompt as a model is asked it (ending with the assistant header).
 fn prompt_view(out: &mut String, who: &str, spec: &ModelSpec, ex: &Example) -> Result<()> {
-    let (tok, chat) = template_of(spec)?;
+    let (tok, chat) = super::tokenizer_of(spec)?;
     let ids = data::prompt_ids(&tok, &chat, ex.prompt())?;
     writeln!(out, "{who} {} ({} prompt tokens):\n{}", spec.name(), ids.len(), tok.decode(&ids, false)?)?;
     Ok(())

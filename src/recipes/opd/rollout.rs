@@ -427,9 +427,7 @@ pub fn load_teacher(spec: &crate::recipe::ModelSpec, device: &str) -> Result<Tea
         return Ok(side.into_teacher());
     };
     let name = spec.tokenizer.as_deref().context("teacher.tokenizer: a served teacher needs its tokenizer")?;
-    let dir = crate::hf::hub::resolve_tokenizer(name)?;
-    let tok = Tokenizer::load(&dir)?;
-    let chat = ChatTemplate::load(&dir)?.with_kwargs(&spec.chat_template_kwargs)?;
+    let (tok, chat) = crate::recipes::tokenizer_of(spec)?;
     let eot = end_of_turn(&tok, &chat).with_context(|| format!("teacher tokenizer {name}"))?;
     crate::info!("teacher served at {} ({:?} API), tokenizer {name}", server.endpoint(), server.api);
     Ok(Side { model: Engine::Served(Served::new(server)?), tok, chat, eot, same_vocab: false })
