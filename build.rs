@@ -5,7 +5,7 @@
 //! CUDA (`libtorch_cuda.so` is present) we link it with `--no-as-needed`: nothing in our code
 //! names a CUDA symbol, and without it the linker drops the library and CUDA is never registered.
 //!
-//! It also compiles src/train/ops.cpp, the few libtorch operations tch does not bind (fused
+//! It also compiles src/ops/ops.cpp, the few libtorch operations tch does not bind (fused
 //! AdamW, setting a gradient), against the same libtorch headers and C++ ABI as torch-sys, and
 //! src/train/dist.cpp (c10d's Gloo process group) when gloo's headers are there, with NCCL's
 //! process group too in a CUDA libtorch that has NCCL's headers.
@@ -14,15 +14,15 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=src/train/ops.cpp");
-    println!("cargo:rerun-if-changed=src/train/ffi.h");
+    println!("cargo:rerun-if-changed=src/ops/ops.cpp");
+    println!("cargo:rerun-if-changed=src/ops/ffi.h");
     let Ok(libtorch) = std::env::var("LIBTORCH") else {
         panic!("LIBTORCH is not set: run scripts/bootstrap, which links ./.libtorch for .cargo/config.toml");
     };
     let include = PathBuf::from(&libtorch).join("include");
     cc::Build::new()
         .cpp(true)
-        .file("src/train/ops.cpp")
+        .file("src/ops/ops.cpp")
         .include(&include)
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={}", std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into())))

@@ -13,14 +13,14 @@
 //! `--threads` threads. Prints one JSON line: median and spread of the timed repetitions, the
 //! throughput and the process's peak resident memory. Training goes through
 //! `Model::backward_tokens` as the SFT recipe does (the head in chunks of positions), with the
-//! allocator set up as the `tokbridge` binary sets it (`runtime::keep_freed_memory`).
+//! allocator set up as the `tokbridge` binary sets it (`device::keep_freed_memory`).
 //! `--device cuda` and `--dtype bf16` run it on a GPU (timings end with a device synchronise);
 //! sampling then also reports the decode forward alone (no host round trip per token).
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use tokbridge::generate::{generate, Sampling};
 use tokbridge::nn::attention::Context;
-use tokbridge::recipe::OptimizerSpec;
+use tokbridge::spec::OptimizerSpec;
 use tokbridge::train::{optim::AdamW, token_logprobs};
 
 pub struct Args {
@@ -57,18 +57,18 @@ pub fn parse(argv: &[String]) -> Args {
             continue;
         }
         if k == "--device" {
-            a.device = tokbridge::runtime::parse_device(it.next().expect("a device after --device")).unwrap();
+            a.device = tokbridge::device::parse_device(it.next().expect("a device after --device")).unwrap();
             continue;
         }
         if k == "--sdp" {
             // The attention kernels SDPA may use on CUDA: a comma list of flash, efficient, math, cudnn.
             let on = it.next().expect("a list after --sdp").clone();
             let has = |n: &str| on.split(',').any(|x| x == n);
-            tokbridge::train::ops::sdp_backends(has("flash"), has("efficient"), has("math"), has("cudnn"));
+            tokbridge::ops::sdp_backends(has("flash"), has("efficient"), has("math"), has("cudnn"));
             continue;
         }
         if k == "--dtype" {
-            a.kind = tokbridge::runtime::parse_dtype(it.next().expect("a dtype after --dtype")).unwrap();
+            a.kind = tokbridge::device::parse_dtype(it.next().expect("a dtype after --dtype")).unwrap();
             continue;
         }
         let mut v = || it.next().expect("a value after the flag").parse::<i64>().expect("an integer");
@@ -96,7 +96,7 @@ pub fn parse(argv: &[String]) -> Args {
 
 fn model(a: &Args) -> tokbridge::models::Model {
     if let Some(dir) = &a.model {
-        return tokbridge::runtime::load(dir, a.device, a.kind).unwrap().0;
+        return tokbridge::models::load_spec(dir, a.device, a.kind, None, None).unwrap().0;
     }
     let dir = std::env::temp_dir().join(format!("tokbridge-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -142,7 +142,7 @@ fn model(a: &Args) -> tokbridge::models::Model {
 }
 
 fn main() {
-    tokbridge::runtime::keep_freed_memory();
+    tokbridge::device::keep_freed_memory();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let a = parse(&argv);
     tch::set_num_threads(a.threads);
@@ -223,8 +223,8 @@ pub fn run(a: &Args) -> serde_json::Value {
     serde_json::json!({
         "side": "tokbridge", "mode": a.mode, "params": params, "median_s": median,
         "min_s": times[0], "max_s": times[times.len() - 1], "tokens_per_s": tokens as f64 / median,
-        "peak_rss_gib": tokbridge::runtime::peak_memory_gib(Device::Cpu),
-        "peak_device_gib": tokbridge::runtime::peak_memory_gib(a.device),
+        "peak_rss_gib": tokbridge::device::peak_memory_gib(Device::Cpu),
+        "peak_device_gib": tokbridge::device::peak_memory_gib(a.device),
     })
 }
 

@@ -9,7 +9,7 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let spec = args.next().context("usage: score_text MODEL TEXT")?;
     let text = args.next().context("usage: score_text MODEL TEXT")?;
-    let (model, tok) = tokbridge::runtime::load(&spec, Device::Cpu, Kind::Float)?;
+    let (model, tok) = tokbridge::models::load_spec(&spec, Device::Cpu, Kind::Float, None, None)?;
     let ids = tok.encode(&text, true)?;
     anyhow::ensure!(ids.len() >= 2, "the text needs at least two tokens");
     let _guard = tch::no_grad_guard();

@@ -88,7 +88,7 @@ pub fn write(path: &Path, bytes: impl AsRef<[u8]>) -> Result<()> {
 /// The names an export or conversion writes; a directory holding nothing else may be replaced
 /// even without the marker (exports made before it existed).
 fn is_export_file(name: &str) -> bool {
-    crate::train::checkpoint::MODEL_FILES.contains(&name)
+    crate::files::MODEL_FILES.contains(&name)
         || name == "model.safetensors"
         || name == "model.safetensors.index.json"
         || name == "adapter_model.safetensors"

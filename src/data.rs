@@ -6,7 +6,7 @@
 use crate::hf::chat::{check_roles, ChatTemplate, Message};
 use crate::hf::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
-use crate::recipe::Dataset;
+use crate::spec::Dataset;
 use serde_json::Value;
 use std::path::Path;
 

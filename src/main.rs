@@ -7,7 +7,7 @@ use tch::Tensor;
 use tokbridge::align::{dpca, show_pieces};
 use tokbridge::generate::{generate, Sampling};
 use tokbridge::hf::tokenizer::Tokenizer;
-use tokbridge::runtime;
+use tokbridge::device;
 
 #[derive(Parser)]
 #[command(name = "tokbridge", version, about = "Cross-tokenizer on-policy distillation of Hugging Face models on libtorch")]
@@ -152,7 +152,7 @@ enum Command {
 }
 
 fn main() {
-    runtime::keep_freed_memory();
+    device::keep_freed_memory();
     if let Err(e) = run(Cli::parse()) {
         // One line: the chain of contexts, outermost first.
         let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
@@ -162,15 +162,15 @@ fn main() {
 }
 
 fn open(args: &ModelArgs) -> Result<(tokbridge::models::Model, tokbridge::hf::tokenizer::Tokenizer)> {
-    let device = runtime::parse_device(&args.device)?;
-    let kind = runtime::parse_dtype(&args.dtype)?;
-    runtime::load_adapted(&args.model, device, kind, args.adapter.as_deref(), None)
+    let device = device::parse_device(&args.device)?;
+    let kind = device::parse_dtype(&args.dtype)?;
+    tokbridge::models::load_spec(&args.model, device, kind, args.adapter.as_deref(), None)
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { recipe, overrides, resume, stop_after, fresh, nproc } => {
-            let r = tokbridge::recipe::Recipe::load(&recipe, &overrides)?;
+            let r = tokbridge::recipes::recipe::Recipe::load(&recipe, &overrides)?;
             if nproc > 1 {
                 // The same command for each rank, less --nproc.
                 let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
@@ -184,12 +184,12 @@ fn run(cli: Cli) -> Result<()> {
             tokbridge::recipes::run(&r, &tokbridge::recipes::RunOptions { resume, stop_after, fresh })?;
         }
         Command::Preview { recipe, overrides, n } => {
-            let r = tokbridge::recipe::Recipe::load(&recipe, &overrides)?;
+            let r = tokbridge::recipes::recipe::Recipe::load(&recipe, &overrides)?;
             print!("{}", tokbridge::recipes::preview::preview(&r, n)?);
         }
         Command::Compare { runs, out } => {
             anyhow::ensure!(!runs.is_empty(), "compare needs at least one run directory");
-            tokbridge::compare::from_dirs(&runs, &out)?;
+            tokbridge::recipes::compare::from_dirs(&runs, &out)?;
         }
         Command::Align { student, teacher, text, max_chunk_tokens, json } => {
             anyhow::ensure!(max_chunk_tokens > 0, "--max-chunk-tokens must be positive");
@@ -215,12 +215,12 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Export { src, out, dtype, max_shard_bytes, device, merge } => {
-            let kind = dtype.as_deref().map(runtime::parse_dtype).transpose()?;
-            tokbridge::export::export(&src, &out, kind, max_shard_bytes, runtime::parse_device(&device)?, merge)?;
+            let kind = dtype.as_deref().map(device::parse_dtype).transpose()?;
+            tokbridge::export::export(&src, &out, kind, max_shard_bytes, device::parse_device(&device)?, merge)?;
             eprintln!("exported {src} to {}", out.display());
         }
         Command::Convert { gguf, out, dtype } => {
-            tokbridge::gguf::convert::convert(&gguf, &out, runtime::parse_dtype(&dtype)?)?;
+            tokbridge::gguf::convert::convert(&gguf, &out, device::parse_dtype(&dtype)?)?;
             eprintln!("converted {} to {}", gguf.display(), out.display());
         }
         Command::Score { model, text, json } => {

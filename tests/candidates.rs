@@ -9,7 +9,7 @@ use common::tempdir::TempDir;
 use std::path::Path;
 use tch::{Kind, Tensor};
 use tokbridge::data::Example;
-use tokbridge::recipe::Opd;
+use tokbridge::recipes::opd::config::Opd;
 use tokbridge::recipes::opd::{self, candidates};
 
 fn root() -> &'static Path {

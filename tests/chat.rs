@@ -97,7 +97,7 @@ fn chat_template_kwargs_are_template_variables() {
 /// the loss tokens marked, with the counts `data::encode` gives.
 #[test]
 fn preview_shows_each_model_its_rendered_examples() {
-    use tokbridge::recipe::Recipe;
+    use tokbridge::recipes::recipe::Recipe;
     let data = "{path: tests/fixtures/data/hub/arith/data/train-zstd.parquet, prompt: question, response: answer, prompt_suffix: ' Show your work.'}";
     let text = std::fs::read_to_string("recipes/sft/tiny.yaml").unwrap();
     let sft = Recipe::parse(&text, &[format!("data.train={data}")]).unwrap();

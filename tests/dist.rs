@@ -312,7 +312,7 @@ fn the_reducer_overlaps_the_backward_and_survives_a_late_gradient() {
                 let mut steps = Vec::new();
                 for step in 0..3 {
                     for t in [&a, &b, &c] {
-                        tokbridge::train::ops::clear_grad(t);
+                        tokbridge::ops::clear_grad(t);
                     }
                     // An earlier micro-batch: not armed, its gradients are only accumulated.
                     ((&a * x).sum(Kind::Float) + (&b * &b).sum(Kind::Float) + (&c * x).sum(Kind::Float)).backward();

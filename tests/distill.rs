@@ -43,7 +43,7 @@ fn generalized_jsd_equals_trl_gkd() {
 }
 
 /// The recipe for the qwen2 student and qwen3 teacher fixtures (one shared vocabulary).
-fn recipe(extra: &[&str]) -> tokbridge::recipe::Opd {
+fn recipe(extra: &[&str]) -> tokbridge::recipes::opd::config::Opd {
     common::tiny_opd(&[&["student.path=tests/fixtures/models/qwen2"], extra].concat())
 }
 

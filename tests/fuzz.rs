@@ -104,7 +104,7 @@ proptest! {
         let file = ["recipes/sft/tiny.yaml", "recipes/opd/tiny.yaml", "recipes/demo.yaml", "recipes/demo/05_student_warmup.yaml"][which];
         let text = m.apply(&fixture(file));
         let text = String::from_utf8_lossy(&text);
-        let _ = tokbridge::recipe::Recipe::parse(&text, &overrides);
+        let _ = tokbridge::recipes::recipe::Recipe::parse(&text, &overrides);
     }
 }
 

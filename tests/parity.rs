@@ -369,7 +369,7 @@ struct TrainRun {
 }
 
 fn train_like_reference(dir: &std::path::Path, kind: Kind, recompute: bool) -> TrainRun {
-    use tokbridge::recipe::OptimizerSpec;
+    use tokbridge::spec::OptimizerSpec;
     use tokbridge::train::optim::AdamW;
     let text = std::fs::read_to_string(dir.join("train_reference.json")).expect("train_reference.json");
     let r: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -104,7 +104,7 @@ fn served_log_probs_match_the_converted_model() {
     let tmp = TempDir::new();
     let dir = converted(&gguf, &tmp);
     let server = Server::start(&python, &gguf, free_port(), &tmp.path().join("server.log"));
-    let (model, tok) = tokbridge::runtime::load(dir.to_str().unwrap(), tch::Device::Cpu, tch::Kind::Float).unwrap();
+    let (model, tok) = tokbridge::models::load_spec(dir.to_str().unwrap(), tch::Device::Cpu, tch::Kind::Float, None, None).unwrap();
     let (ids, start) = teacher_view(&tok, &dir);
     let ours: Vec<f32> = {
         let t = tch::Tensor::from_slice(&ids).unsqueeze(0);

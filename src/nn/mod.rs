@@ -6,6 +6,7 @@
 //! transformers: norms compute in float32 and cast back, as `LlamaRMSNorm` and `GemmaRMSNorm` do.
 pub mod attention;
 pub mod lora;
+pub mod matmul;
 pub mod rotary;
 
 use anyhow::{bail, Result};
@@ -30,13 +31,13 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         // A large weight without a bias takes the head's path for few rows without a graph on
-        // the CPU (`models::unembed`): when the weights stream from memory on every decode
+        // the CPU (`matmul::by_weight`): when the weights stream from memory on every decode
         // step, one row of Gemma-3-270M decodes in 38 ms instead of 54 (BENCHMARKS.md). Small
         // weights stay in the cache, where `linear` is faster (128 × 64, one row: 3.2 against
         // 10.7 µs), and a bias stays inside `linear`'s one addmm, rounded once as transformers
         // rounds it in bf16.
         let y = match &self.bias {
-            None if self.weight.numel() >= crate::models::STREAMED_WEIGHT => crate::models::unembed(x, &self.weight),
+            None if self.weight.numel() >= matmul::STREAMED_WEIGHT => matmul::by_weight(x, &self.weight),
             _ => x.linear(&self.weight, self.bias.as_ref()),
         };
         match &self.lora {

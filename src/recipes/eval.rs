@@ -8,13 +8,56 @@ use crate::generate::{generate, Sampling};
 use crate::hf::chat::ChatTemplate;
 use crate::hf::tokenizer::Tokenizer;
 use crate::models::Model;
-use crate::recipe::{self, EvalSpec, Scorer};
+use crate::spec::{EvalSpec, Scorer};
 use crate::train::dist::Dist;
 use crate::train::{metrics, token_logprobs, Batch};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::Kind;
+use crate::spec::*;
+use std::path::PathBuf;
+
+/// `recipe: eval`: held-out evaluation of one model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Eval {
+    /// `${name}` placeholders substituted in the recipe text (defaults; overridable as `vars.name=...`).
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
+    pub recipe: String,
+    #[serde(default)]
+    pub seed: u64,
+    pub output_dir: PathBuf,
+    #[serde(default = "d_device")]
+    pub device: String,
+    pub model: ModelSpec,
+    /// Prompts and reference responses.
+    pub data: Dataset,
+    pub eval: EvalSpec,
+    #[serde(default)]
+    pub logging: LoggingSpec,
+}
+
+impl crate::recipes::recipe::Schema for Eval {
+    fn output_dir(&self) -> &Path {
+        &self.output_dir
+    }
+
+    fn validate(&self) -> Result<()> {
+        let r = self;
+        r.model.validate("model", false)?;
+        if let Some(t) = &r.eval.teacher {
+            t.validate("eval.teacher", true)?;
+        }
+        validate_eval(&r.eval, true)?;
+        Ok(())
+    }
+
+    fn to_yaml(&self) -> Result<String> {
+        Ok(serde_yaml::to_string(self)?)
+    }
+}
 
 /// Named metric values, in the order they are logged.
 pub type Values = Vec<(String, f64)>;
@@ -269,8 +312,8 @@ pub fn evaluate_run(student: &Side, teacher: Option<(&Teacher, &Plan)>, examples
 /// rollout settings (temperature 1, top-p 1), `eval.max_new_tokens` long.
 pub fn gap_plan(spec: &EvalSpec) -> Plan {
     Plan {
-        rollout: recipe::RolloutSpec { max_new_tokens: spec.max_new_tokens, ..Default::default() },
-        max_chunk_tokens: recipe::DpcaSpec::default().max_chunk_tokens,
+        rollout: crate::recipes::opd::config::RolloutSpec { max_new_tokens: spec.max_new_tokens, ..Default::default() },
+        max_chunk_tokens: crate::recipes::opd::config::DpcaSpec::default().max_chunk_tokens,
         teacher_max_length: usize::MAX,
         micro: spec.batch_size,
     }
@@ -285,7 +328,7 @@ pub fn load_eval_teacher(spec: Option<&EvalSpec>, device: &str, student: &Side) 
 }
 
 /// The `eval` recipe: evaluates one model and writes `eval.json` in the output directory.
-pub fn run(r: &recipe::Eval, dist: Option<&Dist>) -> Result<()> {
+pub fn run(r: &Eval, dist: Option<&Dist>) -> Result<()> {
     let student = load_side(&r.model, &r.device)?;
     let teacher = load_eval_teacher(Some(&r.eval), &r.device, &student)?;
     let plan = gap_plan(&r.eval);

@@ -4,10 +4,70 @@
 //! 0.02) matrices and embeddings, zero biases, unit norm weights.
 use crate::export::write_dir;
 use crate::models::{self, Family};
-use crate::recipe::InitModel;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
+use crate::spec::*;
+use anyhow::ensure;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// `recipe: init_model`: a randomly initialised model of a Llama-style family, saved in
+/// Hugging Face layout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitModel {
+    pub recipe: String,
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
+    #[serde(default)]
+    pub seed: u64,
+    pub output_dir: PathBuf,
+    /// llama, mistral, qwen2 or qwen3.
+    pub model_type: String,
+    /// A directory with tokenizer.json and tokenizer_config.json.
+    pub tokenizer: PathBuf,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub num_key_value_heads: i64,
+    #[serde(default)]
+    pub head_dim: Option<i64>,
+    #[serde(default = "d_max_pos")]
+    pub max_position_embeddings: i64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Embedding rows; default the tokenizer's vocabulary (real models often pad it, e.g. to a
+    /// multiple of 64 or to 128256).
+    #[serde(default)]
+    pub vocab_size: Option<i64>,
+    /// dtype of the written weights.
+    #[serde(default = "f32")]
+    pub dtype: String,
+}
+
+fn d_max_pos() -> i64 {
+    2048
+}
+
+impl crate::recipes::recipe::Schema for InitModel {
+    fn output_dir(&self) -> &Path {
+        &self.output_dir
+    }
+
+    fn validate(&self) -> Result<()> {
+        let r = self;
+        ensure!(r.hidden_size > 0 && r.num_hidden_layers > 0 && r.intermediate_size > 0, "sizes must be positive");
+        ensure!(r.num_attention_heads > 0 && r.num_key_value_heads > 0 && r.num_attention_heads % r.num_key_value_heads == 0, "num_attention_heads must be a positive multiple of num_key_value_heads");
+        ensure!(r.head_dim.is_some() || r.hidden_size % r.num_attention_heads == 0, "hidden_size must divide by num_attention_heads (or set head_dim)");
+        Ok(())
+    }
+
+    fn to_yaml(&self) -> Result<String> {
+        Ok(serde_yaml::to_string(self)?)
+    }
+}
 
 pub fn run(r: &InitModel) -> Result<()> {
     let family = Family::from_model_type(&r.model_type)?;
@@ -23,7 +83,7 @@ pub fn run(r: &InitModel) -> Result<()> {
     if vocab < tok_vocab {
         bail!("init_model: vocab_size {vocab} is smaller than the tokenizer's {tok_vocab} tokens");
     }
-    let kind = crate::runtime::parse_dtype(&r.dtype).context("dtype")?;
+    let kind = crate::device::parse_dtype(&r.dtype).context("dtype")?;
     let head_dim = r.head_dim.unwrap_or(r.hidden_size / r.num_attention_heads);
     let config = json!({
         "architectures": [match family { Family::Qwen3 => "Qwen3ForCausalLM", Family::Qwen2 => "Qwen2ForCausalLM", Family::Mistral => "MistralForCausalLM", _ => "LlamaForCausalLM" }],

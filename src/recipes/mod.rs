@@ -1,9 +1,11 @@
 //! Recipe modules: one readable function per recipe, dispatched from the typed `Recipe`.
+pub mod compare;
 pub mod eval;
 pub mod init;
 pub mod opd;
 pub mod pipeline;
 pub mod preview;
+pub mod recipe;
 pub mod sft;
 pub mod sweep;
 pub mod task;
@@ -13,7 +15,8 @@ pub mod tokenizer;
 use crate::hf::chat::ChatTemplate;
 use crate::hf::tokenizer::Tokenizer;
 use crate::models::Model;
-use crate::recipe::{ModelSpec, Recipe};
+use crate::spec::ModelSpec;
+use crate::recipes::recipe::Recipe;
 use crate::train::dist::Dist;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -81,7 +84,7 @@ pub fn run_in(recipe: &Recipe, opts: &RunOptions, dist: Option<&Dist>) -> Result
         Recipe::MakeTask(r) => on_main(dist, "making the task", || task::run(r)),
         Recipe::TrainTokenizer(r) => on_main(dist, "training the tokenizer", || tokenizer::run(r)),
         Recipe::InitModel(r) => on_main(dist, "initialising the model", || init::run(r)),
-        Recipe::Compare(r) => on_main(dist, "writing the report", || crate::compare::run(r)),
+        Recipe::Compare(r) => on_main(dist, "writing the report", || compare::run(r)),
         Recipe::Pipeline(r) => {
             let _lock = dist.is_none_or(Dist::is_main).then(|| crate::atomic::lock_dir(&r.output_dir)).transpose()?;
             pipeline::run(r, opts, dist)
@@ -131,7 +134,7 @@ impl Plan {
 
 /// The device a model spec runs on (its own `device`, else the recipe's).
 fn device_of(spec: &ModelSpec, device: &str) -> Result<Device> {
-    crate::runtime::parse_device(spec.device.as_deref().unwrap_or(device))
+    crate::device::parse_device(spec.device.as_deref().unwrap_or(device))
 }
 
 /// Exports a finished run's last checkpoint when the recipe asks for it.
@@ -196,13 +199,13 @@ pub fn tokenizer_of(spec: &ModelSpec) -> Result<(Tokenizer, ChatTemplate)> {
 
 /// Loads a recipe's model with its tokenizer and chat template.
 pub fn load_model(spec: &ModelSpec, device: Device) -> Result<(Model, Tokenizer, ChatTemplate)> {
-    let kind = crate::runtime::parse_dtype(&spec.dtype).context("model.dtype")?;
-    let (model, tok) = crate::runtime::load_adapted(&spec.path, device, kind, spec.adapter.as_deref(), spec.lora.as_ref())?;
+    let kind = crate::device::parse_dtype(&spec.dtype).context("model.dtype")?;
+    let (model, tok) = crate::models::load_spec(&spec.path, device, kind, spec.adapter.as_deref(), spec.lora.as_ref())?;
     let lora = match &model.adapters {
         Some(a) => format!(", LoRA r {} on {}{}", a.spec.r, a.spec.target_modules.join(","), if a.vs.trainable_variables().is_empty() { ", frozen" } else { "" }),
         None => String::new(),
     };
-    crate::info!("model {} ({}, {}{lora}) on {}", spec.path, model.family.model_type(), spec.dtype, crate::runtime::describe(device));
+    crate::info!("model {} ({}, {}{lora}) on {}", spec.path, model.family.model_type(), spec.dtype, crate::device::describe(device));
     let chat = ChatTemplate::load(&model.dir)?.with_kwargs(&spec.chat_template_kwargs)?;
     Ok((model, tok, chat))
 }

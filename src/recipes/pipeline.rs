@@ -9,11 +9,111 @@
 //! them (a nested pipeline at another seed and root). A nested pipeline or sweep does its own
 //! reuse of its stages.
 use super::{Plan, RunOptions};
-use crate::recipe::{Pipeline, Recipe};
+use crate::recipes::recipe::Recipe;
 use crate::train::dist::Dist;
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Instant;
+use crate::spec::*;
+use anyhow::ensure;
+use serde::{Deserialize, Serialize};
+use serde_yaml::Value;
+use std::path::PathBuf;
+
+/// `recipe: pipeline`: recipe files run in order, each stage reused when it already finished
+/// with the same resolved recipe. `vars` are passed to every stage as `vars.NAME=VALUE`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub recipe: String,
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
+    /// Stage bookkeeping (`stages/NAME.done`, timings) lives here.
+    pub output_dir: PathBuf,
+    pub stages: Vec<Stage>,
+}
+
+/// A pipeline stage: a recipe file, or `{recipe: FILE, name: NAME, overrides: [KEY=VALUE]}`,
+/// whose overrides come after the pipeline's vars (the same file run twice, say the whole demo
+/// at another seed in another root, needs its own name).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Stage {
+    File(PathBuf),
+    With {
+        recipe: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        overrides: Vec<String>,
+    },
+}
+
+// By hand rather than `untagged`, so a wrong key in a stage's mapping is named in the error.
+impl<'de> Deserialize<'de> for Stage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct With {
+            recipe: PathBuf,
+            #[serde(default)]
+            name: Option<String>,
+            #[serde(default)]
+            overrides: Vec<String>,
+        }
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(Stage::File(s.into())),
+            v => {
+                let w: With = serde_yaml::from_value(v).map_err(serde::de::Error::custom)?;
+                Ok(Stage::With { recipe: w.recipe, name: w.name, overrides: w.overrides })
+            }
+        }
+    }
+}
+
+impl Stage {
+    pub fn file(&self) -> &Path {
+        match self {
+            Stage::File(p) | Stage::With { recipe: p, .. } => p,
+        }
+    }
+
+    /// The name of its bookkeeping files: `name`, else the file's stem.
+    pub fn name(&self) -> String {
+        match self {
+            Stage::With { name: Some(n), .. } => n.clone(),
+            _ => self.file().file_stem().map_or_else(|| self.file().display().to_string(), |s| s.to_string_lossy().into_owned()),
+        }
+    }
+
+    /// The stage's own overrides (after the pipeline's vars).
+    pub fn overrides(&self) -> &[String] {
+        match self {
+            Stage::With { overrides, .. } => overrides,
+            Stage::File(_) => &[],
+        }
+    }
+}
+
+impl crate::recipes::recipe::Schema for Pipeline {
+    fn output_dir(&self) -> &Path {
+        &self.output_dir
+    }
+
+    fn validate(&self) -> Result<()> {
+        let r = self;
+        ensure!(!r.stages.is_empty(), "stages must not be empty");
+        for (i, st) in r.stages.iter().enumerate() {
+            let name = st.name();
+            ensure!(!r.stages[..i].iter().any(|o| o.name() == name), "stages: two stages are named {name:?} (give one `name:`)");
+        }
+        Ok(())
+    }
+
+    fn to_yaml(&self) -> Result<String> {
+        Ok(serde_yaml::to_string(self)?)
+    }
+}
 
 /// FNV-1a, 64 bit: a hash that is stable across builds, for the record of upstream stages.
 fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
@@ -44,7 +144,7 @@ pub fn run(r: &Pipeline, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     if main {
         std::fs::create_dir_all(&marks).with_context(|| format!("creating {}", marks.display()))?;
     }
-    let overrides: Vec<String> = crate::recipe::var_overrides(&r.vars);
+    let overrides: Vec<String> = crate::recipes::recipe::var_overrides(&r.vars);
     let started = Instant::now();
     let n = r.stages.len();
     let mut upstream = 0xcbf2_9ce4_8422_2325u64;

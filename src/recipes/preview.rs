@@ -3,7 +3,8 @@
 //! each model's chat template (and `chat_template_kwargs`), the loss tokens marked ⟦so⟧, with
 //! token counts. Only tokenizers and templates are loaded, never weights.
 use crate::data::{self, Example};
-use crate::recipe::{Dataset, ModelSpec, Recipe};
+use crate::spec::{Dataset, ModelSpec};
+use crate::recipes::recipe::Recipe;
 use anyhow::{bail, Context, Result};
 use std::fmt::Write;
 

@@ -11,7 +11,6 @@
 //! batch; rank 0 evaluates, logs and checkpoints.
 use super::RunOptions;
 use crate::data::{self, Sampler};
-use crate::recipe::Sft;
 use crate::recipes::eval::{evaluate_run, gap_plan, load_eval_teacher};
 use crate::recipes::opd::{end_of_turn, Side};
 use crate::train::checkpoint::{self, TrainState};
@@ -23,6 +22,73 @@ use crate::train::Batch;
 use anyhow::{Context, Result};
 use std::time::Instant;
 use tch::{Kind, Tensor};
+use crate::spec::*;
+use anyhow::ensure;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// `recipe: sft`: cross-entropy fine-tuning on response tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sft {
+    /// `${name}` placeholders substituted in the recipe text (defaults; overridable as `vars.name=...`).
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
+    pub recipe: String,
+    #[serde(default)]
+    pub seed: u64,
+    pub output_dir: PathBuf,
+    #[serde(default = "d_device")]
+    pub device: String,
+    pub model: ModelSpec,
+    pub data: DataSpec,
+    pub optimizer: OptimizerSpec,
+    #[serde(default)]
+    pub schedule: ScheduleSpec,
+    pub training: TrainingSpec,
+    #[serde(default)]
+    pub eval: Option<EvalSpec>,
+    #[serde(default)]
+    pub logging: LoggingSpec,
+    /// After training, export the final model here as a Hugging Face directory (float32).
+    #[serde(default)]
+    pub export_to: Option<PathBuf>,
+}
+
+impl crate::recipes::recipe::Schema for Sft {
+    fn output_dir(&self) -> &Path {
+        &self.output_dir
+    }
+
+    fn validate(&self) -> Result<()> {
+        let r = self;
+        r.model.validate("model", false)?;
+        if let Some(t) = r.eval.as_ref().and_then(|e| e.teacher.as_ref()) {
+            t.validate("eval.teacher", true)?;
+        }
+        validate_optimizer(&r.optimizer)?;
+        validate_training(&r.training)?;
+        if let Some(l) = &r.model.lora {
+            l.validate("model.lora")?;
+            ensure!(l.dropout == 0.0 || !r.training.activation_checkpointing, "model.lora.dropout: not with training.activation_checkpointing (the recomputed blocks would draw other dropout masks)");
+        }
+        for s in &r.training.stop_at {
+            ensure!(s.at_least.is_some() != s.at_most.is_some(), "training.stop_at: {} needs exactly one of at_least and at_most", s.metric);
+            ensure!(r.eval.as_ref().is_some_and(|e| e.every.is_some()), "training.stop_at needs eval.every (it is checked at each evaluation)");
+        }
+        ensure!(r.data.max_length >= 2, "data.max_length must be at least 2");
+        ensure!(r.schedule.min_lr_ratio >= 0.0 && r.schedule.min_lr_ratio <= 1.0, "schedule.min_lr_ratio must be in [0, 1]");
+        if let Some(e) = &r.eval {
+            ensure!(r.data.eval.is_some(), "eval is set but data.eval (the held-out set) is not");
+            validate_eval(e, true)?;
+        }
+        Ok(())
+    }
+
+    fn to_yaml(&self) -> Result<String> {
+        Ok(serde_yaml::to_string(self)?)
+    }
+}
 
 pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     let (rank, world, main) = dist.map_or((0, 1, true), |d| (d.rank, d.world, d.is_main()));
@@ -183,7 +249,7 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             ("budget/optimizer_steps", state.step as f64),
             ("time_s", elapsed),
         ];
-        if let Some(gib) = crate::runtime::peak_memory_gib(device) {
+        if let Some(gib) = crate::device::peak_memory_gib(device) {
             values.push(("memory/peak_gib", gib));
         }
         if let Some(sync) = &sync {

@@ -8,7 +8,7 @@
 //! reused when the sweep is run again with the same overrides, an unfinished one resumes from
 //! its checkpoint. Ties go to the first setting in grid order.
 use super::{Plan, RunOptions};
-use crate::recipe::Recipe;
+use crate::recipes::recipe::Recipe;
 use crate::train::dist::Dist;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 #[serde(deny_unknown_fields)]
 pub struct Sweep {
     pub recipe: String,
-    #[serde(default, skip_serializing_if = "crate::recipe::Vars::is_empty")]
-    pub vars: crate::recipe::Vars,
+    #[serde(default, skip_serializing_if = "crate::spec::Vars::is_empty")]
+    pub vars: crate::spec::Vars,
     pub output_dir: PathBuf,
     /// The recipe file every run starts from (`sft` or `opd`); the sweep's `vars` reach it.
     pub base: PathBuf,
@@ -41,19 +41,30 @@ fn d_goal() -> String {
     "max".into()
 }
 
-impl Sweep {
-    pub fn validate(&self) -> Result<()> {
+impl super::recipe::Schema for Sweep {
+    fn output_dir(&self) -> &Path {
+        &self.output_dir
+    }
+
+    fn validate(&self) -> Result<()> {
         ensure!(!self.grid.is_empty() && self.grid.iter().all(|g| g.len() == 1 && g.values().all(|v| !v.is_empty())), "grid must be a list of `key: [values]` entries, each with at least one value");
         ensure!(self.goal == "max" || self.goal == "min", "goal must be max or min");
         Ok(())
     }
+
+    fn to_yaml(&self) -> Result<String> {
+        Ok(serde_yaml::to_string(self)?)
+    }
+}
+
+impl Sweep {
 
     /// Every run's overrides from the grid, in order (the last key varies fastest).
     pub fn settings(&self) -> Vec<Vec<(String, String)>> {
         let mut out: Vec<Vec<(String, String)>> = vec![vec![]];
         for entry in &self.grid {
             let (key, values) = entry.iter().next().expect("validated");
-            out = out.into_iter().flat_map(|prev| values.iter().map(move |v| [prev.clone(), vec![(key.clone(), crate::recipe::scalar(v))]].concat())).collect();
+            out = out.into_iter().flat_map(|prev| values.iter().map(move |v| [prev.clone(), vec![(key.clone(), crate::recipes::recipe::scalar(v))]].concat())).collect();
         }
         out
     }
@@ -90,7 +101,7 @@ pub fn run(r: &Sweep, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     if main {
         std::fs::create_dir_all(&r.output_dir).with_context(|| format!("creating {}", r.output_dir.display()))?;
     }
-    let vars: Vec<String> = crate::recipe::var_overrides(&r.vars);
+    let vars: Vec<String> = crate::recipes::recipe::var_overrides(&r.vars);
     let mut runs = Vec::new();
     let settings = r.settings();
     for (i, s) in settings.iter().enumerate() {

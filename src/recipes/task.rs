@@ -5,10 +5,63 @@
 //! loss), so the digits of every intermediate result have to be produced token by token and
 //! tokenizers that split digits differently disagree on them.
 use crate::data::Rng;
-use crate::recipe::MakeTask;
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::collections::HashSet;
+use crate::spec::*;
+use anyhow::ensure;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// `recipe: make_task`: the demo's seeded arithmetic word-problem task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MakeTask {
+    pub recipe: String,
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
+    #[serde(default)]
+    pub seed: u64,
+    /// Writes train.jsonl and test.jsonl here.
+    pub output_dir: PathBuf,
+    pub train_size: usize,
+    pub test_size: usize,
+    /// A validation split (`val.jsonl`), disjoint from both, for choosing settings.
+    #[serde(default)]
+    pub val_size: usize,
+    #[serde(default = "d_min_digits")]
+    pub min_digits: usize,
+    #[serde(default = "d_max_digits")]
+    pub max_digits: usize,
+    /// Whether steps may carry or borrow (false: each step changes exactly one digit).
+    #[serde(default = "yes")]
+    pub carries: bool,
+}
+
+fn d_min_digits() -> usize {
+    3
+}
+
+fn d_max_digits() -> usize {
+    5
+}
+
+impl crate::recipes::recipe::Schema for MakeTask {
+    fn output_dir(&self) -> &Path {
+        &self.output_dir
+    }
+
+    fn validate(&self) -> Result<()> {
+        let r = self;
+        ensure!(r.train_size > 0 && r.test_size > 0, "train_size and test_size must be positive");
+        ensure!(r.min_digits >= 1 && r.min_digits <= r.max_digits && r.max_digits <= 12, "need 1 <= min_digits <= max_digits <= 12");
+        Ok(())
+    }
+
+    fn to_yaml(&self) -> Result<String> {
+        Ok(serde_yaml::to_string(self)?)
+    }
+}
 
 const NAMES: [&str; 8] = ["Tom", "Anna", "Ravi", "Mei", "Lucas", "Sara", "Omar", "Ines"];
 const THINGS: [(&str, &str, &str); 6] = [

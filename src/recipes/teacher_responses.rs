@@ -9,12 +9,57 @@ use crate::data;
 use crate::generate::{generate, Sampling};
 use crate::recipes::opd::Engine;
 use crate::train::dist::Dist;
-use crate::recipe::TeacherResponses;
 use crate::train::metrics::progress;
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::io::Write;
 use std::time::Instant;
+use crate::spec::*;
+use anyhow::ensure;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// `recipe: teacher_responses`: the teacher answers every prompt; the result is an SFT dataset.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherResponses {
+    /// `${name}` placeholders substituted in the recipe text (defaults; overridable as `vars.name=...`).
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
+    pub recipe: String,
+    #[serde(default)]
+    pub seed: u64,
+    /// Where the JSONL dataset goes (and its progress, for resuming).
+    pub output_dir: PathBuf,
+    #[serde(default = "d_device")]
+    pub device: String,
+    pub teacher: ModelSpec,
+    pub data: PromptsSpec,
+    #[serde(default)]
+    pub sampling: SamplingSpec,
+    #[serde(default = "d_eval_batch")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub logging: LoggingSpec,
+}
+
+impl crate::recipes::recipe::Schema for TeacherResponses {
+    fn output_dir(&self) -> &Path {
+        &self.output_dir
+    }
+
+    fn validate(&self) -> Result<()> {
+        let r = self;
+        r.teacher.validate("teacher", true)?;
+        validate_sampling(&r.sampling, "sampling")?;
+        ensure!(r.batch_size > 0, "batch_size must be positive");
+        Ok(())
+    }
+
+    fn to_yaml(&self) -> Result<String> {
+        Ok(serde_yaml::to_string(self)?)
+    }
+}
 
 pub fn run(r: &TeacherResponses, dist: Option<&Dist>) -> Result<()> {
     let (rank, world, main) = dist.map_or((0, 1, true), |d| (d.rank, d.world, d.is_main()));

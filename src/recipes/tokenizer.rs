@@ -7,12 +7,75 @@
 //!
 //! Digits are `split` one per token (Qwen) or grouped up to three per token (`group3`, Llama 3).
 use crate::data;
-use crate::recipe::{ChatStyle, DigitStyle, SpaceStyle, TrainTokenizer};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use tokenizers::models::bpe::BpeTrainerBuilder;
 use tokenizers::models::TrainerWrapper;
 use tokenizers::AddedToken;
+use crate::spec::*;
+use anyhow::ensure;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum SpaceStyle {
+    ByteLevel,
+    Metaspace,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum DigitStyle {
+    Split,
+    Group3,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatStyle {
+    Chatml,
+    Llama3,
+}
+
+/// `recipe: train_tokenizer`: a BPE tokenizer trained on JSONL text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainTokenizer {
+    pub recipe: String,
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
+    pub output_dir: PathBuf,
+    pub data: Vec<Dataset>,
+    pub vocab_size: usize,
+    pub spaces: SpaceStyle,
+    pub digits: DigitStyle,
+    pub chat: ChatStyle,
+    /// Characters kept in the initial alphabet of metaspace vocabularies (the rest fall back to bytes).
+    #[serde(default = "d_alphabet")]
+    pub limit_alphabet: usize,
+}
+
+fn d_alphabet() -> usize {
+    100
+}
+
+impl crate::recipes::recipe::Schema for TrainTokenizer {
+    fn output_dir(&self) -> &Path {
+        &self.output_dir
+    }
+
+    fn validate(&self) -> Result<()> {
+        let r = self;
+        ensure!(!r.data.is_empty(), "data must list at least one dataset");
+        ensure!(r.vocab_size >= 300, "vocab_size must be at least 300 (specials and 256 bytes come first)");
+        Ok(())
+    }
+
+    fn to_yaml(&self) -> Result<String> {
+        Ok(serde_yaml::to_string(self)?)
+    }
+}
 
 const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 const LLAMA3: &str = "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}";

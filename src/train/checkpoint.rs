@@ -6,6 +6,7 @@
 //! same way, so a kill at any moment leaves the previous checkpoint intact; files are synced
 //! before each rename, so this holds across a power loss too.
 use crate::atomic::tmp_path;
+use crate::files::MODEL_FILES;
 use crate::hf::safetensors;
 use crate::models::Model;
 use crate::train::optim::AdamW;
@@ -26,10 +27,6 @@ pub struct TrainState {
     pub counters: std::collections::BTreeMap<String, f64>,
 }
 
-/// The files besides weights that make a directory a loadable model.
-pub const MODEL_FILES: [&str; 6] =
-    ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"];
-
 /// Copies the config and tokenizer files of model directory `src` into `dst`.
 pub fn copy_model_files(src: &Path, dst: &Path) -> Result<()> {
     for f in MODEL_FILES {
@@ -44,22 +41,15 @@ pub fn copy_model_files(src: &Path, dst: &Path) -> Result<()> {
 /// The model's parameters under their Hugging Face names, sorted (the base weights; adapters
 /// are not among them).
 pub fn named_weights(model: &Model) -> Vec<(String, tch::Tensor)> {
-    named_weights_of(&model.vs)
-}
-
-/// A store's variables by name, sorted.
-pub fn named_weights_of(vs: &tch::nn::VarStore) -> Vec<(String, tch::Tensor)> {
-    let mut w: Vec<_> = vs.variables().into_iter().map(|(n, t)| (n, t.detach())).collect();
-    w.sort_by(|a, b| a.0.cmp(&b.0));
-    w
+    crate::models::named_weights_of(&model.vs)
 }
 
 /// Writes a model's LoRA adapters as a PEFT adapter directory's two files in `dir`.
 pub fn save_adapters(model: &Model, base: &Path, dir: &Path) -> Result<()> {
     let ad = model.adapters.as_ref().context("the model has no adapters")?;
-    let mut named: Vec<(String, tch::Tensor)> = named_weights_of(&ad.vs).into_iter().map(|(n, t)| (crate::nn::lora::peft_name(&n), t)).collect();
+    let mut named: Vec<(String, tch::Tensor)> = crate::models::named_weights_of(&ad.vs).into_iter().map(|(n, t)| (crate::nn::lora::peft_name(&n), t)).collect();
     // modules_to_save go whole, under PEFT's name for them (`base_model.model.lm_head.weight`).
-    named.extend(named_weights_of(&model.vs).into_iter().filter(|(n, _)| ad.spec.saves(n)).map(|(n, t)| (crate::nn::lora::peft_name(&n), t)));
+    named.extend(crate::models::named_weights_of(&model.vs).into_iter().filter(|(n, _)| ad.spec.saves(n)).map(|(n, t)| (crate::nn::lora::peft_name(&n), t)));
     named.sort_by(|a, b| a.0.cmp(&b.0));
     safetensors::save(&named, &dir.join("adapter_model.safetensors"))?;
     let config = ad.spec.peft_config(&crate::hf::hub::name_of(base), model.family == crate::models::Family::Gpt2);
@@ -133,7 +123,7 @@ fn steps(run_dir: &Path) -> Vec<(usize, PathBuf)> {
 
 /// The model a run resumes from its checkpoint `dir`: the checkpoint itself, or under LoRA the
 /// same base with the checkpoint's adapters, trained further.
-pub fn resume_spec(spec: &crate::recipe::ModelSpec, dir: &Path) -> crate::recipe::ModelSpec {
+pub fn resume_spec(spec: &crate::spec::ModelSpec, dir: &Path) -> crate::spec::ModelSpec {
     let mut s = spec.clone();
     if s.lora.is_some() {
         s.adapter = Some(dir.display().to_string());

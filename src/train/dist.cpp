@@ -9,7 +9,7 @@
 // headers beside libtorch's; the library itself is inside libtorch_cpu). Errors come back as
 // a malloc'd message, as in ops.cpp.
 #include <ATen/ATen.h>
-#include "ffi.h"
+#include "../ops/ffi.h"
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -140,7 +140,7 @@ struct Reducer {
     missing.clear();
     for (auto& b : buckets) {
       // A parameter autograd never accumulated in the first step gets its gradient some other
-      // way (train::ops::accumulate_grad) or not at all: its bucket waits for `finish`.
+      // way (ops::accumulate_grad) or not at all: its bucket waits for `finish`.
       size_t m = 0, other = 0;
       for (size_t i : b) (expected[i] > 0 ? m : other) += 1;
       missing.push_back(m + (other > 0));

@@ -113,7 +113,7 @@ impl Dist {
         anyhow::ensure!((1..65536).contains(&port), "MASTER_PORT={port} is not a port");
         let dist = Self::join(rank, world, &addr, port as u16).with_context(|| format!("rank {rank} of {world}: joining the group at {addr}:{port}"))?;
         if rank > 0 {
-            crate::runtime::quiet();
+            crate::log::quiet();
         }
         Ok(Some(dist))
     }

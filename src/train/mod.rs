@@ -3,7 +3,6 @@
 pub mod checkpoint;
 pub mod dist;
 pub mod metrics;
-pub mod ops;
 pub mod optim;
 pub mod schedule;
 

@@ -1,9 +1,9 @@
 //! AdamW with decoupled weight decay (`torch.optim.AdamW`), written in Rust so its state can be
 //! checkpointed (tch's built-in optimizers cannot save theirs). Norms, biases and embeddings get
 //! no decay. Parameters that are not float32 keep a float32 master copy that the update uses.
-use super::ops;
+use crate::ops;
 use crate::hf::safetensors::Checkpoint;
-use crate::recipe::OptimizerSpec;
+use crate::spec::OptimizerSpec;
 use anyhow::{Context, Result};
 use tch::{Kind, Tensor};
 

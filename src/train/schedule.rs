@@ -1,6 +1,6 @@
 //! Learning-rate schedules: linear warmup, then cosine, linear or constant decay to
 //! `min_lr_ratio * lr`, the shapes of transformers' `get_*_schedule_with_warmup`.
-use crate::recipe::{Decay, ScheduleSpec};
+use crate::spec::{Decay, ScheduleSpec};
 use std::f64::consts::PI;
 
 /// The learning rate of optimizer step `step` (0-based) out of `total`. Warmup reaches the full

@@ -121,11 +121,11 @@ pub mod tempdir {
 
 /// `recipes/opd/tiny.yaml` with `overrides`, its fixture paths made absolute (tests run from
 /// any directory).
-pub fn tiny_opd(overrides: &[&str]) -> tokbridge::recipe::Opd {
+pub fn tiny_opd(overrides: &[&str]) -> tokbridge::recipes::opd::config::Opd {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(root.join("recipes/opd/tiny.yaml")).expect("tiny recipe");
     let over: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-    let Ok(tokbridge::recipe::Recipe::Opd(mut r)) = tokbridge::recipe::Recipe::parse(&text, &over) else { panic!("an opd recipe") };
+    let Ok(tokbridge::recipes::recipe::Recipe::Opd(mut r)) = tokbridge::recipes::recipe::Recipe::parse(&text, &over) else { panic!("an opd recipe") };
     r.data.train.path = root.join(&r.data.train.path).display().to_string();
     r.student.path = root.join(&r.student.path).display().to_string();
     r.teacher.path = root.join(&r.teacher.path).display().to_string();

@@ -40,7 +40,7 @@
 use super::rollout::{teacher_encode, Rollout, Side, Teacher};
 use crate::align::Masked;
 use crate::nn::attention::Context;
-use crate::recipe::{CandidatePositions, CandidateSpec};
+use crate::recipes::opd::config::{CandidatePositions, CandidateSpec};
 use crate::train::dist::Dist;
 use anyhow::Result;
 use std::collections::HashMap;

@@ -160,7 +160,7 @@ pub fn held_out_gap(plan: &Plan, student: &Side, teacher: &Teacher, examples: &[
     let picks: Vec<usize> = (0..n.min(examples.len())).collect();
     // One sample per prompt and a fixed batching (sampling draws depend on the batch), whatever
     // the training uses, so that every recipe scores the same samples of the same model.
-    let plan = &Plan { rollout: crate::recipe::RolloutSpec { samples_per_prompt: 1, ..plan.rollout.clone() }, micro: GAP_BATCH / 4, ..plan.clone() };
+    let plan = &Plan { rollout: crate::recipes::opd::config::RolloutSpec { samples_per_prompt: 1, ..plan.rollout.clone() }, micro: GAP_BATCH / 4, ..plan.clone() };
     let mut rollouts = make_rollouts(plan, student, teacher, examples, prompts, &picks, true, seed)?;
     score_teacher(teacher, &mut rollouts, plan.micro, TeacherKeeps::LogProbs)?;
     old_logprobs(student, &mut rollouts, plan.micro, 0)?;

@@ -18,6 +18,7 @@
 //! checkpoints. The loss, clip fraction, budget counters, `opd/*` diagnostics and the candidate
 //! term's `cand/*` statistics in the metrics are the whole step's.
 pub mod candidates;
+pub mod config;
 mod diagnostics;
 mod rollout;
 mod signal;
@@ -30,7 +31,8 @@ use super::RunOptions;
 use crate::data::{self, Rng, Sampler};
 use crate::loss::VocabMatch;
 use crate::models::Model;
-use crate::recipe::{CandidatePositions, Opd, OpdLoss, Scorer};
+use crate::recipes::opd::config::{CandidatePositions, Opd, OpdLoss};
+use crate::spec::Scorer;
 use crate::recipes::eval::evaluate_run;
 use crate::train::checkpoint::{self, TrainState};
 use crate::train::dist::Dist;
@@ -257,7 +259,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             values.extend(c.values());
         }
         values.extend(diag.values());
-        if let Some(gib) = crate::runtime::peak_memory_gib(student.model.device()) {
+        if let Some(gib) = crate::device::peak_memory_gib(student.model.device()) {
             values.push(("memory/peak_gib", gib));
         }
         if let Some(sync) = &sync {

@@ -8,7 +8,7 @@ use crate::generate::{generate, Sampling};
 use crate::hf::chat::{ChatTemplate, Message};
 use crate::hf::tokenizer::Tokenizer;
 use crate::models::Model;
-use crate::recipe::{Opd, RolloutSpec};
+use crate::recipes::opd::config::{Opd, RolloutSpec};
 use crate::served::Served;
 use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
@@ -411,8 +411,8 @@ pub fn make_rollouts(plan: &Plan, student: &Side, teacher: &Teacher, examples: &
 }
 
 
-pub fn load_side(spec: &crate::recipe::ModelSpec, device: &str) -> Result<Side> {
-    let device = crate::runtime::parse_device(spec.device.as_deref().unwrap_or(device))?;
+pub fn load_side(spec: &crate::spec::ModelSpec, device: &str) -> Result<Side> {
+    let device = crate::device::parse_device(spec.device.as_deref().unwrap_or(device))?;
     let (model, tok, chat) = crate::recipes::load_model(spec, device)?;
     let eot = end_of_turn(&tok, &chat).with_context(|| format!("model {}", spec.path))?;
     Ok(Side { model, tok, chat, eot, same_vocab: false })
@@ -420,7 +420,7 @@ pub fn load_side(spec: &crate::recipe::ModelSpec, device: &str) -> Result<Side> 
 
 /// The teacher: loaded here (frozen), or a client of its server with its tokenizer and chat
 /// template from `spec.tokenizer`.
-pub fn load_teacher(spec: &crate::recipe::ModelSpec, device: &str) -> Result<Teacher> {
+pub fn load_teacher(spec: &crate::spec::ModelSpec, device: &str) -> Result<Teacher> {
     let Some(server) = &spec.server else {
         let mut side = load_side(spec, device)?;
         side.model.vs.freeze();

@@ -8,7 +8,7 @@ use super::rollout::{rows, scatter, Rollout, Side, Teacher};
 use crate::models::Model;
 use crate::align::{Chunk, Masked};
 use crate::loss::{self, PpoClip, VocabMatch};
-use crate::recipe::{AdvantageBaseline, DistillSpec, Opd, OpdLoss};
+use crate::recipes::opd::config::{AdvantageBaseline, DistillSpec, Opd, OpdLoss};
 use crate::train::dist::{Dist, GradSync};
 use crate::train::token_logprobs;
 use anyhow::{bail, Context, Result};

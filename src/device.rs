@@ -1,33 +1,7 @@
 //! Parsing the `--device` and `--dtype` choices users give, saying which device a run uses,
-//! its peak memory, loading a model spec with its tokenizer in one call, and the `info!` lines
-//! that only one rank of a multi-process run prints.
-use crate::hf::{hub, tokenizer::Tokenizer};
-use crate::models::{self, Model};
-use anyhow::{bail, Context, Result};
+//! and its peak memory.
+use anyhow::{bail, Result};
 use tch::{Device, Kind};
-
-static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// From now on this process prints no `info!` lines: it is a rank other than 0 of a
-/// multi-process run, whose lines rank 0 already prints (torchrun's ranks would all print them).
-pub fn quiet() {
-    QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-pub fn is_quiet() -> bool {
-    QUIET.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// A line of progress or a warning about the data on stderr, which every rank would say alike:
-/// printed by rank 0 only. Rank-specific lines and errors use `eprintln!`.
-#[macro_export]
-macro_rules! info {
-    ($($arg:tt)*) => {
-        if !$crate::runtime::is_quiet() {
-            eprintln!($($arg)*);
-        }
-    };
-}
 
 /// `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available, else CPU).
 pub fn parse_device(s: &str) -> Result<Device> {
@@ -65,7 +39,7 @@ fn cuda(n: usize) -> Result<Device> {
     // sequence length: on an H200 the first decode of a 1B llama cost 99 ms per token with it
     // and 10 ms without (flash / memory-efficient kernels; steady state 7-12 ms either way).
     // Rollouts, evaluations and padded batches meet new lengths all the time.
-    crate::train::ops::sdp_backends(true, true, true, false);
+    crate::ops::sdp_backends(true, true, true, false);
     Ok(Device::Cuda(n))
 }
 
@@ -93,21 +67,6 @@ pub fn parse_dtype(s: &str) -> Result<Kind> {
         "f16" | "float16" | "fp16" => Kind::Half,
         other => bail!("unknown dtype {other:?} (use f32, bf16 or f16)"),
     })
-}
-
-/// Resolves `spec` (directory or hub id) and loads the model and its tokenizer.
-pub fn load(spec: &str, device: Device, kind: Kind) -> Result<(Model, Tokenizer)> {
-    load_adapted(spec, device, kind, None, None)
-}
-
-/// `load` with LoRA adapters (`models::load_adapted`).
-pub fn load_adapted(spec: &str, device: Device, kind: Kind, adapter: Option<&str>, lora: Option<&crate::nn::lora::LoraSpec>) -> Result<(Model, Tokenizer)> {
-    let dir = hub::resolve(spec)?;
-    // Adapters are PEFT directories or hub ids.
-    let adapter = adapter.map(hub::resolve_adapter).transpose()?;
-    let model = models::load_adapted(&dir, device, kind, adapter.as_deref(), lora).with_context(|| format!("loading model {spec}"))?;
-    let tok = Tokenizer::load(&dir)?;
-    Ok((model, tok))
 }
 
 /// A line naming `device`: the GPU's index and count, or the CPU thread count.

@@ -14,13 +14,132 @@
 //! Budgets: OPD runs count teacher forward tokens as they go; SFT on teacher answers pays the
 //! teacher's generated tokens and generation time up front (from its `teacher_responses`
 //! output), so its curves start there.
-use crate::recipe::{Compare, CompareContrast, CompareRun, CompareSweep, Recipe};
+use crate::recipes::recipe::Recipe;
 use crate::recipes::eval::{read_generations, Generated};
 use anyhow::{Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde_json::Value;
 use std::path::Path;
+use crate::spec::*;
+use anyhow::{bail, ensure};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// One entry of a comparison.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareRun {
+    pub name: String,
+    /// A training run directory (metrics.jsonl) or an eval output directory (eval.json).
+    pub dir: PathBuf,
+    /// The teacher_responses outputs (one or a list) whose generation cost this run used (SFT
+    /// on teacher answers; a run that continued from one adds both).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "one_or_many::paths")]
+    pub teacher_responses: Vec<PathBuf>,
+}
+
+/// `recipe: compare`: report.md with the final table and plots of several runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compare {
+    pub recipe: String,
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
+    pub output_dir: PathBuf,
+    pub runs: Vec<CompareRun>,
+    #[serde(default)]
+    pub title: Option<String>,
+    /// Sweeps whose tables (`sweep.md`) the report shows.
+    #[serde(default)]
+    pub sweeps: Vec<CompareSweep>,
+    /// Differences between two runs' final results that the report shows together (a method
+    /// against its baseline, with and without a control's change).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contrasts: Vec<CompareContrast>,
+    /// The same runs made again under other `vars` (another seed, in another root): the report
+    /// adds every run's final accuracy and every contrast in each repeat, and their means.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repeats: Vec<CompareRepeat>,
+    /// This comparison's column in the repeats' tables (default `here`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The recipe's text and overrides before its vars were substituted (what a repeat
+    /// re-reads with its own vars).
+    #[serde(skip)]
+    pub source: Option<(String, Vec<String>)>,
+}
+
+/// One repeat of a comparison: its label in the report and the vars that differ.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareRepeat {
+    pub name: String,
+    pub vars: Vars,
+}
+
+impl Compare {
+    /// This comparison with a repeat's vars: the same runs, found where the repeat put them.
+    pub fn repeat(&self, rep: &CompareRepeat) -> Result<Compare> {
+        let (text, overrides) = self.source.as_ref().context("a comparison built in code has no recipe text to repeat")?;
+        let mut over = overrides.clone();
+        over.extend(super::recipe::var_overrides(&rep.vars));
+        match Recipe::parse(text, &over).with_context(|| format!("repeats: {:?}", rep.name))? {
+            Recipe::Compare(c) => Ok(c),
+            _ => bail!("repeats: {:?} is not a comparison", rep.name),
+        }
+    }
+}
+
+/// One run's final results minus another's (both named as in `runs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareContrast {
+    pub name: String,
+    pub run: String,
+    pub against: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareSweep {
+    pub name: String,
+    pub dir: PathBuf,
+    /// The committed table (a copy of `sweep.md`) of the sweep run that chose the values the
+    /// recipes ship, shown when `dir` has none.
+    #[serde(default)]
+    pub shipped: Option<PathBuf>,
+}
+
+impl crate::recipes::recipe::Schema for Compare {
+    fn output_dir(&self) -> &Path {
+        &self.output_dir
+    }
+
+    fn validate(&self) -> Result<()> {
+        let r = self;
+        ensure!(!r.runs.is_empty(), "runs must not be empty");
+        for s in &r.sweeps {
+            if let Some(t) = &s.shipped {
+                ensure!(t.is_file(), "sweeps: shipped table {} of {:?} is not a file", t.display(), s.name);
+            }
+        }
+        for c in &r.contrasts {
+            for (key, name) in [("run", &c.run), ("against", &c.against)] {
+                ensure!(r.runs.iter().any(|run| &run.name == name), "contrasts: {key} {name:?} of {:?} is not the name of one of the runs", c.name);
+            }
+        }
+        for (i, rep) in r.repeats.iter().enumerate() {
+            ensure!(!rep.vars.is_empty(), "repeats: {:?} sets no vars (it would be this comparison again)", rep.name);
+            ensure!(!r.repeats[..i].iter().any(|o| o.name == rep.name), "repeats: the name {:?} is used twice", rep.name);
+        }
+        Ok(())
+    }
+
+    fn to_yaml(&self) -> Result<String> {
+        Ok(serde_yaml::to_string(self)?)
+    }
+}
 
 /// One evaluation point of a run.
 #[derive(Debug, Clone, Default)]

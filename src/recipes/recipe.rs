@@ -1,0 +1,337 @@
+//! Recipes: YAML files that name a recipe module and give it typed sections.
+//!
+//! Shaped like torchtune's configs (one file per run, `recipe:` picks the module) with TRL's
+//! knob names where they exist. Each recipe's schema lives beside its runner and implements
+//! `Schema`; the sections several share are in `crate::spec`. Every struct denies unknown
+//! keys; serde_yaml reports the key path with its line and column. `key.path=value` overrides
+//! are applied to the YAML tree before it is typed; the resolved recipe is what a run
+//! directory keeps.
+use super::compare::Compare;
+use super::eval::Eval;
+use super::init::InitModel;
+use super::opd::config::Opd;
+use super::pipeline::Pipeline;
+use super::sft::Sft;
+use super::sweep::Sweep;
+use super::task::MakeTask;
+use super::teacher_responses::TeacherResponses;
+use super::tokenizer::TrainTokenizer;
+use crate::spec::Vars;
+use anyhow::{bail, ensure, Context, Result};
+use serde_yaml::Value;
+use std::path::Path;
+
+/// What every recipe's schema gives the runner: where it writes, the checks serde cannot make
+/// (ranges, consistency; errors name the key), and itself as YAML for the run directory.
+pub trait Schema {
+    fn output_dir(&self) -> &Path;
+    fn validate(&self) -> Result<()>;
+    fn to_yaml(&self) -> Result<String>;
+}
+
+
+/// A YAML value as the text of an override (`key=TEXT`): strings as they are.
+pub fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+    }
+}
+
+/// `vars` as the overrides that hand them to another recipe (`vars.NAME=VALUE`).
+pub fn var_overrides(vars: &Vars) -> Vec<String> {
+    vars.iter().map(|(k, v)| format!("vars.{k}={}", scalar(v))).collect()
+}
+
+// One value per run: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Recipe {
+    Sft(Sft),
+    TeacherResponses(TeacherResponses),
+    Eval(Eval),
+    Opd(Opd),
+    MakeTask(MakeTask),
+    TrainTokenizer(TrainTokenizer),
+    InitModel(InitModel),
+    Pipeline(Pipeline),
+    Compare(Compare),
+    Sweep(Sweep),
+}
+
+pub const RECIPES: [&str; 10] = ["sft", "teacher_responses", "eval", "opd", "make_task", "train_tokenizer", "init_model", "pipeline", "compare", "sweep"];
+
+impl Recipe {
+    /// Reads `path`, applies `overrides` (`a.b.c=value`, value parsed as YAML) and types it.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading recipe {}", path.display()))?;
+        Self::parse(&text, overrides).with_context(|| format!("recipe {}", path.display()))
+    }
+
+    pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
+        let original = text;
+        let substituted = substitute_vars(text, overrides)?;
+        let text = substituted.as_str();
+        let mut tree: Value = serde_yaml::from_str(text)?;
+        ensure!(tree.is_mapping(), "the recipe must be a YAML mapping");
+        for o in overrides {
+            apply_override(&mut tree, o)?;
+        }
+        // Without overrides, type the original text so errors carry its line numbers.
+        let resolved;
+        let text = if overrides.is_empty() {
+            text
+        } else {
+            resolved = serde_yaml::to_string(&tree)?;
+            &resolved
+        };
+        let name = tree.get("recipe").and_then(Value::as_str).with_context(|| format!("missing key `recipe` (one of {})", RECIPES.join(", ")))?;
+        let recipe = match name {
+            "sft" => Recipe::Sft(serde_yaml::from_str(text)?),
+            "teacher_responses" => Recipe::TeacherResponses(serde_yaml::from_str(text)?),
+            "eval" => Recipe::Eval(serde_yaml::from_str(text)?),
+            "opd" => Recipe::Opd(serde_yaml::from_str(text)?),
+            "make_task" => Recipe::MakeTask(serde_yaml::from_str(text)?),
+            "train_tokenizer" => Recipe::TrainTokenizer(serde_yaml::from_str(text)?),
+            "init_model" => Recipe::InitModel(serde_yaml::from_str(text)?),
+            "pipeline" => Recipe::Pipeline(serde_yaml::from_str(text)?),
+            "compare" => {
+                let mut c: Compare = serde_yaml::from_str(text)?;
+                c.source = Some((original.to_string(), overrides.to_vec()));
+                Recipe::Compare(c)
+            }
+            "sweep" => Recipe::Sweep(serde_yaml::from_str(text)?),
+            other => bail!("recipe: unknown recipe {other:?} (known: {})", RECIPES.join(", ")),
+        };
+        recipe.validate()?;
+        Ok(recipe)
+    }
+
+    /// The recipe's schema, through which the rest is dispatched.
+    fn schema(&self) -> &dyn Schema {
+        match self {
+            Recipe::Sft(r) => r,
+            Recipe::TeacherResponses(r) => r,
+            Recipe::Eval(r) => r,
+            Recipe::Opd(r) => r,
+            Recipe::MakeTask(r) => r,
+            Recipe::TrainTokenizer(r) => r,
+            Recipe::InitModel(r) => r,
+            Recipe::Pipeline(r) => r,
+            Recipe::Compare(r) => r,
+            Recipe::Sweep(r) => r,
+        }
+    }
+
+    /// The directory the recipe writes.
+    pub fn output_dir(&self) -> &Path {
+        self.schema().output_dir()
+    }
+
+    /// Checks the values serde cannot: ranges and consistency. Errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        crate::atomic::check_output_dir(self.output_dir(), "output_dir")?;
+        self.schema().validate()
+    }
+
+    /// The resolved recipe as YAML, for the run directory.
+    pub fn to_yaml(&self) -> Result<String> {
+        self.schema().to_yaml()
+    }
+}
+
+/// Replaces `${name}` in `text` with the recipe's `vars` (after `vars.name=...` overrides).
+/// Only scalars can be substituted; an unknown name is an error.
+fn substitute_vars(text: &str, overrides: &[String]) -> Result<String> {
+    if !text.contains("${") {
+        return Ok(text.to_string());
+    }
+    // Read `vars` from the text with every placeholder masked by a plain scalar, since a
+    // placeholder inside a flow collection (`{path: ${root}/x}`) is not YAML yet.
+    let mut masked = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        masked.push_str(&rest[..i]);
+        masked.push_str("_var_");
+        rest = rest[i..].find('}').map_or("", |e| &rest[i + e + 1..]);
+    }
+    masked.push_str(rest);
+    let mut tree: Value = serde_yaml::from_str(&masked)?;
+    for o in overrides.iter().filter(|o| o.starts_with("vars.")) {
+        apply_override(&mut tree, o)?;
+    }
+    let vars = tree.get("vars").and_then(Value::as_mapping).cloned().unwrap_or_default();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        // The excerpt is cut by characters: a byte cut could split one (found by tests/fuzz.rs).
+        let end = rest[i..].find('}').with_context(|| format!("unclosed ${{ in {:?}", rest[i..].chars().take(20).collect::<String>()))? + i;
+        let name = &rest[i + 2..end];
+        let value = vars.get(name).with_context(|| format!("${{{name}}} is used but vars.{name} is not set"))?;
+        out.push_str(match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => bail!("vars.{name} must be a string, number or bool"),
+        }.as_str());
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Sets `a.b.c` in `tree` to the YAML value after `=`. Intermediate mappings are created.
+fn apply_override(tree: &mut Value, spec: &str) -> Result<()> {
+    let (key, value) = spec.split_once('=').with_context(|| format!("override {spec:?} is not key.path=value"))?;
+    ensure!(!key.is_empty(), "override {spec:?} has an empty key");
+    let value: Value = serde_yaml::from_str(value).with_context(|| format!("override {key}: value is not YAML"))?;
+    let mut node = tree;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let map = node.as_mapping_mut().with_context(|| format!("override {key}: {} is not a mapping", parts[..i].join(".")))?;
+        let k = Value::String(part.to_string());
+        if i + 1 == parts.len() {
+            map.insert(k, value);
+            return Ok(());
+        }
+        node = map.entry(k).or_insert_with(|| Value::Mapping(Default::default()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Decay, Scorer};
+
+    const SFT: &str = "recipe: sft\noutput_dir: runs/x\nmodel:\n  path: m\ndata:\n  train: t.jsonl\noptimizer:\n  lr: 1.0e-4\ntraining:\n  steps: 3\n  batch_size: 2\n";
+
+    #[test]
+    fn a_compare_recipe_names_a_missing_shipped_sweep_table() {
+        let text = "recipe: compare\noutput_dir: out\nruns: [{name: a, dir: runs/a}]\nsweeps: [{name: SFT lr, dir: runs/sweep, shipped: recipes/demo/sweeps/nothing.md}]\n";
+        let e = format!("{:#}", Recipe::parse(text, &[]).and_then(|r| r.validate()).unwrap_err());
+        assert!(e.contains("sweeps: shipped table recipes/demo/sweeps/nothing.md of \"SFT lr\" is not a file"), "{e}");
+        let shipped = text.replace("nothing.md", "sft.md");
+        Recipe::parse(&shipped, &[]).and_then(|r| r.validate()).unwrap();
+    }
+
+    #[test]
+    fn a_compare_recipe_repeats_itself_under_other_vars() {
+        let text = "recipe: compare\nvars: {root: runs/demo}\noutput_dir: ${root}/report\nruns: [{name: a, dir: '${root}/a'}]\nrepeats: [{name: seed 1, vars: {root: runs/demo-seed1}}]\n";
+        let Recipe::Compare(c) = Recipe::parse(text, &["vars.root=/r".into()]).unwrap() else { panic!() };
+        assert_eq!(c.runs[0].dir, Path::new("/r/a"));
+        // The repeat's vars come after the command line's.
+        let again = c.repeat(&c.repeats[0]).unwrap();
+        assert_eq!((again.runs[0].dir.as_path(), again.output_dir.as_path()), (Path::new("runs/demo-seed1/a"), Path::new("runs/demo-seed1/report")));
+        let e = format!("{:#}", Recipe::parse(&text.replace("vars: {root: runs/demo-seed1}", "vars: {}"), &[]).unwrap_err());
+        assert!(e.contains("repeats: \"seed 1\" sets no vars"), "{e}");
+    }
+
+    #[test]
+    fn a_pipeline_stage_adds_its_own_overrides_under_its_own_name() {
+        let text = "recipe: pipeline\noutput_dir: out\nstages: [recipes/demo.yaml, {recipe: recipes/demo.yaml, name: seed1, overrides: [vars.seed=1]}]\n";
+        let Recipe::Pipeline(p) = Recipe::parse(text, &[]).unwrap() else { panic!() };
+        assert_eq!((p.stages[0].name(), p.stages[1].name()), ("demo".to_string(), "seed1".to_string()));
+        assert_eq!((p.stages[0].overrides(), p.stages[1].overrides()), (&[][..], &["vars.seed=1".to_string()][..]));
+        let e = format!("{:#}", Recipe::parse(&text.replace("name: seed1", "name: demo"), &[]).unwrap_err());
+        assert!(e.contains("stages: two stages are named \"demo\""), "{e}");
+        let e = format!("{:#}", Recipe::parse(&text.replace("overrides:", "overides:"), &[]).unwrap_err());
+        assert!(e.contains("unknown field `overides`, expected one of `recipe`, `name`, `overrides`"), "{e}");
+    }
+
+    #[test]
+    fn a_compare_recipe_names_a_contrast_with_an_unknown_run() {
+        let text = "recipe: compare\noutput_dir: out\nruns: [{name: a, dir: runs/a}, {name: b, dir: runs/b}]\ncontrasts: [{name: a over b, run: a, against: c}]\n";
+        let e = format!("{:#}", Recipe::parse(text, &[]).and_then(|r| r.validate()).unwrap_err());
+        assert!(e.contains("contrasts: against \"c\" of \"a over b\" is not the name of one of the runs"), "{e}");
+        Recipe::parse(&text.replace("against: c", "against: b"), &[]).and_then(|r| r.validate()).unwrap();
+    }
+
+    #[test]
+    fn parses_with_defaults() {
+        let Recipe::Sft(r) = Recipe::parse(SFT, &[]).unwrap() else { panic!("not sft") };
+        assert_eq!(r.training.grad_accum, 1);
+        assert_eq!(r.optimizer.grad_clip, Some(1.0));
+        assert_eq!(r.schedule.decay, Decay::Cosine);
+        assert_eq!(r.data.max_length, 1024);
+    }
+
+    #[test]
+    fn an_unclosed_placeholder_before_multibyte_text_is_an_error() {
+        // Found by tests/fuzz.rs: the excerpt in the message was cut inside a character.
+        let text = format!("{SFT}note: ${{ab\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\n");
+        let err = Recipe::parse(&text, &[]).expect_err("an error").to_string();
+        assert!(err.contains("unclosed"), "{err}");
+    }
+
+    #[test]
+    fn a_served_teacher_takes_a_tokenizer_and_no_weights() {
+        let opd = |student: &str, teacher: &str, extra: &str| {
+            let text = format!("recipe: opd\noutput_dir: runs/x\nstudent: {student}\nteacher: {teacher}\ndata: {{train: t.jsonl}}\noptimizer: {{lr: 1.0e-6}}\ntraining: {{steps: 2, prompts_per_step: 4}}\n{extra}");
+            Recipe::parse(&text, &[]).and_then(|r| r.validate()).map_err(|e| format!("{e:#}"))
+        };
+        let served = "{tokenizer: Qwen/Qwen3-8B, server: {url: http://localhost:8000, api: vllm}}";
+        assert_eq!(opd("{path: s}", served, ""), Ok(()));
+        let err = |s: &str, t: &str, x: &str| opd(s, t, x).expect_err("refused");
+        assert_eq!(err("{path: s}", "{path: t, server: {url: http://h:1}}", ""), "teacher.path: a served teacher has no weights here; name its tokenizer with teacher.tokenizer");
+        assert_eq!(err("{path: s}", "{server: {url: http://h:1}}", ""), "teacher.tokenizer: a served teacher needs its tokenizer (a directory or hub id with tokenizer.json)");
+        assert_eq!(err("{path: s, server: {url: http://h:1}}", served, ""), "student.server: only a teacher can be served (the student trains here)");
+        assert_eq!(err("{path: s}", "{path: t, tokenizer: x}", ""), "teacher.tokenizer: only for a served teacher (teacher.server); the tokenizer comes from teacher.path");
+        assert_eq!(err("{path: s}", "{tokenizer: x, server: {url: localhost:8000}}", ""), "teacher.server.url: \"localhost:8000\" is not an http:// or https:// address");
+        assert!(err("{path: s}", served, "loss: gold_hybrid\n").starts_with("teacher.server: a served teacher gives the log-prob of each token"));
+        assert!(err("{path: s}", "{tokenizer: x, server: {url: http://h:1, api: tgi}}", "").contains("unknown variant `tgi`"));
+        assert_eq!(err("{dtype: f32}", "{path: t}", ""), "student.path: missing (a model directory or hub id)");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_line_and_column() {
+        let text = SFT.replace("  steps: 3", "  steps: 3\n  stepz: 4");
+        let e = format!("{:#}", Recipe::parse(&text, &[]).unwrap_err());
+        assert!(e.contains("unknown field `stepz`"), "{e}");
+        assert!(e.contains("line 11 column 3"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_missing_field_are_named() {
+        let e = format!("{:#}", Recipe::parse(&SFT.replace("steps: 3", "steps: many"), &[]).unwrap_err());
+        assert!(e.contains("training.steps") && e.contains("line 10"), "{e}");
+        let e = format!("{:#}", Recipe::parse(&SFT.replace("  lr: 1.0e-4\n", "  weight_decay: 0.1\n"), &[]).unwrap_err());
+        assert!(e.contains("missing field `lr`"), "{e}");
+        let e = format!("{:#}", Recipe::parse(&SFT.replace("recipe: sft", "recipe: ppo"), &[]).unwrap_err());
+        assert!(e.contains("unknown recipe \"ppo\""), "{e}");
+    }
+
+    #[test]
+    fn overrides_set_nested_keys_and_are_validated() {
+        let r = Recipe::parse(SFT, &["training.steps=7".into(), "optimizer.betas=[0.8, 0.9]".into()]).unwrap();
+        let Recipe::Sft(r) = r else { panic!() };
+        assert_eq!(r.training.steps, 7);
+        assert_eq!(r.optimizer.betas, [0.8, 0.9]);
+        let e = format!("{:#}", Recipe::parse(SFT, &["training.steps=0".into()]).unwrap_err());
+        assert!(e.contains("training.steps must be positive"), "{e}");
+        let e = format!("{:#}", Recipe::parse(SFT, &["training.stepz=1".into()]).unwrap_err());
+        assert!(e.contains("unknown field `stepz`"), "{e}");
+    }
+
+    #[test]
+    fn opd_knobs_are_validated() {
+        let opd = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/opd/tiny.yaml")).unwrap();
+        let e = |over: &[&str]| format!("{:#}", Recipe::parse(&opd, &over.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_err());
+        assert!(e(&["dpca.baseline=group_mean"]).contains("needs rollout.samples_per_prompt > 1"));
+        assert!(e(&["loss=jsd", "distill.beta=1.5"]).contains("distill.beta must be in [0, 1]"));
+        assert!(e(&["distill.top_k=0"]).contains("distill.top_k must be positive"));
+        let Recipe::Opd(r) = Recipe::parse(&opd, &["loss=forward_kl".into(), "distill={top_k: 64}".into()]).unwrap() else { panic!() };
+        assert_eq!((r.loss.divergence_beta(&r.distill), r.distill.top_k, r.distill.temperature), (Some(0.0), Some(64), 1.0));
+    }
+
+    #[test]
+    fn scorers_parse_in_both_forms() {
+        let text = format!("{SFT}eval:\n  scorers:\n    - exact_match\n    - avg_at_k: {{k: 4, temperature: 0.6, top_p: 0.95, top_k: 20}}\n    - nll\n");
+        let text = text.replace("  train: t.jsonl", "  train: t.jsonl\n  eval: e.jsonl");
+        let Recipe::Sft(r) = Recipe::parse(&text, &[]).unwrap() else { panic!() };
+        let scorers = r.eval.unwrap().scorers;
+        assert!(matches!(&scorers[1], Scorer::AvgAtK(a) if a.k == 4 && a.top_k == 20 && a.temperature == 0.6));
+    }
+}
+
