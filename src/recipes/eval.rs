@@ -3,7 +3,8 @@
 //! Also the `eval` recipe, which runs them once on one model. Every evaluation that decodes
 //! greedily writes what the model wrote to `generations/step-NNNNNN.jsonl` in its run directory.
 use crate::data::{self, Example};
-use crate::recipes::opd::{held_out_gap, load_side, load_teacher, Plan, Rollout, Side, Teacher};
+use crate::recipes::opd::{held_out_gap, load_teacher, Plan, Rollout, Teacher};
+use crate::recipes::side::{self, Side};
 use crate::generate::{generate, Sampling};
 use crate::hf::chat::ChatTemplate;
 use crate::hf::tokenizer::Tokenizer;
@@ -329,7 +330,7 @@ pub fn load_eval_teacher(spec: Option<&EvalSpec>, device: &str, student: &Side) 
 
 /// The `eval` recipe: evaluates one model and writes `eval.json` in the output directory.
 pub fn run(r: &Eval, dist: Option<&Dist>) -> Result<()> {
-    let student = load_side(&r.model, &r.device)?;
+    let student = side::load(&r.model, &r.device)?;
     let teacher = load_eval_teacher(Some(&r.eval), &r.device, &student)?;
     let plan = gap_plan(&r.eval);
     let examples = data::read(&r.data, None)?;

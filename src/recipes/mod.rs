@@ -7,14 +7,12 @@ pub mod pipeline;
 pub mod preview;
 pub mod recipe;
 pub mod sft;
+pub mod side;
 pub mod sweep;
 pub mod task;
 pub mod teacher_responses;
 pub mod tokenizer;
 
-use crate::hf::chat::ChatTemplate;
-use crate::hf::tokenizer::Tokenizer;
-use crate::models::Model;
 use crate::spec::ModelSpec;
 use crate::recipes::recipe::Recipe;
 use crate::train::dist::Dist;
@@ -186,26 +184,4 @@ fn prepare_shared_run_dir(dir: &Path, recipe: &Recipe, resume: bool, dist: Optio
         d.barrier("waiting for rank 0 to prepare the run directory")?;
     }
     Ok(lock)
-}
-
-/// A model spec's tokenizer and chat template (with its `chat_template_kwargs`), without its
-/// weights: a served teacher's from its `tokenizer`, any other's from its `path`.
-pub fn tokenizer_of(spec: &ModelSpec) -> Result<(Tokenizer, ChatTemplate)> {
-    let name = spec.tokenizer.as_deref().unwrap_or(&spec.path);
-    let dir = crate::hf::hub::resolve_tokenizer(name)?;
-    let chat = ChatTemplate::load(&dir)?.with_kwargs(&spec.chat_template_kwargs)?;
-    Ok((Tokenizer::load(&dir)?, chat))
-}
-
-/// Loads a recipe's model with its tokenizer and chat template.
-pub fn load_model(spec: &ModelSpec, device: Device) -> Result<(Model, Tokenizer, ChatTemplate)> {
-    let kind = crate::device::parse_dtype(&spec.dtype).context("model.dtype")?;
-    let (model, tok) = crate::models::load_spec(&spec.path, device, kind, spec.adapter.as_deref(), spec.lora.as_ref())?;
-    let lora = match &model.adapters {
-        Some(a) => format!(", LoRA r {} on {}{}", a.spec.r, a.spec.target_modules.join(","), if a.vs.trainable_variables().is_empty() { ", frozen" } else { "" }),
-        None => String::new(),
-    };
-    crate::info!("model {} ({}, {}{lora}) on {}", spec.path, model.family.model_type(), spec.dtype, crate::device::describe(device));
-    let chat = ChatTemplate::load(&model.dir)?.with_kwargs(&spec.chat_template_kwargs)?;
-    Ok((model, tok, chat))
 }

@@ -11,7 +11,7 @@ use std::fmt::Write;
 /// A training example as the model trains on it: the text of each run of tokens, loss runs
 /// between ⟦ and ⟧.
 fn training_view(out: &mut String, who: &str, spec: &ModelSpec, ex: &Example, max_length: usize) -> Result<()> {
-    let (tok, chat) = super::tokenizer_of(spec)?;
+    let (tok, chat) = super::side::tokenizer_of(spec)?;
     let e = data::encode(&tok, &chat, ex, max_length)?;
     let truncated = if e.truncated { format!(", cut to data.max_length = {max_length}") } else { String::new() };
     writeln!(out, "{who} {} ({} tokens, {} loss tokens{truncated}):", spec.name(), e.ids.len(), e.n_targets())?;
@@ -33,7 +33,7 @@ fn training_view(out: &mut String, who: &str, spec: &ModelSpec, ex: &Example, ma
 
 /// A prompt as a model is asked it (ending with the assistant header).
 fn prompt_view(out: &mut String, who: &str, spec: &ModelSpec, ex: &Example) -> Result<()> {
-    let (tok, chat) = super::tokenizer_of(spec)?;
+    let (tok, chat) = super::side::tokenizer_of(spec)?;
     let ids = data::prompt_ids(&tok, &chat, ex.prompt())?;
     writeln!(out, "{who} {} ({} prompt tokens):\n{}", spec.name(), ids.len(), tok.decode(&ids, false)?)?;
     Ok(())

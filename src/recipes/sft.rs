@@ -10,13 +10,13 @@
 //! ranks before clipping, so every rank takes the step one process would take on the whole
 //! batch; rank 0 evaluates, logs and checkpoints.
 use super::RunOptions;
-use crate::data::{self, Sampler};
+use crate::data;
 use crate::recipes::eval::{evaluate_run, gap_plan, load_eval_teacher};
-use crate::recipes::opd::{end_of_turn, Side};
-use crate::train::checkpoint::{self, TrainState};
+use crate::recipes::side::{end_of_turn, load_model, Side};
+use crate::train::checkpoint;
 use crate::train::dist::Dist;
 use crate::train::metrics::{progress, Metrics};
-use crate::train::optim::AdamW;
+use crate::train::run::{Run, Start};
 use crate::train::schedule::lr_at;
 use crate::train::Batch;
 use anyhow::{Context, Result};
@@ -102,7 +102,7 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     if let Some(dir) = &resume_from {
         spec = checkpoint::resume_spec(&spec, dir);
     }
-    let (model, tok, chat) = super::load_model(&spec, device)?;
+    let (model, tok, chat) = load_model(&spec, device)?;
     let source_dir = model.dir.clone();
     // A Side: the model with its text tools, as `eval.teacher` samples and scores it.
     let eot = if r.eval.as_ref().is_some_and(|e| e.teacher.is_some()) { end_of_turn(&tok, &chat).with_context(|| format!("model {}", spec.path))? } else { tok.pad_id };
@@ -136,22 +136,8 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         _ => vec![],
     };
 
-    let mut opt = AdamW::new(model.trainable(), &r.optimizer);
-    // Over several ranks: the gradients' all-reduce, hooked to the parameters' accumulation.
-    let sync = dist.map(|d| d.grad_sync(&opt.vars(), crate::train::dist::bucket_mib()?)).transpose()?;
-    let mut state = TrainState { step: 0, epoch: 0, index: 0, counters: Default::default() };
-    if let Some(dir) = &resume_from {
-        state = checkpoint::read_state(dir)?;
-        checkpoint::check_world(&state, world)?;
-        let ckpt = crate::hf::safetensors::Checkpoint::open_file(&dir.join("optimizer.safetensors"))?;
-        opt.load_state(&ckpt, state.step as i64)?;
-        crate::info!("resuming {} from step {}", run_dir.display(), state.step);
-    }
-    let mut sampler = Sampler::at(encoded.len(), r.data.shuffle, r.seed, state.epoch, state.index);
-    let mut metrics = if main { Some(Metrics::open(run_dir, r.logging.tensorboard, resume_from.as_ref().map(|_| state.step))?) } else { None };
-    if world > 1 {
-        state.counters.insert("world_size".into(), world as f64);
-    }
+    let start = Start { run_dir, resume_from: resume_from.as_deref(), optimizer: &r.optimizer, examples: encoded.len(), shuffle: r.data.shuffle, seed: r.seed, tensorboard: r.logging.tensorboard };
+    let mut run = Run::start(model.trainable(), start, dist, |s| s.step as i64)?;
     let eval_due = |step: usize| r.eval.as_ref().and_then(|e| e.every).is_some_and(|n| step.is_multiple_of(n));
     // Evaluates (every rank its share; rank 0 logs) and says whether `training.stop_at` is
     // reached (rank 0 decides for every rank).
@@ -171,34 +157,33 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         Ok(reached)
     };
     // A run that stopped at its target is finished; resuming it trains no further.
-    let mut stopped = state.counters.contains_key("stopped_at_target");
-    if state.step == 0 && evaluate_now(&mut metrics, 0)? {
+    let mut stopped = run.state.counters.contains_key("stopped_at_target");
+    if run.state.step == 0 && evaluate_now(&mut run.metrics, 0)? {
         stopped = true;
-        state.counters.insert("stopped_at_target".into(), 0.0);
+        run.state.counters.insert("stopped_at_target".into(), 0.0);
         if main {
-            checkpoint::save(run_dir, model, &source_dir, &opt, &state, r.training.keep_last_checkpoints)?;
+            checkpoint::save(run_dir, model, &source_dir, &run.opt, &run.state, r.training.keep_last_checkpoints)?;
         }
     }
 
     let total = r.training.steps;
     let bar = progress(total as u64, "sft", r.logging.progress && main);
-    bar.set_position(state.step as u64);
-    let mut elapsed = state.counters.get("time_s").copied().unwrap_or(0.0);
-    let mut tokens_seen = state.counters.get("tokens").copied().unwrap_or(0.0);
-    let mut steps_this_run = 0;
-    while state.step < total && !stopped {
+    bar.set_position(run.state.step as u64);
+    let mut elapsed = run.state.counters.get("time_s").copied().unwrap_or(0.0);
+    let mut tokens_seen = run.state.counters.get("tokens").copied().unwrap_or(0.0);
+    while run.state.step < total && !stopped {
         let started = Instant::now();
-        let lr = lr_at(state.step, total, r.optimizer.lr, &r.schedule);
-        reseed_dropout(model, r.seed, state.step);
-        let window: Vec<Vec<usize>> = (0..r.training.grad_accum).map(|_| sampler.next_batch(r.training.batch_size)).collect();
+        let lr = lr_at(run.state.step, total, r.optimizer.lr, &r.schedule);
+        reseed_dropout(model, r.seed, run.state.step);
+        let window: Vec<Vec<usize>> = (0..r.training.grad_accum).map(|_| run.sampler.next_batch(r.training.batch_size)).collect();
         let n_targets: usize = window.iter().flatten().map(|&i| encoded[i].n_targets()).sum();
         let (mut loss_sum, mut padding, mut laid_out) = (0.0, 0.0, 0.0);
-        opt.zero_grad();
+        run.opt.zero_grad();
         // This rank's share of each micro-batch (all of it in one process).
         let shares: Vec<Vec<_>> = window.iter().map(|micro| micro.iter().skip(rank).step_by(world).map(|&i| &encoded[i]).collect()).filter(|refs: &Vec<_>| !refs.is_empty()).collect();
         for (k, refs) in shares.iter().enumerate() {
             if k + 1 == shares.len() {
-                if let Some(sync) = &sync {
+                if let Some(sync) = &run.sync {
                     sync.arm();
                 }
             }
@@ -216,27 +201,26 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             })?;
             loss_sum += loss * n_targets as f64;
         }
-        if let (Some(d), Some(sync)) = (dist, &sync) {
+        if let (Some(d), Some(sync)) = (dist, &run.sync) {
             sync.finish()?;
             let sums = d.sum(&[loss_sum, padding, laid_out], "summing the loss")?;
             (loss_sum, padding, laid_out) = (sums[0], sums[1], sums[2]);
         }
         let loss = loss_sum / n_targets as f64;
         if !loss.is_finite() {
-            return Err(checkpoint::non_finite_loss(run_dir, loss, state.step + 1));
+            return Err(checkpoint::non_finite_loss(run_dir, loss, run.state.step + 1));
         }
-        let grad_norm = opt.clip_grad_norm(r.optimizer.grad_clip);
-        opt.step(lr)?;
-        state.step += 1;
-        steps_this_run += 1;
-        (state.epoch, state.index) = (sampler.epoch, sampler.index);
+        let grad_norm = run.opt.clip_grad_norm(r.optimizer.grad_clip);
+        run.opt.step(lr)?;
+        run.state.step += 1;
+        (run.state.epoch, run.state.index) = (run.sampler.epoch, run.sampler.index);
         let secs = started.elapsed().as_secs_f64();
         elapsed += secs;
         tokens_seen += n_targets as f64;
-        let examples_seen = state.counters.get("examples").copied().unwrap_or(0.0) + window.iter().map(Vec::len).sum::<usize>() as f64;
-        state.counters.insert("time_s".into(), elapsed);
-        state.counters.insert("tokens".into(), tokens_seen);
-        state.counters.insert("examples".into(), examples_seen);
+        let examples_seen = run.state.counters.get("examples").copied().unwrap_or(0.0) + window.iter().map(Vec::len).sum::<usize>() as f64;
+        run.state.counters.insert("time_s".into(), elapsed);
+        run.state.counters.insert("tokens".into(), tokens_seen);
+        run.state.counters.insert("examples".into(), examples_seen);
         let mut values = vec![
             ("train/loss", loss),
             ("train/lr", lr),
@@ -244,38 +228,30 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             ("train/tokens", n_targets as f64),
             ("train/tokens_per_s", n_targets as f64 / secs),
             ("train/padding", padding / laid_out.max(1.0)),
-            ("train/epoch", state.epoch as f64 + state.index as f64 / encoded.len() as f64),
+            ("train/epoch", run.state.epoch as f64 + run.state.index as f64 / encoded.len() as f64),
             ("budget/prompts", examples_seen),
-            ("budget/optimizer_steps", state.step as f64),
+            ("budget/optimizer_steps", run.state.step as f64),
             ("time_s", elapsed),
         ];
         if let Some(gib) = crate::device::peak_memory_gib(device) {
             values.push(("memory/peak_gib", gib));
         }
-        if let Some(sync) = &sync {
+        if let Some(sync) = &run.sync {
             values.extend(sync.values());
         }
-        if let Some(m) = &mut metrics {
-            m.log(state.step, &values)?;
+        if let Some(m) = &mut run.metrics {
+            m.log(run.state.step, &values)?;
         }
         bar.set_message(format!("loss {loss:.4} {:.0} tok/s", n_targets as f64 / secs));
         bar.inc(1);
-        if (state.step == total || eval_due(state.step)) && evaluate_now(&mut metrics, state.step)? {
+        if (run.state.step == total || eval_due(run.state.step)) && evaluate_now(&mut run.metrics, run.state.step)? {
             stopped = true;
-            state.counters.insert("stopped_at_target".into(), state.step as f64);
+            run.state.counters.insert("stopped_at_target".into(), run.state.step as f64);
             let names: Vec<&str> = r.training.stop_at.iter().map(|s| s.metric.as_str()).collect();
-            crate::info!("{}: {} reached the targets at step {}; training stops", run_dir.display(), names.join(" and "), state.step);
+            crate::info!("{}: {} reached the targets at step {}; training stops", run_dir.display(), names.join(" and "), run.state.step);
         }
-        let last = state.step == total || stopped;
-        if last || r.training.checkpoint_every.is_some_and(|n| state.step.is_multiple_of(n)) {
-            if let Some(d) = dist {
-                d.check_replicas(&opt.vars())?;
-            }
-        }
-        if main && (last || r.training.checkpoint_every.is_some_and(|n| state.step.is_multiple_of(n))) {
-            checkpoint::save(run_dir, model, &source_dir, &opt, &state, r.training.keep_last_checkpoints)?;
-        }
-        if opts.stop_after == Some(steps_this_run) && !last {
+        let last = run.state.step == total || stopped;
+        if run.end_step(last, r.training.checkpoint_every, r.training.keep_last_checkpoints, model, &source_dir, run_dir, dist, opts.stop_after)? {
             bar.abandon_with_message("stopped (--stop-after)");
             return Ok(());
         }

@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod dist;
 pub mod metrics;
 pub mod optim;
+pub mod run;
 pub mod schedule;
 
 use crate::data::Encoded;

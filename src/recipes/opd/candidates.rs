@@ -37,7 +37,9 @@
 //! trie of candidate paths; a node sees the teacher tokens before its position and its own
 //! ancestors, at the rotary positions it would have in its own sequence. Equal to scoring each
 //! candidate as its own sequence (tested).
-use super::rollout::{teacher_encode, Rollout, Side, Teacher};
+use super::rollout::Rollout;
+use super::teacher::{teacher_encode, Teacher};
+use crate::recipes::side::Side;
 use crate::align::Masked;
 use crate::nn::attention::Context;
 use crate::recipes::opd::config::{CandidatePositions, CandidateSpec};

@@ -4,7 +4,9 @@
 //! any recipe can measure with `eval.teacher`, the competence check that warns before
 //! on-policy training from a student too far from the teacher's support, and a readable dump
 //! of rollouts with their alignment and credit.
-use super::rollout::{make_rollouts, old_logprobs, score_teacher, Plan, Rollout, Side, Teacher, TeacherKeeps};
+use super::rollout::{make_rollouts, old_logprobs, Plan, Rollout};
+use super::teacher::{score_teacher, Teacher, TeacherKeeps};
+use crate::recipes::side::Side;
 use crate::align::{show_pieces, Masked};
 use crate::data::Example;
 use crate::train::dist::Dist;

@@ -21,14 +21,18 @@ pub mod candidates;
 pub mod config;
 mod diagnostics;
 mod rollout;
+mod teacher;
 mod signal;
 
 pub use diagnostics::{competence_warning, diagnose, dump_rollouts, held_out_gap, Diagnostics};
-pub use rollout::{end_of_turn, load_side, load_teacher, make_rollouts, old_logprobs, rows, score_teacher, teacher_encode, Engine, Plan, Rollout, Side, Teacher, TeacherKeeps};
+pub use rollout::{make_rollouts, old_logprobs, rows, Plan, Rollout};
+pub use teacher::{load_teacher, score_teacher, teacher_encode, Engine, Teacher, TeacherKeeps};
+// The sides as the tests and benches name them from here.
+pub use crate::recipes::side::{load as load_side, Side};
 pub use signal::{assign_advantages, backward_batch, micro_loss, response_mask, Normaliser, DistInputs, DpcaInputs};
 
 use super::RunOptions;
-use crate::data::{self, Rng, Sampler};
+use crate::data::{self, Rng};
 use crate::loss::VocabMatch;
 use crate::models::Model;
 use crate::recipes::opd::config::{CandidatePositions, Opd, OpdLoss};
@@ -37,7 +41,7 @@ use crate::recipes::eval::evaluate_run;
 use crate::train::checkpoint::{self, TrainState};
 use crate::train::dist::Dist;
 use crate::train::metrics::{progress, Metrics};
-use crate::train::optim::AdamW;
+use crate::train::run::{Run, Start};
 use crate::train::schedule::lr_at;
 use anyhow::{Context, Result};
 use std::time::Instant;
@@ -54,7 +58,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     if let Some(dir) = &resume_from {
         student_spec = checkpoint::resume_spec(&student_spec, dir);
     }
-    let student = load_side(&student_spec, &r.device)?;
+    let student = crate::recipes::side::load(&student_spec, &r.device)?;
     let mut teacher = load_teacher(&r.teacher, &r.device)?;
     teacher.same_vocab = student.tok.inner.get_vocab(true) == teacher.tok.inner.get_vocab(true);
     if teacher.same_vocab {
@@ -99,22 +103,8 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         _ => vec![],
     };
 
-    let mut opt = AdamW::new(student.model.trainable(), &r.optimizer);
-    // Over several ranks: the gradients' all-reduce, hooked to the parameters' accumulation.
-    let sync = dist.map(|d| d.grad_sync(&opt.vars(), crate::train::dist::bucket_mib()?)).transpose()?;
-    let mut state = TrainState { step: 0, epoch: 0, index: 0, counters: Default::default() };
-    if let Some(dir) = &resume_from {
-        state = checkpoint::read_state(dir)?;
-        checkpoint::check_world(&state, world)?;
-        let ckpt = crate::hf::safetensors::Checkpoint::open_file(&dir.join("optimizer.safetensors"))?;
-        opt.load_state(&ckpt, state.counters.get("optimizer_steps").copied().unwrap_or(state.step as f64) as i64)?;
-        crate::info!("resuming {} from step {}", run_dir.display(), state.step);
-    }
-    let mut sampler = Sampler::at(examples.len(), r.data.shuffle, r.seed, state.epoch, state.index);
-    let mut metrics = if main { Some(Metrics::open(run_dir, r.logging.tensorboard, resume_from.as_ref().map(|_| state.step))?) } else { None };
-    if world > 1 {
-        state.counters.insert("world_size".into(), world as f64);
-    }
+    let start = Start { run_dir, resume_from: resume_from.as_deref(), optimizer: &r.optimizer, examples: examples.len(), shuffle: r.data.shuffle, seed: r.seed, tensorboard: r.logging.tensorboard };
+    let mut run = Run::start(student.model.trainable(), start, dist, |s| s.counters.get("optimizer_steps").copied().unwrap_or(s.step as f64) as i64)?;
     // Each evaluation: the scorers and their generations, the held-out gap of the student's
     // samples under this run's rollout settings, and a readable dump of a few of them.
     let evaluate_now = |metrics: &mut Option<Metrics>, step: usize| -> Result<crate::recipes::eval::Values> {
@@ -131,10 +121,10 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         metrics.log(step, &v)?;
         Ok(values)
     };
-    if state.step == 0 {
+    if run.state.step == 0 {
         // The competence check: before any on-policy step, is the student close enough to the
         // teacher's support for on-policy training to help?
-        let values = evaluate_now(&mut metrics, 0)?;
+        let values = evaluate_now(&mut run.metrics, 0)?;
         let get = |k: &str| values.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
         if let (Some(gap), true) = (get("eval/logq_minus_logp"), r.lmbda > 0.0) {
             let accuracy = r.eval.as_ref().filter(|e| e.scorers.iter().any(|s| matches!(s, Scorer::ExactMatch))).and_then(|_| get("eval/exact_match"));
@@ -146,23 +136,22 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
 
     let total = r.training.steps;
     let bar = progress(total as u64, "opd", r.logging.progress && main);
-    bar.set_position(state.step as u64);
+    bar.set_position(run.state.step as u64);
     let counter = |state: &TrainState, k: &str| state.counters.get(k).copied().unwrap_or(0.0);
-    let mut steps_this_run = 0;
-    while state.step < total {
+    while run.state.step < total {
         let started = Instant::now();
-        let lr = lr_at(state.step, total, r.optimizer.lr, &r.schedule);
-        let picks = sampler.next_batch(r.training.prompts_per_step);
-        let mut coin = Rng(r.seed ^ (state.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let lr = lr_at(run.state.step, total, r.optimizer.lr, &r.schedule);
+        let picks = run.sampler.next_batch(r.training.prompts_per_step);
+        let mut coin = Rng(r.seed ^ (run.state.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let on_policy = r.lmbda >= 1.0 || (coin.next_u64() as f64 / u64::MAX as f64) < r.lmbda;
-        let seed = r.seed.wrapping_add(1 + state.step as u64);
+        let seed = r.seed.wrapping_add(1 + run.state.step as u64);
 
         // Rollout, teacher view, teacher scoring, alignment, old log-probs.
         // This rank's share of the prompts (all of them in one process).
         let mine: Vec<usize> = picks.iter().skip(rank).step_by(world).copied().collect();
         let mut rollouts = make_rollouts(&plan, &student, &teacher, &examples, &prompts, &mine, on_policy, seed).map_err(|e| {
             // A diverged student cannot be sampled: the documented non-finite stop.
-            if e.downcast_ref::<crate::generate::NonFiniteLogits>().is_some() { checkpoint::non_finite_loss(run_dir, f64::NAN, state.step + 1) } else { e }
+            if e.downcast_ref::<crate::generate::NonFiniteLogits>().is_some() { checkpoint::non_finite_loss(run_dir, f64::NAN, run.state.step + 1) } else { e }
         })?;
         let t_rollout = started.elapsed().as_secs_f64();
         let keeps = match r.loss {
@@ -188,7 +177,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         let diag = diagnose(&rollouts);
 
         // Update: ppo_epochs optimizer steps over the whole rollout batch.
-        crate::recipes::sft::reseed_dropout(&student.model, r.seed, state.step);
+        crate::recipes::sft::reseed_dropout(&student.model, r.seed, run.state.step);
         let norm = match dist {
             Some(d) => Normaliser::over_ranks(r.loss, &rollouts, d)?,
             None => Normaliser::of(r.loss, &rollouts),
@@ -201,9 +190,9 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
                 rollouts.iter_mut().for_each(|x| x.old_logp.clear());
                 old_logprobs(&student, &mut rollouts, r.training.micro_batch_size, 0)?;
             }
-            opt.zero_grad();
-            let (mut epoch_loss, mut c) = crate::nn::lora::training(|| backward_batch(r, &student, &teacher, matches.as_ref(), &rollouts, norm, sync.as_ref()))?;
-            if let (Some(d), Some(sync)) = (dist, &sync) {
+            run.opt.zero_grad();
+            let (mut epoch_loss, mut c) = crate::nn::lora::training(|| backward_batch(r, &student, &teacher, matches.as_ref(), &rollouts, norm, run.sync.as_ref()))?;
+            if let (Some(d), Some(sync)) = (dist, &run.sync) {
                 sync.finish()?;
                 let sums = d.sum(&[epoch_loss, c], "summing the loss")?;
                 (epoch_loss, c) = (sums[0], sums[1]);
@@ -211,21 +200,20 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             clipped += c;
             loss_value = epoch_loss;
             if !loss_value.is_finite() {
-                return Err(checkpoint::non_finite_loss(run_dir, loss_value, state.step + 1));
+                return Err(checkpoint::non_finite_loss(run_dir, loss_value, run.state.step + 1));
             }
-            grad_norm = opt.clip_grad_norm(r.optimizer.grad_clip);
-            opt.step(lr)?;
+            grad_norm = run.opt.clip_grad_norm(r.optimizer.grad_clip);
+            run.opt.step(lr)?;
         }
-        state.step += 1;
-        steps_this_run += 1;
-        (state.epoch, state.index) = (sampler.epoch, sampler.index);
+        run.state.step += 1;
+        (run.state.epoch, run.state.index) = (run.sampler.epoch, run.sampler.index);
         let secs = started.elapsed().as_secs_f64();
         let add = |state: &mut TrainState, k: &str, v: f64| {
             let prev = state.counters.get(k).copied().unwrap_or(0.0);
             state.counters.insert(k.into(), prev + v);
         };
-        add(&mut state, "time_s", secs);
-        add(&mut state, "prompts", picks.len() as f64);
+        add(&mut run.state, "time_s", secs);
+        add(&mut run.state, "prompts", picks.len() as f64);
         // The diagnostics of the whole step, not of this rank's share.
         let (diag, cand_stats) = match dist {
             Some(d) => (diag.over_ranks(d)?, cand_stats.map(|c| c.over_ranks(d)).transpose()?),
@@ -234,19 +222,19 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         // Teacher tokens run this step: the scoring pass, and the candidate pass (which is the
         // scoring pass too when merged).
         let teacher_tokens = (if merged { 0 } else { diag.teacher_tokens } + cand_stats.as_ref().map_or(0, |c| c.teacher_tokens)) as f64;
-        add(&mut state, "teacher_forward_tokens", teacher_tokens);
-        add(&mut state, "optimizer_steps", r.training.ppo_epochs as f64);
+        add(&mut run.state, "teacher_forward_tokens", teacher_tokens);
+        add(&mut run.state, "optimizer_steps", r.training.ppo_epochs as f64);
         let mut values = vec![
             ("train/loss", loss_value),
             ("train/lr", lr),
             ("train/grad_norm", grad_norm),
             ("opd/on_policy", f64::from(u8::from(on_policy))),
             ("opd/clip_fraction", clipped / (norm.loss * r.training.ppo_epochs as f64)),
-            ("budget/prompts", counter(&state, "prompts")),
-            ("budget/teacher_forward_tokens", counter(&state, "teacher_forward_tokens")),
+            ("budget/prompts", counter(&run.state, "prompts")),
+            ("budget/teacher_forward_tokens", counter(&run.state, "teacher_forward_tokens")),
             ("budget/teacher_generated_tokens", 0.0),
-            ("budget/optimizer_steps", counter(&state, "optimizer_steps")),
-            ("time_s", counter(&state, "time_s")),
+            ("budget/optimizer_steps", counter(&run.state, "optimizer_steps")),
+            ("time_s", counter(&run.state, "time_s")),
             // Where the step's time went: sampling + teacher view + alignment, the teacher's
             // forward, the student's old log-probs, and the update.
             ("time/rollout_s", t_rollout),
@@ -262,28 +250,20 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         if let Some(gib) = crate::device::peak_memory_gib(student.model.device()) {
             values.push(("memory/peak_gib", gib));
         }
-        if let Some(sync) = &sync {
+        if let Some(sync) = &run.sync {
             values.extend(sync.values());
         }
-        if let Some(m) = &mut metrics {
-            m.log(state.step, &values)?;
+        if let Some(m) = &mut run.metrics {
+            m.log(run.state.step, &values)?;
         }
         bar.set_message(format!("loss {loss_value:.4} gap {:.3} masked {:.0}%", diag.gap_per_token(), 100.0 * diag.masked as f64 / diag.tokens.max(1) as f64));
         bar.inc(1);
-        let last = state.step == total;
+        let last = run.state.step == total;
         // Evaluate before the checkpoint, so a checkpoint's step always has its evaluation.
-        if last || r.eval.as_ref().and_then(|e| e.every).is_some_and(|n| state.step.is_multiple_of(n)) {
-            evaluate_now(&mut metrics, state.step)?;
+        if last || r.eval.as_ref().and_then(|e| e.every).is_some_and(|n| run.state.step.is_multiple_of(n)) {
+            evaluate_now(&mut run.metrics, run.state.step)?;
         }
-        if last || r.training.checkpoint_every.is_some_and(|n| state.step.is_multiple_of(n)) {
-            if let Some(d) = dist {
-                d.check_replicas(&opt.vars())?;
-            }
-        }
-        if main && (last || r.training.checkpoint_every.is_some_and(|n| state.step.is_multiple_of(n))) {
-            checkpoint::save(run_dir, &student.model, &source_dir, &opt, &state, r.training.keep_last_checkpoints)?;
-        }
-        if opts.stop_after == Some(steps_this_run) && !last {
+        if run.end_step(last, r.training.checkpoint_every, r.training.keep_last_checkpoints, &student.model, &source_dir, run_dir, dist, opts.stop_after)? {
             bar.abandon_with_message("stopped (--stop-after)");
             return Ok(());
         }

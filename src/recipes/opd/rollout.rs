@@ -3,89 +3,13 @@
 //! token streams with every masking rule of DESIGN.md §1 (steps 1, 2 and 4). The no-grad
 //! scoring passes (teacher log q, student old log p) fill in the rest of a `Rollout`.
 use crate::align::{dpca, Chunk, Masked};
-use crate::data::{self, Example};
+use crate::data::Example;
 use crate::generate::{generate, Sampling};
-use crate::hf::chat::{ChatTemplate, Message};
-use crate::hf::tokenizer::Tokenizer;
-use crate::models::Model;
 use crate::recipes::opd::config::{Opd, RolloutSpec};
-use crate::served::Served;
 use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
-
-/// A model with the text tools of its family. The student's model is in this process; the
-/// teacher's may be served (`Teacher`).
-pub struct Side<M = Model> {
-    pub model: M,
-    pub tok: Tokenizer,
-    pub chat: ChatTemplate,
-    /// The token that ends an assistant turn in this model's template.
-    pub eot: i64,
-    /// The teacher side only: its vocabulary is the student's, so the student's response ids
-    /// are scored as they are (same-tokenizer OPD) instead of being re-tokenized from text.
-    pub same_vocab: bool,
-}
-
-impl Side {
-    pub fn device(&self) -> Device {
-        self.model.device()
-    }
-}
-
-/// Where the teacher runs: in this process, or behind an inference server that scores token ids.
-// One per run: the variants' sizes do not matter.
-#[allow(clippy::large_enum_variant)]
-pub enum Engine {
-    Local(Model),
-    Served(Served),
-}
-
-impl Engine {
-    /// The in-process model, for the passes that need the teacher's distributions or hidden states.
-    pub fn local(&self) -> Result<&Model> {
-        match self {
-            Engine::Local(m) => Ok(m),
-            Engine::Served(s) => anyhow::bail!("teacher.server: this needs the teacher's weights in this process, and {} serves it", s.spec.url),
-        }
-    }
-}
-
-pub type Teacher = Side<Engine>;
-
-impl Side {
-    /// This side as a teacher that runs in this process (frozen as it is).
-    pub fn into_teacher(self) -> Teacher {
-        Side { model: Engine::Local(self.model), tok: self.tok, chat: self.chat, eot: self.eot, same_vocab: self.same_vocab }
-    }
-}
-
-impl Teacher {
-    pub fn device(&self) -> Device {
-        match &self.model {
-            Engine::Local(m) => m.device(),
-            Engine::Served(_) => Device::Cpu,
-        }
-    }
-}
-
-/// The token that closes an assistant turn: the first token after the content when the
-/// template renders an assistant message, if it is special or an end id; else the first end id.
-pub fn end_of_turn(tok: &Tokenizer, chat: &ChatTemplate) -> Result<i64> {
-    let fallback = *tok.eos_ids.first().context("the model declares no eos_token_id (config.json or generation_config.json)")?;
-    if !chat.has_template() {
-        return Ok(fallback);
-    }
-    let marker = "TOKBRIDGE_ANSWER";
-    let msgs = [Message::new("user", "Hi"), Message::new("assistant", marker)];
-    let full = chat.render(&msgs, false)?;
-    let Some(pos) = full.rfind(marker) else { return Ok(fallback) };
-    let suffix = &full[pos + marker.len()..];
-    let ids = tok.encode(suffix, false)?;
-    Ok(match ids.first() {
-        Some(&id) if tok.eos_ids.contains(&id) || tok.pieces().special.get(id as usize) == Some(&true) => id,
-        _ => fallback,
-    })
-}
+use super::teacher::{teacher_sequence, Teacher};
+use crate::recipes::side::Side;
 
 /// One sampled response and what the losses need about it.
 pub struct Rollout {
@@ -127,17 +51,6 @@ pub struct Rollout {
     pub scored: Vec<super::candidates::Scored>,
 }
 
-/// What the teacher's scoring pass keeps besides log q of the response tokens.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum TeacherKeeps {
-    LogProbs,
-    /// Its next-token distributions at the response positions (`micro_loss`'s ULD and GOLD,
-    /// the tests' reference; training keeps `Hidden`).
-    Distributions,
-    /// Its last hidden states there (the full-distribution losses, ULD and GOLD).
-    Hidden,
-}
-
 /// How rollouts are drawn and aligned: the sampling settings, DPCA's K, the teacher's length
 /// limit, and the sequences per forward pass.
 #[derive(Debug, Clone)]
@@ -152,56 +65,6 @@ impl Plan {
     pub fn of(r: &Opd) -> Self {
         Self { rollout: r.rollout.clone(), max_chunk_tokens: r.dpca.max_chunk_tokens, teacher_max_length: r.teacher_max_length, micro: r.training.micro_batch_size }
     }
-}
-
-/// The teacher's ids, the index of its first response token, the byte piece of each response
-/// token, and whether a token straddles the prompt/response boundary.
-type TeacherSequence = (Vec<i64>, usize, Vec<Vec<u8>>, bool);
-
-/// The teacher sees its own rendering of the conversation, the student's response bytes and,
-/// if the student ended its turn, its own end-of-turn token. Returns the ids, the index of the
-/// first response token, the byte piece of each response token, and whether a token straddles
-/// the prompt/response boundary (its chunk is then masked).
-fn teacher_sequence<M>(teacher: &Side<M>, messages: &[Message], body_ids: &[i64], body: &[u8], finished: bool) -> Result<TeacherSequence> {
-    let table = teacher.tok.pieces();
-    if teacher.same_vocab {
-        let mut ids = data::prompt_ids(&teacher.tok, &teacher.chat, messages)?;
-        let start = ids.len();
-        ids.extend_from_slice(body_ids);
-        if finished {
-            ids.push(teacher.eot);
-        }
-        let pieces = ids[start..].iter().map(|&i| table.bytes.get(i as usize).cloned().unwrap_or_default()).collect();
-        return Ok((ids, start, pieces, false));
-    }
-    let prompt = teacher.chat.render(messages, true)?;
-    let mut text = prompt.clone();
-    text.push_str(&String::from_utf8_lossy(body));
-    let (mut ids, offsets) = teacher_encode(teacher, &text)?;
-    let plen = prompt.len();
-    // Added special tokens (BOS) have empty offsets (0, 0): they belong to the prompt.
-    let start = offsets.iter().position(|&(s, e)| e > plen || (s >= plen && e > s)).unwrap_or(ids.len());
-    let mut pieces: Vec<Vec<u8>> = ids[start..].iter().map(|&i| table.bytes.get(i as usize).cloned().unwrap_or_default()).collect();
-    let straddle = start < ids.len() && offsets[start].0 < plen;
-    if straddle {
-        // Keep only the response bytes of the token that crosses the boundary.
-        pieces[0] = text.as_bytes()[plen..offsets[start].1].to_vec();
-    }
-    if finished {
-        ids.push(teacher.eot);
-        pieces.push(table.bytes.get(teacher.eot as usize).cloned().unwrap_or_default());
-    }
-    Ok((ids, start, pieces, straddle))
-}
-
-/// The teacher's ids of a rendered conversation `text` with byte offsets: its template's text
-/// as it is, or, with the plain template, with the tokenizer's own special tokens (BOS).
-pub fn teacher_encode<M>(teacher: &Side<M>, text: &str) -> Result<(Vec<i64>, crate::hf::tokenizer::Offsets)> {
-    if teacher.chat.has_template() {
-        return teacher.tok.encode_with_offsets(text);
-    }
-    let enc = teacher.tok.inner.encode(text, true).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
-    Ok((enc.get_ids().iter().map(|&i| i as i64).collect(), enc.get_offsets().to_vec()))
 }
 
 /// Aligns a student response with the teacher's, applying every masking rule: DPCA with K; the
@@ -283,58 +146,6 @@ pub fn old_logprobs(student: &Side, rollouts: &mut [Rollout], micro: usize, top_
     Ok(())
 }
 
-/// The teacher's log q of every response token (and what `keeps` asks for at the response
-/// positions), in one no-grad forward per micro-batch.
-pub fn score_teacher(teacher: &Teacher, rollouts: &mut [Rollout], micro: usize, keeps: TeacherKeeps) -> Result<()> {
-    let live: Vec<usize> = (0..rollouts.len()).filter(|&i| !rollouts[i].truncated).collect();
-    let model = match &teacher.model {
-        Engine::Local(m) => m,
-        Engine::Served(server) => {
-            anyhow::ensure!(keeps == TeacherKeeps::LogProbs, "teacher.server: a served teacher gives log-probs, not distributions");
-            let seqs: Vec<&[i64]> = live.iter().map(|&i| rollouts[i].teacher_ids.as_slice()).collect();
-            let from: Vec<usize> = live.iter().map(|&i| rollouts[i].teacher_start).collect();
-            let names: Vec<String> = live.iter().map(|&i| format!("rollout {i} (prompt {})", rollouts[i].prompt)).collect();
-            let (logq, _) = server.score(&seqs, &from, &names, &teacher.tok)?;
-            for (&i, lq) in live.iter().zip(logq) {
-                rollouts[i].logq = lq;
-            }
-            return Ok(());
-        }
-    };
-    let _g = tch::no_grad_guard();
-    let pad = teacher.tok.pad_id;
-    for group in live.chunks(micro) {
-        let len = group.iter().map(|&i| rollouts[i].teacher_ids.len()).max().unwrap_or(2).max(2);
-        let mut flat = Vec::with_capacity(group.len() * len);
-        for &i in group {
-            flat.extend(rollouts[i].teacher_ids.iter().copied().chain(std::iter::repeat(pad)).take(len));
-        }
-        model.check_positions(len).context("the teacher's tokens of a rollout")?;
-        let ids = Tensor::from_slice(&flat).view([group.len() as i64, len as i64]).to_device(model.device());
-        // The head runs from the position that predicts the group's earliest response token:
-        // the prompts' positions predict nothing the loss uses.
-        let from = group.iter().map(|&i| rollouts[i].teacher_start).min().unwrap_or(1).max(1) as i64 - 1;
-        let n = len as i64 - 1 - from;
-        let hidden = model.hidden(&ids).narrow(1, from, n);
-        let logits = model.head(&hidden);
-        let targets = ids.narrow(1, from + 1, n).unsqueeze(-1);
-        let lp = logits.log_softmax(-1, Kind::Float).gather(2, &targets, false).squeeze_dim(-1).to_device(Device::Cpu);
-        for (b, &i) in group.iter().enumerate() {
-            let r = &mut rollouts[i];
-            let (s, m) = (r.teacher_start as i64 - 1 - from, (r.teacher_ids.len() - r.teacher_start) as i64);
-            r.logq = if m == 0 { vec![] } else { Vec::<f32>::try_from(lp.get(b as i64).narrow(0, s, m))? };
-            if m > 0 {
-                match keeps {
-                    TeacherKeeps::LogProbs => {}
-                    TeacherKeeps::Distributions => r.teacher_probs = Some(logits.get(b as i64).narrow(0, s, m).softmax(-1, Kind::Float)),
-                    TeacherKeeps::Hidden => r.teacher_hidden = Some(hidden.get(b as i64).narrow(0, s, m).copy()),
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Samples (or, off-policy, takes the dataset's responses for) the given prompts and builds
 /// the teacher view and the alignment of each rollout.
 #[allow(clippy::too_many_arguments)]
@@ -408,27 +219,4 @@ pub fn make_rollouts(plan: &Plan, student: &Side, teacher: &Teacher, examples: &
         });
     }
     Ok(rollouts)
-}
-
-
-pub fn load_side(spec: &crate::spec::ModelSpec, device: &str) -> Result<Side> {
-    let device = crate::device::parse_device(spec.device.as_deref().unwrap_or(device))?;
-    let (model, tok, chat) = crate::recipes::load_model(spec, device)?;
-    let eot = end_of_turn(&tok, &chat).with_context(|| format!("model {}", spec.path))?;
-    Ok(Side { model, tok, chat, eot, same_vocab: false })
-}
-
-/// The teacher: loaded here (frozen), or a client of its server with its tokenizer and chat
-/// template from `spec.tokenizer`.
-pub fn load_teacher(spec: &crate::spec::ModelSpec, device: &str) -> Result<Teacher> {
-    let Some(server) = &spec.server else {
-        let mut side = load_side(spec, device)?;
-        side.model.vs.freeze();
-        return Ok(side.into_teacher());
-    };
-    let name = spec.tokenizer.as_deref().context("teacher.tokenizer: a served teacher needs its tokenizer")?;
-    let (tok, chat) = crate::recipes::tokenizer_of(spec)?;
-    let eot = end_of_turn(&tok, &chat).with_context(|| format!("teacher tokenizer {name}"))?;
-    crate::info!("teacher served at {} ({:?} API), tokenizer {name}", server.endpoint(), server.api);
-    Ok(Side { model: Engine::Served(Served::new(server)?), tok, chat, eot, same_vocab: false })
 }

@@ -4,7 +4,9 @@
 //! vocabulary or teacher top-k with a tail); the baselines (ULD and GOLD per chunk of
 //! positions, ALM on full logits); the masks and the normaliser of one optimizer step.
 use super::candidates::CandInputs;
-use super::rollout::{rows, scatter, Rollout, Side, Teacher};
+use super::rollout::{rows, scatter, Rollout};
+use super::teacher::Teacher;
+use crate::recipes::side::Side;
 use crate::models::Model;
 use crate::align::{Chunk, Masked};
 use crate::loss::{self, PpoClip, VocabMatch};

@@ -1,0 +1,83 @@
+//! The skeleton every training recipe's loop shares (`sft`, `opd`): resuming the optimizer,
+//! the sampler's position and the counters from a checkpoint; the gradient sync over ranks;
+//! the metrics rank 0 writes; and after each step the checkpoint schedule (with the replicas
+//! check over ranks) and `--stop-after`. What a step does, and when it evaluates, stays in the
+//! recipe, which still reads top to bottom as nanoGPT's loop does.
+use super::checkpoint::{self, TrainState};
+use super::dist::{Dist, GradSync};
+use super::metrics::Metrics;
+use super::optim::AdamW;
+use crate::data::Sampler;
+use crate::models::Model;
+use crate::spec::OptimizerSpec;
+use anyhow::Result;
+use std::path::Path;
+use tch::Tensor;
+
+/// Where a run starts: its directory, the checkpoint it resumes from, and what the optimizer,
+/// the sampler and the metrics are made from.
+pub struct Start<'a> {
+    pub run_dir: &'a Path,
+    pub resume_from: Option<&'a Path>,
+    pub optimizer: &'a OptimizerSpec,
+    /// The number of examples (or prompts) the sampler draws from, and how.
+    pub examples: usize,
+    pub shuffle: bool,
+    pub seed: u64,
+    pub tensorboard: bool,
+}
+
+/// A training run's state between steps.
+pub struct Run<'d> {
+    pub opt: AdamW,
+    /// Over several ranks: the gradients' all-reduce, hooked to the parameters' accumulation.
+    pub sync: Option<GradSync<'d>>,
+    pub state: TrainState,
+    pub sampler: Sampler,
+    /// Rank 0's metrics (None on the other ranks).
+    pub metrics: Option<Metrics>,
+    /// Steps this process has taken, for `--stop-after`.
+    steps_this_run: usize,
+}
+
+impl<'d> Run<'d> {
+    /// AdamW over `trainable`, restored with the sampler's position and the counters when
+    /// resuming; `optimizer_steps` reads from a resumed state how many optimizer steps it took.
+    pub fn start(trainable: Vec<(String, Tensor)>, s: Start, dist: Option<&'d Dist>, optimizer_steps: impl Fn(&TrainState) -> i64) -> Result<Self> {
+        let (world, main) = dist.map_or((1, true), |d| (d.world, d.is_main()));
+        let mut opt = AdamW::new(trainable, s.optimizer);
+        let sync = dist.map(|d| d.grad_sync(&opt.vars(), super::dist::bucket_mib()?)).transpose()?;
+        let mut state = TrainState { step: 0, epoch: 0, index: 0, counters: Default::default() };
+        if let Some(dir) = s.resume_from {
+            state = checkpoint::read_state(dir)?;
+            checkpoint::check_world(&state, world)?;
+            let ckpt = crate::hf::safetensors::Checkpoint::open_file(&dir.join("optimizer.safetensors"))?;
+            opt.load_state(&ckpt, optimizer_steps(&state))?;
+            crate::info!("resuming {} from step {}", s.run_dir.display(), state.step);
+        }
+        let sampler = Sampler::at(s.examples, s.shuffle, s.seed, state.epoch, state.index);
+        let metrics = if main { Some(Metrics::open(s.run_dir, s.tensorboard, s.resume_from.map(|_| state.step))?) } else { None };
+        if world > 1 {
+            state.counters.insert("world_size".into(), world as f64);
+        }
+        Ok(Self { opt, sync, state, sampler, metrics, steps_this_run: 0 })
+    }
+
+    /// After a step (`state.step` already counts it): the replicas check and rank 0's
+    /// checkpoint (keeping the last `keep_last`) when one is due: at the `last` step and every
+    /// `every` steps. Returns whether this process stops here (`--stop-after`, before the last step).
+    #[allow(clippy::too_many_arguments)]
+    pub fn end_step(&mut self, last: bool, every: Option<usize>, keep_last: Option<usize>, model: &Model, source_dir: &Path, run_dir: &Path, dist: Option<&Dist>, stop_after: Option<usize>) -> Result<bool> {
+        self.steps_this_run += 1;
+        let due = last || every.is_some_and(|n| self.state.step.is_multiple_of(n));
+        if due {
+            if let Some(d) = dist {
+                d.check_replicas(&self.opt.vars())?;
+            }
+        }
+        if dist.is_none_or(|d| d.is_main()) && due {
+            checkpoint::save(run_dir, model, source_dir, &self.opt, &self.state, keep_last)?;
+        }
+        Ok(stop_after == Some(self.steps_this_run) && !last)
+    }
+}
