@@ -181,7 +181,7 @@ fn run(cli: Cli) -> Result<()> {
                 return tokbridge::train::dist::launch(nproc, &args);
             }
             anyhow::ensure!(nproc == 1, "--nproc must be at least 1");
-            tokbridge::recipes::run(&r, &tokbridge::recipes::RunOptions { resume, stop_after, fresh })?;
+            tokbridge::recipes::run(&r, &tokbridge::train::run::RunOptions { resume, stop_after, fresh })?;
         }
         Command::Preview { recipe, overrides, n } => {
             let r = tokbridge::recipes::recipe::Recipe::load(&recipe, &overrides)?;

@@ -24,78 +24,12 @@
 //! completions endpoint (`/generate` for SGLang) with the prompt as ids.
 use crate::hf::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// `teacher.server` in a recipe.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSpec {
-    /// The server's base address, e.g. `http://localhost:8000` (a trailing `/v1` is accepted).
-    pub url: String,
-    /// The served model's name (`--served-model-name`); left out of requests when not given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    #[serde(default = "d_api")]
-    pub api: Api,
-    /// Seconds one request may take before it counts as failed (and is retried).
-    #[serde(default = "d_timeout")]
-    pub timeout_s: f64,
-    /// Requests in flight at once.
-    #[serde(default = "d_concurrency")]
-    pub max_concurrency: usize,
-    /// Further tries of a failed request, with backoff 0.5 s, 1 s, 2 s, … (at most 8 s).
-    #[serde(default = "d_retries")]
-    pub retries: usize,
-}
-
-fn d_api() -> Api {
-    Api::OpenaiCompletions
-}
-fn d_timeout() -> f64 {
-    300.0
-}
-fn d_concurrency() -> usize {
-    8
-}
-fn d_retries() -> usize {
-    3
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Api {
-    OpenaiCompletions,
-    Vllm,
-    Sglang,
-    /// llama-cpp-python's server: `openai_completions` with the prompt as text (it refuses
-    /// ids), whose echo leaves out BOS tokens and is one token off unless the sequence starts
-    /// with the model's BOS (checked on every answer).
-    LlamaCppPython,
-}
-
-impl ServerSpec {
-    pub fn check(&self, key: &str) -> Result<()> {
-        let u = self.url.trim();
-        anyhow::ensure!(u.starts_with("http://") || u.starts_with("https://"), "{key}.url: {u:?} is not an http:// or https:// address");
-        anyhow::ensure!(self.timeout_s.is_finite() && self.timeout_s > 0.0, "{key}.timeout_s: must be a positive number of seconds");
-        anyhow::ensure!(self.max_concurrency >= 1, "{key}.max_concurrency: must be at least 1");
-        Ok(())
-    }
-
-    /// The address of the scoring (and generation) endpoint.
-    pub fn endpoint(&self) -> String {
-        let base = self.url.trim().trim_end_matches('/');
-        let base = base.strip_suffix("/v1").unwrap_or(base);
-        match self.api {
-            Api::Sglang => format!("{base}/generate"),
-            Api::OpenaiCompletions | Api::Vllm | Api::LlamaCppPython => format!("{base}/v1/completions"),
-        }
-    }
-}
+pub use crate::spec::{Api, ServerSpec};
 
 /// The request body that makes `api` return the log-prob of every token of `ids` (whose text is
 /// `text`, for the servers that take text).

@@ -6,6 +6,14 @@ use serde_yaml::Value;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// What every recipe's schema gives the runner: where it writes, the checks serde cannot make
+/// (ranges, consistency; errors name the key), and itself as YAML for the run directory.
+pub trait Schema {
+    fn output_dir(&self) -> &Path;
+    fn validate(&self) -> Result<()>;
+    fn to_yaml(&self) -> Result<String>;
+}
+
 /// A recipe's `vars`: values that `${name}` in its text takes.
 pub type Vars = std::collections::BTreeMap<String, serde_yaml::Value>;
 
@@ -107,7 +115,7 @@ pub struct ModelSpec {
     pub tokenizer: Option<String>,
     /// The server that scores (and, for teacher_responses, generates) for this teacher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server: Option<crate::served::ServerSpec>,
+    pub server: Option<ServerSpec>,
     #[serde(default = "f32")]
     pub dtype: String,
     /// Overrides the recipe's `device` for this model.
@@ -489,6 +497,15 @@ pub fn validate_sampling(s: &SamplingSpec, key: &str) -> Result<()> {
     Ok(())
 }
 
+/// A training recipe's `eval` section, if set, with the held-out set it reads (`data.eval`).
+pub fn validate_training_eval(eval: Option<&EvalSpec>, held_out: Option<&Dataset>, scored: bool) -> Result<()> {
+    if let Some(e) = eval {
+        ensure!(held_out.is_some(), "eval is set but data.eval (the held-out set) is not");
+        validate_eval(e, scored)?;
+    }
+    Ok(())
+}
+
 /// `scored`: the recipe measures nothing but its scorers (opd also measures the held-out
 /// teacher-student gap, so it may have none).
 pub fn validate_eval(e: &EvalSpec, scored: bool) -> Result<()> {
@@ -502,4 +519,71 @@ pub fn validate_eval(e: &EvalSpec, scored: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `teacher.server` in a recipe.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    /// The server's base address, e.g. `http://localhost:8000` (a trailing `/v1` is accepted).
+    pub url: String,
+    /// The served model's name (`--served-model-name`); left out of requests when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default = "d_api")]
+    pub api: Api,
+    /// Seconds one request may take before it counts as failed (and is retried).
+    #[serde(default = "d_timeout")]
+    pub timeout_s: f64,
+    /// Requests in flight at once.
+    #[serde(default = "d_concurrency")]
+    pub max_concurrency: usize,
+    /// Further tries of a failed request, with backoff 0.5 s, 1 s, 2 s, … (at most 8 s).
+    #[serde(default = "d_retries")]
+    pub retries: usize,
+}
+
+fn d_api() -> Api {
+    Api::OpenaiCompletions
+}
+fn d_timeout() -> f64 {
+    300.0
+}
+fn d_concurrency() -> usize {
+    8
+}
+fn d_retries() -> usize {
+    3
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    OpenaiCompletions,
+    Vllm,
+    Sglang,
+    /// llama-cpp-python's server: `openai_completions` with the prompt as text (it refuses
+    /// ids), whose echo leaves out BOS tokens and is one token off unless the sequence starts
+    /// with the model's BOS (checked on every answer).
+    LlamaCppPython,
+}
+
+impl ServerSpec {
+    pub fn check(&self, key: &str) -> Result<()> {
+        let u = self.url.trim();
+        ensure!(u.starts_with("http://") || u.starts_with("https://"), "{key}.url: {u:?} is not an http:// or https:// address");
+        ensure!(self.timeout_s.is_finite() && self.timeout_s > 0.0, "{key}.timeout_s: must be a positive number of seconds");
+        ensure!(self.max_concurrency >= 1, "{key}.max_concurrency: must be at least 1");
+        Ok(())
+    }
+
+    /// The address of the scoring (and generation) endpoint.
+    pub fn endpoint(&self) -> String {
+        let base = self.url.trim().trim_end_matches('/');
+        let base = base.strip_suffix("/v1").unwrap_or(base);
+        match self.api {
+            Api::Sglang => format!("{base}/generate"),
+            Api::OpenaiCompletions | Api::Vllm | Api::LlamaCppPython => format!("{base}/v1/completions"),
+        }
+    }
 }

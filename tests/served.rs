@@ -142,7 +142,7 @@ fn opd_recipe(dir: &Path, teacher: &Path, url: Option<&str>, steps: usize) -> St
     let root = env!("CARGO_MANIFEST_DIR");
     let teacher = match url {
         None => format!("teacher: {{path: {}}}", teacher.display()),
-        Some(u) => format!("teacher: {{tokenizer: {}, server: {{url: \"{u}\", api: llama_cpp_python, model: smollm2, timeout_s: 20, retries: 1, max_concurrency: 4}}}}", teacher.display()),
+        Some(u) => format!("teacher: {{tokenizer: {}, server: {{url: \"{u}\", api: llama_cpp_python, model: smollm2, timeout_s: 120, retries: 1, max_concurrency: 4}}}}", teacher.display()),
     };
     format!(
         "recipe: opd\nseed: 3\noutput_dir: {}\nstudent: {{path: {root}/tests/fixtures/models/llama}}\n{teacher}\ndata: {{train: {root}/tests/fixtures/data/arith_train.jsonl}}\nrollout: {{max_new_tokens: 24}}\noptimizer: {{lr: 1.0e-9}}\ntraining: {{steps: {steps}, prompts_per_step: 4, micro_batch_size: 4, checkpoint_every: 1}}\nlogging: {{tensorboard: false}}\n",

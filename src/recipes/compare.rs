@@ -111,7 +111,7 @@ pub struct CompareSweep {
     pub shipped: Option<PathBuf>,
 }
 
-impl crate::recipes::recipe::Schema for Compare {
+impl crate::spec::Schema for Compare {
     fn output_dir(&self) -> &Path {
         &self.output_dir
     }

@@ -3,7 +3,9 @@
 //! Also the `eval` recipe, which runs them once on one model. Every evaluation that decodes
 //! greedily writes what the model wrote to `generations/step-NNNNNN.jsonl` in its run directory.
 use crate::data::{self, Example};
-use crate::recipes::opd::{held_out_gap, load_teacher, Plan, Rollout, Teacher};
+use crate::recipes::opd::diagnostics::held_out_gap;
+use crate::recipes::opd::rollout::{Plan, Rollout};
+use crate::recipes::opd::teacher::{load_teacher, Teacher};
 use crate::recipes::side::{self, Side};
 use crate::generate::{generate, Sampling};
 use crate::hf::chat::ChatTemplate;
@@ -11,7 +13,8 @@ use crate::hf::tokenizer::Tokenizer;
 use crate::models::Model;
 use crate::spec::{EvalSpec, Scorer};
 use crate::train::dist::Dist;
-use crate::train::{metrics, token_logprobs, Batch};
+use crate::train::metrics::{self, Values};
+use crate::train::{token_logprobs, Batch};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -40,7 +43,7 @@ pub struct Eval {
     pub logging: LoggingSpec,
 }
 
-impl crate::recipes::recipe::Schema for Eval {
+impl crate::spec::Schema for Eval {
     fn output_dir(&self) -> &Path {
         &self.output_dir
     }
@@ -60,8 +63,6 @@ impl crate::recipes::recipe::Schema for Eval {
     }
 }
 
-/// Named metric values, in the order they are logged.
-pub type Values = Vec<(String, f64)>;
 
 /// The final answer of a worked solution: the text after the last `####`, else the content of
 /// the last `\boxed{...}`; commas, `$` and a trailing period removed.

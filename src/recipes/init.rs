@@ -51,7 +51,7 @@ fn d_max_pos() -> i64 {
     2048
 }
 
-impl crate::recipes::recipe::Schema for InitModel {
+impl crate::spec::Schema for InitModel {
     fn output_dir(&self) -> &Path {
         &self.output_dir
     }

@@ -16,21 +16,11 @@ pub mod tokenizer;
 use crate::spec::ModelSpec;
 use crate::recipes::recipe::Recipe;
 use crate::train::dist::Dist;
+use crate::train::run::RunOptions;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use tch::Device;
 
-/// How a run is started from the command line.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    /// Pipelines: redo finished stages.
-    pub fresh: bool,
-    /// Continue from the run directory's latest checkpoint.
-    pub resume: bool,
-    /// Stop after this many optimizer steps of this invocation, as an interruption would
-    /// (checkpoints written so far stay; `--resume` continues).
-    pub stop_after: Option<usize>,
-}
 
 /// Runs a recipe: in this process alone, or as one rank of the group the launcher's
 /// environment describes (`train::dist`), which every stage of a pipeline or sweep shares.
@@ -45,7 +35,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions) -> Result<()> {
 pub fn run_in(recipe: &Recipe, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     let on = |spec: &ModelSpec, device: &str| -> Result<()> {
         match dist {
-            Some(d) => d.use_device(device_of(spec, device)?),
+            Some(d) => d.use_device(side::device_of(spec, device)?),
             None => Ok(()),
         }
     };
@@ -130,10 +120,6 @@ impl Plan {
     }
 }
 
-/// The device a model spec runs on (its own `device`, else the recipe's).
-fn device_of(spec: &ModelSpec, device: &str) -> Result<Device> {
-    crate::device::parse_device(spec.device.as_deref().unwrap_or(device))
-}
 
 /// Exports a finished run's last checkpoint when the recipe asks for it.
 fn export_final(run_dir: &Path, to: Option<&Path>) -> Result<()> {

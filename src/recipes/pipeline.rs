@@ -8,7 +8,8 @@
 //! retargets the whole pipeline; a stage written `{recipe, name, overrides}` adds its own after
 //! them (a nested pipeline at another seed and root). A nested pipeline or sweep does its own
 //! reuse of its stages.
-use super::{Plan, RunOptions};
+use super::Plan;
+use crate::train::run::RunOptions;
 use crate::recipes::recipe::Recipe;
 use crate::train::dist::Dist;
 use anyhow::{Context, Result};
@@ -95,7 +96,7 @@ impl Stage {
     }
 }
 
-impl crate::recipes::recipe::Schema for Pipeline {
+impl crate::spec::Schema for Pipeline {
     fn output_dir(&self) -> &Path {
         &self.output_dir
     }

@@ -16,18 +16,11 @@ use super::sweep::Sweep;
 use super::task::MakeTask;
 use super::teacher_responses::TeacherResponses;
 use super::tokenizer::TrainTokenizer;
-use crate::spec::Vars;
+use crate::spec::{Schema, Vars};
 use anyhow::{bail, ensure, Context, Result};
 use serde_yaml::Value;
 use std::path::Path;
 
-/// What every recipe's schema gives the runner: where it writes, the checks serde cannot make
-/// (ranges, consistency; errors name the key), and itself as YAML for the run directory.
-pub trait Schema {
-    fn output_dir(&self) -> &Path;
-    fn validate(&self) -> Result<()>;
-    fn to_yaml(&self) -> Result<String>;
-}
 
 
 /// A YAML value as the text of an override (`key=TEXT`): strings as they are.

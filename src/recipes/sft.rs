@@ -9,7 +9,7 @@
 //! takes every `world`-th example of each micro-batch and the gradients are summed over the
 //! ranks before clipping, so every rank takes the step one process would take on the whole
 //! batch; rank 0 evaluates, logs and checkpoints.
-use super::RunOptions;
+use crate::train::run::RunOptions;
 use crate::data;
 use crate::recipes::eval::{evaluate_run, gap_plan, load_eval_teacher};
 use crate::recipes::side::{end_of_turn, load_model, Side};
@@ -55,7 +55,7 @@ pub struct Sft {
     pub export_to: Option<PathBuf>,
 }
 
-impl crate::recipes::recipe::Schema for Sft {
+impl crate::spec::Schema for Sft {
     fn output_dir(&self) -> &Path {
         &self.output_dir
     }
@@ -78,11 +78,7 @@ impl crate::recipes::recipe::Schema for Sft {
         }
         ensure!(r.data.max_length >= 2, "data.max_length must be at least 2");
         ensure!(r.schedule.min_lr_ratio >= 0.0 && r.schedule.min_lr_ratio <= 1.0, "schedule.min_lr_ratio must be in [0, 1]");
-        if let Some(e) = &r.eval {
-            ensure!(r.data.eval.is_some(), "eval is set but data.eval (the held-out set) is not");
-            validate_eval(e, true)?;
-        }
-        Ok(())
+        validate_training_eval(r.eval.as_ref(), r.data.eval.as_ref(), true)
     }
 
     fn to_yaml(&self) -> Result<String> {
@@ -93,7 +89,7 @@ impl crate::recipes::recipe::Schema for Sft {
 pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     let (rank, world, main) = dist.map_or((0, 1, true), |d| (d.rank, d.world, d.is_main()));
     let run_dir = &r.output_dir;
-    let device = super::device_of(&r.model, &r.device)?;
+    let device = crate::recipes::side::device_of(&r.model, &r.device)?;
     tch::manual_seed(r.seed as i64);
 
     // Model: the latest checkpoint when resuming, else the recipe's model.
@@ -174,7 +170,7 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     while run.state.step < total && !stopped {
         let started = Instant::now();
         let lr = lr_at(run.state.step, total, r.optimizer.lr, &r.schedule);
-        reseed_dropout(model, r.seed, run.state.step);
+        crate::train::run::reseed_dropout(model, r.seed, run.state.step);
         let window: Vec<Vec<usize>> = (0..r.training.grad_accum).map(|_| run.sampler.next_batch(r.training.batch_size)).collect();
         let n_targets: usize = window.iter().flatten().map(|&i| encoded[i].n_targets()).sum();
         let (mut loss_sum, mut padding, mut laid_out) = (0.0, 0.0, 0.0);
@@ -258,12 +254,4 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     }
     bar.finish_with_message("done");
     Ok(())
-}
-
-/// LoRA dropout draws from torch's generator: seeded from the run's seed and the step, so a
-/// resumed run draws the masks the uninterrupted one drew.
-pub fn reseed_dropout(model: &crate::models::Model, seed: u64, step: usize) {
-    if model.adapters.as_ref().is_some_and(|a| a.spec.dropout > 0.0) {
-        tch::manual_seed((seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64 & i64::MAX);
-    }
 }

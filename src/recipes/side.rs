@@ -77,3 +77,8 @@ pub fn load_model(spec: &ModelSpec, device: Device) -> Result<(Model, Tokenizer,
     let chat = ChatTemplate::load(&model.dir)?.with_kwargs(&spec.chat_template_kwargs)?;
     Ok((model, tok, chat))
 }
+
+/// The device a model spec runs on (its own `device`, else the recipe's).
+pub fn device_of(spec: &ModelSpec, device: &str) -> Result<Device> {
+    crate::device::parse_device(spec.device.as_deref().unwrap_or(device))
+}

@@ -7,7 +7,8 @@
 //! Runs are `run-NN/` under the sweep's directory; a finished run (`run-NN/sweep.done`) is
 //! reused when the sweep is run again with the same overrides, an unfinished one resumes from
 //! its checkpoint. Ties go to the first setting in grid order.
-use super::{Plan, RunOptions};
+use super::Plan;
+use crate::train::run::RunOptions;
 use crate::recipes::recipe::Recipe;
 use crate::train::dist::Dist;
 use anyhow::{bail, ensure, Context, Result};
@@ -41,7 +42,7 @@ fn d_goal() -> String {
     "max".into()
 }
 
-impl super::recipe::Schema for Sweep {
+impl crate::spec::Schema for Sweep {
     fn output_dir(&self) -> &Path {
         &self.output_dir
     }

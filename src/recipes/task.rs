@@ -46,7 +46,7 @@ fn d_max_digits() -> usize {
     5
 }
 
-impl crate::recipes::recipe::Schema for MakeTask {
+impl crate::spec::Schema for MakeTask {
     fn output_dir(&self) -> &Path {
         &self.output_dir
     }

@@ -7,7 +7,7 @@
 //! the batches after them are generated with the seeds they would have had.
 use crate::data;
 use crate::generate::{generate, Sampling};
-use crate::recipes::opd::Engine;
+use crate::recipes::opd::teacher::Engine;
 use crate::train::dist::Dist;
 use crate::train::metrics::progress;
 use anyhow::{Context, Result};
@@ -43,7 +43,7 @@ pub struct TeacherResponses {
     pub logging: LoggingSpec,
 }
 
-impl crate::recipes::recipe::Schema for TeacherResponses {
+impl crate::spec::Schema for TeacherResponses {
     fn output_dir(&self) -> &Path {
         &self.output_dir
     }
@@ -63,7 +63,7 @@ impl crate::recipes::recipe::Schema for TeacherResponses {
 
 pub fn run(r: &TeacherResponses, dist: Option<&Dist>) -> Result<()> {
     let (rank, world, main) = dist.map_or((0, 1, true), |d| (d.rank, d.world, d.is_main()));
-    let teacher = crate::recipes::opd::load_teacher(&r.teacher, &r.device)?;
+    let teacher = crate::recipes::opd::teacher::load_teacher(&r.teacher, &r.device)?;
     let (tok, chat) = (&teacher.tok, &teacher.chat);
     let skip = r.data.skip;
     let mut examples = data::read(&r.data.prompts, r.data.max_examples.map(|m| m + skip))?;

@@ -60,7 +60,7 @@ fn d_alphabet() -> usize {
     100
 }
 
-impl crate::recipes::recipe::Schema for TrainTokenizer {
+impl crate::spec::Schema for TrainTokenizer {
     fn output_dir(&self) -> &Path {
         &self.output_dir
     }

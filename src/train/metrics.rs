@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use tensorboard_proto::event::{Event, SessionLog, SessionLog_SessionStatus};
 use tensorboard_rs::record_writer::RecordWriter;
 
+/// Named metric values, in the order they are logged.
+pub type Values = Vec<(String, f64)>;
+
 pub struct Metrics {
     path: PathBuf,
     jsonl: File,

@@ -81,3 +81,23 @@ impl<'d> Run<'d> {
         Ok(stop_after == Some(self.steps_this_run) && !last)
     }
 }
+
+/// How a run is started from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Pipelines: redo finished stages.
+    pub fresh: bool,
+    /// Continue from the run directory's latest checkpoint.
+    pub resume: bool,
+    /// Stop after this many optimizer steps of this invocation, as an interruption would
+    /// (checkpoints written so far stay; `--resume` continues).
+    pub stop_after: Option<usize>,
+}
+
+/// LoRA dropout draws from torch's generator: seeded from the run's seed and the step, so a
+/// resumed run draws the masks the uninterrupted one drew.
+pub fn reseed_dropout(model: &crate::models::Model, seed: u64, step: usize) {
+    if model.adapters.as_ref().is_some_and(|a| a.spec.dropout > 0.0) {
+        tch::manual_seed((seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64 & i64::MAX);
+    }
+}

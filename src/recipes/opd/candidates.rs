@@ -37,7 +37,7 @@
 //! trie of candidate paths; a node sees the teacher tokens before its position and its own
 //! ancestors, at the rotary positions it would have in its own sequence. Equal to scoring each
 //! candidate as its own sequence (tested).
-use super::rollout::Rollout;
+use super::rollout::{Rollout, Scored};
 use super::teacher::{teacher_encode, Teacher};
 use crate::recipes::side::Side;
 use crate::align::Masked;
@@ -48,20 +48,6 @@ use anyhow::Result;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
-/// One position where the teacher scored the student's candidates.
-#[derive(Debug, Clone, Default)]
-pub struct Scored {
-    /// The student response index of the position.
-    pub pos: usize,
-    /// The scored candidates (student token ids), the sampled token among them.
-    pub ids: Vec<i64>,
-    /// The teacher's distribution over them (log, renormalised over the candidates).
-    pub logt: Vec<f32>,
-    /// The teacher's probability mass on them before renormalising (exclusive events).
-    pub teacher_mass: f64,
-    /// The student's (old) probability mass on them.
-    pub student_mass: f64,
-}
 
 /// What candidate scoring did in one step.
 #[derive(Debug, Default)]

@@ -301,7 +301,7 @@ fn d_teacher_max() -> usize {
     4096
 }
 
-impl crate::recipes::recipe::Schema for Opd {
+impl crate::spec::Schema for Opd {
     fn output_dir(&self) -> &Path {
         &self.output_dir
     }
@@ -356,11 +356,7 @@ impl crate::recipes::recipe::Schema for Opd {
             r.baselines.gold_matched_weight.is_some() == r.baselines.gold_unmatched_weight.is_some(),
             "baselines.gold_matched_weight and gold_unmatched_weight must both be set or both be null"
         );
-        if let Some(e) = &r.eval {
-            ensure!(r.data.eval.is_some(), "eval is set but data.eval (the held-out set) is not");
-            validate_eval(e, false)?;
-        }
-        Ok(())
+        validate_training_eval(r.eval.as_ref(), r.data.eval.as_ref(), false)
     }
 
     fn to_yaml(&self) -> Result<String> {

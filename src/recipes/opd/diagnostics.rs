@@ -4,8 +4,8 @@
 //! any recipe can measure with `eval.teacher`, the competence check that warns before
 //! on-policy training from a student too far from the teacher's support, and a readable dump
 //! of rollouts with their alignment and credit.
-use super::rollout::{make_rollouts, old_logprobs, Plan, Rollout};
-use super::teacher::{score_teacher, Teacher, TeacherKeeps};
+use super::rollout::{make_rollouts, old_logprobs, score_teacher, Plan, Rollout, TeacherKeeps};
+use super::teacher::Teacher;
 use crate::recipes::side::Side;
 use crate::align::{show_pieces, Masked};
 use crate::data::Example;
@@ -158,7 +158,7 @@ impl Diagnostics {
 /// `eval/logq_minus_logp` (mean log q − log p per aligned student token), `eval/teacher_logprob`
 /// (per aligned teacher token of the student's samples) and `eval/teacher_logprob_reference`
 /// (the same for the dataset's responses), and the scored samples.
-pub fn held_out_gap(plan: &Plan, student: &Side, teacher: &Teacher, examples: &[Example], prompts: &[Vec<i64>], n: usize, seed: u64) -> Result<(crate::recipes::eval::Values, Vec<Rollout>)> {
+pub fn held_out_gap(plan: &Plan, student: &Side, teacher: &Teacher, examples: &[Example], prompts: &[Vec<i64>], n: usize, seed: u64) -> Result<(crate::train::metrics::Values, Vec<Rollout>)> {
     let picks: Vec<usize> = (0..n.min(examples.len())).collect();
     // One sample per prompt and a fixed batching (sampling draws depend on the batch), whatever
     // the training uses, so that every recipe scores the same samples of the same model.

@@ -19,19 +19,19 @@
 //! term's `cand/*` statistics in the metrics are the whole step's.
 pub mod candidates;
 pub mod config;
-mod diagnostics;
-mod rollout;
-mod teacher;
+pub mod diagnostics;
+pub mod rollout;
+pub mod teacher;
 mod signal;
 
 pub use diagnostics::{competence_warning, diagnose, dump_rollouts, held_out_gap, Diagnostics};
-pub use rollout::{make_rollouts, old_logprobs, rows, Plan, Rollout};
-pub use teacher::{load_teacher, score_teacher, teacher_encode, Engine, Teacher, TeacherKeeps};
+pub use rollout::{make_rollouts, old_logprobs, rows, score_teacher, Plan, Rollout, TeacherKeeps};
+pub use teacher::{load_teacher, teacher_encode, Engine, Teacher};
 // The sides as the tests and benches name them from here.
 pub use crate::recipes::side::{load as load_side, Side};
 pub use signal::{assign_advantages, backward_batch, micro_loss, response_mask, Normaliser, DistInputs, DpcaInputs};
 
-use super::RunOptions;
+use crate::train::run::RunOptions;
 use crate::data::{self, Rng};
 use crate::loss::VocabMatch;
 use crate::models::Model;
@@ -107,7 +107,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     let mut run = Run::start(student.model.trainable(), start, dist, |s| s.counters.get("optimizer_steps").copied().unwrap_or(s.step as f64) as i64)?;
     // Each evaluation: the scorers and their generations, the held-out gap of the student's
     // samples under this run's rollout settings, and a readable dump of a few of them.
-    let evaluate_now = |metrics: &mut Option<Metrics>, step: usize| -> Result<crate::recipes::eval::Values> {
+    let evaluate_now = |metrics: &mut Option<Metrics>, step: usize| -> Result<crate::train::metrics::Values> {
         let Some(spec) = &r.eval else { return Ok(vec![]) };
         let (values, mut rollouts) = evaluate_run(&student, Some((&teacher, &plan)), &eval_examples, spec, r.seed, r.logging.progress, run_dir, step, dist)?;
         let Some(metrics) = metrics else { return Ok(values) };
@@ -177,7 +177,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         let diag = diagnose(&rollouts);
 
         // Update: ppo_epochs optimizer steps over the whole rollout batch.
-        crate::recipes::sft::reseed_dropout(&student.model, r.seed, run.state.step);
+        crate::train::run::reseed_dropout(&student.model, r.seed, run.state.step);
         let norm = match dist {
             Some(d) => Normaliser::over_ranks(r.loss, &rollouts, d)?,
             None => Normaliser::of(r.loss, &rollouts),

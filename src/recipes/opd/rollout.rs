@@ -8,7 +8,7 @@ use crate::generate::{generate, Sampling};
 use crate::recipes::opd::config::{Opd, RolloutSpec};
 use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
-use super::teacher::{teacher_sequence, Teacher};
+use super::teacher::{teacher_sequence, Engine, Teacher};
 use crate::recipes::side::Side;
 
 /// One sampled response and what the losses need about it.
@@ -48,7 +48,7 @@ pub struct Rollout {
     /// candidate scoring asks for them (`old_logprobs` with k > 0).
     pub top: Vec<Vec<(i64, f32)>>,
     /// The positions where the teacher scored the student's candidates.
-    pub scored: Vec<super::candidates::Scored>,
+    pub scored: Vec<Scored>,
 }
 
 /// How rollouts are drawn and aligned: the sampling settings, DPCA's K, the teacher's length
@@ -219,4 +219,82 @@ pub fn make_rollouts(plan: &Plan, student: &Side, teacher: &Teacher, examples: &
         });
     }
     Ok(rollouts)
+}
+
+/// One position where the teacher scored the student's candidates.
+#[derive(Debug, Clone, Default)]
+pub struct Scored {
+    /// The student response index of the position.
+    pub pos: usize,
+    /// The scored candidates (student token ids), the sampled token among them.
+    pub ids: Vec<i64>,
+    /// The teacher's distribution over them (log, renormalised over the candidates).
+    pub logt: Vec<f32>,
+    /// The teacher's probability mass on them before renormalising (exclusive events).
+    pub teacher_mass: f64,
+    /// The student's (old) probability mass on them.
+    pub student_mass: f64,
+}
+
+/// What the teacher's scoring pass keeps besides log q of the response tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TeacherKeeps {
+    LogProbs,
+    /// Its next-token distributions at the response positions (`micro_loss`'s ULD and GOLD,
+    /// the tests' reference; training keeps `Hidden`).
+    Distributions,
+    /// Its last hidden states there (the full-distribution losses, ULD and GOLD).
+    Hidden,
+}
+
+/// The teacher's log q of every response token (and what `keeps` asks for at the response
+/// positions), in one no-grad forward per micro-batch.
+pub fn score_teacher(teacher: &Teacher, rollouts: &mut [Rollout], micro: usize, keeps: TeacherKeeps) -> Result<()> {
+    let live: Vec<usize> = (0..rollouts.len()).filter(|&i| !rollouts[i].truncated).collect();
+    let model = match &teacher.model {
+        Engine::Local(m) => m,
+        Engine::Served(server) => {
+            anyhow::ensure!(keeps == TeacherKeeps::LogProbs, "teacher.server: a served teacher gives log-probs, not distributions");
+            let seqs: Vec<&[i64]> = live.iter().map(|&i| rollouts[i].teacher_ids.as_slice()).collect();
+            let from: Vec<usize> = live.iter().map(|&i| rollouts[i].teacher_start).collect();
+            let names: Vec<String> = live.iter().map(|&i| format!("rollout {i} (prompt {})", rollouts[i].prompt)).collect();
+            let (logq, _) = server.score(&seqs, &from, &names, &teacher.tok)?;
+            for (&i, lq) in live.iter().zip(logq) {
+                rollouts[i].logq = lq;
+            }
+            return Ok(());
+        }
+    };
+    let _g = tch::no_grad_guard();
+    let pad = teacher.tok.pad_id;
+    for group in live.chunks(micro) {
+        let len = group.iter().map(|&i| rollouts[i].teacher_ids.len()).max().unwrap_or(2).max(2);
+        let mut flat = Vec::with_capacity(group.len() * len);
+        for &i in group {
+            flat.extend(rollouts[i].teacher_ids.iter().copied().chain(std::iter::repeat(pad)).take(len));
+        }
+        model.check_positions(len).context("the teacher's tokens of a rollout")?;
+        let ids = Tensor::from_slice(&flat).view([group.len() as i64, len as i64]).to_device(model.device());
+        // The head runs from the position that predicts the group's earliest response token:
+        // the prompts' positions predict nothing the loss uses.
+        let from = group.iter().map(|&i| rollouts[i].teacher_start).min().unwrap_or(1).max(1) as i64 - 1;
+        let n = len as i64 - 1 - from;
+        let hidden = model.hidden(&ids).narrow(1, from, n);
+        let logits = model.head(&hidden);
+        let targets = ids.narrow(1, from + 1, n).unsqueeze(-1);
+        let lp = logits.log_softmax(-1, Kind::Float).gather(2, &targets, false).squeeze_dim(-1).to_device(Device::Cpu);
+        for (b, &i) in group.iter().enumerate() {
+            let r = &mut rollouts[i];
+            let (s, m) = (r.teacher_start as i64 - 1 - from, (r.teacher_ids.len() - r.teacher_start) as i64);
+            r.logq = if m == 0 { vec![] } else { Vec::<f32>::try_from(lp.get(b as i64).narrow(0, s, m))? };
+            if m > 0 {
+                match keeps {
+                    TeacherKeeps::LogProbs => {}
+                    TeacherKeeps::Distributions => r.teacher_probs = Some(logits.get(b as i64).narrow(0, s, m).softmax(-1, Kind::Float)),
+                    TeacherKeeps::Hidden => r.teacher_hidden = Some(hidden.get(b as i64).narrow(0, s, m).copy()),
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -2,14 +2,13 @@
 //! (`crate::served`), its view of a rollout (the conversation in its own template, the
 //! student's response text, its end-of-turn token), and its scoring pass (log q of every
 //! response token, and what the full-distribution losses keep).
-use super::rollout::Rollout;
 use crate::data;
 use crate::hf::chat::Message;
 use crate::models::Model;
 use crate::recipes::side::{end_of_turn, Side};
 use crate::served::Served;
 use anyhow::{Context, Result};
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
 /// Where the teacher runs: in this process, or behind an inference server that scores token ids.
 // One per run: the variants' sizes do not matter.
@@ -45,17 +44,6 @@ impl Teacher {
             Engine::Served(_) => Device::Cpu,
         }
     }
-}
-
-/// What the teacher's scoring pass keeps besides log q of the response tokens.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum TeacherKeeps {
-    LogProbs,
-    /// Its next-token distributions at the response positions (`micro_loss`'s ULD and GOLD,
-    /// the tests' reference; training keeps `Hidden`).
-    Distributions,
-    /// Its last hidden states there (the full-distribution losses, ULD and GOLD).
-    Hidden,
 }
 
 /// The teacher's ids, the index of its first response token, the byte piece of each response
@@ -106,58 +94,6 @@ pub fn teacher_encode<M>(teacher: &Side<M>, text: &str) -> Result<(Vec<i64>, cra
     }
     let enc = teacher.tok.inner.encode(text, true).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
     Ok((enc.get_ids().iter().map(|&i| i as i64).collect(), enc.get_offsets().to_vec()))
-}
-
-/// The teacher's log q of every response token (and what `keeps` asks for at the response
-/// positions), in one no-grad forward per micro-batch.
-pub fn score_teacher(teacher: &Teacher, rollouts: &mut [Rollout], micro: usize, keeps: TeacherKeeps) -> Result<()> {
-    let live: Vec<usize> = (0..rollouts.len()).filter(|&i| !rollouts[i].truncated).collect();
-    let model = match &teacher.model {
-        Engine::Local(m) => m,
-        Engine::Served(server) => {
-            anyhow::ensure!(keeps == TeacherKeeps::LogProbs, "teacher.server: a served teacher gives log-probs, not distributions");
-            let seqs: Vec<&[i64]> = live.iter().map(|&i| rollouts[i].teacher_ids.as_slice()).collect();
-            let from: Vec<usize> = live.iter().map(|&i| rollouts[i].teacher_start).collect();
-            let names: Vec<String> = live.iter().map(|&i| format!("rollout {i} (prompt {})", rollouts[i].prompt)).collect();
-            let (logq, _) = server.score(&seqs, &from, &names, &teacher.tok)?;
-            for (&i, lq) in live.iter().zip(logq) {
-                rollouts[i].logq = lq;
-            }
-            return Ok(());
-        }
-    };
-    let _g = tch::no_grad_guard();
-    let pad = teacher.tok.pad_id;
-    for group in live.chunks(micro) {
-        let len = group.iter().map(|&i| rollouts[i].teacher_ids.len()).max().unwrap_or(2).max(2);
-        let mut flat = Vec::with_capacity(group.len() * len);
-        for &i in group {
-            flat.extend(rollouts[i].teacher_ids.iter().copied().chain(std::iter::repeat(pad)).take(len));
-        }
-        model.check_positions(len).context("the teacher's tokens of a rollout")?;
-        let ids = Tensor::from_slice(&flat).view([group.len() as i64, len as i64]).to_device(model.device());
-        // The head runs from the position that predicts the group's earliest response token:
-        // the prompts' positions predict nothing the loss uses.
-        let from = group.iter().map(|&i| rollouts[i].teacher_start).min().unwrap_or(1).max(1) as i64 - 1;
-        let n = len as i64 - 1 - from;
-        let hidden = model.hidden(&ids).narrow(1, from, n);
-        let logits = model.head(&hidden);
-        let targets = ids.narrow(1, from + 1, n).unsqueeze(-1);
-        let lp = logits.log_softmax(-1, Kind::Float).gather(2, &targets, false).squeeze_dim(-1).to_device(Device::Cpu);
-        for (b, &i) in group.iter().enumerate() {
-            let r = &mut rollouts[i];
-            let (s, m) = (r.teacher_start as i64 - 1 - from, (r.teacher_ids.len() - r.teacher_start) as i64);
-            r.logq = if m == 0 { vec![] } else { Vec::<f32>::try_from(lp.get(b as i64).narrow(0, s, m))? };
-            if m > 0 {
-                match keeps {
-                    TeacherKeeps::LogProbs => {}
-                    TeacherKeeps::Distributions => r.teacher_probs = Some(logits.get(b as i64).narrow(0, s, m).softmax(-1, Kind::Float)),
-                    TeacherKeeps::Hidden => r.teacher_hidden = Some(hidden.get(b as i64).narrow(0, s, m).copy()),
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The teacher: loaded here (frozen), or a client of its server with its tokenizer and chat
