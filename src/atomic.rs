@@ -85,8 +85,8 @@ pub fn write(path: &Path, bytes: impl AsRef<[u8]>) -> Result<()> {
     publish_file(&tmp, path)
 }
 
-/// The names an export or conversion writes; a directory holding nothing else may be replaced
-/// even without the marker (exports made before it existed).
+/// The names an export or conversion writes (and `save_pretrained`): a directory holding
+/// nothing else is a model folder, which `--force` may replace without the marker.
 fn is_export_file(name: &str) -> bool {
     crate::files::MODEL_FILES.contains(&name)
         || name == "model.safetensors"
@@ -97,8 +97,10 @@ fn is_export_file(name: &str) -> bool {
         || name == MARKER
 }
 
-/// Refuses to replace `out` unless it is empty or a model directory tokbridge wrote.
-pub fn check_replaceable(out: &Path) -> Result<()> {
+/// Refuses to replace `out` unless it is empty or a directory tokbridge wrote (its marker).
+/// With `force`, a model folder without the marker (nothing but the files an export writes,
+/// as `save_pretrained` leaves them) is replaced too; a folder holding anything else never is.
+pub fn check_replaceable(out: &Path, force: bool) -> Result<()> {
     if !out.exists() {
         return Ok(());
     }
@@ -113,6 +115,12 @@ pub fn check_replaceable(out: &Path) -> Result<()> {
             bail!("{} holds {name:?}, which no export writes; refusing to replace a directory tokbridge did not write", out.display());
         }
     }
+    let empty = std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))?.next().is_none();
+    ensure!(
+        empty || force,
+        "{} holds a model that tokbridge did not write (no {MARKER} marker); refusing to replace it (--force replaces it)",
+        out.display()
+    );
     Ok(())
 }
 
@@ -152,14 +160,14 @@ pub fn check_output(out: &Path, source: &Path) -> Result<()> {
 /// exchange (renameat2 RENAME_EXCHANGE on Linux), so `out` never goes missing. Where the
 /// exchange is unsupported, `out` moves aside to `out.oldPID` first; `recover` puts it back if
 /// the process dies between the two renames.
-pub fn publish_dir(staged: &Path, out: &Path) -> Result<()> {
+pub fn publish_dir(staged: &Path, out: &Path, force: bool) -> Result<()> {
     std::fs::write(staged.join(MARKER), "written by tokbridge; it may replace this directory\n")?;
     sync_tree(staged)?;
     if !out.exists() {
         std::fs::rename(staged, out).with_context(|| format!("renaming {} to {}", staged.display(), out.display()))?;
         return sync_parent(out);
     }
-    check_replaceable(out)?;
+    check_replaceable(out, force)?;
     fault("export");
     if exchange(staged, out)? {
         // `staged` now holds the old directory.
@@ -312,20 +320,20 @@ mod tests {
         std::fs::create_dir_all(project.join("data")).unwrap();
         std::fs::write(project.join("config.json"), "{}").unwrap();
         std::fs::write(project.join("NOTES.md"), "mine").unwrap();
-        let err = check_replaceable(&project).unwrap_err().to_string();
+        let err = check_replaceable(&project, true).unwrap_err().to_string();
         assert!(err.contains("refusing"), "{err}");
         let staged = d.join("new");
         std::fs::create_dir_all(&staged).unwrap();
         std::fs::write(staged.join("config.json"), "{\"v\": 2}").unwrap();
-        assert!(publish_dir(&staged, &project).is_err());
+        assert!(publish_dir(&staged, &project, false).is_err());
         assert_eq!(std::fs::read_to_string(project.join("NOTES.md")).unwrap(), "mine", "nothing of the project is lost");
         // An export (marker) is replaced by the next one, atomically.
         let out = d.join("out");
-        publish_dir(&staged, &out).unwrap();
+        publish_dir(&staged, &out, false).unwrap();
         assert!(out.join(MARKER).exists() && !staged.exists());
         std::fs::create_dir_all(&staged).unwrap();
         std::fs::write(staged.join("config.json"), "{\"v\": 3}").unwrap();
-        publish_dir(&staged, &out).unwrap();
+        publish_dir(&staged, &out, false).unwrap();
         assert_eq!(std::fs::read_to_string(out.join("config.json")).unwrap(), "{\"v\": 3}");
         assert!(!staged.exists(), "the replaced directory is removed");
         std::fs::remove_dir_all(&d).unwrap();

@@ -41,11 +41,13 @@ pub fn declared_dtype(config: &Value) -> Kind {
 /// Exports `src` to `out` in `kind` (None: the dtype its config declares), converting on
 /// `device`. A LoRA run or PEFT adapter directory exports as a PEFT adapter directory (with the
 /// base's tokenizer files), or with `merge` as the merged full model.
-pub fn export(src: &str, out: &Path, kind: Option<Kind>, max_shard_bytes: u64, device: Device, merge: bool) -> Result<()> {
+/// `force`: replace a model folder tokbridge did not write (`atomic::check_replaceable`).
+#[allow(clippy::too_many_arguments)]
+pub fn export(src: &str, out: &Path, kind: Option<Kind>, max_shard_bytes: u64, device: Device, merge: bool, force: bool) -> Result<()> {
     crate::atomic::clean_around(out)?;
     let dir = source_dir(src)?;
     crate::atomic::check_output(out, &dir)?;
-    crate::atomic::check_replaceable(out)?;
+    crate::atomic::check_replaceable(out, force)?;
     let adapter = dir.join("adapter_config.json").is_file().then(|| dir.clone());
     let base = match &adapter {
         Some(a) => {
@@ -74,7 +76,7 @@ pub fn export(src: &str, out: &Path, kind: Option<Kind>, max_shard_bytes: u64, d
     } else {
         write_dir(&model, &base, &tmp, kind, max_shard_bytes)
     };
-    let result = written.and_then(|()| crate::atomic::publish_dir(&tmp, out));
+    let result = written.and_then(|()| crate::atomic::publish_dir(&tmp, out, force));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }

@@ -104,6 +104,10 @@ enum Command {
         /// For a LoRA run or adapter: write the merged full model instead of the adapter.
         #[arg(long)]
         merge: bool,
+        /// Replace a model folder at --out that tokbridge did not write (one without its
+        /// .tokbridge-export marker, e.g. from save_pretrained).
+        #[arg(long)]
+        force: bool,
     },
     /// Convert a GGUF file (llama.cpp) into a Hugging Face model directory.
     Convert {
@@ -114,6 +118,9 @@ enum Command {
         /// f32, bf16 or f16 for the dequantized weights.
         #[arg(long, default_value = "f32")]
         dtype: String,
+        /// Replace a model folder at --out that tokbridge did not write.
+        #[arg(long)]
+        force: bool,
     },
     /// Log-probability of every token of TEXT given the tokens before it.
     Score {
@@ -214,13 +221,13 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{} chunks ({one} 1:1); {} student / {} teacher tokens; {masked} student tokens masked", chunks.len(), sids.len(), tids.len());
             }
         }
-        Command::Export { src, out, dtype, max_shard_bytes, device, merge } => {
+        Command::Export { src, out, dtype, max_shard_bytes, device, merge, force } => {
             let kind = dtype.as_deref().map(device::parse_dtype).transpose()?;
-            tokbridge::export::export(&src, &out, kind, max_shard_bytes, device::parse_device(&device)?, merge)?;
+            tokbridge::export::export(&src, &out, kind, max_shard_bytes, device::parse_device(&device)?, merge, force)?;
             eprintln!("exported {src} to {}", out.display());
         }
-        Command::Convert { gguf, out, dtype } => {
-            tokbridge::gguf::convert::convert(&gguf, &out, device::parse_dtype(&dtype)?)?;
+        Command::Convert { gguf, out, dtype, force } => {
+            tokbridge::gguf::convert::convert(&gguf, &out, device::parse_dtype(&dtype)?, force)?;
             eprintln!("converted {} to {}", gguf.display(), out.display());
         }
         Command::Score { model, text, json } => {

@@ -157,3 +157,57 @@ fn hub_ids_load_from_the_cache_offline() {
     let (ok, err) = score("tiny/qwen3", &[("HF_HUB_CACHE", c), ("HF_HUB_OFFLINE", "1")]);
     assert!(!ok && err.contains("lacks tokenizer.json"), "{err}");
 }
+
+/// A hub path never leaves the cache or the repo: `..` parts, an absolute path after the repo,
+/// a `%2F`-escaped climb in the revision, an empty revision and a planted ref are refused in one
+/// line before any file is opened (offline, against a fake cache beside a readable "secret").
+#[test]
+fn hub_paths_that_leave_the_cache_are_refused() {
+    let tmp = common::tempdir::TempDir::new();
+    let cache = tmp.path().join("hub");
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let repo = cache.join("datasets--org--name");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs").join("main"), sha).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots").join(sha)).unwrap();
+    // What a climb would reach: a valid dataset outside the cache.
+    let secret = tmp.path().join("secret.jsonl");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/arith_train.jsonl"), &secret).unwrap();
+    let depth = repo.join("snapshots").join(sha).components().count() - tmp.path().components().count();
+    let climb = "../".repeat(depth);
+    let preview = |train: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tokbridge"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["preview", "recipes/sft/tiny.yaml", &format!("data.train={train}")])
+            .env("HF_HUB_CACHE", &cache)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // The fake cache is laid out right: the climb reaches the secret when taken literally.
+    assert!(repo.join("snapshots").join(sha).join(&climb).join("secret.jsonl").is_file());
+    for (train, says) in [
+        (format!("hf://datasets/org/name/{climb}secret.jsonl"), "has an empty, . or .. part"),
+        (format!("hf://datasets/org/name/{}", secret.display()), "has an empty, . or .. part"),
+        (format!("hf://datasets/org/name@{}/secret.jsonl", vec![".."; depth - 1].join("%2F")), "is not a branch, tag or commit name"),
+        ("hf://datasets/org/name@/secret.jsonl".to_string(), "is not a branch, tag or commit name"),
+        ("hf://datasets/../name/secret.jsonl".to_string(), "not a directory and not a hub id"),
+    ] {
+        let (ok, stdout, err) = preview(&train);
+        assert!(!ok && stdout.is_empty(), "{train} was read: {stdout}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{train}: {err}");
+        assert!(err.contains(says) && !err.contains("panicked"), "{train}: {err}");
+    }
+    // A ref file that names something other than a commit is not followed.
+    let up = "../".repeat(depth - 1);
+    assert!(repo.join("snapshots").join(&up).join("secret.jsonl").is_file());
+    std::fs::write(repo.join("refs").join("main"), up.trim_end_matches('/')).unwrap();
+    let (ok, _, err) = preview("hf://datasets/org/name/secret.jsonl");
+    assert!(!ok && err.contains("HF_HUB_OFFLINE is set"), "{err}");
+    // Model and adapter ids take the same rules.
+    let (ok, err) = score("org/..@main", &[("HF_HUB_CACHE", cache.to_str().unwrap()), ("HF_HUB_OFFLINE", "1")]);
+    assert!(!ok && err.contains("not a hub id of the form org/name") && err.lines().count() == 1, "{err}");
+    let (ok, err) = score("org/name@../../x", &[("HF_HUB_CACHE", cache.to_str().unwrap()), ("HF_HUB_OFFLINE", "1")]);
+    assert!(!ok && err.contains("is not a branch, tag or commit name"), "{err}");
+}

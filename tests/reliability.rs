@@ -287,3 +287,26 @@ fn a_full_disk_while_logging_is_an_error() {
     let out = Command::new("bash").current_dir(env!("CARGO_MANIFEST_DIR")).args(["-c", &script]).output().unwrap();
     fails_with(&out, &["writing", "run/"]);
 }
+
+/// A model folder that tokbridge did not write (`save_pretrained` leaves only the files an
+/// export writes, and no marker) is not replaced by `export` or `export --merge` without
+/// `--force`, which the refusal names; with it, the folder is replaced.
+#[test]
+fn export_replaces_a_model_folder_it_did_not_write_only_with_force() {
+    let tmp = TempDir::new();
+    let model = "tests/fixtures/models/llama";
+    let mine = tmp.path().join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(Path::new(model).join(f), mine.join(f)).unwrap();
+    }
+    let weights = std::fs::read(mine.join("model.safetensors")).unwrap();
+    for extra in [&[][..], &["--merge"][..]] {
+        let args = [&["export", "tests/fixtures/models/gpt2", "--out", p(&mine)][..], extra].concat();
+        fails_with(&tokbridge(&args), &["mine", "no .tokbridge-export marker", "--force"]);
+        assert_eq!(std::fs::read(mine.join("model.safetensors")).unwrap(), weights, "the user's weights are kept");
+        assert!(!mine.join(".tokbridge-export").exists());
+    }
+    ok(tokbridge(&["export", "tests/fixtures/models/gpt2", "--out", p(&mine), "--force"]));
+    assert!(mine.join(".tokbridge-export").exists() && std::fs::read(mine.join("model.safetensors")).unwrap() != weights);
+}

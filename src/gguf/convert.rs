@@ -30,7 +30,8 @@ fn family(arch: &str) -> Result<Family> {
     })
 }
 
-pub fn convert(path: &Path, out: &Path, kind: Kind) -> Result<()> {
+/// `force`: replace a model folder tokbridge did not write (`atomic::check_replaceable`).
+pub fn convert(path: &Path, out: &Path, kind: Kind, force: bool) -> Result<()> {
     let g = Gguf::open(path)?;
     let ctx = |what: &str| format!("{}: {what}", path.display());
     let arch = g.get("general.architecture").and_then(Value::as_str).with_context(|| ctx("no general.architecture"))?.to_string();
@@ -39,7 +40,7 @@ pub fn convert(path: &Path, out: &Path, kind: Kind) -> Result<()> {
     let (tokenizer, tok_config) = tokenizer(&g, fam).with_context(|| ctx("tokenizer"))?;
     crate::atomic::clean_around(out)?;
     crate::atomic::check_output(out, path)?;
-    crate::atomic::check_replaceable(out)?;
+    crate::atomic::check_replaceable(out, force)?;
 
     let stage = crate::atomic::tmp_path(out);
     if stage.exists() {
@@ -66,7 +67,7 @@ pub fn convert(path: &Path, out: &Path, kind: Kind) -> Result<()> {
         return Err(e);
     }
     // Replace an older conversion only once the new one is complete.
-    let published = crate::atomic::publish_dir(&stage, out);
+    let published = crate::atomic::publish_dir(&stage, out, force);
     if published.is_err() {
         let _ = std::fs::remove_dir_all(&stage);
     }

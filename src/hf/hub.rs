@@ -52,6 +52,38 @@ fn missing_files(dir: &Path, weights: bool) -> Vec<String> {
     missing
 }
 
+/// A name of a hub id or a revision: letters, digits, `-`, `_` and `.`, and neither `.` nor
+/// `..`, so that it cannot leave the cache's folder for the repo.
+fn hub_name(s: &str) -> bool {
+    !s.is_empty() && s != "." && s != ".." && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// Refuses a hub id `org/name` or a revision (names joined by `/`, as `refs/pr/1`) that could
+/// climb out of the cache or the repo, before any file is opened.
+fn check_hub_id(what: &str, spec: &str, repo: &str, revision: &str) -> Result<()> {
+    let parts: Vec<&str> = repo.split('/').collect();
+    anyhow::ensure!(parts.len() == 2 && parts.iter().all(|p| hub_name(p) && !p.contains("--")), "{what} {spec:?}: not a directory and not a hub id of the form org/name (letters, digits, -, _ and .)");
+    anyhow::ensure!(revision.split('/').all(hub_name), "{what} {spec:?}: revision {revision:?} is not a branch, tag or commit name (letters, digits, -, _, . and /, no empty, . or .. part)");
+    Ok(())
+}
+
+/// Refuses a file path inside a hub repo with an empty, `.` or `..` part, a backslash, a
+/// `%` escape or a control character: it must name a file of the repo.
+fn check_repo_file(spec: &str, file: &str) -> Result<()> {
+    let ok = |p: &str| !p.is_empty() && p != "." && p != ".." && !p.chars().any(|c| c == '\\' || c == '%' || c.is_control());
+    anyhow::ensure!(file.split('/').all(ok), "dataset {spec:?}: the path {file:?} in the repo has an empty, . or .. part, a backslash, a % escape or a control character");
+    Ok(())
+}
+
+/// Refuses a path hf-hub gave that does not lie inside the cache (a hub's answer can name
+/// the snapshot; hf-hub 0.5 does not check it).
+fn inside_cache(cache: &Path, path: PathBuf) -> Result<PathBuf> {
+    let root = cache.canonicalize().unwrap_or_else(|_| cache.to_path_buf());
+    let real = path.canonicalize().with_context(|| format!("{} (from the hub)", path.display()))?;
+    anyhow::ensure!(real.starts_with(&root), "the hub's answer put {} outside the cache {}; refusing it", real.display(), root.display());
+    Ok(path)
+}
+
 /// The snapshot directory of a cached hub model, if its ref resolves.
 fn cached_snapshot(cache: &Path, repo: &str, revision: &str) -> Option<PathBuf> {
     cached_repo(cache, "models", repo, revision)
@@ -60,7 +92,8 @@ fn cached_snapshot(cache: &Path, repo: &str, revision: &str) -> Option<PathBuf> 
 /// The snapshot directory of a cached hub repo of a kind (`models`, `datasets`), if its ref resolves.
 fn cached_repo(cache: &Path, kind: &str, repo: &str, revision: &str) -> Option<PathBuf> {
     let repo_dir = cache.join(format!("{kind}--{}", repo.replace('/', "--")));
-    let sha = std::fs::read_to_string(repo_dir.join("refs").join(revision)).ok();
+    // A ref names a commit: anything else (a planted `../..`) is not followed.
+    let sha = std::fs::read_to_string(repo_dir.join("refs").join(revision)).ok().filter(|s| hub_name(s.trim()));
     let snapshot = repo_dir.join("snapshots").join(sha.as_deref().map(str::trim).unwrap_or(revision));
     snapshot.is_dir().then_some(snapshot)
 }
@@ -81,9 +114,10 @@ fn resolve_with(spec: &str, weights: bool) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
-    if path.exists() || repo.split('/').count() != 2 || repo.starts_with('.') || repo.starts_with('/') {
+    if path.exists() {
         bail!("model {spec:?}: not a directory and not a hub id of the form org/name");
     }
+    check_hub_id("model", spec, repo, revision)?;
     let cache = cache_dir();
     if let Some(dir) = cached_snapshot(&cache, repo, revision) {
         if missing_files(&dir, weights).is_empty() {
@@ -109,9 +143,10 @@ pub fn resolve_adapter(spec: &str) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
-    if path.exists() || repo.split('/').count() != 2 || repo.starts_with('.') || repo.starts_with('/') {
+    if path.exists() {
         bail!("adapter {spec:?}: not a directory and not a hub id of the form org/name");
     }
+    check_hub_id("adapter", spec, repo, revision)?;
     let cache = cache_dir();
     let cached = cached_snapshot(&cache, repo, revision);
     if let Some(dir) = cached.as_ref().filter(|d| FILES.iter().all(|f| d.join(f).is_file())) {
@@ -125,8 +160,8 @@ pub fn resolve_adapter(spec: &str) -> Result<PathBuf> {
         use hf_hub::{Repo, RepoType};
         let api = ApiBuilder::from_env().with_cache_dir(cache.clone()).build()?;
         let repo = api.repo(Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string()));
-        let config = repo.get(FILES[0])?;
-        repo.get(FILES[1])?;
+        let config = inside_cache(&cache, repo.get(FILES[0])?)?;
+        inside_cache(&cache, repo.get(FILES[1])?)?;
         Ok(config.parent().context("cache path without parent")?.to_path_buf())
     };
     fetch().with_context(|| format!("adapter {spec}: no such directory, and no hub id {repo} in the cache {} (the download failed)", cache.display()))
@@ -150,7 +185,7 @@ fn download(cache: &Path, repo: &str, revision: &str, weights: bool) -> Result<P
     use hf_hub::{Repo, RepoType};
     let api = ApiBuilder::from_env().with_cache_dir(cache.to_path_buf()).build()?;
     let repo = api.repo(Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string()));
-    let config = repo.get("config.json")?;
+    let config = inside_cache(cache, repo.get("config.json")?)?;
     let dir = config.parent().context("cache path without parent")?.to_path_buf();
     repo.get("tokenizer.json")?;
     for f in OPTIONAL {
@@ -202,6 +237,8 @@ pub fn dataset_files(spec: &str) -> Result<Vec<PathBuf>> {
     let revision = revision.replace("%2F", "/").replace("%2f", "/");
     anyhow::ensure!(!org.is_empty() && !name.is_empty() && !file.is_empty() && !file.ends_with('/'), "dataset {spec}: {form}");
     let repo = format!("{org}/{name}");
+    check_hub_id("dataset", spec, &repo, &revision)?;
+    check_repo_file(spec, file)?;
     let cache = cache_dir();
     let cached = match cached_repo(&cache, "datasets", &repo, &revision) {
         Some(dir) if file.contains('*') => matching(&dir, file).with_context(|| format!("dataset {spec}"))?,
@@ -222,10 +259,11 @@ pub fn dataset_files(spec: &str) -> Result<Vec<PathBuf>> {
         let mut names = vec![file.to_string()];
         if file.contains('*') {
             names = hub.info()?.siblings.into_iter().map(|s| s.rfilename).filter(|f| glob(file, f)).collect();
+            names.iter().try_for_each(|n| check_repo_file(spec, n))?;
             names.sort();
             anyhow::ensure!(!names.is_empty(), "no file of the repo matches {file}");
         }
-        names.iter().map(|n| hub.get(n).with_context(|| format!("downloading {n}"))).collect()
+        names.iter().map(|n| inside_cache(&cache, hub.get(n).with_context(|| format!("downloading {n}"))?)).collect()
     };
     fetch().with_context(|| match cached.len() {
         0 => format!("dataset {spec}: not in the cache {}, and the hub did not give it", cache.display()),

@@ -127,7 +127,7 @@ fn export_final(run_dir: &Path, to: Option<&Path>) -> Result<()> {
     if checkpoint_step(run_dir)?.is_none() {
         return Ok(()); // stopped early (--stop-after): nothing final to export
     }
-    crate::export::export(&run_dir.display().to_string(), to, Some(tch::Kind::Float), 5_000_000_000, Device::Cpu, false)?;
+    crate::export::export(&run_dir.display().to_string(), to, Some(tch::Kind::Float), 5_000_000_000, Device::Cpu, false, false)?;
     crate::info!("exported {} to {}", run_dir.display(), to.display());
     Ok(())
 }
