@@ -265,6 +265,25 @@ pub struct RunLock {
     _file: File,
 }
 
+/// Refuses a run's output directory that exists, holds files and was never a run directory
+/// (every run directory has the `.lock` that `lock_dir` makes): a run writes `recipe.yaml`,
+/// `metrics.jsonl`, checkpoints and its outputs there, and must not overwrite a file it did
+/// not create (the user's recipe file, say).
+pub fn check_run_dir(dir: &Path) -> Result<()> {
+    let Ok(mut entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    if dir.join(".lock").exists() {
+        return Ok(());
+    }
+    if let Some(entry) = entries.next() {
+        let name = entry?.file_name();
+        bail!(
+            "output_dir {} holds {name:?} and is not a tokbridge run directory (no .lock); a run writes recipe.yaml, metrics.jsonl, checkpoints and its outputs there and overwrites no file it did not create: choose a new or empty directory",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Locks `dir` (created if needed) for this process, or says which process holds it.
 pub fn lock_dir(dir: &Path) -> Result<RunLock> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

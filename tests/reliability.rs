@@ -310,3 +310,25 @@ fn export_replaces_a_model_folder_it_did_not_write_only_with_force() {
     ok(tokbridge(&["export", "tests/fixtures/models/gpt2", "--out", p(&mine), "--force"]));
     assert!(mine.join(".tokbridge-export").exists() && std::fs::read(mine.join("model.safetensors")).unwrap() != weights);
 }
+
+/// A run never overwrites a file it did not create: an `output_dir` that holds the user's own
+/// files (here the recipe itself, with its comments, and a metrics.jsonl of theirs) and was
+/// never a run directory is refused in one line, and both files are kept as they were.
+#[test]
+fn a_run_does_not_write_into_a_folder_of_the_users_files() {
+    let tmp = TempDir::new();
+    let folder = tmp.path().join("work");
+    std::fs::create_dir_all(&folder).unwrap();
+    let text = std::fs::read_to_string("recipes/sft/tiny.yaml").unwrap();
+    let recipe_text = format!("# my notes on this run\n{}", text.replace("output_dir: runs/sft-tiny", &format!("output_dir: {}", folder.display())));
+    let recipe = folder.join("recipe.yaml");
+    std::fs::write(&recipe, &recipe_text).unwrap();
+    std::fs::write(folder.join("metrics.jsonl"), "{\"mine\": 1}\n").unwrap();
+    fails_with(&tokbridge(&["run", p(&recipe), "training.steps=1"]), &["work", "is not a tokbridge run directory", "choose a new or empty directory"]);
+    assert_eq!(std::fs::read_to_string(&recipe).unwrap(), recipe_text, "the recipe file is untouched");
+    assert_eq!(std::fs::read_to_string(folder.join("metrics.jsonl")).unwrap(), "{\"mine\": 1}\n");
+    // A new directory, and a run directory run again, are fine.
+    let run = tmp.path().join("run");
+    ok(tokbridge(&["run", "recipes/sft/tiny.yaml", &format!("output_dir={}", run.display()), "training.steps=1", "logging.progress=false"]));
+    ok(tokbridge(&["run", "recipes/sft/tiny.yaml", &format!("output_dir={}", run.display()), "training.steps=2", "logging.progress=false", "--resume"]));
+}

@@ -198,8 +198,10 @@ fn teacher_responses_resume_to_the_same_dataset() {
     assert_eq!(stats["prompts"], 16);
     assert!(stats["generated_tokens"].as_u64().unwrap() >= 16);
 
-    // An interrupted run: one full batch of 8 plus a torn line.
+    // An interrupted run: one full batch of 8 plus a torn line (and the run's `.lock`, which
+    // every run directory has from its start).
     std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(b.join(".lock"), "").unwrap();
     let kept: String = full.split_inclusive('\n').take(9).collect();
     std::fs::write(b.join("responses.jsonl"), format!("{kept}{{\"prompt\": \"torn")).unwrap();
     run(&b);

@@ -147,9 +147,11 @@ fn checkpoint_step(run_dir: &Path) -> Result<Option<usize>> {
 }
 
 /// Creates and locks the run directory (held while the returned lock lives), removes what a
-/// killed process left half-written, and writes the resolved recipe. A directory whose run
+/// killed process left half-written, and writes the resolved recipe. A directory that holds
+/// files but was never a run directory is refused (`atomic::check_run_dir`). A directory whose run
 /// has a checkpoint is only reused with `resume`; one without any starts afresh.
 fn prepare_run_dir(dir: &Path, recipe: &Recipe, resume: bool) -> Result<crate::atomic::RunLock> {
+    crate::atomic::check_run_dir(dir)?;
     let lock = crate::atomic::lock_dir(dir).with_context(|| format!("output_dir {}", dir.display()))?;
     crate::atomic::clean_stale(dir)?;
     if !resume && crate::train::checkpoint::latest(dir)?.is_some() {
