@@ -188,6 +188,7 @@ fn run(cli: Cli) -> Result<()> {
                 return tokbridge::train::dist::launch(nproc, &args);
             }
             anyhow::ensure!(nproc == 1, "--nproc must be at least 1");
+            anyhow::ensure!(stop_after != Some(0), "--stop-after must be at least 1 (it counts the optimizer steps this invocation takes)");
             tokbridge::recipes::run(&r, &tokbridge::train::run::RunOptions { resume, stop_after, fresh })?;
         }
         Command::Preview { recipe, overrides, n } => {

@@ -572,7 +572,7 @@ impl ServerSpec {
     pub fn check(&self, key: &str) -> Result<()> {
         let u = self.url.trim();
         ensure!(u.starts_with("http://") || u.starts_with("https://"), "{key}.url: {u:?} is not an http:// or https:// address");
-        ensure!(self.timeout_s.is_finite() && self.timeout_s > 0.0, "{key}.timeout_s: must be a positive number of seconds");
+        ensure!(self.timeout_s.is_finite() && self.timeout_s > 0.0 && self.timeout_s <= 86_400.0, "{key}.timeout_s: must be a positive number of seconds, at most 86400 (a day)");
         ensure!(self.max_concurrency >= 1, "{key}.max_concurrency: must be at least 1");
         Ok(())
     }

@@ -211,3 +211,11 @@ fn hub_paths_that_leave_the_cache_are_refused() {
     let (ok, err) = score("org/name@../../x", &[("HF_HUB_CACHE", cache.to_str().unwrap()), ("HF_HUB_OFFLINE", "1")]);
     assert!(!ok && err.contains("is not a branch, tag or commit name"), "{err}");
 }
+
+/// `--stop-after 0` is refused, not ignored (#36 item 23).
+#[test]
+fn stop_after_zero_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tokbridge")).current_dir(env!("CARGO_MANIFEST_DIR")).args(["run", "recipes/sft/tiny.yaml", "--stop-after", "0"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.trim_end().lines().count() == 1 && err.contains("--stop-after must be at least 1"), "{err}");
+}

@@ -340,3 +340,15 @@ fn every_shipped_recipe_validates() {
     }
     assert!(n >= 5, "found only {n} recipes");
 }
+
+/// Resuming on a dataset smaller than the checkpoint's place in its epoch is one line, not an
+/// index panic (#36 item 4).
+#[test]
+fn resuming_on_a_smaller_dataset_is_refused() {
+    let tmp = TempDir::new();
+    let dir = tmp.path().join("run");
+    ok(sft(&dir, &["training.steps=4", "training.checkpoint_every=2", "eval=null"], &["--stop-after", "2"]));
+    let out = sft(&dir, &["training.steps=4", "training.checkpoint_every=2", "eval=null", "data.max_examples=4"], &["--resume"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked") && err.trim_end().lines().last().unwrap_or_default().contains("the data now has 4 examples"), "{err}");
+}

@@ -319,6 +319,21 @@ mod tests {
     }
 
     #[test]
+    fn targets_and_timeouts_out_of_range_are_refused() {
+        // #36 items 7 and 23: a NaN stop target never stops; a huge timeout panicked later.
+        let text = format!("{SFT}eval: {{every: 1}}\n").replace("  train: t.jsonl", "  train: t.jsonl\n  eval: e.jsonl");
+        let e = format!("{:#}", Recipe::parse(&text, &["training.stop_at={metric: eval/exact_match, at_most: .nan}".into()]).unwrap_err());
+        assert!(e.contains("training.stop_at: the target of eval/exact_match must be a finite number"), "{e}");
+        Recipe::parse(&text, &["training.stop_at={metric: eval/exact_match, at_least: 0.7}".into()]).unwrap();
+        let opd = |timeout: &str| {
+            let text = format!("recipe: opd\noutput_dir: runs/x\nstudent: {{path: s}}\nteacher: {{tokenizer: t, server: {{url: http://h:1, timeout_s: {timeout}}}}}\ndata: {{train: t.jsonl}}\noptimizer: {{lr: 1.0e-6}}\ntraining: {{steps: 2, prompts_per_step: 4}}\n");
+            Recipe::parse(&text, &[]).map(|_| ()).map_err(|e| format!("{e:#}"))
+        };
+        assert!(opd("1e300").unwrap_err().contains("teacher.server.timeout_s: must be a positive number of seconds, at most 86400"));
+        opd("600").unwrap();
+    }
+
+    #[test]
     fn scorers_parse_in_both_forms() {
         let text = format!("{SFT}eval:\n  scorers:\n    - exact_match\n    - avg_at_k: {{k: 4, temperature: 0.6, top_p: 0.95, top_k: 20}}\n    - nll\n");
         let text = text.replace("  train: t.jsonl", "  train: t.jsonl\n  eval: e.jsonl");

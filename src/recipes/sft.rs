@@ -74,6 +74,7 @@ impl crate::spec::Schema for Sft {
         }
         for s in &r.training.stop_at {
             ensure!(s.at_least.is_some() != s.at_most.is_some(), "training.stop_at: {} needs exactly one of at_least and at_most", s.metric);
+            ensure!(s.at_least.or(s.at_most).is_some_and(f64::is_finite), "training.stop_at: the target of {} must be a finite number", s.metric);
             ensure!(r.eval.as_ref().is_some_and(|e| e.every.is_some()), "training.stop_at needs eval.every (it is checked at each evaluation)");
         }
         ensure!(r.data.max_length >= 2, "data.max_length must be at least 2");

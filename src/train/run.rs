@@ -55,6 +55,13 @@ impl<'d> Run<'d> {
             opt.load_state(&ckpt, optimizer_steps(&state))?;
             crate::info!("resuming {} from step {}", s.run_dir.display(), state.step);
         }
+        anyhow::ensure!(
+            state.index <= s.examples,
+            "resuming {}: the checkpoint is at example {} of an epoch, but the data now has {} examples; the dataset changed since the run started (resume with the same data, or start a new output_dir)",
+            s.run_dir.display(),
+            state.index,
+            s.examples
+        );
         let sampler = Sampler::at(s.examples, s.shuffle, s.seed, state.epoch, state.index);
         let metrics = if main { Some(Metrics::open(s.run_dir, s.tensorboard, s.resume_from.map(|_| state.step))?) } else { None };
         if world > 1 {
