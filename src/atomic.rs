@@ -108,14 +108,15 @@ pub fn check_replaceable(out: &Path, force: bool) -> Result<()> {
     if out.join(MARKER).is_file() {
         return Ok(());
     }
+    let mut empty = true;
     for entry in std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if !entry.file_type()?.is_file() || !is_export_file(&name) {
             bail!("{} holds {name:?}, which no export writes; refusing to replace a directory tokbridge did not write", out.display());
         }
+        empty = false;
     }
-    let empty = std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))?.next().is_none();
     ensure!(
         empty || force,
         "{} holds a model that tokbridge did not write (no {MARKER} marker); refusing to replace it (--force replaces it)",

@@ -117,21 +117,20 @@ impl crate::spec::Schema for Compare {
     }
 
     fn validate(&self) -> Result<()> {
-        let r = self;
-        ensure!(!r.runs.is_empty(), "runs must not be empty");
-        for s in &r.sweeps {
+        ensure!(!self.runs.is_empty(), "runs must not be empty");
+        for s in &self.sweeps {
             if let Some(t) = &s.shipped {
                 ensure!(t.is_file(), "sweeps: shipped table {} of {:?} is not a file", t.display(), s.name);
             }
         }
-        for c in &r.contrasts {
+        for c in &self.contrasts {
             for (key, name) in [("run", &c.run), ("against", &c.against)] {
-                ensure!(r.runs.iter().any(|run| &run.name == name), "contrasts: {key} {name:?} of {:?} is not the name of one of the runs", c.name);
+                ensure!(self.runs.iter().any(|run| &run.name == name), "contrasts: {key} {name:?} of {:?} is not the name of one of the runs", c.name);
             }
         }
-        for (i, rep) in r.repeats.iter().enumerate() {
+        for (i, rep) in self.repeats.iter().enumerate() {
             ensure!(!rep.vars.is_empty(), "repeats: {:?} sets no vars (it would be this comparison again)", rep.name);
-            ensure!(!r.repeats[..i].iter().any(|o| o.name == rep.name), "repeats: the name {:?} is used twice", rep.name);
+            ensure!(!self.repeats[..i].iter().any(|o| o.name == rep.name), "repeats: the name {:?} is used twice", rep.name);
         }
         Ok(())
     }

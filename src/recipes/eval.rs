@@ -49,12 +49,11 @@ impl crate::spec::Schema for Eval {
     }
 
     fn validate(&self) -> Result<()> {
-        let r = self;
-        r.model.validate("model", false)?;
-        if let Some(t) = &r.eval.teacher {
+        self.model.validate("model", false)?;
+        if let Some(t) = &self.eval.teacher {
             t.validate("eval.teacher", true)?;
         }
-        validate_eval(&r.eval, true)?;
+        validate_eval(&self.eval, true)?;
         Ok(())
     }
 

@@ -57,10 +57,9 @@ impl crate::spec::Schema for InitModel {
     }
 
     fn validate(&self) -> Result<()> {
-        let r = self;
-        ensure!(r.hidden_size > 0 && r.num_hidden_layers > 0 && r.intermediate_size > 0, "sizes must be positive");
-        ensure!(r.num_attention_heads > 0 && r.num_key_value_heads > 0 && r.num_attention_heads % r.num_key_value_heads == 0, "num_attention_heads must be a positive multiple of num_key_value_heads");
-        ensure!(r.head_dim.is_some() || r.hidden_size % r.num_attention_heads == 0, "hidden_size must divide by num_attention_heads (or set head_dim)");
+        ensure!(self.hidden_size > 0 && self.num_hidden_layers > 0 && self.intermediate_size > 0, "sizes must be positive");
+        ensure!(self.num_attention_heads > 0 && self.num_key_value_heads > 0 && self.num_attention_heads % self.num_key_value_heads == 0, "num_attention_heads must be a positive multiple of num_key_value_heads");
+        ensure!(self.head_dim.is_some() || self.hidden_size % self.num_attention_heads == 0, "hidden_size must divide by num_attention_heads (or set head_dim)");
         Ok(())
     }
 

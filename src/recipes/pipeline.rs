@@ -102,11 +102,10 @@ impl crate::spec::Schema for Pipeline {
     }
 
     fn validate(&self) -> Result<()> {
-        let r = self;
-        ensure!(!r.stages.is_empty(), "stages must not be empty");
-        for (i, st) in r.stages.iter().enumerate() {
+        ensure!(!self.stages.is_empty(), "stages must not be empty");
+        for (i, st) in self.stages.iter().enumerate() {
             let name = st.name();
-            ensure!(!r.stages[..i].iter().any(|o| o.name() == name), "stages: two stages are named {name:?} (give one `name:`)");
+            ensure!(!self.stages[..i].iter().any(|o| o.name() == name), "stages: two stages are named {name:?} (give one `name:`)");
         }
         Ok(())
     }

@@ -61,25 +61,24 @@ impl crate::spec::Schema for Sft {
     }
 
     fn validate(&self) -> Result<()> {
-        let r = self;
-        r.model.validate("model", false)?;
-        if let Some(t) = r.eval.as_ref().and_then(|e| e.teacher.as_ref()) {
+        self.model.validate("model", false)?;
+        if let Some(t) = self.eval.as_ref().and_then(|e| e.teacher.as_ref()) {
             t.validate("eval.teacher", true)?;
         }
-        validate_optimizer(&r.optimizer)?;
-        validate_training(&r.training)?;
-        if let Some(l) = &r.model.lora {
+        validate_optimizer(&self.optimizer)?;
+        validate_training(&self.training)?;
+        if let Some(l) = &self.model.lora {
             l.validate("model.lora")?;
-            ensure!(l.dropout == 0.0 || !r.training.activation_checkpointing, "model.lora.dropout: not with training.activation_checkpointing (the recomputed blocks would draw other dropout masks)");
+            ensure!(l.dropout == 0.0 || !self.training.activation_checkpointing, "model.lora.dropout: not with training.activation_checkpointing (the recomputed blocks would draw other dropout masks)");
         }
-        for s in &r.training.stop_at {
+        for s in &self.training.stop_at {
             ensure!(s.at_least.is_some() != s.at_most.is_some(), "training.stop_at: {} needs exactly one of at_least and at_most", s.metric);
             ensure!(s.at_least.or(s.at_most).is_some_and(f64::is_finite), "training.stop_at: the target of {} must be a finite number", s.metric);
-            ensure!(r.eval.as_ref().is_some_and(|e| e.every.is_some()), "training.stop_at needs eval.every (it is checked at each evaluation)");
+            ensure!(self.eval.as_ref().is_some_and(|e| e.every.is_some()), "training.stop_at needs eval.every (it is checked at each evaluation)");
         }
-        ensure!(r.data.max_length >= 2, "data.max_length must be at least 2");
-        ensure!(r.schedule.min_lr_ratio >= 0.0 && r.schedule.min_lr_ratio <= 1.0, "schedule.min_lr_ratio must be in [0, 1]");
-        validate_training_eval(r.eval.as_ref(), r.data.eval.as_ref(), true)
+        ensure!(self.data.max_length >= 2, "data.max_length must be at least 2");
+        ensure!(self.schedule.min_lr_ratio >= 0.0 && self.schedule.min_lr_ratio <= 1.0, "schedule.min_lr_ratio must be in [0, 1]");
+        validate_training_eval(self.eval.as_ref(), self.data.eval.as_ref(), true)
     }
 
     fn to_yaml(&self) -> Result<String> {

@@ -52,9 +52,8 @@ impl crate::spec::Schema for MakeTask {
     }
 
     fn validate(&self) -> Result<()> {
-        let r = self;
-        ensure!(r.train_size > 0 && r.test_size > 0, "train_size and test_size must be positive");
-        ensure!(r.min_digits >= 1 && r.min_digits <= r.max_digits && r.max_digits <= 12, "need 1 <= min_digits <= max_digits <= 12");
+        ensure!(self.train_size > 0 && self.test_size > 0, "train_size and test_size must be positive");
+        ensure!(self.min_digits >= 1 && self.min_digits <= self.max_digits && self.max_digits <= 12, "need 1 <= min_digits <= max_digits <= 12");
         Ok(())
     }
 

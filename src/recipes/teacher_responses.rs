@@ -49,10 +49,9 @@ impl crate::spec::Schema for TeacherResponses {
     }
 
     fn validate(&self) -> Result<()> {
-        let r = self;
-        r.teacher.validate("teacher", true)?;
-        validate_sampling(&r.sampling, "sampling")?;
-        ensure!(r.batch_size > 0, "batch_size must be positive");
+        self.teacher.validate("teacher", true)?;
+        validate_sampling(&self.sampling, "sampling")?;
+        ensure!(self.batch_size > 0, "batch_size must be positive");
         Ok(())
     }
 

@@ -66,9 +66,8 @@ impl crate::spec::Schema for TrainTokenizer {
     }
 
     fn validate(&self) -> Result<()> {
-        let r = self;
-        ensure!(!r.data.is_empty(), "data must list at least one dataset");
-        ensure!(r.vocab_size >= 300, "vocab_size must be at least 300 (specials and 256 bytes come first)");
+        ensure!(!self.data.is_empty(), "data must list at least one dataset");
+        ensure!(self.vocab_size >= 300, "vocab_size must be at least 300 (specials and 256 bytes come first)");
         Ok(())
     }
 

@@ -307,56 +307,55 @@ impl crate::spec::Schema for Opd {
     }
 
     fn validate(&self) -> Result<()> {
-        let r = self;
-        r.student.validate("student", false)?;
-        r.teacher.validate("teacher", true)?;
-        if r.teacher.server.is_some() {
+        self.student.validate("student", false)?;
+        self.teacher.validate("teacher", true)?;
+        if self.teacher.server.is_some() {
             ensure!(
-                matches!(r.loss, OpdLoss::Dpca | OpdLoss::Alm) && r.dpca.candidates.is_none(),
+                matches!(self.loss, OpdLoss::Dpca | OpdLoss::Alm) && self.dpca.candidates.is_none(),
                 "teacher.server: a served teacher gives the log-prob of each token, which loss: dpca and alm use; {} and dpca.candidates need its distributions in this process",
-                serde_yaml::to_string(&r.loss).unwrap_or_default().trim()
+                serde_yaml::to_string(&self.loss).unwrap_or_default().trim()
             );
         }
-        validate_optimizer(&r.optimizer)?;
-        if let Some(l) = &r.student.lora {
+        validate_optimizer(&self.optimizer)?;
+        if let Some(l) = &self.student.lora {
             l.validate("student.lora")?;
-            ensure!(l.dropout == 0.0 || !r.training.activation_checkpointing, "student.lora.dropout: not with training.activation_checkpointing (the recomputed blocks would draw other dropout masks)");
+            ensure!(l.dropout == 0.0 || !self.training.activation_checkpointing, "student.lora.dropout: not with training.activation_checkpointing (the recomputed blocks would draw other dropout masks)");
         }
-        ensure!(r.teacher.lora.is_none(), "teacher.lora: the teacher is not trained (an adapter on it is teacher.adapter)");
-        ensure!(r.training.steps > 0, "training.steps must be positive");
-        ensure!(r.training.prompts_per_step > 0, "training.prompts_per_step must be positive");
-        ensure!(r.training.ppo_epochs > 0, "training.ppo_epochs must be positive");
-        ensure!(r.training.micro_batch_size > 0, "training.micro_batch_size must be positive");
-        ensure!(r.training.checkpoint_every != Some(0), "training.checkpoint_every must be positive");
-        ensure!(r.training.keep_last_checkpoints != Some(0), "training.keep_last_checkpoints must be positive");
-        ensure!((0.0..=1.0).contains(&r.lmbda), "lmbda must be in [0, 1]");
-        ensure!(r.rollout.samples_per_prompt > 0, "rollout.samples_per_prompt must be positive");
-        let s = SamplingSpec { temperature: r.rollout.temperature, top_p: r.rollout.top_p, top_k: r.rollout.top_k, max_new_tokens: r.rollout.max_new_tokens };
+        ensure!(self.teacher.lora.is_none(), "teacher.lora: the teacher is not trained (an adapter on it is teacher.adapter)");
+        ensure!(self.training.steps > 0, "training.steps must be positive");
+        ensure!(self.training.prompts_per_step > 0, "training.prompts_per_step must be positive");
+        ensure!(self.training.ppo_epochs > 0, "training.ppo_epochs must be positive");
+        ensure!(self.training.micro_batch_size > 0, "training.micro_batch_size must be positive");
+        ensure!(self.training.checkpoint_every != Some(0), "training.checkpoint_every must be positive");
+        ensure!(self.training.keep_last_checkpoints != Some(0), "training.keep_last_checkpoints must be positive");
+        ensure!((0.0..=1.0).contains(&self.lmbda), "lmbda must be in [0, 1]");
+        ensure!(self.rollout.samples_per_prompt > 0, "rollout.samples_per_prompt must be positive");
+        let s = SamplingSpec { temperature: self.rollout.temperature, top_p: self.rollout.top_p, top_k: self.rollout.top_k, max_new_tokens: self.rollout.max_new_tokens };
         validate_sampling(&s, "rollout")?;
-        ensure!(r.dpca.max_chunk_tokens > 0, "dpca.max_chunk_tokens must be positive");
-        ensure!(r.dpca.clip_low > 0.0 && r.dpca.clip_low < 1.0 && r.dpca.clip_high > 0.0, "dpca.clip_low must be in (0, 1) and dpca.clip_high positive");
-        ensure!(r.dpca.dual_clip > 1.0, "dpca.dual_clip must be greater than 1");
-        ensure!(r.baselines.alm_temperature > 0.0, "baselines.alm_temperature must be positive");
-        ensure!((0.0..=1.0).contains(&r.baselines.gold_beta), "baselines.gold_beta must be in [0, 1]");
-        ensure!((0.0..=1.0).contains(&r.distill.beta), "distill.beta must be in [0, 1]");
-        ensure!(r.distill.temperature > 0.0, "distill.temperature must be positive");
-        ensure!(r.distill.top_k != Some(0), "distill.top_k must be positive or null");
-        if let Some(c) = &r.dpca.candidates {
-            ensure!(r.loss == OpdLoss::Dpca, "dpca.candidates works with loss: dpca");
+        ensure!(self.dpca.max_chunk_tokens > 0, "dpca.max_chunk_tokens must be positive");
+        ensure!(self.dpca.clip_low > 0.0 && self.dpca.clip_low < 1.0 && self.dpca.clip_high > 0.0, "dpca.clip_low must be in (0, 1) and dpca.clip_high positive");
+        ensure!(self.dpca.dual_clip > 1.0, "dpca.dual_clip must be greater than 1");
+        ensure!(self.baselines.alm_temperature > 0.0, "baselines.alm_temperature must be positive");
+        ensure!((0.0..=1.0).contains(&self.baselines.gold_beta), "baselines.gold_beta must be in [0, 1]");
+        ensure!((0.0..=1.0).contains(&self.distill.beta), "distill.beta must be in [0, 1]");
+        ensure!(self.distill.temperature > 0.0, "distill.temperature must be positive");
+        ensure!(self.distill.top_k != Some(0), "distill.top_k must be positive or null");
+        if let Some(c) = &self.dpca.candidates {
+            ensure!(self.loss == OpdLoss::Dpca, "dpca.candidates works with loss: dpca");
             ensure!(c.k >= 2, "dpca.candidates.k must be at least 2");
             ensure!(c.weight > 0.0, "dpca.candidates.weight must be positive");
             ensure!(matches!(c.divergence, OpdLoss::ForwardKl | OpdLoss::ReverseKl | OpdLoss::Jsd), "dpca.candidates.divergence must be forward_kl, reverse_kl or jsd");
             ensure!((0.0..=1.0).contains(&c.beta), "dpca.candidates.beta must be in [0, 1]");
         }
         ensure!(
-            r.dpca.baseline == AdvantageBaseline::None || r.rollout.samples_per_prompt > 1,
+            self.dpca.baseline == AdvantageBaseline::None || self.rollout.samples_per_prompt > 1,
             "dpca.baseline: group_mean needs rollout.samples_per_prompt > 1"
         );
         ensure!(
-            r.baselines.gold_matched_weight.is_some() == r.baselines.gold_unmatched_weight.is_some(),
+            self.baselines.gold_matched_weight.is_some() == self.baselines.gold_unmatched_weight.is_some(),
             "baselines.gold_matched_weight and gold_unmatched_weight must both be set or both be null"
         );
-        validate_training_eval(r.eval.as_ref(), r.data.eval.as_ref(), false)
+        validate_training_eval(self.eval.as_ref(), self.data.eval.as_ref(), false)
     }
 
     fn to_yaml(&self) -> Result<String> {
