@@ -152,6 +152,9 @@ pub struct Point {
     pub avg_k: Option<f64>,
     /// Held-out mean `log q − log p` per token of the student's samples.
     pub gap: Option<f64>,
+    /// How spread the samples of avg@k are: (k, distinct correct responses per prompt,
+    /// entropy per sampled token in nats).
+    pub spread: Option<(usize, f64, f64)>,
 }
 
 /// What the report shows of one run.
@@ -182,6 +185,11 @@ fn avg_key(obj: &serde_json::Map<String, Value>) -> Option<f64> {
     obj.iter().find(|(k, _)| k.starts_with("eval/avg@")).and_then(|(_, v)| v.as_f64())
 }
 
+fn spread(obj: &serde_json::Map<String, Value>) -> Option<(usize, f64, f64)> {
+    let (key, distinct) = obj.iter().find(|(k, _)| k.starts_with("eval/distinct_correct@"))?;
+    Some((key.rsplit('@').next()?.parse().ok()?, distinct.as_f64()?, obj.get("eval/sample_entropy")?.as_f64()?))
+}
+
 /// Reads a run directory (metrics.jsonl) or an eval output (eval.json).
 pub fn summarize(run: &CompareRun) -> Result<Summary> {
     let mut s = Summary { name: run.name.clone(), dir: run.dir.clone(), ..Default::default() };
@@ -199,7 +207,7 @@ pub fn summarize(run: &CompareRun) -> Result<Summary> {
         let v = read_json(&eval_json)?;
         let obj = v.as_object().context("eval.json is not an object")?;
         s.reference = true;
-        s.points.push(Point { accuracy: obj.get("eval/exact_match").and_then(Value::as_f64), words: obj.get("eval/words_match").and_then(Value::as_f64), avg_k: avg_key(obj), gap: obj.get("eval/logq_minus_logp").and_then(Value::as_f64), ..Default::default() });
+        s.points.push(Point { accuracy: obj.get("eval/exact_match").and_then(Value::as_f64), words: obj.get("eval/words_match").and_then(Value::as_f64), avg_k: avg_key(obj), gap: obj.get("eval/logq_minus_logp").and_then(Value::as_f64), spread: spread(obj), ..Default::default() });
         return Ok(s);
     }
     let text = std::fs::read_to_string(&metrics).with_context(|| format!("reading {}", metrics.display()))?;
@@ -236,6 +244,7 @@ pub fn summarize(run: &CompareRun) -> Result<Summary> {
             words: r.get("eval/words_match").and_then(Value::as_f64),
             avg_k: avg_key(r),
             gap: r.get("eval/logq_minus_logp").and_then(Value::as_f64),
+            spread: spread(r),
         });
     }
     s.points = seen.into_values().collect();
@@ -287,20 +296,62 @@ pub fn contrasts(runs: &[Summary], contrasts: &[CompareContrast]) -> Result<Stri
         (Some(a), Some(b)) => format!("{:+.*}", digits, scale * (a - b)),
         _ => "–".into(),
     };
-    let mut t = String::from("| contrast | run | against | accuracy (points) | words match (points) | held-out log q − log p |\n|---|---|---|---|---|---|\n");
+    let run = |name: &str| runs.iter().find(|s| s.name == name).with_context(|| format!("contrasts: no run named {name:?}"));
+    let mut t = String::from("| contrast | run | against | accuracy (points) | avg@k (points) | words match (points) | held-out log q − log p | accuracy at matched teacher tokens (points) |\n|---|---|---|---|---|---|---|---|\n");
     for c in contrasts {
         let (a, b) = (last(&c.run)?, last(&c.against)?);
+        // Both runs at the smaller of their two teacher budgets.
+        let cost = a.teacher_tokens.min(b.teacher_tokens);
+        let matched = match (at_cost(run(&c.run)?, cost), at_cost(run(&c.against)?, cost)) {
+            (Some(x), Some(y)) => format!("{:+.1} (at {})", 100.0 * (x - y), count(cost)),
+            _ => "–".into(),
+        };
         t.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {matched} |\n",
             c.name,
             c.run,
             c.against,
             diff(a.accuracy, b.accuracy, 100.0, 1),
+            diff(a.avg_k, b.avg_k, 100.0, 1),
             diff(a.words, b.words, 100.0, 1),
             diff(a.gap, b.gap, 1.0, 3)
         ));
     }
     Ok(t)
+}
+
+/// The greedy accuracy of `run` once the teacher has processed `cost` tokens (generated and
+/// scored; one forward each, so in proportion to the teacher's forward FLOPs): linear between
+/// the two evaluations around it, the final one past the run's whole budget, none before the
+/// first evaluation's (an SFT run pays its teacher's answers before its first step).
+pub fn at_cost(run: &Summary, cost: f64) -> Option<f64> {
+    let points: Vec<(f64, f64)> = run.points.iter().filter_map(|p| Some((p.teacher_tokens, p.accuracy?))).collect();
+    let &(last_cost, last) = points.last()?;
+    if cost >= last_cost {
+        return Some(last);
+    }
+    let i = points.iter().rposition(|&(c, _)| c <= cost)?;
+    let ((c0, a0), (c1, a1)) = (points[i], points[i + 1]);
+    Some(if c1 > c0 { a0 + (a1 - a0) * (cost - c0) / (c1 - c0) } else { a1 })
+}
+
+/// How spread each run's samples are at its last evaluation (runs that sampled for avg@k): the
+/// distinct correct solutions per prompt among its k samples and the entropy per sampled token.
+pub fn spread_section(runs: &[Summary]) -> String {
+    let rows: Vec<String> = runs
+        .iter()
+        .filter_map(|s| {
+            let (k, distinct, entropy) = s.points.last()?.spread?;
+            Some(format!("| {} | {distinct:.2} of {k} | {entropy:.3} |\n", s.name))
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    format!(
+        "## Spread of the sampled solutions\n\nAt temperature 1, at the last evaluation: how many different correct solutions each model writes among its k samples of one held-out problem (mean over problems), and the entropy of its next-token distribution where each sampled token was drawn (nats per token). A model spread over many valid paths scores high on both; a nearly one-hot one near 1 and 0.\n\n| run | distinct correct solutions | entropy per sampled token |\n|---|---|---|\n{}\n",
+        rows.concat()
+    )
 }
 
 /// The final evaluation of the run named `name`.
@@ -481,8 +532,9 @@ pub fn report(runs: &[Summary], sweeps: &[CompareSweep], declared: &[CompareCont
     let mut md = format!("# {title}\n\n{}\n", table(runs));
     md.push_str("\nAccuracy is greedy exact match of the final `#### answer` on the held-out split; words match is the share of greedy responses equal to the reference with numbers masked (it follows the format and copies the prompt's names and objects); avg@k is the mean accuracy of k samples per prompt; held-out log q − log p is the teacher-minus-student log-prob per aligned token of the student's samples at the first and last evaluation. SFT on teacher answers pays the teacher's generation (tokens and time) before training, so its curves start there; OPD pays teacher forward tokens as it trains.\n\n");
     if !declared.is_empty() {
-        md.push_str(&format!("## Contrasts\n\nEach row is the first run's final result minus the second's (accuracy and words match in percentage points, the held-out gap in nats per aligned token; positive: the run is ahead). Two rows that differ in one change (a control) show what that change accounts for. A few points at one seed can be a single run's noise: read them across seeds.\n\n{}\n", contrasts(runs, declared)?));
+        md.push_str(&format!("## Contrasts\n\nEach row is the first run's final result minus the second's (accuracy, avg@k and words match in percentage points, the held-out gap in nats per aligned token; positive: the run is ahead). The last column compares both at the smaller of their two teacher budgets, counted in teacher tokens (generated and scored alike: one forward each, so in proportion to the teacher's forward FLOPs), each run's greedy accuracy read off its curve there (linear between evaluations; an SFT run pays its teacher's answers before its first step). Two rows that differ in one change (a control) show what that change accounts for. A few points at one seed can be a single run's noise: read them across seeds.\n\n{}\n", contrasts(runs, declared)?));
     }
+    md.push_str(&spread_section(runs));
     if !repeats.is_empty() {
         md.push_str(&format!("## Repeats\n\nThe same runs made again under other settings (another seed, in another root), each from its own final evaluation; the mean is over the columns. A difference that changes sign between repeats is within the runs' noise.\n\n{}\n", repeats_section(runs, label, repeats, declared)?));
     }
@@ -554,9 +606,28 @@ mod tests {
         let c = |name: &str, run: &str, against: &str| CompareContrast { name: name.into(), run: run.into(), against: against.into() };
         let t = contrasts(&runs, &[c("opd over sft", "opd", "sft"), c("sft over warm", "sft", "warm")]).unwrap();
         let rows: Vec<&str> = t.lines().skip(2).collect();
-        assert_eq!(rows, ["| opd over sft | opd | sft | -7.5 | -0.5 | +0.111 |", "| sft over warm | sft | warm | +7.0 | +0.0 | – |"]);
+        assert_eq!(rows, ["| opd over sft | opd | sft | -7.5 | – | -0.5 | +0.111 | -7.5 (at 0) |", "| sft over warm | sft | warm | +7.0 | – | +0.0 | – | +7.0 (at 0) |"]);
+        // At matched teacher tokens: SFT paid 100k generated tokens before its first step; OPD
+        // scores 50k per 20 steps, so at 100k it is halfway between its evaluations at 20 and 60.
+        let pt = |tokens: f64, acc: f64| Point { teacher_tokens: tokens, accuracy: Some(acc), avg_k: Some(acc / 2.0), ..Default::default() };
+        let sft = Summary { name: "sft".into(), points: vec![pt(1e5, 0.5), pt(1e5, 0.65)], ..Default::default() };
+        let opd = Summary { name: "opd".into(), points: vec![pt(0.0, 0.5), pt(5e4, 0.6), pt(1.5e5, 0.8), pt(4e5, 0.9)], ..Default::default() };
+        assert_eq!(at_cost(&opd, 1e5), Some(0.7));
+        assert_eq!(at_cost(&sft, 5e4), None, "SFT has nothing before its teacher's answers");
+        let t = contrasts(&[sft, opd], &[c("opd − sft", "opd", "sft"), c("sft − opd", "sft", "opd")]).unwrap();
+        let rows: Vec<&str> = t.lines().skip(2).collect();
+        assert_eq!(rows, ["| opd − sft | opd | sft | +25.0 | +12.5 | – | – | +5.0 (at 100.0k) |", "| sft − opd | sft | opd | -25.0 | -12.5 | – | – | -5.0 (at 100.0k) |"]);
         let e = contrasts(&runs, &[c("x", "opd", "nope")]).unwrap_err();
         assert!(format!("{e:#}").contains("contrasts: no run named \"nope\""), "{e:#}");
+    }
+
+    #[test]
+    fn spread_is_read_from_the_metrics_and_tabulated() {
+        let obj: serde_json::Map<String, Value> = serde_json::from_str(r#"{"eval/avg@8": 0.9, "eval/distinct_correct@8": 5.25, "eval/sample_entropy": 0.31}"#).unwrap();
+        let teacher = Summary { name: "teacher".into(), points: vec![Point { spread: spread(&obj), ..Default::default() }], ..Default::default() };
+        let md = spread_section(&[teacher, run("sft", 0.8, 1.0, None)]);
+        assert!(md.lines().any(|l| l == "| teacher | 5.25 of 8 | 0.310 |") && !md.contains("| sft |"), "{md}");
+        assert_eq!(spread_section(&[run("sft", 0.8, 1.0, None)]), "");
     }
 
     /// The demo's three seeds (RESULTS.md): each column is a repeat's final accuracy, the mean

@@ -176,7 +176,9 @@ pub fn same_words(response: &str, reference: &str) -> bool {
 }
 
 /// Runs every scorer of `spec` on `examples`. Returns (metric name, value) pairs:
-/// `eval/exact_match`, `eval/response_tokens`, `eval/words_match` (`same_words`), `eval/avg@k`,
+/// `eval/exact_match`, `eval/response_tokens`, `eval/words_match` (`same_words`), `eval/avg@k`
+/// with `eval/distinct_correct@k` (distinct correct responses per prompt among the k) and
+/// `eval/sample_entropy` (nats per sampled token, at temperature 1),
 /// `eval/nll`, `eval/ppl`, and the greedy generations of `exact_match`. With `dist` each rank
 /// scores every `world`-th example, the counts are summed over the ranks, and rank 0 alone gets
 /// the generations (in the examples' order).
@@ -223,19 +225,31 @@ pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &
             Scorer::AvgAtK(a) => {
                 let sp = a.sampling();
                 let bar = metrics::progress(examples.len() as u64, "avg@k", show);
-                let mut hits = 0usize;
+                // Correct samples, distinct correct responses per prompt (how spread the model's
+                // correct answers are), and the entropy of each sampled token's distribution.
+                let (mut hits, mut distinct, mut entropy, mut drawn) = (0usize, 0usize, 0.0f64, 0usize);
                 let per = (spec.batch_size / a.k).max(1);
                 for (i, (chunk, exs)) in prompts.chunks(per).zip(examples.chunks(per)).enumerate() {
                     let repeated: Vec<Vec<i64>> = chunk.iter().flat_map(|p| std::iter::repeat_n(p.clone(), a.k)).collect();
-                    let s = Sampling { max_new_tokens: sp.max_new_tokens, temperature: sp.temperature, top_k: sp.top_k, top_p: sp.top_p, ignore_eos: false, seed: seed.wrapping_add((i * world + rank) as u64), entropy: false };
+                    let s = Sampling { max_new_tokens: sp.max_new_tokens, temperature: sp.temperature, top_k: sp.top_k, top_p: sp.top_p, ignore_eos: false, seed: seed.wrapping_add((i * world + rank) as u64), entropy: true };
                     let gens = generate(model, &repeated, &s, &tok.eos_ids, tok.pad_id)?;
-                    for (j, g) in gens.iter().enumerate() {
-                        hits += usize::from(correct(&tok.decode(&g.new_ids, true)?, exs[j / a.k].response()));
+                    for (e, group) in exs.iter().zip(gens.chunks(a.k)) {
+                        let mut right = std::collections::HashSet::new();
+                        for g in group {
+                            let text = tok.decode(&g.new_ids, true)?;
+                            if correct(&text, e.response()) {
+                                hits += 1;
+                                right.insert(text);
+                            }
+                            entropy += g.entropy.iter().map(|&h| h as f64).sum::<f64>();
+                            drawn += g.entropy.len();
+                        }
+                        distinct += right.len();
                     }
                     bar.inc(chunk.len() as u64);
                 }
                 bar.finish_and_clear();
-                sums.push(hits as f64);
+                sums.extend([hits as f64, distinct as f64, entropy, drawn as f64]);
             }
             Scorer::Nll => {
                 let _g = tch::no_grad_guard();
@@ -275,7 +289,12 @@ pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &
                 out.push(("eval/response_tokens".into(), tokens / n));
                 out.push(("eval/words_match".into(), words / n));
             }
-            Scorer::AvgAtK(a) => out.push((format!("eval/avg@{}", a.k), next() / (n * a.k as f64))),
+            Scorer::AvgAtK(a) => {
+                let (hits, distinct, entropy, drawn) = (next(), next(), next(), next());
+                out.push((format!("eval/avg@{}", a.k), hits / (n * a.k as f64)));
+                out.push((format!("eval/distinct_correct@{}", a.k), distinct / n));
+                out.push(("eval/sample_entropy".into(), entropy / drawn.max(1.0)));
+            }
             Scorer::Nll => {
                 let (nll, count) = (next(), next());
                 let mean = nll / count.max(1.0);

@@ -1,9 +1,13 @@
 //! The `make_task` recipe: a seeded arithmetic word-problem task with worked solutions that end
 //! in `#### answer`, written as train and held-out JSONL splits with no prompt in both.
 //!
-//! Problems take two steps on numbers of three to five digits (a purchase, then a sale or a
-//! loss), so the digits of every intermediate result have to be produced token by token and
-//! tokenizers that split digits differently disagree on them.
+//! Two kinds. `arithmetic` (regime A of the demo): two steps on numbers of three to five digits
+//! (a purchase, then a sale or a loss), one canonical solution each, so the digits of every
+//! intermediate result have to be produced token by token and tokenizers that split digits
+//! differently disagree on them. `ledger` (regime B): a week of gains and losses, 4-8 steps and
+//! 150-300 tokens, whose worked solutions are drawn from many valid paths (the order the
+//! changes are applied in, gains and losses summed first, an optional check), so a teacher
+//! trained on them spreads its distribution over correct answers (`paths: canonical` keeps one).
 use crate::data::Rng;
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -36,6 +40,31 @@ pub struct MakeTask {
     /// Whether steps may carry or borrow (false: each step changes exactly one digit).
     #[serde(default = "yes")]
     pub carries: bool,
+    /// `arithmetic` (two steps, one canonical solution) or `ledger` (a week of changes, many
+    /// solution paths).
+    #[serde(default)]
+    pub kind: TaskKind,
+    /// ledger: the fewest and most daily changes per problem (each one step of the solution).
+    #[serde(default = "d_events")]
+    pub min_events: usize,
+    #[serde(default = "d_events")]
+    pub max_events: usize,
+    /// ledger: `varied` solutions (many paths) or one `canonical` path.
+    #[serde(default)]
+    pub paths: Paths,
+}
+
+/// Which problems `make_task` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    #[default]
+    Arithmetic,
+    Ledger,
+}
+
+fn d_events() -> usize {
+    6
 }
 
 fn d_min_digits() -> usize {
@@ -54,6 +83,7 @@ impl crate::spec::Schema for MakeTask {
     fn validate(&self) -> Result<()> {
         ensure!(self.train_size > 0 && self.test_size > 0, "train_size and test_size must be positive");
         ensure!(self.min_digits >= 1 && self.min_digits <= self.max_digits && self.max_digits <= 12, "need 1 <= min_digits <= max_digits <= 12");
+        ensure!(self.min_events >= 1 && self.min_events <= self.max_events && self.max_events <= DAYS.len(), "need 1 <= min_events <= max_events <= {}", DAYS.len());
         Ok(())
     }
 
@@ -97,14 +127,140 @@ pub fn problem(rng: &mut Rng, digits: usize, carries: bool) -> (String, String) 
     (prompt, solution)
 }
 
+const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+
+/// Which worked solutions a `ledger` task writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Paths {
+    /// Each solution drawn from many valid paths: the events applied in any order, or the gains
+    /// and the losses summed first (in any order, either group first), then an optional check.
+    #[default]
+    Varied,
+    /// One canonical path per problem: the events in the prompt's order, no check.
+    Canonical,
+}
+
+/// One event of a ledger problem: its day, whether it adds, and how many.
+#[derive(Clone, Copy)]
+struct Event {
+    day: &'static str,
+    gain: bool,
+    amount: u64,
+}
+
+/// One `ledger` problem: a starting stock of three digits and a change of two digits on each of
+/// the first days of a week (gains and losses, the losses together less than the start, so the
+/// running total of every solution path stays positive).
+#[derive(Clone)]
+pub struct Ledger {
+    name: &'static str,
+    thing: (&'static str, &'static str, &'static str),
+    start: u64,
+    events: Vec<Event>,
+}
+
+impl Ledger {
+    pub fn draw(rng: &mut Rng, events: usize) -> Ledger {
+        let pick = |rng: &mut Rng, n: u64| rng.next_u64() % n;
+        let name = NAMES[pick(rng, NAMES.len() as u64) as usize];
+        let thing = THINGS[pick(rng, THINGS.len() as u64) as usize];
+        let start = 300 + pick(rng, 700);
+        loop {
+            let evs: Vec<Event> = DAYS[..events].iter().map(|&day| Event { day, gain: pick(rng, 5) >= 2, amount: 10 + pick(rng, 90) }).collect();
+            if evs.iter().filter(|e| !e.gain).map(|e| e.amount).sum::<u64>() < start {
+                return Ledger { name, thing, start, events: evs };
+            }
+        }
+    }
+
+    pub fn prompt(&self) -> String {
+        let (name, (thing, gain, lose)) = (self.name, self.thing);
+        let told: Vec<String> = self.events.iter().map(|e| format!("On {} {name} {} {}.", e.day, if e.gain { gain } else { lose }, e.amount)).collect();
+        format!("{name} has {} {thing}. {} How many {thing} does {name} have at the end?", self.start, told.join(" "))
+    }
+
+    pub fn answer(&self) -> u64 {
+        self.events.iter().fold(self.start, |t, e| if e.gain { t + e.amount } else { t - e.amount })
+    }
+
+    /// A worked solution drawn as `paths` says: the changes applied one by one (in the prompt's
+    /// order, or in any order), or the gains and the losses each summed first (in any order,
+    /// then combined with the start either way round); with `varied`, an optional check line.
+    pub fn solve(&self, rng: &mut Rng, paths: Paths) -> String {
+        let pick = |rng: &mut Rng, n: u64| rng.next_u64() % n;
+        let (start, answer) = (self.start, self.answer());
+        let mut lines = vec![format!("{} starts with {start} {}.", self.name, self.thing.0)];
+        let running = |order: &[Event], lines: &mut Vec<String>| {
+            let mut total = start;
+            for e in order {
+                let next = if e.gain { total + e.amount } else { total - e.amount };
+                lines.push(format!("{}: {total} {} {} = {next}.", e.day, if e.gain { '+' } else { '-' }, e.amount));
+                total = next;
+            }
+        };
+        // One group's amounts summed in `order`, a line per addition; 0 for no events.
+        let group = |title: &str, order: &[Event], lines: &mut Vec<String>| -> u64 {
+            let Some(first) = order.first() else { return 0 };
+            let mut sum = first.amount;
+            for e in &order[1..] {
+                lines.push(format!("{title} so far: {sum} + {} = {}.", e.amount, sum + e.amount));
+                sum += e.amount;
+            }
+            let days: Vec<&str> = order.iter().map(|e| e.day).collect();
+            lines.push(format!("{title} on {}: {sum}.", days.join(", ")));
+            sum
+        };
+        let shuffled = |rng: &mut Rng, mut v: Vec<Event>| {
+            for i in (1..v.len()).rev() {
+                v.swap(i, pick(rng, i as u64 + 1) as usize);
+            }
+            v
+        };
+        match if paths == Paths::Canonical { 0 } else { pick(rng, 3) } {
+            0 => running(&self.events, &mut lines),
+            1 => running(&shuffled(rng, self.events.clone()), &mut lines),
+            _ => {
+                let gains = shuffled(rng, self.events.iter().copied().filter(|e| e.gain).collect());
+                let losses = shuffled(rng, self.events.iter().copied().filter(|e| !e.gain).collect());
+                let g = group("Gained", &gains, &mut lines);
+                let l = group("Lost", &losses, &mut lines);
+                lines.push(if losses.is_empty() {
+                    format!("Adding: {start} + {g} = {answer}.")
+                } else if gains.is_empty() {
+                    format!("Taking away: {start} - {l} = {answer}.")
+                } else if pick(rng, 2) == 0 {
+                    format!("Adding first: {start} + {g} = {}. Then {} - {l} = {answer}.", start + g, start + g)
+                } else {
+                    format!("Taking away first: {start} - {l} = {}. Then {} + {g} = {answer}.", start - l, start - l)
+                });
+            }
+        }
+        if paths == Paths::Varied && pick(rng, 2) == 0 {
+            lines.push(format!("Check: undoing every change from {answer} gives back {start}."));
+        }
+        lines.push(format!("#### {answer}"));
+        lines.join("\n")
+    }
+}
+
 pub fn run(r: &MakeTask) -> Result<()> {
     let mut rng = Rng(r.seed);
     let mut seen = HashSet::new();
     let mut make = |n: usize, rng: &mut Rng| -> Vec<(String, String)> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
-            let digits = r.min_digits + (rng.next_u64() % (r.max_digits - r.min_digits + 1) as u64) as usize;
-            let (p, s) = problem(rng, digits, r.carries);
+            let (p, s) = match r.kind {
+                TaskKind::Arithmetic => {
+                    let digits = r.min_digits + (rng.next_u64() % (r.max_digits - r.min_digits + 1) as u64) as usize;
+                    problem(rng, digits, r.carries)
+                }
+                TaskKind::Ledger => {
+                    let events = r.min_events + (rng.next_u64() % (r.max_events - r.min_events + 1) as u64) as usize;
+                    let problem = Ledger::draw(rng, events);
+                    (problem.prompt(), problem.solve(rng, r.paths))
+                }
+            };
             if seen.insert(p.clone()) {
                 out.push((p, s));
             }
@@ -151,5 +307,50 @@ mod tests {
             }
         }
         assert_eq!(problem(&mut Rng(9), 5, true), problem(&mut Rng(9), 5, true));
+    }
+
+    /// Every `a + b = c` / `a - b = c` in `text` holds; returns how many there are.
+    fn check_lines(text: &str) -> usize {
+        let words: Vec<&str> = text.split(|c: char| c.is_whitespace() || c == ':').filter(|w| !w.is_empty()).collect();
+        let num = |w: &str| w.trim_end_matches(['.', ',']).parse::<i64>().ok();
+        let mut n = 0;
+        for w in words.windows(5) {
+            if let (Some(a), Some(b), "=", Some(c)) = (num(w[0]), num(w[2]), w[3], num(w[4])) {
+                match w[1] {
+                    "+" => assert_eq!(a + b, c, "{text}"),
+                    "-" => assert_eq!(a - b, c, "{text}"),
+                    _ => continue,
+                }
+                n += 1;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn ledger_solutions_take_many_correct_paths() {
+        let mut rng = Rng(3);
+        for _ in 0..300 {
+            let p = Ledger::draw(&mut rng, 6);
+            let prompt = p.prompt();
+            let canonical = p.solve(&mut rng, Paths::Canonical);
+            assert_eq!(check_lines(&canonical), 6, "{canonical}");
+            assert_eq!(final_answer(&canonical), Some(p.answer().to_string()));
+            assert_eq!(canonical, p.solve(&mut rng, Paths::Canonical), "one canonical path");
+            assert!(prompt.contains(&format!("has {} ", p.start)) && prompt.matches(" On ").count() == 6, "{prompt}");
+            let varied: Vec<String> = (0..8).map(|_| p.solve(&mut rng, Paths::Varied)).collect();
+            for s in &varied {
+                // 4-8 steps: six changes one by one, or the groups' sums and the combining lines.
+                assert!((5..=7).contains(&check_lines(s)), "{s}");
+                assert_eq!(final_answer(s), Some(p.answer().to_string()), "{s}");
+                assert!(!s.contains(" -") || p.events.iter().any(|e| !e.gain), "{s}");
+            }
+            let distinct: HashSet<&String> = varied.iter().collect();
+            assert!(distinct.len() >= 4, "8 draws gave only {} solutions: {varied:?}", distinct.len());
+        }
+        // The same seed draws the same problem and path.
+        let a = Ledger::draw(&mut Rng(4), 5);
+        let b = Ledger::draw(&mut Rng(4), 5);
+        assert_eq!((a.prompt(), a.solve(&mut Rng(1), Paths::Varied)), (b.prompt(), b.solve(&mut Rng(1), Paths::Varied)));
     }
 }
