@@ -199,3 +199,37 @@ fn scaled_down(root: &std::path::Path) -> Vec<String> {
     }
     args
 }
+
+/// Regime B (recipes/demo_b.yaml) at seconds' scale: every stage runs, the teacher's spread is
+/// reported, the contrasts against SFT read back with their matched-teacher-cost column, and the
+/// same command in another directory gives the same tables.
+#[test]
+fn scaled_down_regime_b_is_deterministic() {
+    let tmp = TempDir::new();
+    let run = |root: &std::path::Path| {
+        let mut args = vec!["run".to_string(), "recipes/demo_b.yaml".into(), format!("vars.root={}", root.display())];
+        for v in ["train_size=200", "val_size=8", "test_size=8", "teacher_steps=4", "warm_prompts=24", "warmup_steps=3", "prompts=16", "steps=2", "prompts_per_step=4", "eval_examples=4", "gap_examples=4", "max_new_tokens=24"] {
+            args.push(format!("vars.{v}"));
+        }
+        let (ok, err) = tokbridge(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(ok, "regime B failed: {err}");
+        std::fs::read_to_string(root.join("report/report.md")).unwrap()
+    };
+    let (report, other) = (run(&tmp.path().join("b")), run(&tmp.path().join("b-again")));
+    let data = std::fs::read_to_string(tmp.path().join("b/data/train.jsonl")).unwrap();
+    assert!(data.lines().count() == 200 && data.contains("On Saturday") && data.contains("\\n#### "), "{}", &data[..400]);
+    let table = md_table(&report, "run");
+    assert_eq!(table.lines().count(), 11, "{table}");
+    assert_eq!(table, md_table(&other, "run"), "regime B's table must be the same every run");
+    let contrasts = md_table(&report, "contrast");
+    assert_eq!(contrasts, md_table(&other, "contrast"));
+    assert_eq!(contrasts.lines().count(), 6, "{contrasts}");
+    for row in contrasts.lines().skip(2) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert!(cells[4].parse::<f64>().is_ok() && cells[5].parse::<f64>().is_ok(), "accuracy and avg@k: {row}");
+        assert!(cells[8].contains("(at "), "matched teacher tokens: {row}");
+    }
+    let spread = md_table(&report, "run | distinct correct solutions");
+    assert!(spread.lines().any(|l| l.starts_with("| teacher (qwen3) | ") && l.contains(" of 8 |")), "{report}");
+    assert!(spread.lines().any(|l| l.starts_with("| OPD (DPCA) | ") && l.contains(" of 4 |")), "{report}");
+}
