@@ -332,3 +332,15 @@ fn a_run_does_not_write_into_a_folder_of_the_users_files() {
     ok(tokbridge(&["run", "recipes/sft/tiny.yaml", &format!("output_dir={}", run.display()), "training.steps=1", "logging.progress=false"]));
     ok(tokbridge(&["run", "recipes/sft/tiny.yaml", &format!("output_dir={}", run.display()), "training.steps=2", "logging.progress=false", "--resume"]));
 }
+
+/// A recipe path that is not a page of YAML (`/dev/zero`, a 2 MiB file) is refused after
+/// reading at most 1 MiB, in one line naming it (#36 item 15); before, `/dev/zero` was read
+/// forever.
+#[test]
+fn a_recipe_larger_than_a_page_of_settings_is_refused() {
+    fails_with(&tokbridge(&["run", "/dev/zero"]), &["recipe /dev/zero: larger than 1 MiB"]);
+    let tmp = TempDir::new();
+    let big = tmp.path().join("big.yaml");
+    std::fs::write(&big, format!("recipe: sft\n# {}\n", "x".repeat(2 << 20))).unwrap();
+    fails_with(&tokbridge(&["run", p(&big)]), &["big.yaml: larger than 1 MiB"]);
+}

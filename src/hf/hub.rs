@@ -284,15 +284,34 @@ fn matching(root: &Path, pattern: &str) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Whether `text` matches `pattern`, where `*` stands for any run of characters but `/`.
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters but `/`:
+/// path component by component, each by the greedy wildcard match that backtracks only to the
+/// last `*` (at most length × length steps; a recursive matcher is exponential in the stars).
 fn glob(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == text,
-        Some((head, tail)) => {
-            let Some(rest) = text.strip_prefix(head) else { return false };
-            (0..=rest.len()).filter(|&i| rest.is_char_boundary(i)).take_while(|&i| !rest[..i].contains('/')).any(|i| glob(tail, &rest[i..]))
+    let (p, t): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), text.split('/').collect());
+    p.len() == t.len() && p.iter().zip(&t).all(|(p, t)| wildcard(&p.chars().collect::<Vec<_>>(), &t.chars().collect::<Vec<_>>()))
+}
+
+fn wildcard(p: &[char], t: &[char]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    // The last `*` seen, and where in `t` its match currently ends.
+    let mut star: Option<(usize, usize)> = None;
+    while j < t.len() {
+        if i < p.len() && p[i] == '*' {
+            star = Some((i, j));
+            i += 1;
+        } else if i < p.len() && p[i] == t[j] {
+            i += 1;
+            j += 1;
+        } else if let Some((si, sj)) = star {
+            star = Some((si, sj + 1));
+            i = si + 1;
+            j = sj + 1;
+        } else {
+            return false;
         }
     }
+    p[i..].iter().all(|&c| c == '*')
 }
 
 #[cfg(test)]
@@ -306,5 +325,10 @@ mod tests {
         assert!(!glob("main/train-*", "main/test-00000-of-00001.parquet"));
         assert!(!glob("*.parquet", "main/train.parquet"), "`*` does not cross directories");
         assert!(glob("a*b*c", "a-b-b-c") && !glob("a*b*c", "a-c-b"));
+        assert!(glob("*", "") && glob("a**", "a") && glob("*.jsonl", ".jsonl") && !glob("a*", "b"));
+        // #36 item 13: the recursive matcher took exponential time in the stars here.
+        let long = format!("{}c.jsonl", "a".repeat(4000));
+        assert!(!glob("*a*a*a*a*a*a*a*a*a*a*a*a*b.jsonl", &long));
+        assert!(glob("*a*a*a*a*a*a*a*a*a*a*a*a*c.jsonl", &long));
     }
 }

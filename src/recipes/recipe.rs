@@ -57,7 +57,13 @@ pub const RECIPES: [&str; 10] = ["sft", "teacher_responses", "eval", "opd", "mak
 impl Recipe {
     /// Reads `path`, applies `overrides` (`a.b.c=value`, value parsed as YAML) and types it.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading recipe {}", path.display()))?;
+        // A recipe is a page of YAML; a bound keeps `/dev/zero` or a wrong file from being read
+        // whole.
+        const MAX: u64 = 1 << 20;
+        let file = std::fs::File::open(path).with_context(|| format!("reading recipe {}", path.display()))?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX + 1), &mut text).with_context(|| format!("reading recipe {}", path.display()))?;
+        ensure!(text.len() as u64 <= MAX, "recipe {}: larger than 1 MiB; a recipe is a YAML file of settings", path.display());
         Self::parse(&text, overrides).with_context(|| format!("recipe {}", path.display()))
     }
 
