@@ -206,6 +206,18 @@ mod tests {
 
     const SFT: &str = "recipe: sft\noutput_dir: runs/x\nmodel:\n  path: m\ndata:\n  train: t.jsonl\noptimizer:\n  lr: 1.0e-4\ntraining:\n  steps: 3\n  batch_size: 2\n";
 
+    /// #36 item 12: a grid of 10^12 settings is refused by its count, before any is built.
+    #[test]
+    fn a_sweep_grid_is_counted_before_it_is_built() {
+        let values = format!("[{}]", (0..1000).map(|i| i.to_string()).collect::<Vec<_>>().join(", "));
+        let grid: String = ["a", "b", "c", "d"].iter().map(|k| format!("  - {{training.{k}: {values}}}\n")).collect();
+        let text = format!("recipe: sweep\noutput_dir: out\nbase: recipes/sft/tiny.yaml\nmetric: eval/exact_match\ngrid:\n{grid}");
+        let e = format!("{:#}", Recipe::parse(&text, &[]).and_then(|r| r.validate()).unwrap_err());
+        assert!(e.contains("grid: 1000 × 1000 × 1000 × 1000 settings is more than a sweep runs (at most 1000)"), "{e}");
+        let small = text.replace(&values, "[1, 2]");
+        Recipe::parse(&small, &[]).and_then(|r| r.validate()).unwrap();
+    }
+
     #[test]
     fn a_compare_recipe_names_a_missing_shipped_sweep_table() {
         let text = "recipe: compare\noutput_dir: out\nruns: [{name: a, dir: runs/a}]\nsweeps: [{name: SFT lr, dir: runs/sweep, shipped: recipes/demo/sweeps/nothing.md}]\n";

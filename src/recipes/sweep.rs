@@ -42,6 +42,9 @@ fn d_goal() -> String {
     "max".into()
 }
 
+/// The most runs one sweep may hold.
+pub const MAX_SETTINGS: usize = 1000;
+
 impl crate::spec::Schema for Sweep {
     fn output_dir(&self) -> &Path {
         &self.output_dir
@@ -50,6 +53,10 @@ impl crate::spec::Schema for Sweep {
     fn validate(&self) -> Result<()> {
         ensure!(!self.grid.is_empty() && self.grid.iter().all(|g| g.len() == 1 && g.values().all(|v| !v.is_empty())), "grid must be a list of `key: [values]` entries, each with at least one value");
         ensure!(self.goal == "max" || self.goal == "min", "goal must be max or min");
+        // Counted before any setting is built: the grid's product can be astronomically large.
+        let sizes: Vec<usize> = self.grid.iter().flat_map(|g| g.values().map(Vec::len)).collect();
+        let total = sizes.iter().try_fold(1usize, |n, &k| n.checked_mul(k).filter(|&n| n <= MAX_SETTINGS));
+        ensure!(total.is_some(), "grid: {} settings is more than a sweep runs (at most {MAX_SETTINGS})", sizes.iter().map(usize::to_string).collect::<Vec<_>>().join(" × "));
         Ok(())
     }
 
