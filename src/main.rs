@@ -189,6 +189,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             anyhow::ensure!(nproc == 1, "--nproc must be at least 1");
             anyhow::ensure!(stop_after != Some(0), "--stop-after must be at least 1 (it counts the optimizer steps this invocation takes)");
+            use tokbridge::recipes::recipe::Recipe;
+            let _running = matches!(r, Recipe::Pipeline(_) | Recipe::Sweep(_)).then(|| tokbridge::recipes::pipeline::Nesting::enter(&recipe)).transpose()?;
             tokbridge::recipes::run(&r, &tokbridge::train::run::RunOptions { resume, stop_after, fresh })?;
         }
         Command::Preview { recipe, overrides, n } => {

@@ -344,3 +344,21 @@ fn a_recipe_larger_than_a_page_of_settings_is_refused() {
     std::fs::write(&big, format!("recipe: sft\n# {}\n", "x".repeat(2 << 20))).unwrap();
     fails_with(&tokbridge(&["run", p(&big)]), &["big.yaml: larger than 1 MiB"]);
 }
+
+/// A pipeline that contains itself, directly or under a new folder at each level, is refused by
+/// its file (#36 item 14): before, the second nested 1,164 levels in a minute, and the first
+/// was caught only by the run lock ("in use by pid" of its own process).
+#[test]
+fn a_pipeline_that_contains_itself_is_refused() {
+    let tmp = TempDir::new();
+    let nested = tmp.path().join("nested.yaml");
+    let root = tmp.path().join("run");
+    std::fs::write(&nested, format!("recipe: pipeline\nvars: {{root: {}}}\noutput_dir: ${{root}}\nstages:\n  - {{recipe: {}, overrides: [\"vars.root=${{root}}/deeper\"]}}\n", p(&root), p(&nested))).unwrap();
+    fails_with(&tokbridge(&["run", p(&nested)]), &["nested.yaml runs itself", "a pipeline cannot contain itself"]);
+    assert!(!root.join("deeper/deeper/deeper").exists(), "it nested before refusing");
+    let direct = tmp.path().join("direct.yaml");
+    std::fs::write(&direct, format!("recipe: pipeline\noutput_dir: {}\nstages:\n  - {}\n", p(&tmp.path().join("run2")), p(&direct))).unwrap();
+    let out = tokbridge(&["run", p(&direct)]);
+    fails_with(&out, &["direct.yaml"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("in use by pid"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -174,7 +174,10 @@ pub fn run(r: &Pipeline, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             crate::info!("[{}/{n}] {name}{}", i + 1, if resume { " (resuming)" } else { "" });
         }
         let t0 = Instant::now();
-        super::run_in(&stage, &RunOptions { resume, fresh: opts.fresh, stop_after: None }, dist).with_context(|| format!("pipeline stage {}", path.display()))?;
+        let nested = matches!(stage, Recipe::Pipeline(_) | Recipe::Sweep(_)).then(|| Nesting::enter(path)).transpose().with_context(|| format!("pipeline stage {}", path.display()))?;
+        let result = super::run_in(&stage, &RunOptions { resume, fresh: opts.fresh, stop_after: None }, dist);
+        drop(nested);
+        result.with_context(|| format!("pipeline stage {}", path.display()))?;
         if main {
             let secs = t0.elapsed().as_secs_f64();
             std::fs::write(marks.join(format!("{name}.json")), serde_json::json!({ "seconds": secs }).to_string())?;
@@ -187,6 +190,39 @@ pub fn run(r: &Pipeline, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         crate::info!("pipeline {}: {:.1} s", r.output_dir.display(), started.elapsed().as_secs_f64());
     }
     Ok(())
+}
+
+/// Pipelines and sweeps that run pipelines: how deep they may nest.
+const MAX_NESTING: usize = 8;
+
+thread_local! {
+    /// The pipeline and sweep files being run, outermost first.
+    static RUNNING: std::cell::RefCell<Vec<std::path::PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A nested pipeline or sweep on the stack of those running: a file that is already running
+/// (a cycle, however its output folder is varied) or a stack deeper than `MAX_NESTING` is
+/// refused. Leaves the stack when dropped.
+pub struct Nesting;
+
+impl Nesting {
+    pub fn enter(path: &Path) -> Result<Nesting> {
+        let canonical = std::fs::canonicalize(path).with_context(|| format!("reading {}", path.display()))?;
+        RUNNING.with(|stack| {
+            let mut stack = stack.borrow_mut();
+            let chain = || stack.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" → ");
+            anyhow::ensure!(!stack.contains(&canonical), "{} runs itself (through {} → {}): a pipeline cannot contain itself", path.display(), chain(), path.display());
+            anyhow::ensure!(stack.len() < MAX_NESTING, "pipelines nest deeper than {MAX_NESTING} levels ({})", chain());
+            stack.push(canonical);
+            Ok(Nesting)
+        })
+    }
+}
+
+impl Drop for Nesting {
+    fn drop(&mut self) {
+        RUNNING.with(|stack| stack.borrow_mut().pop());
+    }
 }
 
 /// Whether a stage is reused, runs afresh or resumes, given its `record`, `--fresh` and whether
