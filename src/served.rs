@@ -187,7 +187,8 @@ pub fn needed(scores: &[Option<f64>], from: usize) -> std::result::Result<Vec<f3
     for (i, v) in scores.iter().enumerate().skip(from) {
         match v {
             None => return retry(format!("no log-prob for token {i}")),
-            Some(x) if !x.is_finite() || *x > 1e-3 => return retry(format!("log-prob {x} at token {i}")),
+            // Finite in float32 too: −1e300 is a float64 but −inf once cast.
+            Some(x) if !(*x as f32).is_finite() || *x > 1e-3 => return retry(if x.abs() < 1e9 { format!("log-prob {x} at token {i}") } else { format!("log-prob {x:e} at token {i}") }),
             Some(x) => out.push(*x as f32),
         }
     }
@@ -475,6 +476,9 @@ mod tests {
         let got = parse_scores(Api::Sglang, &nan, &IDS, &tok).expect("parses");
         assert!(matches!(needed(&got, 8), Err(Failure::Retry(m)) if m == "no log-prob for token 9"));
         assert!(matches!(needed(&[None, Some(0.5)], 1), Err(Failure::Retry(m)) if m == "log-prob 0.5 at token 1"));
+        // #36 item 17: finite as a float64, −inf as the float32 it is trained in.
+        assert!(matches!(needed(&[None, Some(-1e300)], 1), Err(Failure::Retry(m)) if m == "log-prob -1e300 at token 1"), "{:?}", needed(&[None, Some(-1e300)], 1).err());
+        assert_eq!(needed(&[None, Some(-3e38)], 1).ok(), Some(vec![-3e38f32]));
     }
 
     #[test]

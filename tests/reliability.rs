@@ -205,6 +205,9 @@ fn bad_output_dirs_and_numbers_are_refused_by_name() {
     fails_with(&tokbridge(&["run", "recipes/sft/tiny.yaml", &run, "optimizer.eps=.inf"]), &["optimizer.eps"]);
     fails_with(&tokbridge(&["run", "recipes/sft/tiny.yaml", &run, "optimizer.weight_decay=.inf"]), &["optimizer.weight_decay"]);
     fails_with(&tokbridge(&["score", "--model", "bad/nonexistent_dir", "--text", "hi"]), &["no such directory", "bad/nonexistent_dir"]);
+    // #36 item 23: a run cannot write into the model it trains (written as another spelling).
+    fails_with(&tokbridge(&["run", "recipes/sft/tiny.yaml", "output_dir=./tests/fixtures/models/llama/"]), &["output_dir ./tests/fixtures/models/llama/ is model.path, the model the run trains"]);
+    fails_with(&tokbridge(&["run", "recipes/opd/tiny.yaml", "output_dir=tests/fixtures/models/llama"]), &["is student.path"]);
 }
 
 #[test]

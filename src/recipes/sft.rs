@@ -62,6 +62,7 @@ impl crate::spec::Schema for Sft {
 
     fn validate(&self) -> Result<()> {
         self.model.validate("model", false)?;
+        self.model.not_written_by("model", &self.output_dir)?;
         if let Some(t) = self.eval.as_ref().and_then(|e| e.teacher.as_ref()) {
             t.validate("eval.teacher", true)?;
         }

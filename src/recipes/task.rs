@@ -184,9 +184,10 @@ impl Ledger {
         self.events.iter().fold(self.start, |t, e| if e.gain { t + e.amount } else { t - e.amount })
     }
 
-    /// A worked solution drawn as `paths` says: the changes applied one by one (in the prompt's
-    /// order, or in any order), or the gains and the losses each summed first (in any order,
-    /// then combined with the start either way round); with `varied`, an optional check line.
+    /// A worked solution drawn as `paths` says: the days scanned forward or backward, applying
+    /// each change to a running total, or summing the gains and the losses first (either kind
+    /// first, then combined with the start either way round); with `varied`, an optional check
+    /// line. `canonical`: forward, running total, no check.
     pub fn solve(&self, rng: &mut Rng, paths: Paths) -> String {
         let pick = |rng: &mut Rng, n: u64| rng.next_u64() % n;
         let (start, answer, name) = (self.start, self.answer(), self.name);
@@ -200,39 +201,39 @@ impl Ledger {
                 total = next;
             }
         };
-        // One group's amounts summed in `order`, a line per day naming it; 0 for no events.
-        let group = |title: &str, order: &[Event], lines: &mut Vec<String>| -> u64 {
-            let mut sum = 0;
-            for (i, e) in order.iter().enumerate() {
-                lines.push(if i == 0 { format!("{title} on {}: {}.", e.day, e.amount) } else { format!("{title} on {}: {sum} + {} = {}.", e.day, e.amount, sum + e.amount) });
+        // One kind of change summed over `order`, a line per day that names the change; 0 for
+        // none.
+        let group = |gain: bool, order: &[Event], lines: &mut Vec<String>| -> u64 {
+            let (mut sum, title) = (0, if gain { "gained" } else { "lost" });
+            for e in order.iter().filter(|e| e.gain == gain) {
+                let total = if sum == 0 { format!("{}", e.amount) } else { format!("{sum} + {} = {}", e.amount, sum + e.amount) };
+                lines.push(format!("{}: {name} {} {}, {title} so far {total}.", e.day, verb(e), e.amount));
                 sum += e.amount;
             }
             sum
         };
-        let shuffled = |rng: &mut Rng, mut v: Vec<Event>| {
-            for i in (1..v.len()).rev() {
-                v.swap(i, pick(rng, i as u64 + 1) as usize);
-            }
-            v
-        };
-        match if paths == Paths::Canonical { 0 } else { pick(rng, 3) } {
-            0 => running(&self.events, &mut lines),
-            1 => running(&shuffled(rng, self.events.clone()), &mut lines),
-            _ => {
-                let gains = shuffled(rng, self.events.iter().copied().filter(|e| e.gain).collect());
-                let losses = shuffled(rng, self.events.iter().copied().filter(|e| !e.gain).collect());
-                let g = group("Gained", &gains, &mut lines);
-                let l = group("Lost", &losses, &mut lines);
-                lines.push(if losses.is_empty() {
-                    format!("Adding: {start} + {g} = {answer}.")
-                } else if gains.is_empty() {
-                    format!("Taking away: {start} - {l} = {answer}.")
-                } else if pick(rng, 2) == 0 {
-                    format!("Adding first: {start} + {g} = {}. Then {} - {l} = {answer}.", start + g, start + g)
-                } else {
-                    format!("Taking away first: {start} - {l} = {}. Then {} + {g} = {answer}.", start - l, start - l)
-                });
-            }
+        // Every path scans the days in one direction, so what is done is written in the lines.
+        let order: Vec<Event> = if paths == Paths::Varied && pick(rng, 2) == 1 { self.events.iter().rev().copied().collect() } else { self.events.clone() };
+        if paths == Paths::Canonical || pick(rng, 2) == 0 {
+            running(&order, &mut lines);
+        } else {
+            let gains_first = pick(rng, 2) == 0;
+            let (g, l) = if gains_first {
+                let g = group(true, &order, &mut lines);
+                (g, group(false, &order, &mut lines))
+            } else {
+                let l = group(false, &order, &mut lines);
+                (group(true, &order, &mut lines), l)
+            };
+            lines.push(if l == 0 {
+                format!("Adding: {start} + {g} = {answer}.")
+            } else if g == 0 {
+                format!("Taking away: {start} - {l} = {answer}.")
+            } else if pick(rng, 2) == 0 {
+                format!("Adding first: {start} + {g} = {}. Then {} - {l} = {answer}.", start + g, start + g)
+            } else {
+                format!("Taking away first: {start} - {l} = {}. Then {} + {g} = {answer}.", start - l, start - l)
+            });
         }
         if paths == Paths::Varied && pick(rng, 2) == 0 {
             lines.push(format!("Check: undoing every change from {answer} gives back {start}."));

@@ -308,6 +308,7 @@ impl crate::spec::Schema for Opd {
 
     fn validate(&self) -> Result<()> {
         self.student.validate("student", false)?;
+        self.student.not_written_by("student", &self.output_dir)?;
         self.teacher.validate("teacher", true)?;
         if self.teacher.server.is_some() {
             ensure!(
