@@ -4,10 +4,11 @@
 //! Two kinds. `arithmetic` (regime A of the demo): two steps on numbers of three to five digits
 //! (a purchase, then a sale or a loss), one canonical solution each, so the digits of every
 //! intermediate result have to be produced token by token and tokenizers that split digits
-//! differently disagree on them. `ledger` (regime B): a week of gains and losses, 4-8 steps and
-//! 150-300 tokens, whose worked solutions are drawn from many valid paths (the order the
-//! changes are applied in, gains and losses summed first, an optional check), so a teacher
-//! trained on them spreads its distribution over correct answers (`paths: canonical` keeps one).
+//! differently disagree on them. `ledger` (regime B): a week of one-digit gains and losses to a
+//! two-digit stock, 4-8 steps and about 180-300 tokens, whose worked solutions are drawn from
+//! many valid paths (the days forward or backward, a running total or the gains and the losses
+//! summed first, an optional check), so a teacher trained on them spreads its distribution over
+//! correct answers (`paths: canonical` keeps one).
 use crate::data::Rng;
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -133,8 +134,8 @@ const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday",
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Paths {
-    /// Each solution drawn from many valid paths: the events applied in any order, or the gains
-    /// and the losses summed first (in any order, either group first), then an optional check.
+    /// Each solution drawn from many valid paths: the days forward or backward, a running total
+    /// or the gains and the losses summed first (either kind first), then an optional check.
     #[default]
     Varied,
     /// One canonical path per problem: the events in the prompt's order, no check.
