@@ -141,6 +141,9 @@ impl Recipe {
 
 /// Replaces `${name}` in `text` with the recipe's `vars` (after `vars.name=...` overrides).
 /// Only scalars can be substituted; an unknown name is an error.
+/// What a `${name}` reads as while `vars` itself is parsed.
+const MASK: &str = "_tokbridge_var_";
+
 fn substitute_vars(text: &str, overrides: &[String]) -> Result<String> {
     if !text.contains("${") {
         return Ok(text.to_string());
@@ -151,7 +154,7 @@ fn substitute_vars(text: &str, overrides: &[String]) -> Result<String> {
     let mut rest = text;
     while let Some(i) = rest.find("${") {
         masked.push_str(&rest[..i]);
-        masked.push_str("_var_");
+        masked.push_str(MASK);
         rest = rest[i..].find('}').map_or("", |e| &rest[i + e + 1..]);
     }
     masked.push_str(rest);
@@ -160,6 +163,15 @@ fn substitute_vars(text: &str, overrides: &[String]) -> Result<String> {
         apply_override(&mut tree, o)?;
     }
     let vars = tree.get("vars").and_then(Value::as_mapping).cloned().unwrap_or_default();
+    for (name, value) in &vars {
+        let name = name.as_str().unwrap_or("?");
+        if let Value::String(v) = value {
+            // One level of substitution: a var made of vars would leave a placeholder behind.
+            ensure!(!v.contains(MASK), "vars.{name} uses ${{...}}: a var cannot refer to vars (write its value out)");
+            // A line break would write new keys into the recipe.
+            ensure!(!v.contains(['\n', '\r']), "vars.{name} contains a line break");
+        }
+    }
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("${") {
@@ -205,6 +217,21 @@ mod tests {
     use crate::spec::{Decay, Scorer};
 
     const SFT: &str = "recipe: sft\noutput_dir: runs/x\nmodel:\n  path: m\ndata:\n  train: t.jsonl\noptimizer:\n  lr: 1.0e-4\ntraining:\n  steps: 3\n  batch_size: 2\n";
+
+    /// #36 item 20: a var made of vars, or one with a line break, is refused by name; before,
+    /// the first left a placeholder in output_dir and the second wrote new keys.
+    #[test]
+    fn vars_substitute_one_level_and_one_line() {
+        let text = "recipe: make_task\nvars: {root: runs/x, sub: ${root}/y}\noutput_dir: ${sub}\ntrain_size: 1\ntest_size: 1\n";
+        let e = format!("{:#}", Recipe::parse(text, &[]).unwrap_err());
+        assert!(e.contains("vars.sub uses ${...}: a var cannot refer to vars"), "{e}");
+        let e = format!("{:#}", Recipe::parse(&text.replace("${root}/y", "${sub}"), &[]).unwrap_err());
+        assert!(e.contains("vars.sub uses ${...}"), "{e}");
+        let plain = text.replace("${root}/y", "runs/y");
+        assert_eq!(Recipe::parse(&plain, &[]).unwrap().output_dir(), Path::new("runs/y"));
+        let e = format!("{:#}", Recipe::parse(&plain, &["vars.sub=\"a\\ntrain_size: 9\"".into()]).unwrap_err());
+        assert!(e.contains("vars.sub contains a line break"), "{e}");
+    }
 
     /// #36 item 12: a grid of 10^12 settings is refused by its count, before any is built.
     #[test]

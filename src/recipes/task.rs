@@ -6,9 +6,9 @@
 //! intermediate result have to be produced token by token and tokenizers that split digits
 //! differently disagree on them. `ledger` (regime B): a week of one-digit gains and losses to a
 //! two-digit stock, 4-8 steps and about 180-300 tokens, whose worked solutions are drawn from
-//! many valid paths (the days forward or backward, a running total or the gains and the losses
-//! summed first, an optional check), so a teacher trained on them spreads its distribution over
-//! correct answers (`paths: canonical` keeps one).
+//! many valid paths (the days forward or backward, one running total or separate totals of
+//! gains and losses, each line in one of two forms, an optional check), so a teacher trained on
+//! them spreads its distribution over correct answers (`paths: canonical` keeps one).
 use crate::data::Rng;
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -134,8 +134,9 @@ const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday",
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Paths {
-    /// Each solution drawn from many valid paths: the days forward or backward, a running total
-    /// or the gains and the losses summed first (either kind first), then an optional check.
+    /// Each solution drawn from many valid paths: the days forward or backward, one running
+    /// total or separate totals of gains and losses, each line in one of two forms, an optional
+    /// check.
     #[default]
     Varied,
     /// One canonical path per problem: the events in the prompt's order, no check.
@@ -185,55 +186,55 @@ impl Ledger {
         self.events.iter().fold(self.start, |t, e| if e.gain { t + e.amount } else { t - e.amount })
     }
 
-    /// A worked solution drawn as `paths` says: the days scanned forward or backward, applying
-    /// each change to a running total, or summing the gains and the losses first (either kind
-    /// first, then combined with the start either way round); with `varied`, an optional check
-    /// line. `canonical`: forward, running total, no check.
+    /// A worked solution drawn as `paths` says. `varied`: the days forward or backward; one
+    /// running total, or a total of the gains and one of the losses combined with the start at
+    /// the end (either way round); each line in one of two forms; an optional check line.
+    /// `canonical`: forward, one running total, one form, no check.
     pub fn solve(&self, rng: &mut Rng, paths: Paths) -> String {
         let pick = |rng: &mut Rng, n: u64| rng.next_u64() % n;
         let (start, answer, name) = (self.start, self.answer(), self.name);
         let verb = |e: &Event| if e.gain { self.thing.1 } else { self.thing.2 };
         let mut lines = vec![format!("{name} starts with {start} {}.", self.thing.0)];
-        let running = |order: &[Event], lines: &mut Vec<String>| {
+        let varied = paths == Paths::Varied;
+        // Every path visits the days in one direction, and every line names its day, its change
+        // and the totals it updates, so the state of a path is in its text.
+        let order: Vec<Event> = if varied && pick(rng, 2) == 1 { self.events.iter().rev().copied().collect() } else { self.events.clone() };
+        let told = |e: &Event| format!("{}: {name} {} {}", e.day, verb(e), e.amount);
+        if !varied || pick(rng, 2) == 0 {
+            // One running total; each line in one of two forms.
             let mut total = start;
-            for e in order {
-                let next = if e.gain { total + e.amount } else { total - e.amount };
-                lines.push(format!("{}: {name} {} {}, so {total} {} {} = {next}.", e.day, verb(e), e.amount, if e.gain { '+' } else { '-' }, e.amount));
-                total = next;
+            for e in &order {
+                let form = varied && pick(rng, 2) == 1;
+                let line = match (e.gain, form) {
+                    (true, false) => format!("{}, so {total} + {} = {}.", told(e), e.amount, total + e.amount),
+                    (true, true) => format!("{}, and {} + {total} = {}.", told(e), e.amount, total + e.amount),
+                    (false, false) => format!("{}, so {total} - {} = {}.", told(e), e.amount, total - e.amount),
+                    (false, true) => format!("{}, taking {} away: {total} - {} = {}.", told(e), e.amount, e.amount, total - e.amount),
+                };
+                total = if e.gain { total + e.amount } else { total - e.amount };
+                lines.push(line);
             }
-        };
-        // One kind of change summed over `order`, a line per day that names the change; 0 for
-        // none.
-        let group = |gain: bool, order: &[Event], lines: &mut Vec<String>| -> u64 {
-            let (mut sum, title) = (0, if gain { "gained" } else { "lost" });
-            for e in order.iter().filter(|e| e.gain == gain) {
-                let total = if sum == 0 { format!("{}", e.amount) } else { format!("{sum} + {} = {}", e.amount, sum + e.amount) };
-                lines.push(format!("{}: {name} {} {}, {title} so far {total}.", e.day, verb(e), e.amount));
-                sum += e.amount;
-            }
-            sum
-        };
-        // Every path scans the days in one direction, so what is done is written in the lines.
-        let order: Vec<Event> = if paths == Paths::Varied && pick(rng, 2) == 1 { self.events.iter().rev().copied().collect() } else { self.events.clone() };
-        if paths == Paths::Canonical || pick(rng, 2) == 0 {
-            running(&order, &mut lines);
         } else {
-            let gains_first = pick(rng, 2) == 0;
-            let (g, l) = if gains_first {
-                let g = group(true, &order, &mut lines);
-                (g, group(false, &order, &mut lines))
-            } else {
-                let l = group(false, &order, &mut lines);
-                (group(true, &order, &mut lines), l)
-            };
+            // Two totals, the gains and the losses, each line adding to one; then both combined
+            // with the start, either way round.
+            let (mut g, mut l) = (0, 0);
+            for e in &order {
+                let (kind, sum) = if e.gain { ("gains", &mut g) } else { ("losses", &mut l) };
+                lines.push(if pick(rng, 2) == 0 {
+                    format!("{}, {kind} {} + {} = {}.", told(e), *sum, e.amount, *sum + e.amount)
+                } else {
+                    format!("{}, so {kind} are {} + {} = {}.", told(e), *sum, e.amount, *sum + e.amount)
+                });
+                *sum += e.amount;
+            }
             lines.push(if l == 0 {
-                format!("Adding: {start} + {g} = {answer}.")
+                format!("Gains {g}, no losses: {start} + {g} = {answer}.")
             } else if g == 0 {
-                format!("Taking away: {start} - {l} = {answer}.")
+                format!("No gains, losses {l}: {start} - {l} = {answer}.")
             } else if pick(rng, 2) == 0 {
-                format!("Adding first: {start} + {g} = {}. Then {} - {l} = {answer}.", start + g, start + g)
+                format!("Gains {g}, losses {l}: {start} + {g} = {}, then {} - {l} = {answer}.", start + g, start + g)
             } else {
-                format!("Taking away first: {start} - {l} = {}. Then {} + {g} = {answer}.", start - l, start - l)
+                format!("Gains {g}, losses {l}: {start} - {l} = {}, then {} + {g} = {answer}.", start - l, start - l)
             });
         }
         if paths == Paths::Varied && pick(rng, 2) == 0 {
@@ -340,8 +341,9 @@ mod tests {
             assert!(prompt.contains(&format!("has {} ", p.start)) && prompt.matches(" On ").count() == 7, "{prompt}");
             let varied: Vec<String> = (0..8).map(|_| p.solve(&mut rng, Paths::Varied)).collect();
             for s in &varied {
-                // 4-8 steps: seven changes one by one, or the groups' sums and the combining lines.
-                assert!((6..=8).contains(&check_lines(s)), "{s}");
+                // 7 or 8 lines of work: seven changes, and with two totals the line combining them
+                // (one or two operations).
+                assert!((7..=9).contains(&check_lines(s)), "{s}");
                 assert_eq!(final_answer(s), Some(p.answer().to_string()), "{s}");
                 assert!(!s.contains(" -") || p.events.iter().any(|e| !e.gain), "{s}");
             }
