@@ -365,3 +365,15 @@ fn a_pipeline_that_contains_itself_is_refused() {
     fails_with(&out, &["direct.yaml"]);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("in use by pid"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Empty responses are counted and named in a warning (#36 item 22): each still trains its
+/// end-of-turn token, so the model learns to answer with nothing; before, they trained silently.
+#[test]
+fn empty_responses_are_counted() {
+    let tmp = TempDir::new();
+    let data = tmp.path().join("train.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"1 + 1?\", \"response\": \"2\"}\n{\"prompt\": \"2 + 2?\", \"response\": \"\"}\n{\"prompt\": \"3 + 3?\", \"response\": \"  \"}\n").unwrap();
+    let out = ok(sft(&tmp.path().join("run"), &[&format!("data.train={}", p(&data)), "training.steps=1", "eval=null"], &[]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("warning: 2 of 3 examples in {} have an empty response", p(&data))), "{err}");
+}

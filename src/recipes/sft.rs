@@ -127,6 +127,11 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     if empty > 0 {
         crate::info!("warning: {empty} examples have no response tokens (after truncation) and are skipped");
     }
+    // An empty answer still trains its end-of-turn token: the model learns to say nothing.
+    let blank = examples.iter().filter(|e| e.response().is_some_and(|r| r.trim().is_empty())).count();
+    if blank > 0 {
+        crate::info!("warning: {blank} of {} examples in {} have an empty response; they train the model to answer with nothing", examples.len(), r.data.train);
+    }
     anyhow::ensure!(!encoded.is_empty(), "{}: no example has response tokens", r.data.train);
     let eval_examples = match (&r.eval, &r.data.eval) {
         (Some(_), Some(path)) => data::read(path, None)?,
