@@ -208,7 +208,7 @@ fn scaled_down_regime_b_is_deterministic() {
     let tmp = TempDir::new();
     let run = |root: &std::path::Path| {
         let mut args = vec!["run".to_string(), "recipes/demo_b.yaml".into(), format!("vars.root={}", root.display())];
-        for v in ["train_size=200", "val_size=8", "test_size=8", "teacher_steps=4", "warm_prompts=24", "warmup_steps=3", "prompts=16", "steps=2", "prompts_per_step=4", "eval_examples=4", "gap_examples=4", "max_new_tokens=24"] {
+        for v in ["train_size=200", "val_size=8", "test_size=8", "teacher_steps=4", "teacher_more_steps=2", "warm_prompts=24", "warmup_steps=3", "prompts=16", "steps=2", "prompts_per_step=4", "eval_examples=4", "gap_examples=4", "max_new_tokens=24"] {
             args.push(format!("vars.{v}"));
         }
         let (ok, err) = tokbridge(&args.iter().map(String::as_str).collect::<Vec<_>>());
