@@ -20,8 +20,9 @@ pub struct Sampling {
     pub top_p: f64,
     pub ignore_eos: bool,
     pub seed: u64,
-    /// Also return each step's entropy (OPD's rollouts report it): over a 262k vocabulary
-    /// about 2.4 ms of a batch-8 decode step that evaluation and the CLI do not need.
+    /// Also return each step's entropy (OPD's rollouts and avg@k's spread report it): over a
+    /// 262k vocabulary about 2.4 ms of a batch-8 decode step that greedy evaluation and the CLI
+    /// do not need.
     pub entropy: bool,
 }
 

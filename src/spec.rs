@@ -159,19 +159,14 @@ impl ModelSpec {
             }
         }
     }
-}
 
-impl ModelSpec {
     /// Refuses an `output_dir` that is this model's own folder (`key.path`, or its adapter):
     /// the run would write its checkpoints and metrics among the weights it trains from.
     pub fn not_written_by(&self, key: &str, output_dir: &Path) -> Result<()> {
-        let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => a.components().eq(b.components()),
-        };
+        let out = crate::atomic::resolve(output_dir);
         for (what, path) in [("path", Some(&self.path)), ("adapter", self.adapter.as_ref())] {
             if let Some(p) = path.filter(|p| !p.is_empty()) {
-                ensure!(!same(Path::new(p), output_dir), "output_dir {} is {key}.{what}, the model the run trains; choose another folder for the run", output_dir.display());
+                ensure!(crate::atomic::resolve(Path::new(p)) != out, "output_dir {} is {key}.{what}, the model the run trains; choose another folder for the run", output_dir.display());
             }
         }
         Ok(())

@@ -291,18 +291,17 @@ pub fn table(runs: &[Summary]) -> String {
 /// The contrasts' table: one run's final accuracy, words match and held-out gap minus
 /// another's (points, and nats per aligned token), from the same numbers as the main table.
 pub fn contrasts(runs: &[Summary], contrasts: &[CompareContrast]) -> Result<String> {
-    let last = |name: &str| last_point(runs, name).context("contrasts");
     let diff = |a: Option<f64>, b: Option<f64>, scale: f64, digits: usize| match (a, b) {
         (Some(a), Some(b)) => format!("{:+.*}", digits, scale * (a - b)),
         _ => "–".into(),
     };
-    let run = |name: &str| runs.iter().find(|s| s.name == name).with_context(|| format!("contrasts: no run named {name:?}"));
     let mut t = String::from("| contrast | run | against | accuracy (points) | avg@k (points) | words match (points) | held-out log q − log p | accuracy at matched teacher tokens (points) |\n|---|---|---|---|---|---|---|---|\n");
     for c in contrasts {
-        let (a, b) = (last(&c.run)?, last(&c.against)?);
+        let (ra, rb) = (find(runs, &c.run).context("contrasts")?, find(runs, &c.against).context("contrasts")?);
+        let (a, b) = (ra.points.last().cloned().unwrap_or_default(), rb.points.last().cloned().unwrap_or_default());
         // Both runs at the smaller of their two teacher budgets.
         let cost = a.teacher_tokens.min(b.teacher_tokens);
-        let matched = match (at_cost(run(&c.run)?, cost), at_cost(run(&c.against)?, cost)) {
+        let matched = match (at_cost(ra, cost), at_cost(rb, cost)) {
             (Some(x), Some(y)) => format!("{:+.1} (at {})", 100.0 * (x - y), count(cost)),
             _ => "–".into(),
         };
@@ -354,10 +353,14 @@ pub fn spread_section(runs: &[Summary]) -> String {
     )
 }
 
+/// The run named `name`.
+fn find<'a>(runs: &'a [Summary], name: &str) -> Result<&'a Summary> {
+    runs.iter().find(|s| s.name == name).with_context(|| format!("no run named {name:?}"))
+}
+
 /// The final evaluation of the run named `name`.
 fn last_point(runs: &[Summary], name: &str) -> Result<Point> {
-    let s = runs.iter().find(|s| s.name == name).with_context(|| format!("no run named {name:?}"))?;
-    Ok(s.points.last().cloned().unwrap_or_default())
+    Ok(find(runs, name)?.points.last().cloned().unwrap_or_default())
 }
 
 /// The repeats' tables: every run's final accuracy and every contrast's accuracy difference

@@ -139,11 +139,11 @@ impl Recipe {
     }
 }
 
-/// Replaces `${name}` in `text` with the recipe's `vars` (after `vars.name=...` overrides).
-/// Only scalars can be substituted; an unknown name is an error.
 /// What a `${name}` reads as while `vars` itself is parsed.
 const MASK: &str = "_tokbridge_var_";
 
+/// Replaces `${name}` in `text` with the recipe's `vars` (after `vars.name=...` overrides).
+/// Only scalars can be substituted; an unknown name is an error.
 fn substitute_vars(text: &str, overrides: &[String]) -> Result<String> {
     if !text.contains("${") {
         return Ok(text.to_string());

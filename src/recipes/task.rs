@@ -93,6 +93,16 @@ impl crate::spec::Schema for MakeTask {
     }
 }
 
+/// A draw from 0..n.
+fn pick(rng: &mut Rng, n: u64) -> u64 {
+    rng.next_u64() % n
+}
+
+/// A draw from lo..=hi.
+fn between(rng: &mut Rng, lo: usize, hi: usize) -> usize {
+    lo + pick(rng, (hi - lo + 1) as u64) as usize
+}
+
 const NAMES: [&str; 8] = ["Tom", "Anna", "Ravi", "Mei", "Lucas", "Sara", "Omar", "Ines"];
 const THINGS: [(&str, &str, &str); 6] = [
     ("apples", "buys", "sells"),
@@ -107,7 +117,6 @@ const THINGS: [(&str, &str, &str); 6] = [
 /// and the removed tens never borrow, so each step changes exactly one digit: a task a small
 /// model learns in minutes on a CPU, where every digit must still be written out.
 pub fn problem(rng: &mut Rng, digits: usize, carries: bool) -> (String, String) {
-    let pick = |rng: &mut Rng, n: u64| rng.next_u64() % n;
     let name = NAMES[pick(rng, NAMES.len() as u64) as usize];
     let (thing, gain, lose) = THINGS[pick(rng, THINGS.len() as u64) as usize];
     let lo = 10u64.pow(digits as u32 - 1);
@@ -164,7 +173,6 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn draw(rng: &mut Rng, events: usize) -> Ledger {
-        let pick = |rng: &mut Rng, n: u64| rng.next_u64() % n;
         let name = NAMES[pick(rng, NAMES.len() as u64) as usize];
         let thing = THINGS[pick(rng, THINGS.len() as u64) as usize];
         let start = 30 + pick(rng, 70);
@@ -191,7 +199,6 @@ impl Ledger {
     /// the end (either way round); each line in one of two forms; an optional check line.
     /// `canonical`: forward, one running total, one form, no check.
     pub fn solve(&self, rng: &mut Rng, paths: Paths) -> String {
-        let pick = |rng: &mut Rng, n: u64| rng.next_u64() % n;
         let (start, answer, name) = (self.start, self.answer(), self.name);
         let verb = |e: &Event| if e.gain { self.thing.1 } else { self.thing.2 };
         let mut lines = vec![format!("{name} starts with {start} {}.", self.thing.0)];
@@ -204,15 +211,14 @@ impl Ledger {
             // One running total; each line in one of two forms.
             let mut total = start;
             for e in &order {
-                let form = varied && pick(rng, 2) == 1;
-                let line = match (e.gain, form) {
-                    (true, false) => format!("{}, so {total} + {} = {}.", told(e), e.amount, total + e.amount),
-                    (true, true) => format!("{}, and {} + {total} = {}.", told(e), e.amount, total + e.amount),
-                    (false, false) => format!("{}, so {total} - {} = {}.", told(e), e.amount, total - e.amount),
-                    (false, true) => format!("{}, taking {} away: {total} - {} = {}.", told(e), e.amount, e.amount, total - e.amount),
-                };
-                total = if e.gain { total + e.amount } else { total - e.amount };
-                lines.push(line);
+                let (x, next) = (e.amount, if e.gain { total + e.amount } else { total - e.amount });
+                lines.push(match (e.gain, varied && pick(rng, 2) == 1) {
+                    (true, false) => format!("{}, so {total} + {x} = {next}.", told(e)),
+                    (true, true) => format!("{}, and {x} + {total} = {next}.", told(e)),
+                    (false, false) => format!("{}, so {total} - {x} = {next}.", told(e)),
+                    (false, true) => format!("{}, taking {x} away: {total} - {x} = {next}.", told(e)),
+                });
+                total = next;
             }
         } else {
             // Two totals, the gains and the losses, each line adding to one; then both combined
@@ -237,7 +243,7 @@ impl Ledger {
                 format!("Gains {g}, losses {l}: {start} - {l} = {}, then {} + {g} = {answer}.", start - l, start - l)
             });
         }
-        if paths == Paths::Varied && pick(rng, 2) == 0 {
+        if varied && pick(rng, 2) == 0 {
             lines.push(format!("Check: undoing every change from {answer} gives back {start}."));
         }
         lines.push(format!("#### {answer}"));
@@ -253,11 +259,11 @@ pub fn run(r: &MakeTask) -> Result<()> {
         while out.len() < n {
             let (p, s) = match r.kind {
                 TaskKind::Arithmetic => {
-                    let digits = r.min_digits + (rng.next_u64() % (r.max_digits - r.min_digits + 1) as u64) as usize;
+                    let digits = between(rng, r.min_digits, r.max_digits);
                     problem(rng, digits, r.carries)
                 }
                 TaskKind::Ledger => {
-                    let events = r.min_events + (rng.next_u64() % (r.max_events - r.min_events + 1) as u64) as usize;
+                    let events = between(rng, r.min_events, r.max_events);
                     let problem = Ledger::draw(rng, events);
                     (problem.prompt(), problem.solve(rng, r.paths))
                 }
