@@ -43,6 +43,15 @@ fn cuda(n: usize) -> Result<Device> {
     Ok(Device::Cuda(n))
 }
 
+/// The memory this host can still give (`MemAvailable` of /proc/meminfo), in bytes; `None`
+/// where that is not known.
+pub fn available_bytes() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
+}
+
 /// Lets the process keep and reuse the memory that freed tensors leave (glibc's malloc). By
 /// default glibc maps every block above 32 MiB afresh and unmaps it when freed, so every
 /// training step page-faults its large tensors in again and the kernel zeroes each page: a tenth

@@ -242,6 +242,7 @@ fn run(cli: Cli) -> Result<()> {
             let input = Tensor::from_slice(&ids).unsqueeze(0).to_device(m.device());
             let lp = tokbridge::train::token_logprobs(&m.logits(&input), &input).squeeze_dim(0);
             let logprobs = Vec::<f32>::try_from(lp.to_device(tch::Device::Cpu)).context("reading log-probs")?;
+            anyhow::ensure!(logprobs.iter().all(|x| x.is_finite()), "{}: the log-probs are NaN or infinite (the weights, the adapter or config.json's numbers make the model compute nothing)", model.model);
             if json {
                 println!("{}", json!({ "ids": ids, "logprobs": logprobs }));
             } else {

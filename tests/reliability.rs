@@ -377,3 +377,85 @@ fn empty_responses_are_counted() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("warning: 2 of 3 examples in {} have an empty response", p(&data))), "{err}");
 }
+
+/// A config.json or adapter whose sizes cannot be built fails by key before any allocation
+/// (libtorch panics when one fails): zero heads divided by, a vocabulary past 2^31, parameters
+/// past the host's free memory, a negative rotary base, LoRA ranks past 16384.
+#[test]
+fn model_and_adapter_sizes_are_checked_before_allocation() {
+    let with = |edit: &dyn Fn(&mut serde_json::Value), base: &str| {
+        let tmp = common::scratch_copy(base);
+        let path = tmp.path().join(if base.starts_with("../lora/") { "adapter_config.json" } else { "config.json" });
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(&path, v.to_string()).unwrap();
+        tmp
+    };
+    let score = |model: &Path, adapter: &[&str]| tokbridge(&[&["score", "--model", p(model), "--text", "a b"], adapter].concat());
+    let cases: [(&str, &str, serde_json::Value, &[&str]); 6] = [
+        ("llama", "num_attention_heads", 0.into(), &["config.json", "num_attention_heads: 0 is not a size"]),
+        ("llama", "vocab_size", 1e12.into(), &["vocab_size: 1000000000000.0 is not a size"]),
+        ("llama", "num_hidden_layers", (1u64 << 31).into(), &["num_hidden_layers 2147483648", "GiB of float32 parameters, more than the"]),
+        ("llama", "num_key_value_heads", 3.into(), &["num_attention_heads 4 is not a multiple of num_key_value_heads 3"]),
+        ("llama", "rope_theta", (-1).into(), &["rope_theta: -1 must be a positive number"]),
+        ("gpt2", "n_head", 5.into(), &["hidden_size 64 is not a multiple of num_attention_heads 5"]),
+    ];
+    for (base, key, value, needles) in cases {
+        let dir = with(&|v| v[key] = value.clone(), base);
+        fails_with(&score(dir.path(), &[]), needles);
+    }
+    let adapter = with(&|v| v["r"] = 1_000_000_000.into(), "../lora/gpt2/peft-adapter");
+    fails_with(&score(Path::new("tests/fixtures/models/gpt2"), &["--adapter", p(adapter.path())]), &["adapter_config.json.r must be from 1 to 16384"]);
+}
+
+/// LoRA adapters that PEFT would read differently, or that compute nothing, are refused by
+/// name: integer or NaN weights, a regular-expression target, per-layer selections, and a
+/// recipe's `lora` that disagrees with the adapter it continues; weights that overflow end
+/// `score` with an error instead of null log-probs.
+#[test]
+fn adapters_peft_would_read_differently_or_that_compute_nothing_are_refused() {
+    use tokbridge::hf::safetensors::{save, Checkpoint};
+    const PEFT: &str = "../lora/gpt2/peft-adapter"; // scratch_copy and fixtures() start in models/
+    let base = "tests/fixtures/models/gpt2";
+    let score = |adapter: &Path| tokbridge(&["score", "--model", base, "--adapter", p(adapter), "--text", "a b"]);
+    let weights = |f: &dyn Fn(&str, tch::Tensor) -> tch::Tensor| {
+        let tmp = common::scratch_copy(PEFT);
+        let path = tmp.path().join("adapter_model.safetensors");
+        let c = Checkpoint::open_file(&path).unwrap();
+        let tensors: Vec<(String, tch::Tensor)> = c.names().map(|n| (n.to_string(), f(n, c.tensor(n).unwrap()))).collect();
+        drop(c);
+        save(&tensors, &path).unwrap();
+        tmp
+    };
+    let config = |key: &str, value: serde_json::Value| {
+        let tmp = common::scratch_copy(PEFT);
+        let path = tmp.path().join("adapter_config.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        v[key] = value;
+        std::fs::write(&path, v.to_string()).unwrap();
+        tmp
+    };
+    let a = weights(&|_, t| t.to_kind(tch::Kind::Int64));
+    fails_with(&score(a.path()), &["adapter_model.safetensors: tensor", "is Int64; adapter weights are floating point"]);
+    let a = weights(&|n, t| if n.contains("lora_B") { t.fill(f64::NAN) } else { t });
+    fails_with(&score(a.path()), &["adapter_model.safetensors: tensor", "lora_B", "holds NaN or infinite values"]);
+    let a = weights(&|_, t| t.fill(3e38));
+    fails_with(&score(a.path()), &[base, "log-probs are NaN or infinite"]);
+    let a = config("target_modules", "c_attn".into());
+    fails_with(&score(a.path()), &["adapter_config.json: target_modules as a regular expression is not supported"]);
+    let a = config("layers_to_transform", serde_json::json!([0]));
+    fails_with(&score(a.path()), &["adapter_config.json: layers_to_transform is not supported"]);
+    let a = config("exclude_modules", serde_json::json!(["c_fc"]));
+    fails_with(&score(a.path()), &["adapter_config.json: exclude_modules is not supported"]);
+
+    // A recipe that continues an adapter with other settings.
+    let tmp = TempDir::new();
+    let adapter = common::fixtures().join(PEFT);
+    let run = |lora: &str| {
+        let out = tmp.path().join("run");
+        let _ = std::fs::remove_dir_all(&out);
+        tokbridge(&["run", "recipes/sft/tiny.yaml", &format!("output_dir={}", p(&out)), "eval=null", "training.steps=1", &format!("model.path={base}"), &format!("model.adapter={}", p(&adapter)), lora])
+    };
+    fails_with(&run("model.lora={r: 8, alpha: 8, target_modules: [c_attn, c_fc]}"), &["lora.r 8 differs from the adapter's 4", "adapter_config.json"]);
+    ok(run("model.lora={r: 4, alpha: 8, target_modules: [c_fc, c_attn], dropout: 0.1}"));
+}

@@ -37,7 +37,17 @@ pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Model> {
 /// base weights are then frozen.
 pub fn load_adapted(dir: &Path, device: Device, kind: Kind, adapter: Option<&Path>, lora: Option<&LoraSpec>) -> Result<Model> {
     let spec = match adapter {
-        Some(a) => Some(LoraSpec::from_peft_config(&a.join("adapter_config.json"))?),
+        Some(a) => {
+            let path = a.join("adapter_config.json");
+            let loaded = LoraSpec::from_peft_config(&path)?;
+            match lora {
+                Some(l) => {
+                    l.agrees_with(&loaded, "lora", &path)?;
+                    Some(LoraSpec { dropout: l.dropout, ..loaded })
+                }
+                None => Some(loaded),
+            }
+        }
         None => lora.cloned(),
     };
     let Some(spec) = spec else { return load_base(dir, device, kind) };
@@ -53,16 +63,17 @@ pub fn load_adapted(dir: &Path, device: Device, kind: Kind, adapter: Option<&Pat
         let base = model.vs.variables();
         for stored in ckpt.names() {
             let name = crate::nn::lora::our_name(stored);
+            let t = ckpt.tensor(stored)?;
+            ensure!(t.is_floating_point(), "{}: tensor {stored} is {:?}; adapter weights are floating point", path.display(), t.kind());
+            ensure!(bool::try_from(t.isfinite().all())?, "{}: tensor {stored} holds NaN or infinite values", path.display());
             if spec.saves(&name) {
                 // A module saved whole (PEFT's modules_to_save): it replaces the base's.
                 let mut var = base.get(&name).with_context(|| format!("{}: {stored} names no weight of the base", path.display()))?.shallow_clone();
-                let t = ckpt.tensor(stored)?;
                 ensure!(t.size() == var.size(), "{}: tensor {stored} has shape {:?}, the base's {:?}", path.display(), t.size(), var.size());
                 var.f_copy_(&t.to_kind(var.kind()).to_device(device))?;
                 continue;
             }
             let mut var = vars.remove(&name).with_context(|| format!("{}: unexpected tensor {stored} (no such adapter on this base)", path.display()))?;
-            let t = ckpt.tensor(stored)?;
             ensure!(t.size() == var.size(), "{}: tensor {stored} has shape {:?}, the adapter config implies {:?}", path.display(), t.size(), var.size());
             var.f_copy_(&t.to_kind(Kind::Float).to_device(device))?;
         }
@@ -118,6 +129,7 @@ pub fn build(dir: &Path, device: Device) -> Result<(Model, bool)> {
         .and_then(Value::as_str)
         .with_context(|| format!("{}: no \"model_type\"", config_path.display()))?;
     let family = Family::from_model_type(model_type).with_context(|| config_path.display().to_string())?;
+    check_sizes(&config, device, crate::nn::lora::planned_rank()).with_context(|| config_path.display().to_string())?;
     let vs = VarStore::new(device);
     let root = vs.root();
     let (arch, n_layers, tied) = match family {
@@ -145,6 +157,61 @@ pub fn build(dir: &Path, device: Device) -> Result<(Model, bool)> {
         }
     };
     Ok((Model { family, arch, vs, config, dir: dir.to_path_buf(), kind: Kind::Float, n_layers: n_layers as usize, logits_per_chunk: None, adapters: None }, tied))
+}
+
+/// The size keys of every family's config.json (Hugging Face's names, GPT-2's included).
+const SIZE_KEYS: [&str; 14] = [
+    "vocab_size", "hidden_size", "n_embd", "intermediate_size", "n_inner", "num_hidden_layers", "n_layer",
+    "num_attention_heads", "n_head", "num_key_value_heads", "head_dim", "max_position_embeddings", "n_positions",
+    "sliding_window",
+];
+
+/// Checks a config's sizes before anything is allocated (libtorch panics when an allocation
+/// fails): every size a positive integer, the heads dividing what they split, positive finite
+/// rotary bases and norm epsilons, and the float32 parameters (with LoRA adapters of rank
+/// `lora_rank` on every projection, an upper bound) within the memory this host has free.
+fn check_sizes(config: &Value, device: Device, lora_rank: Option<i64>) -> Result<()> {
+    for key in SIZE_KEYS {
+        let v = &config[key];
+        ensure!(v.is_null() || v.as_u64().is_some_and(|n| (1..=1 << 31).contains(&n)), "{key}: {v} is not a size (a whole number from 1 to 2^31)");
+    }
+    let get = |key: &str| config[key].as_u64().map(|n| n as f64);
+    for key in ["rope_theta", "rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon"] {
+        if let Some(v) = config.get(key).filter(|v| !v.is_null()) {
+            ensure!(v.as_f64().is_some_and(|x| x.is_finite() && (x > 0.0 || (key != "rope_theta" && x == 0.0))), "{key}: {v} must be a positive number");
+        }
+    }
+    let hidden = get("hidden_size").or(get("n_embd")).context("no hidden_size")?;
+    let heads = get("num_attention_heads").or(get("n_head")).context("no num_attention_heads")?;
+    let kv = get("num_key_value_heads").unwrap_or(heads);
+    ensure!(heads % kv == 0.0, "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}");
+    let head_dim = match get("head_dim") {
+        Some(d) => d,
+        None => {
+            ensure!(hidden % heads == 0.0, "hidden_size {hidden} is not a multiple of num_attention_heads {heads}");
+            hidden / heads
+        }
+    };
+    let layers = get("num_hidden_layers").or(get("n_layer")).context("no num_hidden_layers")?;
+    let vocab = get("vocab_size").context("no vocab_size")?;
+    let inter = get("intermediate_size").or(get("n_inner")).unwrap_or(4.0 * hidden);
+    // Embeddings and an untied head; per layer q, k, v, o and three MLP projections.
+    let per_layer = hidden * head_dim * (2.0 * heads + 2.0 * kv) + 3.0 * hidden * inter + 4.0 * hidden;
+    let adapters = lora_rank.map_or(0.0, |r| r as f64 * 7.0 * (hidden + inter.max(heads * head_dim)));
+    let bytes = 4.0 * (2.0 * vocab * hidden + layers * (per_layer + adapters));
+    let free = match device {
+        Device::Cpu => crate::device::available_bytes().unwrap_or(f64::INFINITY),
+        _ => f64::INFINITY,
+    };
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    ensure!(
+        bytes <= free.min(1e13),
+        "vocab_size {vocab}, hidden_size {hidden}, intermediate_size {inter}, num_hidden_layers {layers}{}: about {:.1} GiB of float32 parameters, more than the {:.1} GiB free here",
+        lora_rank.map(|r| format!(" and LoRA r {r}")).unwrap_or_default(),
+        gib(bytes),
+        gib(free.min(1e13))
+    );
+    Ok(())
 }
 
 /// The name a stored tensor has in our VarStore (GPT-2 hub files lack the `transformer.` prefix).

@@ -49,11 +49,32 @@ impl LoraSpec {
     }
 
     pub fn validate(&self, key: &str) -> Result<()> {
-        ensure!(self.r > 0, "{key}.r must be positive");
+        ensure!((1..=16_384).contains(&self.r), "{key}.r must be from 1 to 16384");
         ensure!(self.alpha.is_finite() && self.alpha > 0.0, "{key}.alpha must be positive");
         ensure!(!self.target_modules.is_empty(), "{key}.target_modules must name at least one module");
         ensure!((0.0..1.0).contains(&self.dropout), "{key}.dropout must be in [0, 1)");
         ensure!(self.modules_to_save.iter().all(|m| !m.is_empty()), "{key}.modules_to_save: empty module name");
+        Ok(())
+    }
+
+    /// Checks that a recipe's `lora` (`key`) says what the loaded adapter `path` is: the adapter
+    /// keeps its own rank, scale, targets and saved modules; only the dropout is the recipe's.
+    pub fn agrees_with(&self, loaded: &LoraSpec, key: &str, path: &std::path::Path) -> Result<()> {
+        let sorted = |v: &[String]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v
+        };
+        let pairs = [
+            ("r", self.r.to_string(), loaded.r.to_string()),
+            ("alpha", self.alpha.to_string(), loaded.alpha.to_string()),
+            ("use_rslora", self.use_rslora.to_string(), loaded.use_rslora.to_string()),
+            ("target_modules", format!("{:?}", sorted(&self.target_modules)), format!("{:?}", sorted(&loaded.target_modules))),
+            ("modules_to_save", format!("{:?}", sorted(&self.modules_to_save)), format!("{:?}", sorted(&loaded.modules_to_save))),
+        ];
+        for (name, ours, theirs) in pairs {
+            ensure!(ours == theirs, "{key}.{name} {ours} differs from the adapter's {theirs} ({}): the adapter keeps its own; make them agree", path.display());
+        }
         Ok(())
     }
 
@@ -97,11 +118,13 @@ impl LoraSpec {
         ensure!(v["bias"].as_str().unwrap_or("none") == "none", "{}", at("bias must be none"));
         let per_module = |k: &str| v[k].as_object().is_some_and(|m| !m.is_empty());
         ensure!(!per_module("rank_pattern") && !per_module("alpha_pattern"), "{}", at("rank_pattern and alpha_pattern are not supported"));
-        let targets = match &v["target_modules"] {
-            serde_json::Value::String(s) => vec![s.clone()],
-            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
-            _ => vec![],
-        };
+        // PEFT reads a string as a regular expression over whole module paths.
+        ensure!(!v["target_modules"].is_string(), "{}", at("target_modules as a regular expression is not supported (list the module names)"));
+        let targets = v["target_modules"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
+        for key in ["layers_to_transform", "layers_pattern", "exclude_modules"] {
+            let set = &v[key];
+            ensure!(set.is_null() || set.as_array().is_some_and(Vec::is_empty), "{}", at(&format!("{key} is not supported (adapters on every layer the target modules name)")));
+        }
         let spec = LoraSpec {
             r: v["r"].as_i64().with_context(|| at("no r"))?,
             alpha: v["lora_alpha"].as_f64().with_context(|| at("no lora_alpha"))?,
@@ -162,6 +185,11 @@ pub fn with_adapters<R>(spec: &LoraSpec, device: Device, build: impl FnOnce() ->
     let out = build();
     let (_, vs) = PLAN.with(|p| p.borrow_mut().take()).expect("the plan set above");
     (out, vs)
+}
+
+/// The rank of the adapters a model being built under `with_adapters` will get.
+pub fn planned_rank() -> Option<i64> {
+    PLAN.with(|p| p.borrow().as_ref().map(|(spec, _)| spec.r))
 }
 
 /// The adapter for the layer at `p` with the given (out, in) sizes, when a plan is active
