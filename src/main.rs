@@ -178,6 +178,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { recipe, overrides, resume, stop_after, fresh, nproc } => {
             let r = tokbridge::recipes::recipe::Recipe::load(&recipe, &overrides)?;
+            tokbridge::recipes::recipe::check_var_overrides(&recipe, &overrides)?;
             if nproc > 1 {
                 // The same command for each rank, less --nproc.
                 let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();

@@ -399,7 +399,7 @@ fn a_pipeline_and_a_sweep_run_over_two_ranks() {
     assert_eq!(state["counters"]["world_size"], 2.0, "{state}");
     // The teacher's SFT stage (no sampling before it) as one process runs it.
     let alone = tmp.path().join("teacher-alone");
-    let stage = [format!("vars.root={}", root.display()), "vars.teacher_steps=4".into(), "vars.train_size=160".into(), "logging.progress=false".into()];
+    let stage = [format!("vars.root={}", root.display()), "vars.teacher_steps=4".into(), "logging.progress=false".into()];
     common::ok(run("recipes/demo/03_teacher_sft.yaml", &alone, &stage.iter().map(String::as_str).collect::<Vec<_>>()));
     let (a, b) = (losses(&alone), losses(&root.join("teacher-sft")));
     assert_eq!(a.len(), 4);

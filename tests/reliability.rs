@@ -459,3 +459,19 @@ fn adapters_peft_would_read_differently_or_that_compute_nothing_are_refused() {
     fails_with(&run("model.lora={r: 8, alpha: 8, target_modules: [c_attn, c_fc]}"), &["lora.r 8 differs from the adapter's 4", "adapter_config.json"]);
     ok(run("model.lora={r: 4, alpha: 8, target_modules: [c_fc, c_attn], dropout: 0.1}"));
 }
+
+/// #36 item 20: a `vars.NAME=` override that no file of the run declares or uses is refused by
+/// name before anything runs; a var only a pipeline's stage declares is accepted.
+#[test]
+fn a_var_no_recipe_reads_is_refused() {
+    let tmp = TempDir::new();
+    let out = format!("output_dir={}", p(&tmp.path().join("run")));
+    fails_with(&tokbridge(&["run", "recipes/sft/tiny.yaml", &out, "vars.nothing=1"]), &["vars.nothing: no recipe that recipes/sft/tiny.yaml runs declares or uses it"]);
+    fails_with(&tokbridge(&["run", "recipes/demo_b.yaml", "vars.teacher_step=4"]), &["vars.teacher_step: no recipe that recipes/demo_b.yaml runs", "teacher_steps"]);
+    assert!(!tmp.path().join("run").exists(), "nothing ran");
+    // teacher_more_steps is declared only by stage 03b; the run stops at its first stage's bad value.
+    let root = format!("vars.root={}", p(&tmp.path().join("b")));
+    let late = tokbridge(&["run", "recipes/demo_b.yaml", &root, "vars.teacher_more_steps=2", "vars.train_size=-1"]);
+    let err = String::from_utf8_lossy(&late.stderr);
+    assert!(!late.status.success() && err.contains("pipeline stage recipes/demo_b/01_task.yaml") && !err.contains("no recipe that"), "{err}");
+}

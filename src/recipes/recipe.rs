@@ -57,14 +57,7 @@ pub const RECIPES: [&str; 10] = ["sft", "teacher_responses", "eval", "opd", "mak
 impl Recipe {
     /// Reads `path`, applies `overrides` (`a.b.c=value`, value parsed as YAML) and types it.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        // A recipe is a page of YAML; a bound keeps `/dev/zero` or a wrong file from being read
-        // whole.
-        const MAX: u64 = 1 << 20;
-        let file = std::fs::File::open(path).with_context(|| format!("reading recipe {}", path.display()))?;
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX + 1), &mut text).with_context(|| format!("reading recipe {}", path.display()))?;
-        ensure!(text.len() as u64 <= MAX, "recipe {}: larger than 1 MiB; a recipe is a YAML file of settings", path.display());
-        Self::parse(&text, overrides).with_context(|| format!("recipe {}", path.display()))
+        Self::parse(&read(path)?, overrides).with_context(|| format!("recipe {}", path.display()))
     }
 
     pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
@@ -139,17 +132,64 @@ impl Recipe {
     }
 }
 
+/// A recipe file's text. A recipe is a page of YAML; a bound keeps `/dev/zero` or a wrong file
+/// from being read whole.
+fn read(path: &Path) -> Result<String> {
+    const MAX: u64 = 1 << 20;
+    let file = std::fs::File::open(path).with_context(|| format!("reading recipe {}", path.display()))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX + 1), &mut text).with_context(|| format!("reading recipe {}", path.display()))?;
+    ensure!(text.len() as u64 <= MAX, "recipe {}: larger than 1 MiB; a recipe is a YAML file of settings", path.display());
+    Ok(text)
+}
+
+/// Refuses a `vars.NAME=VALUE` override of `path` that no file it runs declares or uses (a
+/// pipeline hands its vars to every stage, so a stage cannot tell a misspelt var from one meant
+/// for another stage; the command line can).
+pub fn check_var_overrides(path: &Path, overrides: &[String]) -> Result<()> {
+    let given: Vec<&str> = overrides.iter().filter_map(|o| o.strip_prefix("vars.")?.split_once('=').map(|(k, _)| k)).collect();
+    if given.is_empty() {
+        return Ok(());
+    }
+    let mut known = std::collections::BTreeSet::new();
+    var_names(path, 0, &mut known)?;
+    for name in given {
+        ensure!(known.contains(name), "vars.{name}: no recipe that {} runs declares or uses it (its vars: {})", path.display(), known.iter().cloned().collect::<Vec<_>>().join(", "));
+    }
+    Ok(())
+}
+
+/// Adds the vars `path` declares or uses (`${name}`) to `names`, with those of the files it runs:
+/// a pipeline's stages, a sweep's base (nesting as deep as a run may).
+fn var_names(path: &Path, depth: usize, names: &mut std::collections::BTreeSet<String>) -> Result<()> {
+    let text = read(path)?;
+    let mut rest = text.as_str();
+    while let Some((name, after)) = rest.split_once("${").and_then(|(_, r)| r.split_once('}')) {
+        names.insert(name.to_string());
+        rest = after;
+    }
+    let tree: Value = serde_yaml::from_str(&masked(&text)).with_context(|| format!("recipe {}", path.display()))?;
+    names.extend(tree.get("vars").and_then(Value::as_mapping).into_iter().flatten().filter_map(|(k, _)| k.as_str().map(String::from)));
+    if depth >= 8 {
+        return Ok(());
+    }
+    let files: Vec<&Value> = match tree.get("recipe").and_then(Value::as_str) {
+        Some("pipeline") => tree.get("stages").and_then(Value::as_sequence).into_iter().flatten().map(|s| s.get("recipe").unwrap_or(s)).collect(),
+        Some("sweep") => tree.get("base").into_iter().collect(),
+        _ => vec![],
+    };
+    for file in files.into_iter().filter_map(Value::as_str).filter(|f| !f.contains(MASK)) {
+        var_names(Path::new(file), depth + 1, names)?;
+    }
+    Ok(())
+}
+
 /// What a `${name}` reads as while `vars` itself is parsed.
 const MASK: &str = "_tokbridge_var_";
 
-/// Replaces `${name}` in `text` with the recipe's `vars` (after `vars.name=...` overrides).
-/// Only scalars can be substituted; an unknown name is an error.
-fn substitute_vars(text: &str, overrides: &[String]) -> Result<String> {
-    if !text.contains("${") {
-        return Ok(text.to_string());
-    }
-    // Read `vars` from the text with every placeholder masked by a plain scalar, since a
-    // placeholder inside a flow collection (`{path: ${root}/x}`) is not YAML yet.
+/// `text` with every `${...}` replaced by a plain scalar, since a placeholder inside a flow
+/// collection (`{path: ${root}/x}`) is not YAML yet.
+fn masked(text: &str) -> String {
     let mut masked = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("${") {
@@ -158,7 +198,16 @@ fn substitute_vars(text: &str, overrides: &[String]) -> Result<String> {
         rest = rest[i..].find('}').map_or("", |e| &rest[i + e + 1..]);
     }
     masked.push_str(rest);
-    let mut tree: Value = serde_yaml::from_str(&masked)?;
+    masked
+}
+
+/// Replaces `${name}` in `text` with the recipe's `vars` (after `vars.name=...` overrides).
+/// Only scalars can be substituted; an unknown name is an error.
+fn substitute_vars(text: &str, overrides: &[String]) -> Result<String> {
+    if !text.contains("${") {
+        return Ok(text.to_string());
+    }
+    let mut tree: Value = serde_yaml::from_str(&masked(text))?;
     for o in overrides.iter().filter(|o| o.starts_with("vars.")) {
         apply_override(&mut tree, o)?;
     }
