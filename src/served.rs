@@ -226,6 +226,13 @@ fn text_of(ids: &[i64], tok: &Tokenizer) -> Result<String> {
     String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("the teacher's tokens do not spell UTF-8 text, which a server that takes text needs"))
 }
 
+/// The most bytes an answer about `tokens` tokens may take: 64 KiB, and 4 KiB a token (a
+/// scoring answer's entry per token, with its text, id, rank and alternatives, is a few hundred
+/// bytes; a generated token's text in JSON, escaped, a few dozen).
+fn answer_limit(tokens: usize) -> u64 {
+    (64 << 10) + 4096 * tokens as u64
+}
+
 /// A client of one teacher server.
 pub struct Served {
     pub spec: ServerSpec,
@@ -240,16 +247,19 @@ impl Served {
         Ok(Self { spec: spec.clone(), endpoint: spec.endpoint(), agent })
     }
 
-    /// One POST; the answer's JSON, or why not.
-    fn post(&self, body: &Value) -> std::result::Result<Value, Failure> {
+    /// One POST; the answer's JSON, or why not. An answer longer than `limit` bytes (what the
+    /// request can need) is refused, not read on: a broken or hostile server could otherwise
+    /// fill memory, once per request in flight.
+    fn post(&self, body: &Value, limit: u64) -> std::result::Result<Value, Failure> {
         let text = serde_json::to_string(body).map_err(|e| Failure::Fatal(e.to_string()))?;
         let mut resp = match self.agent.post(&self.endpoint).header("Content-Type", "application/json").send(text.as_str()) {
             Ok(r) => r,
             Err(e) => return retry(format!("no answer: {e}")),
         };
         let status = resp.status().as_u16();
-        let answer = match resp.body_mut().with_config().limit(1 << 30).read_to_string() {
+        let answer = match resp.body_mut().with_config().limit(limit).read_to_string() {
             Ok(t) => t,
+            Err(ureq::Error::BodyExceedsLimit(_)) => return Err(Failure::Fatal(format!("the answer (HTTP {status}) is longer than the {limit} bytes this request can need"))),
             Err(e) => return retry(format!("reading the answer (HTTP {status}): {e}")),
         };
         match status {
@@ -320,7 +330,7 @@ impl Served {
             let text = if self.spec.api == Api::LlamaCppPython { text_of(seqs[i], tok)? } else { String::new() };
             let body = score_request(self.spec.api, self.spec.model.as_deref(), seqs[i], &text);
             self.with_retries(&names[i], || {
-                let answer = self.post(&body)?;
+                let answer = self.post(&body, answer_limit(seqs[i].len()))?;
                 needed(&parse_scores(self.spec.api, &answer, seqs[i], tok)?, from[i])
             })
         })?;
@@ -349,7 +359,7 @@ impl Served {
                     b
                 }
             };
-            self.with_retries(&format!("prompt {i}"), || parse_generation(self.spec.api, &self.post(&body)?))
+            self.with_retries(&format!("prompt {i}"), || parse_generation(self.spec.api, &self.post(&body, answer_limit(s.max_new_tokens))?))
         })
     }
 }

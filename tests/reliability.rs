@@ -475,3 +475,64 @@ fn a_var_no_recipe_reads_is_refused() {
     let err = String::from_utf8_lossy(&late.stderr);
     assert!(!late.status.success() && err.contains("pipeline stage recipes/demo_b/01_task.yaml") && !err.contains("no recipe that"), "{err}");
 }
+
+/// A fake completions server on the loopback: every request, read whole, gets `answer`.
+fn fake_server(answer: fn(&mut std::net::TcpStream)) -> String {
+    use std::io::{BufRead, Read};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                answer(&mut conn.try_clone().unwrap());
+            });
+        }
+    });
+    url
+}
+
+/// #36 items 10 and 23: a served teacher's answer is read only as far as its request can need
+/// (64 KiB and 4 KiB a token). A 2 MB answer to `max_tokens: 32` and an endless chunked body at
+/// eight requests in flight end in one line; under a 3 GiB address-space limit (the old 1 GiB
+/// per request would need 8) the endless body cannot exhaust memory; nothing is stored.
+#[test]
+fn a_served_answer_is_read_only_as_far_as_its_request_needs() {
+    use std::io::Write;
+    let tmp = TempDir::new();
+    let run = |url: &str| {
+        let out = tmp.path().join("answers");
+        let recipe = tmp.path().join("answers.yaml");
+        std::fs::write(&recipe, format!(
+            "recipe: teacher_responses\noutput_dir: {}\nteacher: {{tokenizer: tests/fixtures/models/qwen3, server: {{url: \"{url}\", max_concurrency: 8, retries: 0, timeout_s: 60}}}}\ndata: {{prompts: tests/fixtures/data/arith_train.jsonl, max_examples: 8}}\nsampling: {{temperature: 1.0, max_new_tokens: 32}}\nbatch_size: 8\n",
+            p(&out)
+        )).unwrap();
+        let _ = std::fs::remove_dir_all(&out);
+        let child = Command::new("sh").arg("-c").arg(format!("ulimit -v 3145728; exec {} run {}", env!("CARGO_BIN_EXE_tokbridge"), p(&recipe))).output().unwrap();
+        assert_eq!(std::fs::read_to_string(out.join("responses.jsonl")).unwrap_or_default(), "", "no answer stored");
+        child
+    };
+    let big = fake_server(|c| {
+        let body = format!("{{\"choices\": [{{\"text\": \"{}\"}}], \"usage\": {{\"completion_tokens\": 32}}}}", "a".repeat(2 << 20));
+        let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    });
+    fails_with(&run(&big), &["teacher server", "prompt 0", "is longer than the 196608 bytes this request can need"]);
+    let endless = fake_server(|c| {
+        let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let chunk = format!("10000\r\n{}\r\n", "a".repeat(1 << 16));
+        while c.write_all(chunk.as_bytes()).is_ok() {}
+    });
+    fails_with(&run(&endless), &["teacher server", "this request can need"]);
+}
