@@ -49,7 +49,7 @@ pub fn read(ds: &Dataset, max_examples: Option<usize>) -> Result<Vec<Example>> {
         };
         let name = file.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
         if name.ends_with(".parquet") {
-            parquet_records(file, &mut take)?;
+            parquet_records(file, ds, &mut take)?;
         } else if name.ends_with(".jsonl") || name.ends_with(".json") {
             json_records(file, &mut take)?;
         } else {
@@ -76,13 +76,7 @@ fn json_records(path: &Path, take: &mut Take) -> Result<()> {
     let mut reader = std::io::BufReader::new(file);
     let head = reader.fill_buf().with_context(|| format!("reading dataset {}", path.display()))?;
     if head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-        let records: Vec<Value> = serde_json::from_reader(reader).with_context(|| format!("{}: not a JSON array of records", path.display()))?;
-        for (i, record) in records.into_iter().enumerate() {
-            if !take(&|| format!("{} record {}", path.display(), i + 1), record)? {
-                break;
-            }
-        }
-        return Ok(());
+        return json_array(path, reader, take);
     }
     let mut bytes = Vec::new();
     for i in 0.. {
@@ -107,20 +101,121 @@ fn json_records(path: &Path, take: &mut Take) -> Result<()> {
     Ok(())
 }
 
-/// Hands each row of a Parquet file (the hub's format for datasets) to `take` as a JSON object
-/// until it returns false.
-fn parquet_records(path: &Path, take: &mut Take) -> Result<()> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    let file = std::fs::File::open(path).with_context(|| format!("reading dataset {}", path.display()))?;
-    let reader = SerializedFileReader::new(file).with_context(|| format!("dataset {}: not a Parquet file", path.display()))?;
-    let rows = reader.get_row_iter(None).with_context(|| format!("reading dataset {}", path.display()))?;
-    for (i, row) in rows.enumerate() {
-        let row = row.with_context(|| format!("{} row {}: unreadable", path.display(), i + 1))?;
-        if !take(&|| format!("{} row {}", path.display(), i + 1), row.to_json_value())? {
-            break;
+/// Hands each record of a JSON array to `take`, read one at a time with the JSONL reader's
+/// bound per record (a whole-file parse would hold every record, and a 64 MiB one whole).
+fn json_array(path: &Path, reader: impl std::io::Read, take: &mut Take) -> Result<()> {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use std::cell::Cell;
+    /// Counts the bytes read since the last record began; past the bound, reading fails.
+    struct Bounded<'a, R> {
+        inner: R,
+        used: &'a Cell<usize>,
+    }
+    impl<R: std::io::Read> std::io::Read for Bounded<'_, R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.used.get() > MAX_LINE_BYTES {
+                return Err(std::io::Error::other(format!("a record longer than {} MiB", MAX_LINE_BYTES >> 20)));
+            }
+            let end = buf.len().min(4096);
+            let n = self.inner.read(&mut buf[..end])?;
+            self.used.set(self.used.get() + n);
+            Ok(n)
         }
     }
+    struct Records<'a, 'b> {
+        path: &'a Path,
+        take: &'a mut Take<'b>,
+        used: &'a Cell<usize>,
+        /// Set when `take` stopped the reading: Ok when it wanted no more, else its error
+        /// (serde's own errors carry only text).
+        stopped: &'a mut Option<Result<()>>,
+    }
+    impl<'de> Visitor<'de> for Records<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON array of records")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+            for i in 1.. {
+                self.used.set(0);
+                let Some(record) = seq.next_element::<Value>()? else { break };
+                match (self.take)(&|| format!("{} record {i}", self.path.display()), record) {
+                    Ok(true) => continue,
+                    Ok(false) => *self.stopped = Some(Ok(())),
+                    Err(e) => *self.stopped = Some(Err(e)),
+                }
+                return Err(serde::de::Error::custom("stopped"));
+            }
+            Ok(())
+        }
+    }
+    let used = Cell::new(0);
+    let mut stopped = None;
+    let mut de = serde_json::Deserializer::from_reader(Bounded { inner: reader, used: &used });
+    let parsed = de.deserialize_seq(Records { path, take, used: &used, stopped: &mut stopped });
+    match stopped {
+        Some(r) => r,
+        None => {
+            parsed.with_context(|| format!("{}: not a JSON array of records", path.display()))?;
+            de.end().with_context(|| format!("{}: not a JSON array of records", path.display()))
+        }
+    }
+}
+
+/// Hands each row of a Parquet file (the hub's format for datasets) to `take` as a JSON object
+/// until it returns false. The page headers are checked first (`parquet_pages`), the columns a
+/// record is read from must hold text, and a panic inside the parquet crate is an error.
+fn parquet_records(path: &Path, ds: &Dataset, take: &mut Take) -> Result<()> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    quietly(|| {
+        let open = || std::fs::File::open(path).with_context(|| format!("reading dataset {}", path.display()));
+        let reader = SerializedFileReader::new(open()?).with_context(|| format!("dataset {}: not a Parquet file", path.display()))?;
+        let chunks: Vec<(u64, u64)> = reader.metadata().row_groups().iter().flat_map(|g| g.columns().iter().map(|c| c.byte_range())).collect();
+        crate::parquet_pages::check(open()?, &chunks).with_context(|| format!("dataset {}", path.display()))?;
+        text_columns(&reader, ds).with_context(|| format!("dataset {}", path.display()))?;
+        let rows = reader.get_row_iter(None).with_context(|| format!("reading dataset {}", path.display()))?;
+        for (i, row) in rows.enumerate() {
+            let row = row.with_context(|| format!("{} row {}: unreadable", path.display(), i + 1))?;
+            if !take(&|| format!("{} row {}", path.display(), i + 1), row.to_json_value())? {
+                break;
+            }
+        }
+        Ok(())
+    })
+    .unwrap_or_else(|why| bail!("dataset {}: the Parquet reader failed on a corrupt page ({why})", path.display()))
+}
+
+/// Refuses a Parquet file with two columns of one name, or whose columns that records are read
+/// from (the dataset's fields, or the default names) hold bytes or decimals: the parquet crate
+/// would hand them over as base64 or "1.50", and they would be trained on as text.
+fn text_columns(reader: &parquet::file::reader::SerializedFileReader<std::fs::File>, ds: &Dataset) -> Result<()> {
+    use parquet::basic::{ConvertedType, LogicalType, Type as Physical};
+    use parquet::file::reader::FileReader;
+    let read: Vec<&str> = [&ds.messages, &ds.prompt, &ds.response].into_iter().flatten().map(String::as_str).chain(["messages", "prompt", "response", "completion"]).collect();
+    let mut seen = std::collections::HashSet::new();
+    for f in reader.metadata().file_metadata().schema_descr().root_schema().get_fields() {
+        let name = f.name();
+        ensure!(seen.insert(name), "two columns are named {name:?}");
+        if !f.is_primitive() || !read.contains(&name) {
+            continue;
+        }
+        let info = f.get_basic_info();
+        let decimal = matches!(info.logical_type_ref(), Some(LogicalType::Decimal { .. })) || info.converted_type() == ConvertedType::DECIMAL;
+        ensure!(!decimal, "column {name:?} holds decimals, not text");
+        let text = matches!(info.logical_type_ref(), Some(LogicalType::String | LogicalType::Enum | LogicalType::Json)) || matches!(info.converted_type(), ConvertedType::UTF8 | ConvertedType::ENUM | ConvertedType::JSON);
+        ensure!(text || !matches!(f.get_physical_type(), Physical::BYTE_ARRAY | Physical::FIXED_LEN_BYTE_ARRAY), "column {name:?} holds bytes, not text (no string type)");
+    }
     Ok(())
+}
+
+/// Runs `f`; a panic inside it (the parquet crate asserts on some corrupt pages) is returned
+/// as its message, without printing it on stderr.
+fn quietly<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    out.map_err(|p| p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())
 }
 
 /// One record as a conversation, from the fields `ds` names (or the defaults). A prompt or

@@ -15,6 +15,7 @@ pub mod loss;
 pub mod models;
 pub mod nn;
 pub mod ops;
+pub mod parquet_pages;
 pub mod recipes;
 
 pub mod served;

@@ -1,5 +1,6 @@
-//! Fuzzing with proptest: the GGUF reader and the safetensors reader on mutations of the
-//! committed real files (byte edits, truncations, insertions), the recipe parser on mutated
+//! Fuzzing with proptest: the GGUF, safetensors, Parquet and JSON-array readers and the
+//! served-answer parsers on mutations of the committed real files (byte edits, truncations,
+//! insertions; Parquet's also from its end, where its metadata lives), the recipe parser on mutated
 //! shipped recipes with random overrides, and DPCA on random byte pieces. Each must return an
 //! error or a value, never panic, hang or allocate without bound; DPCA must also keep its
 //! contract (chunks cover both sequences in order, each of identical text). CI runs a bounded
@@ -60,6 +61,57 @@ fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tokbridge-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
+}
+
+/// A mutation applied from the file's end (where Parquet keeps its metadata) when `tail`.
+fn mutated(m: &Mutation, original: &[u8], tail: bool) -> Vec<u8> {
+    if !tail {
+        return m.apply(original);
+    }
+    let mut b = original.to_vec();
+    b.reverse();
+    let mut out = m.apply(&b);
+    out.reverse();
+    out
+}
+
+proptest! {
+    #![proptest_config(cases(2_000))]
+
+    /// Parquet datasets (a zstd file and one of nested message lists) and JSON-array datasets:
+    /// an error or examples, never a panic or unbounded memory.
+    #[test]
+    fn dataset_readers_survive_mutated_files(m in mutation(), tail in any::<bool>(), which in 0usize..3) {
+        let (rel, ext) = [
+            ("tests/fixtures/data/hub/arith/data/train-zstd.parquet", "parquet"),
+            ("tests/fixtures/data/hub/chat/conversations.parquet", "parquet"),
+            ("tests/fixtures/data/hub/chat/conversations.json", "json"),
+        ][which];
+        let path = scratch(&format!("case{which}.{ext}"));
+        std::fs::write(&path, mutated(&m, &fixture(rel), tail)).unwrap();
+        let ds = tokbridge::spec::Dataset { path: path.display().to_string(), prompt: (which == 0).then(|| "question".into()), response: (which == 0).then(|| "answer".into()), ..Default::default() };
+        if let Ok(examples) = tokbridge::data::read(&ds, None) {
+            prop_assert!(!examples.is_empty());
+        }
+    }
+
+    /// A served teacher's answers (recorded from vLLM, SGLang and llama-cpp-python), mutated:
+    /// parsed to log-probs or refused, never a panic.
+    #[test]
+    fn served_answer_parsers_survive_mutated_answers(m in mutation(), which in 0usize..5) {
+        use tokbridge::served::{parse_generation, parse_scores, Api};
+        let names = ["vllm_prompt_logprobs", "vllm_echo", "vllm_echo_token_ids", "sglang_generate", "llama_cpp_python_smollm2"];
+        let original = fixture(&format!("tests/fixtures/served/{}.json", names[which]));
+        let Ok(answer) = serde_json::from_slice::<serde_json::Value>(&mutated(&m, &original, false)) else { return Ok(()) };
+        let tok = tokbridge::hf::tokenizer::Tokenizer::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/demo/tokenizers/teacher").as_path()).unwrap();
+        let ids = [1, 355, 307, 223, 23, 22, 22, 22, 340, 16];
+        for api in [Api::Vllm, Api::OpenaiCompletions, Api::Sglang, Api::LlamaCppPython] {
+            if let Ok(scores) = parse_scores(api, &answer, &ids, &tok) {
+                prop_assert_eq!(scores.len(), ids.len());
+            }
+            let _ = parse_generation(api, &answer);
+        }
+    }
 }
 
 proptest! {

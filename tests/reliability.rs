@@ -536,3 +536,77 @@ fn a_served_answer_is_read_only_as_far_as_its_request_needs() {
     });
     fails_with(&run(&endless), &["teacher server", "this request can need"]);
 }
+
+/// Writes a one-row-group Parquet file: `schema` in Parquet's message syntax, each column's
+/// values as text (`binary`) or, where they parse, 32-bit integers.
+fn write_parquet(path: &Path, schema: &str, columns: &[Vec<String>], compression: parquet::basic::Compression) {
+    use parquet::data_type::{ByteArray, ByteArrayType, Int32Type};
+    use parquet::file::{properties::WriterProperties, writer::SerializedFileWriter};
+    let schema = std::sync::Arc::new(parquet::schema::parser::parse_message_type(schema).unwrap());
+    let props = std::sync::Arc::new(WriterProperties::builder().set_compression(compression).build());
+    let mut w = SerializedFileWriter::new(std::fs::File::create(path).unwrap(), schema, props).unwrap();
+    let mut group = w.next_row_group().unwrap();
+    let mut values = columns.iter();
+    while let Some(mut col) = group.next_column().unwrap() {
+        let v = values.next().unwrap();
+        match v.iter().map(|x| x.parse::<i32>()).collect::<Result<Vec<_>, _>>() {
+            Ok(ints) => col.typed::<Int32Type>().write_batch(&ints, None, None).map(drop).unwrap(),
+            Err(_) => col.typed::<ByteArrayType>().write_batch(&v.iter().map(|s| ByteArray::from(s.as_str())).collect::<Vec<_>>(), None, None).map(drop).unwrap(),
+        }
+        col.close().unwrap();
+    }
+    group.close().unwrap();
+    w.close().unwrap();
+}
+
+/// #36 items 5, 9 and 22: Parquet and JSON-array datasets keep the JSONL reader's 1 MiB bound
+/// per record, checked on the page headers before the parquet crate decodes (a 64 MiB cell, a
+/// zstd page of it), and a dictionary page that declares 0 bytes, which panicked inside the
+/// crate, is an error; columns of bytes or decimals, and two columns of one name, are refused
+/// instead of being trained on as base64 or "1.50". Each under a 3 GiB address-space limit.
+#[test]
+fn parquet_and_json_array_datasets_are_bounded_and_typed() {
+    use parquet::basic::Compression;
+    let tmp = TempDir::new();
+    let train = |file: &Path| {
+        let out = format!("output_dir={}", p(&tmp.path().join("run")));
+        let cmd = format!("ulimit -v 3145728; exec {} run recipes/sft/tiny.yaml {out} eval=null training.steps=1 data.train={}", env!("CARGO_BIN_EXE_tokbridge"), p(file));
+        Command::new("sh").arg("-c").arg(cmd).output().unwrap()
+    };
+    let texts = |a: &str, b: &str| vec![vec![a.to_string(), "What is 2 + 2?".into()], vec![b.to_string(), "4".into()]];
+    let huge = "a".repeat(64 << 20);
+    let file = tmp.path().join("huge.parquet");
+    write_parquet(&file, "message m { required binary prompt (UTF8); required binary response (UTF8); }", &texts(&huge, "b"), Compression::ZSTD(Default::default()));
+    assert!(std::fs::metadata(&file).unwrap().len() < 1 << 20, "the 64 MiB cell compresses");
+    fails_with(&train(&file), &["huge.parquet", "values, more than 1 MiB a value"]);
+
+    // A dictionary page that declares 0 bytes: its size varint rewritten in place, as 0 in as
+    // many bytes (a non-minimal varint).
+    let file = tmp.path().join("dict0.parquet");
+    write_parquet(&file, "message m { required binary prompt (UTF8); required binary response (UTF8); }", &texts("Q", "A"), Compression::UNCOMPRESSED);
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(std::fs::File::open(&file).unwrap()).unwrap();
+    let dict = parquet::file::reader::FileReader::metadata(&reader).row_group(0).column(0).dictionary_page_offset().expect("a dictionary page") as usize;
+    let mut bytes = std::fs::read(&file).unwrap();
+    assert_eq!(bytes[dict + 2], 0x15, "field 2 (uncompressed_page_size) follows the page type");
+    let size = dict + 3;
+    let len = bytes[size..].iter().position(|b| b & 0x80 == 0).unwrap() + 1;
+    for (i, b) in bytes[size..size + len].iter_mut().enumerate() {
+        *b = if i + 1 < len { 0x80 } else { 0x00 };
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    fails_with(&train(&file), &["dict0.parquet", "declares 2 values in 0 bytes"]);
+
+    for (schema, columns, needle) in [
+        ("message m { required binary prompt; required binary response (UTF8); }", texts("Q", "A"), "column \"prompt\" holds bytes, not text"),
+        ("message m { required binary prompt (UTF8); required int32 response (DECIMAL(5,2)); }", vec![texts("Q", "A")[0].clone(), vec!["150".into(), "400".into()]], "column \"response\" holds decimals, not text"),
+        ("message m { required binary prompt (UTF8); required binary prompt (UTF8); }", texts("Q", "A"), "two columns are named \"prompt\""),
+    ] {
+        let file = tmp.path().join("typed.parquet");
+        write_parquet(&file, schema, &columns, Compression::UNCOMPRESSED);
+        fails_with(&train(&file), &["typed.parquet", needle]);
+    }
+
+    let file = tmp.path().join("huge.json");
+    std::fs::write(&file, format!("[{{\"prompt\": \"Q\", \"response\": \"A\"}}, {{\"prompt\": \"{huge}\", \"response\": \"A\"}}]")).unwrap();
+    fails_with(&train(&file), &["huge.json: not a JSON array of records", "a record longer than 1 MiB"]);
+}
