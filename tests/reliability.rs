@@ -193,6 +193,9 @@ fn an_endless_chat_template_stops_with_its_path() {
     let run = tmp.path().join("run");
     let (model, train) = (format!("model.path={}", tmp.path().display()), format!("data.train={}", data.display()));
     fails_with(&sft(&run, &[&model, &train, "eval=null"], &[]), &["chat_template.jinja", "fuel"]);
+    // Within its fuel, a loop writing long literals would write gigabytes: refused past 16 MiB.
+    std::fs::write(tmp.path().join("chat_template.jinja"), "{% for a in range(10000) %}{% for b in range(10000) %}{{ 'x' * 10000 }}{% endfor %}{% endfor %}").unwrap();
+    fails_with(&sft(&tmp.path().join("run2"), &[&model, &train, "eval=null"], &[]), &["chat_template.jinja", "the output is longer than 16 MiB"]);
 }
 
 #[test]

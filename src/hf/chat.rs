@@ -38,6 +38,30 @@ pub struct ChatTemplate {
 /// thousand per conversation; a template that loops without end stops here with an error.
 const TEMPLATE_FUEL: u64 = 50_000_000;
 
+/// The most bytes one render may write: a conversation is read with at most 1 MiB per record,
+/// and real templates add a few markers per message; fuel alone (50M steps, each of which may
+/// write a long literal) would allow gigabytes.
+const MAX_RENDER_BYTES: usize = 16 << 20;
+
+/// A render's output, refused past `MAX_RENDER_BYTES`.
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    /// Past the bound, takes what fits and fails (the render stops; `render` says why).
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = MAX_RENDER_BYTES - self.0.len();
+        self.0.extend_from_slice(&buf[..buf.len().min(room)]);
+        if buf.len() >= room {
+            return Err(std::io::Error::other("the render's output bound"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A special token in tokenizer_config.json: a string or `{"content": ...}`.
 fn token_text(v: Option<&Value>) -> Option<String> {
     match v? {
@@ -118,7 +142,11 @@ impl ChatTemplate {
         }
         ctx.extend(self.kwargs.clone());
         let tmpl = env.get_template("chat")?;
-        tmpl.render(minijinja::Value::from_serialize(&ctx)).map_err(|e| anyhow::anyhow!("{}: rendering the chat template: {e:#}", self.origin))
+        let mut out = Capped(Vec::new());
+        let rendered = tmpl.render_captured_to(minijinja::Value::from_serialize(&ctx), &mut out);
+        anyhow::ensure!(out.0.len() < MAX_RENDER_BYTES, "{}: rendering the chat template: the output is longer than {} MiB", self.origin, MAX_RENDER_BYTES >> 20);
+        rendered.map_err(|e| anyhow::anyhow!("{}: rendering the chat template: {e:#}", self.origin))?;
+        String::from_utf8(out.0).map_err(|_| anyhow::anyhow!("{}: the chat template rendered invalid UTF-8", self.origin))
     }
 }
 
