@@ -421,3 +421,40 @@ fn a_pipeline_and_a_sweep_run_over_two_ranks() {
         assert_eq!(state["counters"]["world_size"], 2.0, "run {i}: {state}");
     }
 }
+
+/// #36 item 18: `kill -9` of the `--nproc 2` launcher stops both ranks (the kernel signals them
+/// when it dies), so none trains on as an orphan holding the run's lock.
+#[test]
+fn the_ranks_stop_when_their_launcher_is_killed() {
+    let _one = serial();
+    let tmp = TempDir::new();
+    if !has_dist(&tmp) {
+        return;
+    }
+    let out = tmp.path().join("run");
+    let mut launcher = Command::new(env!("CARGO_BIN_EXE_tokbridge"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["run", "recipes/sft/tiny.yaml", &format!("output_dir={}", out.display()), "eval=null", "training.steps=100000", "training.checkpoint_every=null", "--nproc", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while losses(&out).len() < 3 {
+        assert!(started.elapsed() < Duration::from_secs(120), "no steps within 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lock = std::fs::read_to_string(out.join(".lock")).unwrap();
+    let rank0 = std::path::PathBuf::from(format!("/proc/{}", lock.trim()));
+    assert!(rank0.exists(), "the lock names a running rank: {lock}");
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+    let killed = Instant::now();
+    while rank0.exists() && std::fs::read_to_string(rank0.join("stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(killed.elapsed() < Duration::from_secs(20), "rank 0 (pid {}) still trains 20 s after its launcher was killed", lock.trim());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let steps = losses(&out).len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(losses(&out).len(), steps, "no steps after the launcher died");
+}

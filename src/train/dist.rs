@@ -27,6 +27,7 @@ pub fn launch(n: usize, args: &[std::ffi::OsString]) -> Result<()> {
         if std::env::var_os("OMP_NUM_THREADS").is_none() {
             cmd.env("OMP_NUM_THREADS", threads.to_string());
         }
+        stop_with_parent(&mut cmd);
         children.push(cmd.spawn().with_context(|| format!("starting rank {rank}"))?);
     }
     let mut running: Vec<usize> = (0..n).collect();
@@ -55,6 +56,27 @@ pub fn launch(n: usize, args: &[std::ffi::OsString]) -> Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     Ok(())
+}
+
+/// Has the kernel stop a rank (SIGTERM) when its launcher dies, even by `kill -9`, instead of
+/// leaving it to train on as an orphan holding the run's lock.
+fn stop_with_parent(cmd: &mut std::process::Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let launcher = std::process::id() as libc::pid_t;
+        // SAFETY: prctl and getppid are async-signal-safe, and nothing else runs between the
+        // fork and the exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // The launcher may have died before the request took effect.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 || libc::getppid() != launcher {
+                    return Err(std::io::Error::other("the launcher is gone"));
+                }
+                Ok(())
+            });
+        }
+    }
 }
 
 /// Seconds a collective (or the rendezvous) may wait for the other ranks before the run stops:
