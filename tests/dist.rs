@@ -458,3 +458,34 @@ fn the_ranks_stop_when_their_launcher_is_killed() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(losses(&out).len(), steps, "no steps after the launcher died");
 }
+
+/// #36 item 19 (ranks): hand-launched ranks given different recipes (here one on fewer
+/// examples) both stop at once with one line, instead of training apart and exiting 0.
+#[test]
+fn ranks_with_different_recipes_are_refused() {
+    let _one = serial();
+    let tmp = TempDir::new();
+    if !has_dist(&tmp) {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let out = format!("output_dir={}", tmp.path().join("run").display());
+    let rank = |r: &str, extra: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tokbridge"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["run", "recipes/sft/tiny.yaml", &out, "eval=null", "training.steps=2", extra])
+            .envs([("RANK", r), ("LOCAL_RANK", r), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", port.as_str()), ("OMP_NUM_THREADS", "1"), ("TOKBRIDGE_DIST_TIMEOUT_S", "60")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (zero, one) = (rank("0", "logging.progress=false"), rank("1", "data.max_examples=8"));
+    for (r, child) in [(0, zero), (1, one)] {
+        let result = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&result.stderr);
+        let last = err.trim_end().lines().last().unwrap_or_default();
+        assert!(!result.status.success() && last.contains(&format!("rank {r} of 2: ")) && last.contains("1 of 2 ranks resolved another recipe than rank 0's"), "rank {r}: {err}");
+    }
+    assert!(!tmp.path().join("run/metrics.jsonl").exists() || losses(&tmp.path().join("run")).is_empty(), "no step was taken");
+}

@@ -613,3 +613,17 @@ fn parquet_and_json_array_datasets_are_bounded_and_typed() {
     std::fs::write(&file, format!("[{{\"prompt\": \"Q\", \"response\": \"A\"}}, {{\"prompt\": \"{huge}\", \"response\": \"A\"}}]")).unwrap();
     fails_with(&train(&file), &["huge.json: not a JSON array of records", "a record longer than 1 MiB"]);
 }
+
+/// #36 item 19 (resume): a resumed run names every key that changed. Steps, evaluation and
+/// checkpointing may change, each said in a line; the learning rate or the model may not.
+#[test]
+fn a_resume_names_what_changed_and_refuses_another_run() {
+    let tmp = TempDir::new();
+    let run = tmp.path().join("run");
+    ok(sft(&run, &["training.steps=4", "training.checkpoint_every=2", "eval=null"], &["--stop-after", "2"]));
+    fails_with(&sft(&run, &["training.steps=4", "training.checkpoint_every=2", "eval=null", "optimizer.lr=1.0e-3"], &["--resume"]), &["--resume: the recipe changed since the run started (optimizer.lr 0.003 -> 0.001)", "start a new output_dir"]);
+    fails_with(&sft(&run, &["training.steps=4", "eval=null", "model.path=tests/fixtures/models/qwen3"], &["--resume"]), &["model.path tests/fixtures/models/llama -> tests/fixtures/models/qwen3"]);
+    let out = ok(sft(&run, &["training.steps=6", "training.checkpoint_every=3", "eval=null"], &["--resume"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("with training.steps changed: 4 -> 6") && err.contains("with training.checkpoint_every changed: 2 -> 3"), "{err}");
+}

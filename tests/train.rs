@@ -347,8 +347,14 @@ fn every_shipped_recipe_validates() {
 fn resuming_on_a_smaller_dataset_is_refused() {
     let tmp = TempDir::new();
     let dir = tmp.path().join("run");
-    ok(sft(&dir, &["training.steps=4", "training.checkpoint_every=2", "eval=null"], &["--stop-after", "2"]));
-    let out = sft(&dir, &["training.steps=4", "training.checkpoint_every=2", "eval=null", "data.max_examples=4"], &["--resume"]);
+    // The same recipe over a data file that shrank since (a changed recipe is refused before).
+    let data = tmp.path().join("train.jsonl");
+    std::fs::copy("tests/fixtures/data/arith_train.jsonl", &data).unwrap();
+    let train = format!("data.train={}", data.display());
+    ok(sft(&dir, &["training.steps=4", "training.checkpoint_every=2", "eval=null", &train], &["--stop-after", "2"]));
+    let four: String = std::fs::read_to_string(&data).unwrap().lines().take(4).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&data, four).unwrap();
+    let out = sft(&dir, &["training.steps=4", "training.checkpoint_every=2", "eval=null", &train], &["--resume"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && !err.contains("panicked") && err.trim_end().lines().last().unwrap_or_default().contains("the data now has 4 examples"), "{err}");
 }

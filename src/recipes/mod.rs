@@ -17,7 +17,7 @@ use crate::spec::ModelSpec;
 use crate::recipes::recipe::Recipe;
 use crate::train::dist::Dist;
 use crate::train::run::RunOptions;
-use anyhow::{bail, Context, Result};
+use anyhow::{ensure, Context, Result};
 use std::path::Path;
 use tch::Device;
 
@@ -154,16 +154,74 @@ fn prepare_run_dir(dir: &Path, recipe: &Recipe, resume: bool) -> Result<crate::a
     crate::atomic::check_run_dir(dir)?;
     let lock = crate::atomic::lock_dir(dir).with_context(|| format!("output_dir {}", dir.display()))?;
     crate::atomic::clean_stale(dir)?;
-    if !resume && crate::train::checkpoint::latest(dir)?.is_some() {
-        bail!("output_dir {} already holds a run with checkpoints; pass --resume to continue it, or choose another output_dir", dir.display());
+    let resolved = recipe.to_yaml()?;
+    if crate::train::checkpoint::latest(dir)?.is_some() {
+        ensure!(resume, "output_dir {} already holds a run with checkpoints; pass --resume to continue it, or choose another output_dir", dir.display());
+        let before = std::fs::read_to_string(dir.join("recipe.yaml")).with_context(|| format!("resuming {}: reading its recipe.yaml", dir.display()))?;
+        for (key, was, now) in resume_changes(&serde_yaml::from_str(&before)?, &serde_yaml::from_str(&resolved)?)? {
+            crate::info!("resuming {} with {key} changed: {was} -> {now}", dir.display());
+        }
     }
-    crate::atomic::write(&dir.join("recipe.yaml"), recipe.to_yaml()?)?;
+    crate::atomic::write(&dir.join("recipe.yaml"), resolved)?;
     Ok(lock)
+}
+
+/// The keys a resumed run may change: how long it goes on, what it evaluates and logs, how it
+/// keeps checkpoints, where it exports, the device. Any other change (the model, the data, the
+/// optimizer, the schedule, the batch, the seed) makes another run, which resuming would splice
+/// onto this one's state.
+const RESUMABLE: [&str; 10] = [
+    "training.steps", "training.checkpoint_every", "training.keep_last_checkpoints", "training.activation_checkpointing",
+    "training.stop_at", "eval", "logging", "export_to", "device", "output_dir",
+];
+
+/// The changes from the recipe a run started with (`before`) to the one resuming it (`now`):
+/// each key that may change, with its two values; an error naming every key that may not.
+fn resume_changes(before: &serde_yaml::Value, now: &serde_yaml::Value) -> Result<Vec<(String, String, String)>> {
+    fn walk(a: &serde_yaml::Value, b: &serde_yaml::Value, at: &str, out: &mut Vec<(String, String, String)>) {
+        use serde_yaml::Value;
+        let short = |v: &Value| {
+            let t = serde_yaml::to_string(v).unwrap_or_default().trim().replace('\n', " ");
+            if t.chars().count() > 60 { format!("{}...", t.chars().take(60).collect::<String>()) } else { t }
+        };
+        match (a, b) {
+            (Value::Mapping(x), Value::Mapping(y)) => {
+                let mut keys: Vec<&Value> = x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))).collect();
+                keys.sort_by_key(|k| k.as_str().map(String::from));
+                for k in keys {
+                    let name = k.as_str().map_or_else(|| short(k), String::from);
+                    let path = if at.is_empty() { name } else { format!("{at}.{name}") };
+                    walk(x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), &path, out);
+                }
+            }
+            _ if a != b => out.push((at.to_string(), short(a), short(b))),
+            _ => {}
+        }
+    }
+    let mut changes = Vec::new();
+    walk(before, now, "", &mut changes);
+    changes.retain(|(k, _, _)| k != "vars" && !k.starts_with("vars."));
+    let may = |k: &str| RESUMABLE.iter().any(|r| k == *r || k.starts_with(&format!("{r}.")));
+    let refused: Vec<String> = changes.iter().filter(|(k, _, _)| !may(k)).map(|(k, was, now)| format!("{k} {was} -> {now}")).collect();
+    ensure!(
+        refused.is_empty(),
+        "--resume: the recipe changed since the run started ({}); a resumed run may change only training.steps, eval, logging, checkpointing, export_to and device: start a new output_dir",
+        refused.join("; ")
+    );
+    Ok(changes)
 }
 
 /// `prepare_run_dir` by rank 0 of a multi-process run while the others wait for it (they
 /// neither lock nor write the directory).
 fn prepare_shared_run_dir(dir: &Path, recipe: &Recipe, resume: bool, dist: Option<&Dist>) -> Result<Option<crate::atomic::RunLock>> {
+    if let Some(d) = dist {
+        // Hand-launched ranks may have been given other recipes or overrides.
+        let h = pipeline::fnv1a(recipe.to_yaml()?.as_bytes(), 0xcbf2_9ce4_8422_2325);
+        let mine = [(h >> 32) as f64, (h & 0xffff_ffff) as f64];
+        let differs = (d.broadcast(&mine, "comparing the ranks' recipes")? != mine) as u8 as f64;
+        let n = d.sum(&[differs], "comparing the ranks' recipes")?[0];
+        ensure!(n == 0.0, "rank {} of {}: {n} of {} ranks resolved another recipe than rank 0's (launch every rank with the same recipe file and overrides)", d.rank, d.world, d.world);
+    }
     let lock = match dist {
         Some(d) if !d.is_main() => None,
         _ => Some(prepare_run_dir(dir, recipe, resume)?),

@@ -116,7 +116,7 @@ impl crate::spec::Schema for Pipeline {
 }
 
 /// FNV-1a, 64 bit: a hash that is stable across builds, for the record of upstream stages.
-fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
     for &b in bytes {
         h ^= b as u64;
         h = h.wrapping_mul(0x100_0000_01b3);
