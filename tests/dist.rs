@@ -214,6 +214,20 @@ fn a_rank_that_dies_stops_the_other_with_one_line() {
     let err = String::from_utf8_lossy(&lonely.stderr);
     let last = err.trim_end().lines().last().unwrap_or_default();
     assert!(!lonely.status.success() && last.starts_with(&format!("error: rank 1 of 2: joining the group at 127.0.0.1:{port}: ")) && last.contains("timed out"), "{err}");
+    // No C++ stack or c10d log (#36 item 8); while it waits it says for what (item 16).
+    assert!(!err.contains("frame #") && !err.lines().any(|l| l.starts_with("[E") || l.starts_with("[W")), "{err}");
+    assert!(err.contains(&format!("rank 1 of 2: waiting for rank 0 at 127.0.0.1:{port} (")), "{err}");
+    // A MASTER_ADDR that does not resolve is one line at once, not 30 minutes of retries.
+    let started = Instant::now();
+    let unresolvable = Command::new(env!("CARGO_BIN_EXE_tokbridge"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["run", "recipes/sft/tiny.yaml", &format!("output_dir={}", tmp.path().join("nowhere").display()), "eval=null"])
+        .envs([("RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "no-such-host.invalid"), ("MASTER_PORT", port.as_str())])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&unresolvable.stderr);
+    assert!(!unresolvable.status.success() && err.trim_end().lines().count() == 1 && err.contains("MASTER_ADDR no-such-host.invalid does not resolve"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
 
     let (zero, mut one) = (rank("0"), rank("1"));
     let started = Instant::now();

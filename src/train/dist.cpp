@@ -15,6 +15,7 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <c10/util/Logging.h>
 #ifdef USE_C10D_NCCL
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
@@ -47,7 +48,19 @@ struct Group {
 
 using tb::list;
 
-char* error(const std::exception& e) { return strdup(e.what()); }
+// The message of `e`, without the C++ stack that c10's errors append to what().
+char* error(const std::exception& e) {
+  if (auto c = dynamic_cast<const c10::Error*>(&e)) return strdup(c->what_without_backtrace());
+  return strdup(e.what());
+}
+
+// Silences c10's log (stderr) while it lives: c10d logs every failed connection attempt with
+// the exception's C++ stack, and the error returned says what failed in one line.
+struct QuietLog {
+  int before = FLAGS_caffe2_log_level;
+  QuietLog() { FLAGS_caffe2_log_level = 3; }  // FATAL only
+  ~QuietLog() { FLAGS_caffe2_log_level = before; }
+};
 
 // Sums the parameters' gradients over the ranks while the backward runs, as DDP's reducer
 // does: the parameters are split into buckets of at most `cap` bytes of gradient, in the
@@ -281,6 +294,7 @@ extern "C" {
 
 // Rank `rank` of `world` joins the group whose store rank 0 serves at addr:port.
 char* tb_dist_init(int rank, int world, const char* addr, int port, long timeout_ms, void** out) {
+  QuietLog quiet;
   try {
     c10d::TCPStoreOptions o;
     o.port = static_cast<uint16_t>(port);

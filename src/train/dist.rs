@@ -180,9 +180,26 @@ impl Dist {
     #[cfg(tokbridge_dist)]
     fn join(rank: usize, world: usize, addr: &str, port: u16) -> Result<Dist> {
         let c_addr = std::ffi::CString::new(addr).context("MASTER_ADDR holds a NUL byte")?;
+        // c10d would retry a name that does not resolve until its timeout (30 minutes).
+        std::net::ToSocketAddrs::to_socket_addrs(&(addr, port)).with_context(|| format!("MASTER_ADDR {addr} does not resolve"))?;
+        let timeout = timeout_ms()?;
         let mut group = std::ptr::null_mut();
+        // Say what this rank waits for every minute (four times within a shorter timeout),
+        // while c10d waits in silence.
+        let every = std::time::Duration::from_millis((timeout as u64 / 4).clamp(1, 60_000));
+        let (done, waiting) = std::sync::mpsc::channel::<()>();
+        let at = format!("{addr}:{port}");
+        let watcher = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = waiting.recv_timeout(every) {
+                let others = if rank == 0 { format!("the other {} rank(s) to connect to", world - 1) } else { "rank 0 at".to_string() };
+                eprintln!("rank {rank} of {world}: waiting for {others} {at} ({:.0} s of the {:.0} s timeout)", started.elapsed().as_secs_f64(), timeout as f64 / 1000.0);
+            }
+        });
         // SAFETY: the address outlives the call; `group` receives a pointer that Drop frees once.
-        let err = unsafe { ffi::tb_dist_init(rank as i32, world as i32, c_addr.as_ptr(), port as i32, timeout_ms()?, &mut group) };
+        let err = unsafe { ffi::tb_dist_init(rank as i32, world as i32, c_addr.as_ptr(), port as i32, timeout, &mut group) };
+        drop(done);
+        let _ = watcher.join();
         ffi::check("c10d Gloo process group", err)?;
         eprintln!("rank {rank} of {world}: joined the Gloo process group at {addr}:{port}");
         Ok(Dist { rank, world, gathers: Default::default(), gpu: Default::default(), group })
