@@ -627,3 +627,29 @@ fn a_resume_names_what_changed_and_refuses_another_run() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("with training.steps changed: 4 -> 6") && err.contains("with training.checkpoint_every changed: 2 -> 3"), "{err}");
 }
+
+/// #36 item 1 (last part): a hub that answers `X-Repo-Commit: ../../…` is refused before
+/// hf-hub (which joins that answer to the cache path unchecked) writes anything: one line
+/// naming the header, for a model and a dataset, and nothing outside the cache.
+#[test]
+fn a_hub_commit_that_climbs_out_of_the_cache_is_refused() {
+    use std::io::Write;
+    let tmp = TempDir::new();
+    let hub = fake_server(|c| {
+        let _ = write!(c, "HTTP/1.1 200 OK\r\nX-Repo-Commit: ../../../../evil\r\nETag: \"abc\"\r\nContent-Range: bytes 0-0/10\r\nContent-Length: 0\r\n\r\n");
+    });
+    let cache = tmp.path().join("hub");
+    let env = |cmd: &mut Command| {
+        cmd.env("HF_ENDPOINT", &hub).env("HF_HUB_CACHE", &cache).env_remove("HF_HUB_OFFLINE").env("HF_TOKEN", "");
+    };
+    let mut score = Command::new(env!("CARGO_BIN_EXE_tokbridge"));
+    score.args(["score", "--model", "tiny/model", "--text", "a b"]);
+    env(&mut score);
+    fails_with(&score.output().unwrap(), &["X-Repo-Commit \"../../../../evil\" for config.json of tiny/model", "not a commit name"]);
+    let mut train = Command::new(env!("CARGO_BIN_EXE_tokbridge"));
+    train.current_dir(env!("CARGO_MANIFEST_DIR")).args(["run", "recipes/sft/tiny.yaml", &format!("output_dir={}", p(&tmp.path().join("run"))), "data.train=hf://datasets/tiny/data/train.jsonl"]);
+    env(&mut train);
+    fails_with(&train.output().unwrap(), &["X-Repo-Commit \"../../../../evil\" for train.jsonl of datasets/tiny/data"]);
+    let outside: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n != "hub" && n != "run").collect();
+    assert!(outside.is_empty(), "written outside the cache: {outside:?}");
+}

@@ -84,6 +84,51 @@ fn inside_cache(cache: &Path, path: PathBuf) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// A hub repo through hf-hub, each file's commit checked before hf-hub fetches it.
+struct HubRepo {
+    api: hf_hub::api::sync::ApiRepo,
+    /// `datasets/org/name` or `org/name`, as the hub's URLs name it.
+    path: String,
+    revision: String,
+}
+
+impl HubRepo {
+    fn new(cache: &Path, dataset: bool, repo: &str, revision: &str) -> Result<Self> {
+        use hf_hub::{Repo, RepoType};
+        let api = hf_hub::api::sync::ApiBuilder::from_env().with_cache_dir(cache.to_path_buf()).build()?;
+        let kind = if dataset { RepoType::Dataset } else { RepoType::Model };
+        let path = if dataset { format!("datasets/{repo}") } else { repo.to_string() };
+        Ok(Self { api: api.repo(Repo::with_revision(repo.to_string(), kind, revision.to_string())), path, revision: revision.to_string() })
+    }
+
+    /// `file`, from the cache or downloaded into it. First the hub is asked (HEAD, as hf-hub
+    /// asks) which commit the file comes from: hf-hub 0.5 joins the `X-Repo-Commit` it is
+    /// answered to the cache path unchecked, so `../../x` would write outside the cache. An
+    /// answer that is not a commit name is refused; a failed request is left to hf-hub to report.
+    fn get(&self, file: &str) -> Result<PathBuf> {
+        let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
+        let url = format!("{}/{}/resolve/{}/{file}", endpoint.trim_end_matches('/'), self.path, self.revision.replace('/', "%2F"));
+        let agent: ureq::Agent = ureq::Agent::config_builder().max_redirects(0).http_status_as_error(false).timeout_global(Some(std::time::Duration::from_secs(30))).build().into();
+        let mut request = agent.head(&url).header("Range", "bytes=0-0");
+        if let Some(token) = hub_token() {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        if let Ok(answer) = request.call() {
+            if let Some(commit) = answer.headers().get("x-repo-commit") {
+                let commit = String::from_utf8_lossy(commit.as_bytes());
+                anyhow::ensure!(hub_name(&commit), "the hub at {endpoint} answered X-Repo-Commit {commit:?} for {file} of {}: not a commit name; refusing it", self.path);
+            }
+        }
+        Ok(self.api.get(file)?)
+    }
+}
+
+/// The token hf-hub would send: `HF_TOKEN`, else the token file of `HF_HOME`.
+fn hub_token() -> Option<String> {
+    let home = std::env::var_os("HF_HOME").map(PathBuf::from).unwrap_or_else(|| std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".cache/huggingface"));
+    std::env::var("HF_TOKEN").ok().or_else(|| std::fs::read_to_string(home.join("token")).ok()).map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
+}
+
 /// The snapshot directory of a cached hub model, if its ref resolves.
 fn cached_snapshot(cache: &Path, repo: &str, revision: &str) -> Option<PathBuf> {
     cached_repo(cache, "models", repo, revision)
@@ -156,10 +201,7 @@ pub fn resolve_adapter(spec: &str) -> Result<PathBuf> {
         bail!("adapter {spec}: no such directory, and HF_HUB_OFFLINE is set and the cache {} does not hold {} of hub id {repo}", cache.display(), FILES.join(" and "));
     }
     let fetch = || -> Result<PathBuf> {
-        use hf_hub::api::sync::ApiBuilder;
-        use hf_hub::{Repo, RepoType};
-        let api = ApiBuilder::from_env().with_cache_dir(cache.clone()).build()?;
-        let repo = api.repo(Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string()));
+        let repo = HubRepo::new(&cache, false, repo, revision)?;
         let config = inside_cache(&cache, repo.get(FILES[0])?)?;
         inside_cache(&cache, repo.get(FILES[1])?)?;
         Ok(config.parent().context("cache path without parent")?.to_path_buf())
@@ -181,10 +223,7 @@ pub fn name_of(dir: &Path) -> String {
 }
 
 fn download(cache: &Path, repo: &str, revision: &str, weights: bool) -> Result<PathBuf> {
-    use hf_hub::api::sync::ApiBuilder;
-    use hf_hub::{Repo, RepoType};
-    let api = ApiBuilder::from_env().with_cache_dir(cache.to_path_buf()).build()?;
-    let repo = api.repo(Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string()));
+    let repo = HubRepo::new(cache, false, repo, revision)?;
     let config = inside_cache(cache, repo.get("config.json")?)?;
     let dir = config.parent().context("cache path without parent")?.to_path_buf();
     repo.get("tokenizer.json")?;
@@ -252,13 +291,10 @@ pub fn dataset_files(spec: &str) -> Result<Vec<PathBuf>> {
         bail!("dataset {spec}: HF_HUB_OFFLINE is set and the cache {} holds no {file} of hub dataset {repo}", cache.display());
     }
     let fetch = || -> Result<Vec<PathBuf>> {
-        use hf_hub::api::sync::ApiBuilder;
-        use hf_hub::{Repo, RepoType};
-        let api = ApiBuilder::from_env().with_cache_dir(cache.clone()).build()?;
-        let hub = api.repo(Repo::with_revision(repo.clone(), RepoType::Dataset, revision.clone()));
+        let hub = HubRepo::new(&cache, true, &repo, &revision)?;
         let mut names = vec![file.to_string()];
         if file.contains('*') {
-            names = hub.info()?.siblings.into_iter().map(|s| s.rfilename).filter(|f| glob(file, f)).collect();
+            names = hub.api.info()?.siblings.into_iter().map(|s| s.rfilename).filter(|f| glob(file, f)).collect();
             names.iter().try_for_each(|n| check_repo_file(spec, n))?;
             names.sort();
             anyhow::ensure!(!names.is_empty(), "no file of the repo matches {file}");
