@@ -1,6 +1,7 @@
 //! Fuzzing with proptest: the GGUF, safetensors, Parquet and JSON-array readers and the
 //! served-answer parsers on mutations of the committed real files (byte edits, truncations,
-//! insertions; Parquet's also from its end, where its metadata lives), the recipe parser on mutated
+//! insertions; Parquet's also from its end, where its metadata lives), the hub-URL parser on
+//! paths built from hostile pieces, the recipe parser on mutated
 //! shipped recipes with random overrides, and DPCA on random byte pieces. Each must return an
 //! error or a value, never panic, hang or allocate without bound; DPCA must also keep its
 //! contract (chunks cover both sequences in order, each of identical text). CI runs a bounded
@@ -110,6 +111,35 @@ proptest! {
                 prop_assert_eq!(scores.len(), ids.len());
             }
             let _ = parse_generation(api, &answer);
+        }
+    }
+}
+
+/// Pieces that hub paths are made of, the hostile ones included.
+fn hub_piece() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("org".to_string()), Just("name".to_string()), Just("data".to_string()), Just("train.jsonl".to_string()), Just("*.parquet".to_string()),
+        Just("..".to_string()), Just(".".to_string()), Just("".to_string()), Just("%2F".to_string()), Just("%2f..".to_string()), Just("@".to_string()),
+        Just("\\".to_string()), Just("~".to_string()), Just("--".to_string()), Just("\n".to_string()), "[a-z.@%/\\-]{0,6}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(cases(5_000))]
+
+    /// The hub-URL parser: whatever `hf://datasets/...` it accepts, its repo, revision and
+    /// path joined to a cache stay inside it (no empty, `.` or `..` part, no backslash or
+    /// control character, no absolute path).
+    #[test]
+    fn hub_dataset_paths_never_leave_the_cache(pieces in prop::collection::vec((hub_piece(), prop_oneof![Just("/"), Just("@"), Just("")]), 2..9)) {
+        let rest: String = std::iter::once("datasets/".to_string()).chain(pieces.iter().map(|(p, sep)| format!("{p}{sep}"))).collect();
+        let spec = format!("hf://{rest}");
+        if let Ok((repo, revision, file)) = tokbridge::hf::hub::hub_dataset(&spec, &rest) {
+            let joined = format!("{}/{revision}/{file}", repo);
+            for part in joined.split('/') {
+                prop_assert!(!part.is_empty() && part != "." && part != ".." && !part.contains('\\') && !part.chars().any(char::is_control), "{spec} -> {joined}");
+            }
+            prop_assert_eq!(repo.matches('/').count(), 1, "{} -> {}", spec, repo);
         }
     }
 }

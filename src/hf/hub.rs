@@ -268,16 +268,8 @@ pub fn dataset_files(spec: &str) -> Result<Vec<PathBuf>> {
         anyhow::ensure!(!files.is_empty(), "dataset {spec}: no file matches");
         return Ok(files);
     };
-    let form = "a hub dataset is hf://datasets/ORG/NAME[@REVISION]/PATH";
-    let Some(rest) = rest.strip_prefix("datasets/") else { bail!("dataset {spec}: {form}") };
-    let mut parts = rest.splitn(3, '/');
-    let (Some(org), Some(name), Some(file)) = (parts.next(), parts.next(), parts.next()) else { bail!("dataset {spec}: {form}") };
-    let (name, revision) = name.split_once('@').unwrap_or((name, "main"));
-    let revision = revision.replace("%2F", "/").replace("%2f", "/");
-    anyhow::ensure!(!org.is_empty() && !name.is_empty() && !file.is_empty() && !file.ends_with('/'), "dataset {spec}: {form}");
-    let repo = format!("{org}/{name}");
-    check_hub_id("dataset", spec, &repo, &revision)?;
-    check_repo_file(spec, file)?;
+    let (repo, revision, file) = hub_dataset(spec, rest)?;
+    let file = file.as_str();
     let cache = cache_dir();
     let cached = match cached_repo(&cache, "datasets", &repo, &revision) {
         Some(dir) if file.contains('*') => matching(&dir, file).with_context(|| format!("dataset {spec}"))?,
@@ -305,6 +297,22 @@ pub fn dataset_files(spec: &str) -> Result<Vec<PathBuf>> {
         0 => format!("dataset {spec}: not in the cache {}, and the hub did not give it", cache.display()),
         n => format!("dataset {spec}: the hub did not list the files that match (the cache {} holds {n}; HF_HUB_OFFLINE=1 uses those)", cache.display()),
     })
+}
+
+/// `hf://datasets/ORG/NAME[@REVISION]/PATH` (given `rest`, after `hf://`) as its repo id,
+/// revision and path in the repo, each checked so that joined to the cache they cannot leave it.
+pub fn hub_dataset(spec: &str, rest: &str) -> Result<(String, String, String)> {
+    let form = "a hub dataset is hf://datasets/ORG/NAME[@REVISION]/PATH";
+    let Some(rest) = rest.strip_prefix("datasets/") else { bail!("dataset {spec}: {form}") };
+    let mut parts = rest.splitn(3, '/');
+    let (Some(org), Some(name), Some(file)) = (parts.next(), parts.next(), parts.next()) else { bail!("dataset {spec}: {form}") };
+    let (name, revision) = name.split_once('@').unwrap_or((name, "main"));
+    let revision = revision.replace("%2F", "/").replace("%2f", "/");
+    anyhow::ensure!(!org.is_empty() && !name.is_empty() && !file.is_empty() && !file.ends_with('/'), "dataset {spec}: {form}");
+    let repo = format!("{org}/{name}");
+    check_hub_id("dataset", spec, &repo, &revision)?;
+    check_repo_file(spec, file)?;
+    Ok((repo, revision, file.to_string()))
 }
 
 /// The files under `root` whose path relative to it matches `pattern` (`*` only in its file
