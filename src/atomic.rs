@@ -119,7 +119,7 @@ pub fn check_replaceable(out: &Path, force: bool) -> Result<()> {
     }
     ensure!(
         empty || force,
-        "{} holds a model that tokbridge did not write (no {MARKER} marker); refusing to replace it (--force replaces it)",
+        "{} holds a model that tokbridge did not write (no {MARKER} marker); refusing to replace it (export's and convert's --force replace it)",
         out.display()
     );
     Ok(())

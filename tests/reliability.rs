@@ -653,3 +653,21 @@ fn a_hub_commit_that_climbs_out_of_the_cache_is_refused() {
     let outside: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n != "hub" && n != "run").collect();
     assert!(outside.is_empty(), "written outside the cache: {outside:?}");
 }
+
+/// init_model replaces only a model folder it wrote (its marker): a user's folder named as its
+/// output_dir was deleted whole; now it is refused and left as it was.
+#[test]
+fn init_model_replaces_only_what_it_wrote() {
+    let tmp = TempDir::new();
+    let init = |out: &Path| tokbridge(&["run", "recipes/demo_b/06_student_init.yaml", &format!("output_dir={}", p(out))]);
+    let mine = tmp.path().join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("config.json"), "{}").unwrap();
+    std::fs::write(mine.join("notes.txt"), "my notes").unwrap();
+    fails_with(&init(&mine), &["init_model: output_dir", "holds \"notes.txt\", which no export writes"]);
+    assert_eq!(std::fs::read_to_string(mine.join("notes.txt")).unwrap(), "my notes");
+    let fresh = tmp.path().join("fresh");
+    ok(init(&fresh));
+    assert!(fresh.join(".tokbridge-export").is_file() && fresh.join("model.safetensors").is_file());
+    ok(init(&fresh));
+}

@@ -69,6 +69,8 @@ impl crate::spec::Schema for InitModel {
 }
 
 pub fn run(r: &InitModel) -> Result<()> {
+    // A folder tokbridge did not write (a user's model) is never replaced; it was deleted whole.
+    crate::atomic::check_replaceable(&r.output_dir, false).with_context(|| format!("init_model: output_dir {}", r.output_dir.display()))?;
     let family = Family::from_model_type(&r.model_type)?;
     if !matches!(family, Family::Llama | Family::Mistral | Family::Qwen2 | Family::Qwen3) {
         bail!("init_model: model_type {} is not supported (llama, mistral, qwen2, qwen3)", r.model_type);
@@ -137,10 +139,7 @@ pub fn run(r: &InitModel) -> Result<()> {
     std::fs::create_dir_all(&out)?;
     write_dir(&model, &stage, &out, kind, u64::MAX)?;
     std::fs::remove_dir_all(&stage)?;
-    if r.output_dir.exists() {
-        std::fs::remove_dir_all(&r.output_dir)?;
-    }
-    std::fs::rename(&out, &r.output_dir)?;
+    crate::atomic::publish_dir(&out, &r.output_dir, false).with_context(|| format!("init_model: output_dir {}", r.output_dir.display()))?;
     let back = models::load(&r.output_dir, Device::Cpu, kind)?;
     let params: i64 = back.vs.variables().values().map(|t| t.numel() as i64).sum();
     crate::info!("init_model: {} with {:.2}M parameters in {}", r.model_type, params as f64 / 1e6, r.output_dir.display());
