@@ -61,6 +61,20 @@ fn has_dist(tmp: &TempDir) -> bool {
     true
 }
 
+/// Rank `rank` of two, launched by hand (as torchrun's environment would), running
+/// recipes/sft/tiny.yaml without evaluation with `extra` overrides; stderr is piped.
+fn hand_rank(rank: &str, port: &str, extra: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_tokbridge"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["run", "recipes/sft/tiny.yaml", "eval=null"])
+        .args(extra)
+        .envs([("RANK", rank), ("LOCAL_RANK", rank), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", port), ("OMP_NUM_THREADS", "1"), ("TOKBRIDGE_DIST_TIMEOUT_S", "60")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn assert_same_curve(a: &[f64], b: &[f64], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: {a:?} vs {b:?}");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
@@ -194,16 +208,8 @@ fn a_rank_that_dies_stops_the_other_with_one_line() {
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
     let out = tmp.path().join("run");
-    let rank = |r: &str| {
-        Command::new(env!("CARGO_BIN_EXE_tokbridge"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["run", "recipes/sft/tiny.yaml", &format!("output_dir={}", out.display()), "eval=null", "training.steps=100000", "training.checkpoint_every=null"])
-            .envs([("RANK", r), ("LOCAL_RANK", r), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", port.as_str()), ("OMP_NUM_THREADS", "1"), ("TOKBRIDGE_DIST_TIMEOUT_S", "60")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let out_arg = format!("output_dir={}", out.display());
+    let rank = |r: &str| hand_rank(r, &port, &[&out_arg, "training.steps=100000", "training.checkpoint_every=null"]);
     // A rank whose rendezvous never answers gives up after the timeout, in one line.
     let lonely = Command::new(env!("CARGO_BIN_EXE_tokbridge"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -486,16 +492,7 @@ fn ranks_with_different_recipes_are_refused() {
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
     let out = format!("output_dir={}", tmp.path().join("run").display());
-    let rank = |r: &str, extra: &str| {
-        Command::new(env!("CARGO_BIN_EXE_tokbridge"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["run", "recipes/sft/tiny.yaml", &out, "eval=null", "training.steps=2", extra])
-            .envs([("RANK", r), ("LOCAL_RANK", r), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", port.as_str()), ("OMP_NUM_THREADS", "1"), ("TOKBRIDGE_DIST_TIMEOUT_S", "60")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let rank = |r: &str, extra: &str| hand_rank(r, &port, &[&out, "training.steps=2", extra]);
     let (zero, one) = (rank("0", "logging.progress=false"), rank("1", "data.max_examples=8"));
     for (r, child) in [(0, zero), (1, one)] {
         let result = child.wait_with_output().unwrap();

@@ -104,10 +104,11 @@ proptest! {
         let names = ["vllm_prompt_logprobs", "vllm_echo", "vllm_echo_token_ids", "sglang_generate", "llama_cpp_python_smollm2"];
         let original = fixture(&format!("tests/fixtures/served/{}.json", names[which]));
         let Ok(answer) = serde_json::from_slice::<serde_json::Value>(&mutated(&m, &original, false)) else { return Ok(()) };
-        let tok = tokbridge::hf::tokenizer::Tokenizer::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/demo/tokenizers/teacher").as_path()).unwrap();
+        static TOK: std::sync::OnceLock<tokbridge::hf::tokenizer::Tokenizer> = std::sync::OnceLock::new();
+        let tok = TOK.get_or_init(|| tokbridge::hf::tokenizer::Tokenizer::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/demo/tokenizers/teacher").as_path()).unwrap());
         let ids = [1, 355, 307, 223, 23, 22, 22, 22, 340, 16];
         for api in [Api::Vllm, Api::OpenaiCompletions, Api::Sglang, Api::LlamaCppPython] {
-            if let Ok(scores) = parse_scores(api, &answer, &ids, &tok) {
+            if let Ok(scores) = parse_scores(api, &answer, &ids, tok) {
                 prop_assert_eq!(scores.len(), ids.len());
             }
             let _ = parse_generation(api, &answer);
