@@ -182,6 +182,20 @@ pub fn publish_dir(staged: &Path, out: &Path, force: bool) -> Result<()> {
     std::fs::remove_dir_all(&old).with_context(|| format!("removing the replaced {}", old.display()))
 }
 
+/// Writes a recipe's output directory in one piece: `fill` writes into a staging directory
+/// beside `out`, which then replaces `out` (`publish_dir`). A folder tokbridge did not write
+/// (a user's `train.jsonl`, say) is refused before any work and never overwritten.
+pub fn publish_new(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    check_replaceable(out, false)?;
+    let stage = tmp_path(out);
+    std::fs::create_dir_all(&stage).with_context(|| format!("creating {}", stage.display()))?;
+    let done = fill(&stage).and_then(|()| publish_dir(&stage, out, false));
+    if done.is_err() {
+        let _ = std::fs::remove_dir_all(&stage);
+    }
+    done
+}
+
 fn aside_path(out: &Path, pid: u32) -> PathBuf {
     let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(format!(".old{pid}"));

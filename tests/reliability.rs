@@ -671,3 +671,36 @@ fn init_model_replaces_only_what_it_wrote() {
     assert!(fresh.join(".tokbridge-export").is_file() && fresh.join("model.safetensors").is_file());
     ok(init(&fresh));
 }
+
+/// make_task, train_tokenizer (and compare, by the same helper) write their output_dir in one
+/// piece and replace only a folder they wrote: a user's train.jsonl or tokenizer.json of the
+/// same name was overwritten in place; now the folder is refused and left as it was.
+#[test]
+fn task_and_tokenizer_outputs_replace_only_what_they_wrote() {
+    let tmp = TempDir::new();
+    let task = |out: &Path| tokbridge(&["run", "recipes/demo_b/01_task.yaml", &format!("output_dir={}", p(out)), "vars.train_size=50", "vars.val_size=5", "vars.test_size=5"]);
+    let mine = tmp.path().join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("train.jsonl"), "{\"prompt\": \"mine\", \"response\": \"mine\"}\n").unwrap();
+    fails_with(&task(&mine), &["make_task: output_dir", "holds \"train.jsonl\", which no export writes"]);
+    assert_eq!(std::fs::read_to_string(mine.join("train.jsonl")).unwrap(), "{\"prompt\": \"mine\", \"response\": \"mine\"}\n");
+    let data = tmp.path().join("data");
+    ok(task(&data));
+    assert_eq!(std::fs::read_to_string(data.join("train.jsonl")).unwrap().lines().count(), 50);
+    ok(task(&data));
+    assert!(data.join(".tokbridge-export").is_file());
+    let recipe = tmp.path().join("tok.yaml");
+    let tok = |out: &Path| {
+        let text = format!("recipe: train_tokenizer\noutput_dir: {}\ndata: [{}]\nvocab_size: 320\nspaces: byte_level\ndigits: split\nchat: chatml\n", p(out), p(&data.join("train.jsonl")));
+        std::fs::write(&recipe, text).unwrap();
+        tokbridge(&["run", &p(&recipe)])
+    };
+    std::fs::write(mine.join("tokenizer.json"), "{}").unwrap();
+    std::fs::remove_file(mine.join("train.jsonl")).unwrap();
+    fails_with(&tok(&mine), &["train_tokenizer: output_dir", "holds a model that tokbridge did not write"]);
+    assert_eq!(std::fs::read_to_string(mine.join("tokenizer.json")).unwrap(), "{}");
+    let fresh = tmp.path().join("tok");
+    ok(tok(&fresh));
+    ok(tok(&fresh));
+    assert!(fresh.join("tokenizer.json").is_file() && fresh.join("tokenizer_config.json").is_file());
+}

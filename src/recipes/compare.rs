@@ -572,7 +572,9 @@ pub fn run(r: &Compare) -> Result<()> {
         repeats.push((rep.name.clone(), summaries));
     }
     let label = r.label.as_deref().unwrap_or("here");
-    report(&runs, &r.sweeps, &r.contrasts, &repeats, label, &r.output_dir, r.title.as_deref().unwrap_or("tokbridge comparison"))?;
+    let title = r.title.as_deref().unwrap_or("tokbridge comparison");
+    crate::atomic::publish_new(&r.output_dir, |dir| report(&runs, &r.sweeps, &r.contrasts, &repeats, label, dir, title))
+        .with_context(|| format!("compare: output_dir {}", r.output_dir.display()))?;
     eprintln!("{}", table(&runs));
     eprintln!("report: {}", r.output_dir.join("report.md").display());
     Ok(())

@@ -278,15 +278,17 @@ pub fn run(r: &MakeTask) -> Result<()> {
     let test = make(r.test_size, &mut rng);
     // Drawn after the test split, so adding it leaves train and test as they were.
     let val = make(r.val_size, &mut rng);
-    std::fs::create_dir_all(&r.output_dir).with_context(|| format!("creating {}", r.output_dir.display()))?;
-    for (name, rows) in [("train.jsonl", &train), ("test.jsonl", &test), ("val.jsonl", &val)] {
-        if rows.is_empty() && name == "val.jsonl" {
-            continue;
+    crate::atomic::publish_new(&r.output_dir, |dir| {
+        for (name, rows) in [("train.jsonl", &train), ("test.jsonl", &test), ("val.jsonl", &val)] {
+            if rows.is_empty() && name == "val.jsonl" {
+                continue;
+            }
+            let text: String = rows.iter().map(|(p, s)| format!("{}\n", json!({ "prompt": p, "response": s }))).collect();
+            std::fs::write(dir.join(name), text)?;
         }
-        let path = r.output_dir.join(name);
-        let text: String = rows.iter().map(|(p, s)| format!("{}\n", json!({ "prompt": p, "response": s }))).collect();
-        crate::atomic::write(&path, text)?;
-    }
+        Ok(())
+    })
+    .with_context(|| format!("make_task: output_dir {}", r.output_dir.display()))?;
     crate::info!("make_task: {} train, {} validation and {} held-out test problems in {}", train.len(), val.len(), test.len(), r.output_dir.display());
     Ok(())
 }

@@ -159,17 +159,23 @@ pub fn run(r: &TrainTokenizer) -> Result<()> {
             "pair": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
             "special_tokens": {b: {"id": b, "ids": [id], "tokens": [b]}}});
     }
-    std::fs::create_dir_all(&r.output_dir).with_context(|| format!("creating {}", r.output_dir.display()))?;
-    std::fs::write(r.output_dir.join("tokenizer.json"), serde_json::to_string_pretty(&v)?)?;
     let mut cfg = json!({"eos_token": eos, "pad_token": pad, "chat_template": template, "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 4096});
     if let Some(b) = bos {
         cfg["bos_token"] = b.into();
     }
-    std::fs::write(r.output_dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&cfg)?)?;
-    // Check the result loads and round-trips the training text.
-    let check = tokenizers::Tokenizer::from_file(r.output_dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let sample = texts.first().map(String::as_str).unwrap_or("");
-    let ids = check.encode(sample, false).map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::info!("train_tokenizer: {} tokens in {}; the first text takes {} tokens", check.get_vocab_size(true), r.output_dir.display(), ids.len());
+    let mut summary = (0, 0);
+    crate::atomic::publish_new(&r.output_dir, |dir| {
+        std::fs::write(dir.join("tokenizer.json"), serde_json::to_string_pretty(&v)?)?;
+        std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&cfg)?)?;
+        // Check the result loads and round-trips the training text.
+        let check = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let sample = texts.first().map(String::as_str).unwrap_or("");
+        let ids = check.encode(sample, false).map_err(|e| anyhow::anyhow!("{e}"))?;
+        summary = (check.get_vocab_size(true), ids.len());
+        Ok(())
+    })
+    .with_context(|| format!("train_tokenizer: output_dir {}", r.output_dir.display()))?;
+    let (vocab, first) = summary;
+    crate::info!("train_tokenizer: {vocab} tokens in {}; the first text takes {first} tokens", r.output_dir.display());
     Ok(())
 }
