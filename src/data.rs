@@ -170,7 +170,12 @@ fn parquet_records(path: &Path, ds: &Dataset, take: &mut Take) -> Result<()> {
     quietly(|| {
         let open = || std::fs::File::open(path).with_context(|| format!("reading dataset {}", path.display()));
         let reader = SerializedFileReader::new(open()?).with_context(|| format!("dataset {}: not a Parquet file", path.display()))?;
-        let chunks: Vec<(u64, u64)> = reader.metadata().row_groups().iter().flat_map(|g| g.columns().iter().map(|c| c.byte_range())).collect();
+        let inflate = |c: parquet::basic::Compression| match c {
+            parquet::basic::Compression::GZIP(_) => crate::parquet_pages::Inflate::Gzip,
+            parquet::basic::Compression::LZ4 => crate::parquet_pages::Inflate::Lz4Frame,
+            _ => crate::parquet_pages::Inflate::Bounded,
+        };
+        let chunks: Vec<_> = reader.metadata().row_groups().iter().flat_map(|g| g.columns().iter().map(|c| (c.byte_range().0, c.byte_range().1, inflate(c.compression())))).collect();
         crate::parquet_pages::check(open()?, &chunks).with_context(|| format!("dataset {}", path.display()))?;
         text_columns(&reader, ds).with_context(|| format!("dataset {}", path.display()))?;
         let rows = reader.get_row_iter(None).with_context(|| format!("reading dataset {}", path.display()))?;

@@ -4,10 +4,12 @@
 //! panics inside it (issue 36, items 5 and 9).
 //!
 //! Each column chunk is walked page by page: the Thrift compact-protocol `PageHeader`
-//! (parquet.thrift; the fields read are `uncompressed_page_size`, `compressed_page_size` and
-//! the page's `num_values`), then its data skipped. A page must lie inside its chunk, and
-//! declare at most `MAX_RECORD_BYTES` per value it holds (the JSONL reader's bound per record)
-//! and at most `MAX_PAGE_BYTES` in all. Pure byte reading; no tensors.
+//! (parquet.thrift; the fields read are `uncompressed_page_size`, `compressed_page_size`, the
+//! page's `num_values`, and a v2 data page's level lengths and `is_compressed`), then its data.
+//! A page must lie inside its chunk, and declare at most `MAX_RECORD_BYTES` per value it holds
+//! (the JSONL reader's bound per record) and at most `MAX_PAGE_BYTES` in all. The codecs the
+//! crate decodes by reading to the end (gzip, and LZ4's frame fallback) ignore the declared size,
+//! so their pages are inflated here first, stopping one byte past it. No tensors.
 use anyhow::{bail, ensure, Context, Result};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 
@@ -25,12 +27,28 @@ pub struct PageSizes {
     pub compressed: i64,
     /// `num_values` of the data or dictionary page header, if it has one.
     pub values: Option<i64>,
+    /// A v2 data page's repetition and definition level bytes, stored uncompressed before its data.
+    pub levels: i64,
+    /// False for a v2 data page stored uncompressed.
+    pub is_compressed: bool,
 }
 
-/// Checks every page of the column chunks at `chunks` (`(start, length)` byte ranges of the file).
-pub fn check<R: Read + Seek>(file: R, chunks: &[(u64, u64)]) -> Result<()> {
+/// How the crate decompresses a column chunk's pages.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Inflate {
+    /// Into a buffer of the declared size (snappy, zstd, LZ4_RAW) or not at all.
+    Bounded,
+    /// gzip, read to the end of the stream.
+    Gzip,
+    /// The deprecated Hadoop LZ4, which falls back to an LZ4 frame read to its end.
+    Lz4Frame,
+}
+
+/// Checks every page of the column chunks at `chunks` (`(start, length)` byte ranges of the
+/// file, and how their pages are decompressed).
+pub fn check<R: Read + Seek>(file: R, chunks: &[(u64, u64, Inflate)]) -> Result<()> {
     let mut r = BufReader::new(file);
-    for &(start, length) in chunks {
+    for &(start, length, inflate) in chunks {
         let end = start.checked_add(length).context("a column chunk's byte range overflows")?;
         let mut at = start;
         while at < end {
@@ -41,10 +59,36 @@ pub fn check<R: Read + Seek>(file: R, chunks: &[(u64, u64)]) -> Result<()> {
             check_page(&page).with_context(|| format!("the page at byte {at}"))?;
             at += used;
             ensure!(page.compressed as u64 <= end - at.min(end), "the page at byte {} declares {} bytes, past the end of its column chunk", at - used, page.compressed);
+            if inflate != Inflate::Bounded && page.is_compressed {
+                let levels = page.levels.clamp(0, page.compressed.min(page.uncompressed)) as u64;
+                r.seek(SeekFrom::Start(at + levels))?;
+                let data = (&mut r).take(page.compressed as u64 - levels);
+                let out = inflated(data, inflate, page.uncompressed as u64 - levels);
+                ensure!(out <= page.uncompressed as u64 - levels, "the page at byte {} inflates past the {} bytes it declares", at - used, page.uncompressed);
+            }
             at += page.compressed as u64;
         }
     }
     Ok(())
+}
+
+/// How many bytes `data` inflates to, counted up to one past `most`; a stream that is not
+/// valid counts what it gave before its error (the crate fails on it the same way).
+pub fn inflated(data: impl Read, inflate: Inflate, most: u64) -> u64 {
+    let mut stream: Box<dyn Read> = match inflate {
+        Inflate::Bounded => return 0,
+        Inflate::Gzip => Box::new(flate2::read::MultiGzDecoder::new(data)),
+        Inflate::Lz4Frame => Box::new(lz4_flex::frame::FrameDecoder::new(data)),
+    };
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    while total <= most {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n as u64,
+        }
+    }
+    total
 }
 
 /// The bounds one page's declared sizes must keep.
@@ -160,13 +204,19 @@ impl<R: BufRead> Counted<'_, R> {
 
 /// Reads one `PageHeader`.
 fn header<R: BufRead>(r: &mut Counted<R>) -> Result<PageSizes> {
-    let mut page = PageSizes { uncompressed: -1, compressed: -1, values: None };
+    let mut page = PageSizes { uncompressed: -1, compressed: -1, values: None, levels: 0, is_compressed: true };
     r.fields(0, |c, id, t, depth| match (id, t) {
         (2, 5) => c.zigzag().map(|v| page.uncompressed = v),
         (3, 5) => c.zigzag().map(|v| page.compressed = v),
-        // DataPageHeader, DictionaryPageHeader and DataPageHeaderV2 all start with num_values.
-        (5 | 7 | 8, 12) => c.fields(depth + 1, |c, id, t, d| match (id, t) {
+        // DataPageHeader, DictionaryPageHeader and DataPageHeaderV2 all start with num_values;
+        // V2 (field 8) has the level lengths (5, 6) and is_compressed (7).
+        (5 | 7 | 8, 12) => c.fields(depth + 1, |c, field, t, d| match (field, t) {
             (1, 5) => c.zigzag().map(|v| page.values = Some(v)),
+            (5 | 6, 5) if id == 8 => c.zigzag().map(|v| page.levels = page.levels.saturating_add(v.max(0))),
+            (7, 1 | 2) if id == 8 => {
+                page.is_compressed = t == 1;
+                Ok(())
+            }
             _ => c.skip_value(t, d),
         }),
         _ => c.skip_value(t, depth),
@@ -215,19 +265,56 @@ mod tests {
         let bytes = encoded(3000, 1200, 10);
         let mut r = BufReader::new(std::io::Cursor::new(&bytes));
         let page = header(&mut Counted { inner: &mut r, used: 0 }).unwrap();
-        assert_eq!(page, PageSizes { uncompressed: 3000, compressed: 1200, values: Some(10) });
+        assert_eq!(page, PageSizes { uncompressed: 3000, compressed: 1200, values: Some(10), levels: 0, is_compressed: true });
         check_page(&page).unwrap();
         // A chunk of one such page and its bytes is fine; one byte short is not.
         let mut file = bytes.clone();
         file.extend(vec![0u8; 1200]);
-        check(std::io::Cursor::new(&file), &[(0, file.len() as u64)]).unwrap();
-        let e = format!("{:#}", check(std::io::Cursor::new(&file), &[(0, file.len() as u64 - 1)]).unwrap_err());
+        check(std::io::Cursor::new(&file), &[(0, file.len() as u64, Inflate::Bounded)]).unwrap();
+        let e = format!("{:#}", check(std::io::Cursor::new(&file), &[(0, file.len() as u64 - 1, Inflate::Bounded)]).unwrap_err());
         assert!(e.contains("past the end of its column chunk"), "{e}");
-        let e = format!("{:#}", check_page(&PageSizes { uncompressed: 2 << 30, compressed: 100, values: Some(1) }).unwrap_err());
+        let e = format!("{:#}", check_page(&PageSizes { uncompressed: 2 << 30, compressed: 100, values: Some(1), ..Default::default() }).unwrap_err());
         assert!(e.contains("declares 2147483648 bytes for 1 values"), "{e}");
-        let e = format!("{:#}", check_page(&PageSizes { uncompressed: 0, compressed: 0, values: Some(4) }).unwrap_err());
+        let e = format!("{:#}", check_page(&PageSizes { uncompressed: 0, compressed: 0, values: Some(4), ..Default::default() }).unwrap_err());
         assert!(e.contains("4 values in 0 bytes"), "{e}");
-        let e = format!("{:#}", check(std::io::Cursor::new(&bytes[..9]), &[(0, 100)]).unwrap_err());
+        let e = format!("{:#}", check(std::io::Cursor::new(&bytes[..9]), &[(0, 100, Inflate::Bounded)]).unwrap_err());
         assert!(e.contains("the file ends inside it"), "{e}");
+    }
+
+    /// A gzip or LZ4-frame page is inflated only to one byte past what its header declares: a
+    /// 256 MiB bomb declared as 1 MiB is refused after 1 MiB, an honest page passes, and the
+    /// codecs the crate bounds itself are not inflated here.
+    #[test]
+    fn gzip_and_lz4_frame_pages_inflate_no_further_than_declared() {
+        use std::io::Write;
+        let zeros = vec![0u8; 1 << 20];
+        let mut gz = flate2::write::GzEncoder::new(vec![], flate2::Compression::best());
+        (0..256).for_each(|_| gz.write_all(&zeros).unwrap());
+        let gz = gz.finish().unwrap();
+        let mut lz = lz4_flex::frame::FrameEncoder::new(vec![]);
+        (0..256).for_each(|_| lz.write_all(&zeros).unwrap());
+        let lz = lz.finish().unwrap();
+        for (payload, inflate) in [(&gz, Inflate::Gzip), (&lz, Inflate::Lz4Frame)] {
+            assert!(payload.len() < 2 << 20, "{inflate:?}: the bomb is small ({} bytes)", payload.len());
+            assert_eq!(inflated(&payload[..], inflate, 1 << 20), (1 << 20) + (64 << 10), "{inflate:?}: stops at the first read past the bound");
+            let mut file = encoded(1 << 20, payload.len() as i64, 1);
+            file.extend_from_slice(payload);
+            let n = file.len() as u64;
+            let e = format!("{:#}", check(std::io::Cursor::new(&file), &[(0, n, inflate)]).unwrap_err());
+            assert!(e.contains("the page at byte 0 inflates past the 1048576 bytes it declares"), "{inflate:?}: {e}");
+            check(std::io::Cursor::new(&file), &[(0, n, Inflate::Bounded)]).unwrap();
+        }
+        // An honest page: 900 KiB that declares 900 KiB.
+        let text: Vec<u8> = (0..900u32 << 10).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut gz = flate2::write::GzEncoder::new(vec![], flate2::Compression::default());
+        gz.write_all(&text).unwrap();
+        let gz = gz.finish().unwrap();
+        let mut file = encoded(text.len() as i64, gz.len() as i64, 1);
+        file.extend_from_slice(&gz);
+        check(std::io::Cursor::new(&file), &[(0, file.len() as u64, Inflate::Gzip)]).unwrap();
+        // Not a stream of that codec at all: the crate's own error, not this check's.
+        let mut file = encoded(1000, 100, 1);
+        file.extend(vec![7u8; 100]);
+        check(std::io::Cursor::new(&file), &[(0, file.len() as u64, Inflate::Lz4Frame)]).unwrap();
     }
 }

@@ -704,3 +704,82 @@ fn task_and_tokenizer_outputs_replace_only_what_they_wrote() {
     ok(tok(&fresh));
     assert!(fresh.join("tokenizer.json").is_file() && fresh.join("tokenizer_config.json").is_file());
 }
+
+/// #36 item 9: a gzip page that inflates far past the size its header declares. The parquet
+/// crate reads gzip to the end of the stream whatever the page declares, so a 6 MB page of a
+/// real file, its bytes replaced by a gzip member that inflates to 4 GiB (zeros after it fill
+/// the page), took all memory under a 3 GiB limit. Now it is one line.
+#[test]
+fn a_gzip_page_that_inflates_past_its_declared_size_is_refused() {
+    use parquet::file::{properties::WriterProperties, reader::FileReader, serialized_reader::SerializedFileReader, writer::SerializedFileWriter};
+    use std::io::Write;
+    let tmp = TempDir::new();
+    let file = tmp.path().join("bomb.parquet");
+    // Twelve rows of 800 KB of pseudo-random letters: one page, about 6 MB after gzip.
+    let mut x = 88172645463325252u64;
+    let mut letter = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (b'a' + (x % 26) as u8) as char
+    };
+    let prompts: Vec<String> = (0..12).map(|_| (0..800_000).map(|_| letter()).collect()).collect();
+    let schema = std::sync::Arc::new(parquet::schema::parser::parse_message_type("message m { required binary prompt (UTF8); required binary response (UTF8); }").unwrap());
+    let props = WriterProperties::builder().set_compression(parquet::basic::Compression::GZIP(Default::default())).set_dictionary_enabled(false).set_data_page_size_limit(32 << 20).build();
+    let mut w = SerializedFileWriter::new(std::fs::File::create(&file).unwrap(), schema, std::sync::Arc::new(props)).unwrap();
+    let mut group = w.next_row_group().unwrap();
+    for column in [&prompts, &vec!["4".to_string(); 12]] {
+        let mut col = group.next_column().unwrap().unwrap();
+        let values: Vec<parquet::data_type::ByteArray> = column.iter().map(|s| s.as_str().into()).collect();
+        col.typed::<parquet::data_type::ByteArrayType>().write_batch(&values, None, None).unwrap();
+        col.close().unwrap();
+    }
+    group.close().unwrap();
+    w.close().unwrap();
+    let reader = SerializedFileReader::new(std::fs::File::open(&file).unwrap()).unwrap();
+    let chunk = reader.metadata().row_group(0).column(0);
+    let (start, length) = (chunk.data_page_offset() as usize, chunk.compressed_size() as usize);
+    // The header: field 1 (type), then field 2 (uncompressed size), field 3 (compressed size).
+    let mut bytes = std::fs::read(&file).unwrap();
+    let varint = |b: &[u8], at: &mut usize| {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            v |= ((b[*at] & 0x7f) as u64) << shift;
+            *at += 1;
+            if b[*at - 1] & 0x80 == 0 {
+                break;
+            }
+        }
+        (v >> 1) as usize
+    };
+    let mut at = start + 1;
+    varint(&bytes, &mut at);
+    assert_eq!(bytes[at], 0x15);
+    at += 1;
+    assert!(varint(&bytes, &mut at) > 9_000_000, "one page holds the twelve rows");
+    at += 1;
+    let compressed = varint(&bytes, &mut at);
+    let data = start + length - compressed;
+    // A gzip member of 4 GiB of zeros (a real one: its CRC and size), zeros after it to fill
+    // the page's `compressed` bytes.
+    let mut deflate = flate2::write::DeflateEncoder::new(vec![], flate2::Compression::best());
+    let mut crc = flate2::Crc::new();
+    let zeros = vec![0u8; 1 << 24];
+    (0..256).for_each(|_| {
+        deflate.write_all(&zeros).unwrap();
+        crc.update(&zeros);
+    });
+    let deflate = deflate.finish().unwrap();
+    assert!(deflate.len() + 18 < compressed, "the bomb ({} bytes) fits the page ({compressed})", deflate.len());
+    let mut member = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    member.extend(&deflate);
+    member.extend(crc.sum().to_le_bytes());
+    member.extend(crc.amount().to_le_bytes());
+    member.resize(compressed, 0);
+    assert_eq!(member.len(), compressed);
+    bytes[data..data + compressed].copy_from_slice(&member);
+    std::fs::write(&file, &bytes).unwrap();
+    let out = format!("output_dir={}", p(&tmp.path().join("run")));
+    let cmd = format!("ulimit -v 3145728; exec {} run recipes/sft/tiny.yaml {out} eval=null training.steps=1 data.train={}", env!("CARGO_BIN_EXE_tokbridge"), p(&file));
+    fails_with(&Command::new("sh").arg("-c").arg(cmd).output().unwrap(), &["bomb.parquet", "inflates past the"]);
+}
