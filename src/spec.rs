@@ -282,6 +282,16 @@ pub struct TrainingSpec {
     /// split rather than after a step count that lands differently at every seed.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "one_or_many")]
     pub stop_at: Vec<StopAt>,
+    /// ZeRO stage over several ranks: 0 keeps the whole optimizer state on every rank, 1
+    /// shards it (DeepSpeed's stage 1).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub zero: usize,
+}
+
+/// `training.zero` is a stage this build runs.
+pub fn validate_zero(zero: usize) -> Result<()> {
+    ensure!(zero <= 1, "training.zero: {zero} is not a stage tokbridge runs (0: replicated optimizer state; 1: sharded over the ranks; stage 2, sharded gradients too, is not implemented yet)");
+    Ok(())
 }
 
 /// One value or a list of them: `stop_at: {...}` for one condition, `stop_at: [{...}, ...]` for
@@ -498,7 +508,7 @@ pub fn validate_training(t: &TrainingSpec) -> Result<()> {
     ensure!(t.grad_accum > 0, "training.grad_accum must be positive");
     ensure!(t.checkpoint_every != Some(0), "training.checkpoint_every must be positive");
     ensure!(t.keep_last_checkpoints != Some(0), "training.keep_last_checkpoints must be positive");
-    Ok(())
+    validate_zero(t.zero)
 }
 
 pub fn validate_sampling(s: &SamplingSpec, key: &str) -> Result<()> {

@@ -167,11 +167,12 @@ fn prepare_run_dir(dir: &Path, recipe: &Recipe, resume: bool) -> Result<crate::a
 }
 
 /// The keys a resumed run may change: how long it goes on, what it evaluates and logs, how it
-/// keeps checkpoints, where it exports, the device. Any other change (the model, the data, the
+/// keeps checkpoints, where it exports, the device, the ZeRO stage (checkpoints hold the whole
+/// optimizer state at any stage). Any other change (the model, the data, the
 /// optimizer, the schedule, the batch, the seed) makes another run, which resuming would splice
 /// onto this one's state.
-const RESUMABLE: [&str; 10] = [
-    "training.steps", "training.checkpoint_every", "training.keep_last_checkpoints", "training.activation_checkpointing",
+const RESUMABLE: [&str; 11] = [
+    "training.steps", "training.checkpoint_every", "training.keep_last_checkpoints", "training.activation_checkpointing", "training.zero",
     "training.stop_at", "eval", "logging", "export_to", "device", "output_dir",
 ];
 

@@ -138,7 +138,7 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         _ => vec![],
     };
 
-    let start = Start { run_dir, resume_from: resume_from.as_deref(), optimizer: &r.optimizer, examples: encoded.len(), shuffle: r.data.shuffle, seed: r.seed, tensorboard: r.logging.tensorboard };
+    let start = Start { run_dir, resume_from: resume_from.as_deref(), optimizer: &r.optimizer, examples: encoded.len(), shuffle: r.data.shuffle, seed: r.seed, tensorboard: r.logging.tensorboard, zero: r.training.zero };
     let mut run = Run::start(model.trainable(), start, dist, |s| s.step as i64)?;
     let eval_due = |step: usize| r.eval.as_ref().and_then(|e| e.every).is_some_and(|n| step.is_multiple_of(n));
     // Evaluates (every rank its share; rank 0 logs) and says whether `training.stop_at` is
@@ -163,8 +163,9 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     if run.state.step == 0 && evaluate_now(&mut run.metrics, 0)? {
         stopped = true;
         run.state.counters.insert("stopped_at_target".into(), 0.0);
+        let optimizer = run.opt.state_tensors()?;
         if main {
-            checkpoint::save(run_dir, model, &source_dir, &run.opt, &run.state, r.training.keep_last_checkpoints)?;
+            checkpoint::save(run_dir, model, &source_dir, &optimizer, &run.state, r.training.keep_last_checkpoints)?;
         }
     }
 
@@ -238,6 +239,7 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         if let Some(gib) = crate::device::peak_memory_gib(device) {
             values.push(("memory/peak_gib", gib));
         }
+        values.extend(run.memory_values());
         if let Some(sync) = &run.sync {
             values.extend(sync.values());
         }

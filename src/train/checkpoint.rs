@@ -9,7 +9,6 @@ use crate::atomic::tmp_path;
 use crate::files::MODEL_FILES;
 use crate::hf::safetensors;
 use crate::models::Model;
-use crate::train::optim::AdamW;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -67,7 +66,7 @@ pub fn check_world(state: &TrainState, world: usize) -> Result<()> {
     Ok(())
 }
 
-pub fn save(run_dir: &Path, model: &Model, source_dir: &Path, opt: &AdamW, state: &TrainState, keep_last: Option<usize>) -> Result<PathBuf> {
+pub fn save(run_dir: &Path, model: &Model, source_dir: &Path, optimizer: &[(String, tch::Tensor)], state: &TrainState, keep_last: Option<usize>) -> Result<PathBuf> {
     let weights: Vec<(String, tch::Tensor)> = model.trainable().into_iter().map(|(n, t)| (n, t.detach())).collect();
     if let Some((name, _)) = weights.iter().find(|(_, t)| !bool::try_from(t.isfinite().all()).unwrap_or(false)) {
         bail!("weights are not finite after step {} (tensor {name}); no checkpoint written. The last good checkpoint is {}", state.step, last_good(run_dir, state.step + 1));
@@ -89,7 +88,7 @@ pub fn save(run_dir: &Path, model: &Model, source_dir: &Path, opt: &AdamW, state
         copy_model_files(source_dir, &tmp)?;
         safetensors::save(&weights, &tmp.join("model.safetensors"))?;
     }
-    safetensors::save(&opt.state_tensors(), &tmp.join("optimizer.safetensors"))?;
+    safetensors::save(optimizer, &tmp.join("optimizer.safetensors"))?;
     std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
     crate::atomic::sync_tree(&tmp)?;
     crate::atomic::fault("checkpoint");

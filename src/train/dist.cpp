@@ -2,7 +2,7 @@
 // a TCPStore rendezvous and a ProcessGroupGloo, as `torch.distributed.init_process_group("gloo")`
 // builds them, plus a ProcessGroupNCCL for CUDA tensors where the build has NCCL's headers and
 // every rank has its own GPU (PyTorch's "cpu:gloo,cuda:nccl"); the collectives training needs
-// (sum all-reduce, broadcast, barrier), the store's set and get (rank 0 gathers generations
+// (sum all-reduce, all-gather, broadcast, barrier), the store's set and get (rank 0 gathers generations
 // through it), and the gradient reducer: DDP's scheme of buckets all-reduced while the backward
 // still runs, driven by autograd's post-accumulate-grad hooks.
 // Compiled only where gloo's headers are present (scripts/bootstrap puts Debian's libgloo-dev
@@ -367,6 +367,17 @@ char* tb_dist_broadcast(void* gp, at::Tensor** ts, size_t n, int root) {
     c10d::BroadcastOptions o;
     o.rootRank = root;
     static_cast<Group*>(gp)->backend(tensors).broadcast(tensors, o)->wait();
+    return nullptr;
+  } catch (const std::exception& e) {
+    return error(e);
+  }
+}
+
+// `out` (world x the size of `in`, one dtype) becomes every rank's `in`, in rank order.
+char* tb_dist_all_gather(void* gp, at::Tensor* in, at::Tensor* out) {
+  try {
+    std::vector<at::Tensor> ts{*in};
+    static_cast<Group*>(gp)->backend(ts)._allgather_base(*out, *in)->wait();
     return nullptr;
   } catch (const std::exception& e) {
     return error(e);

@@ -231,6 +231,14 @@ impl Dist {
         Ok(Vec::<f64>::try_from(&t)?)
     }
 
+    /// `output` (world x the size of `input`, one dtype, on one device) becomes every rank's
+    /// `input` in rank order.
+    pub fn all_gather(&self, input: &Tensor, output: &Tensor, what: &str) -> Result<()> {
+        anyhow::ensure!(output.numel() == input.numel() * self.world && output.kind() == input.kind(), "rank {}: all-gather of {} into {} elements", self.rank, input.numel(), output.numel());
+        // SAFETY: both tensors are live for the call.
+        self.call(what, |g| unsafe { ffi::tb_dist_all_gather(g, input.as_ptr() as *mut std::ffi::c_void, output.as_ptr() as *mut std::ffi::c_void) })
+    }
+
     /// Rank 0's `values` on every rank.
     pub fn broadcast(&self, values: &[f64], what: &str) -> Result<Vec<f64>> {
         let t = Tensor::from_slice(values);
@@ -368,6 +376,7 @@ mod ffi {
         pub fn tb_dist_free(g: *mut c_void);
         pub fn tb_dist_all_reduce(g: *mut c_void, ts: *const *mut c_void, n: usize) -> *mut c_char;
         pub fn tb_dist_broadcast(g: *mut c_void, ts: *const *mut c_void, n: usize, root: i32) -> *mut c_char;
+        pub fn tb_dist_all_gather(g: *mut c_void, input: *mut c_void, output: *mut c_void) -> *mut c_char;
         pub fn tb_dist_barrier(g: *mut c_void) -> *mut c_char;
         pub fn tb_dist_store_set(g: *mut c_void, key: *const c_char, data: *const u8, n: usize) -> *mut c_char;
         pub fn tb_dist_store_take(g: *mut c_void, key: *const c_char, out: *mut *mut u8, n: *mut usize) -> *mut c_char;
@@ -404,6 +413,9 @@ mod ffi {
         std::ptr::null_mut()
     }
     pub unsafe fn tb_dist_broadcast(_: *mut std::ffi::c_void, _: *const *mut std::ffi::c_void, _: usize, _: i32) -> *mut std::ffi::c_char {
+        std::ptr::null_mut()
+    }
+    pub unsafe fn tb_dist_all_gather(_: *mut std::ffi::c_void, _: *mut std::ffi::c_void, _: *mut std::ffi::c_void) -> *mut std::ffi::c_char {
         std::ptr::null_mut()
     }
     pub unsafe fn tb_dist_barrier(_: *mut std::ffi::c_void) -> *mut std::ffi::c_char {

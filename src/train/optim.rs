@@ -1,25 +1,50 @@
 //! AdamW with decoupled weight decay (`torch.optim.AdamW`), written in Rust so its state can be
 //! checkpointed (tch's built-in optimizers cannot save theirs). Norms, biases and embeddings get
 //! no decay. Parameters that are not float32 keep a float32 master copy that the update uses.
+//! Under ZeRO stage 1 (`AdamW::sharded`) each rank keeps the state of its shard of the
+//! flattened parameters only (DeepSpeed's partitioning), and checkpoints gather it whole.
 use crate::ops;
 use crate::hf::safetensors::Checkpoint;
 use crate::spec::OptimizerSpec;
+use super::dist::Dist;
 use anyhow::{Context, Result};
 use tch::{Kind, Tensor};
 
+/// The part of one parameter this rank updates, and its state: all of it, or under ZeRO the
+/// part inside this rank's shard of the flattened parameters.
 struct Param {
     name: String,
     var: Tensor,
-    /// float32 master weights when `var` is not float32.
+    /// Where the part starts in the flattened parameter, and its length.
+    start: i64,
+    len: i64,
+    /// float32 master weights of the part when `var` is not float32.
     master: Option<Tensor>,
+    /// The moments of the part, flat float32.
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     decay: bool,
 }
 
-pub struct AdamW {
+/// ZeRO stage 1 (DeepSpeed's optimizer-state partitioning): the trainable parameters,
+/// flattened one after the other in name order, are cut into `world` contiguous shards of
+/// `per_rank` elements (the last one padded); each rank keeps the moments and master weights
+/// of its own shard only, updates that shard, and an all-gather gives every rank the new
+/// weights.
+struct Shard<'d> {
+    dist: &'d Dist,
+    /// Every trainable parameter in name order, with where it starts in the flat space.
+    all: Vec<(String, Tensor, i64)>,
+    total: i64,
+    per_rank: i64,
+    /// The most elements per rank one all-gather carries (the gradient buckets' size).
+    chunk: i64,
+}
+
+pub struct AdamW<'d> {
     params: Vec<Param>,
     spec: OptimizerSpec,
+    shard: Option<Shard<'d>>,
     /// Updates taken so far.
     pub steps: i64,
 }
@@ -29,32 +54,61 @@ pub fn decays(name: &str, dims: usize) -> bool {
     dims >= 2 && !name.contains("embed") && !name.ends_with("wte.weight") && !name.ends_with("wpe.weight")
 }
 
-impl AdamW {
+impl<'d> AdamW<'d> {
     /// AdamW over the named variables that require grad (`Model::trainable`, or a store's).
     pub fn new(vars: Vec<(String, Tensor)>, spec: &OptimizerSpec) -> Self {
-        let mut vars: Vec<(String, Tensor)> = vars.into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let params = vars
-            .into_iter()
-            .map(|(name, var)| {
-                let master = (var.kind() != Kind::Float).then(|| var.detach().to_kind(Kind::Float));
-                let zeros = || Tensor::zeros(var.size(), (Kind::Float, var.device()));
-                Param { decay: decays(&name, var.dim()), exp_avg: zeros(), exp_avg_sq: zeros(), name, var, master }
-            })
-            .collect();
-        Self { params, spec: spec.clone(), steps: 0 }
+        let vars = trainable(vars);
+        let params = vars.into_iter().map(|(name, var)| Param::part(name, var, 0, -1)).collect();
+        Self { params, spec: spec.clone(), shard: None, steps: 0 }
     }
 
-    /// The parameters it updates, in its (name) order.
+    /// AdamW whose state is sharded over the ranks of `dist` (ZeRO stage 1): this rank keeps
+    /// the state of its shard only. `chunk_bytes` bounds each all-gather.
+    pub fn sharded(vars: Vec<(String, Tensor)>, spec: &OptimizerSpec, dist: &'d Dist, chunk_bytes: f64) -> Result<Self> {
+        let vars = trainable(vars);
+        let kinds: std::collections::BTreeSet<String> = vars.iter().map(|(_, t)| format!("{:?}", t.kind())).collect();
+        anyhow::ensure!(kinds.len() <= 1, "training.zero: the trainable parameters have several dtypes ({}); ZeRO gathers them as one", kinds.into_iter().collect::<Vec<_>>().join(", "));
+        let mut all = Vec::with_capacity(vars.len());
+        let mut total = 0i64;
+        for (name, var) in vars {
+            let n = var.numel() as i64;
+            all.push((name, var, total));
+            total += n;
+        }
+        let world = dist.world as i64;
+        let per_rank = (total + world - 1) / world.max(1);
+        let (lo, hi) = (dist.rank as i64 * per_rank, ((dist.rank as i64 + 1) * per_rank).min(total));
+        let mut params = vec![];
+        for (name, var, at) in &all {
+            let (a, b) = ((*at).max(lo), (at + var.numel() as i64).min(hi));
+            if a < b {
+                params.push(Param::part(name.clone(), var.shallow_clone(), a - at, b - a));
+            }
+        }
+        let elem = all.first().map_or(4, |(_, t, _)| t.kind().elt_size_in_bytes()) as f64;
+        let chunk = ((chunk_bytes / elem) as i64).clamp(1 << 16, per_rank.max(1 << 16));
+        Ok(Self { params, spec: spec.clone(), shard: Some(Shard { dist, all, total, per_rank, chunk }), steps: 0 })
+    }
+
+    /// The bytes of optimizer state this rank holds (moments and master weights).
+    pub fn state_bytes(&self) -> u64 {
+        self.params.iter().map(|p| (2 + u64::from(p.master.is_some())) * 4 * p.len as u64).sum()
+    }
+
+    /// Every trainable parameter, in name order (under ZeRO too, where this rank updates a
+    /// shard of them).
     pub fn vars(&self) -> Vec<Tensor> {
-        self.params.iter().map(|p| p.var.shallow_clone()).collect()
+        match &self.shard {
+            Some(s) => s.all.iter().map(|(_, t, _)| t.shallow_clone()).collect(),
+            None => self.params.iter().map(|p| p.var.shallow_clone()).collect(),
+        }
     }
 
     /// Removes the gradients (torch's `set_to_none`): the next backward writes them afresh
     /// instead of adding to zeros.
     pub fn zero_grad(&mut self) {
-        for p in &self.params {
-            ops::clear_grad(&p.var);
+        for v in self.vars() {
+            ops::clear_grad(&v);
         }
     }
 
@@ -63,9 +117,9 @@ impl AdamW {
         let _g = tch::no_grad_guard();
         // One read of the device for all parameters, not one per parameter.
         let norms: Vec<Tensor> = self
-            .params
+            .vars()
             .iter()
-            .map(|p| p.var.grad())
+            .map(|v| v.grad())
             .filter(|g| g.defined())
             .map(|g| g.norm_scalaropt_dtype(2.0, Kind::Float))
             .collect();
@@ -82,8 +136,8 @@ impl AdamW {
             if norm > max && norm.is_finite() {
                 let _g = tch::no_grad_guard();
                 let scale = max / (norm + 1e-6);
-                for p in &self.params {
-                    let mut g = p.var.grad();
+                for v in self.vars() {
+                    let mut g = v.grad();
                     if g.defined() {
                         let _ = g.g_mul_scalar_(scale);
                     }
@@ -96,11 +150,12 @@ impl AdamW {
     /// One AdamW update at learning rate `lr` through torch's fused kernel (what
     /// `torch.optim.AdamW(fused=True)` runs: one pass over each parameter), once for the
     /// parameters with weight decay and once for those without. Parameters without a
-    /// gradient are left alone, as torch does.
+    /// gradient are left alone, as torch does. Under ZeRO this rank updates its shard, and the
+    /// ranks then exchange the new weights.
     pub fn step(&mut self, lr: f64) -> Result<()> {
         let _g = tch::no_grad_guard();
-        let Some(first) = self.params.first() else { return Ok(()) };
         self.steps += 1;
+        let Some(first) = self.params.first() else { return self.gather_weights() };
         let step = Tensor::full([], self.steps as f64, (Kind::Float, first.var.device()));
         for decay in [true, false] {
             let (mut w, mut g, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -109,8 +164,8 @@ impl AdamW {
                 if !grad.defined() {
                     continue;
                 }
-                w.push(p.master.as_ref().unwrap_or(&p.var).shallow_clone());
-                g.push(grad.to_kind(Kind::Float).contiguous());
+                w.push(p.master.as_ref().map_or_else(|| p.flat(&p.var), Tensor::shallow_clone));
+                g.push(p.flat(&grad).to_kind(Kind::Float).contiguous());
                 m.push(p.exp_avg.shallow_clone());
                 v.push(p.exp_avg_sq.shallow_clone());
             }
@@ -122,39 +177,164 @@ impl AdamW {
         }
         for p in &mut self.params {
             if let (Some(master), true) = (&p.master, p.var.grad().defined()) {
-                p.var.f_copy_(&master.to_kind(p.var.kind()))?;
+                p.flat(&p.var).f_copy_(&master.to_kind(p.var.kind()))?;
             }
         }
-        Ok(())
+        self.gather_weights()
     }
 
-    /// Moments (and master weights) under `exp_avg.NAME`, `exp_avg_sq.NAME`, `master.NAME`.
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+    /// ZeRO: every rank's shard of the new weights to every rank.
+    fn gather_weights(&self) -> Result<()> {
+        let Some(s) = &self.shard else { return Ok(()) };
+        let Some((_, first, _)) = s.all.first() else { return Ok(()) };
+        let (kind, device) = (first.kind(), first.device());
+        s.gather(kind, device, "gathering the updated weights", |at, n| s.pieces(at, n).map(|(i, off, len)| s.all[i].1.view(-1).narrow(0, off, len)).collect(), |at, block| {
+            for (i, off, len) in s.pieces(at, block.size()[0]) {
+                let local = s.all[i].2 + off - at;
+                s.all[i].1.view(-1).narrow(0, off, len).copy_(&block.narrow(0, local, len));
+            }
+        })
+    }
+
+    /// Moments (and master weights) under `exp_avg.NAME`, `exp_avg_sq.NAME`, `master.NAME`,
+    /// each in its parameter's shape. Under ZeRO every rank calls it, and the whole state is
+    /// gathered to rank 0 (the others get an empty list): a checkpoint holds the same file at
+    /// any world size and stage, so a run resumes under another one.
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let _g = tch::no_grad_guard();
+        let Some(s) = &self.shard else {
+            let mut out = Vec::new();
+            for p in &self.params {
+                out.push((format!("exp_avg.{}", p.name), p.exp_avg.view(p.var.size().as_slice())));
+                out.push((format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.view(p.var.size().as_slice())));
+                if let Some(m) = &p.master {
+                    out.push((format!("master.{}", p.name), m.view(p.var.size().as_slice())));
+                }
+            }
+            return Ok(out);
+        };
+        let main = s.dist.is_main();
+        let with_master = s.all.first().is_some_and(|(_, t, _)| t.kind() != Kind::Float);
         let mut out = Vec::new();
-        for p in &self.params {
-            out.push((format!("exp_avg.{}", p.name), p.exp_avg.shallow_clone()));
-            out.push((format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.shallow_clone()));
-            if let Some(m) = &p.master {
-                out.push((format!("master.{}", p.name), m.shallow_clone()));
+        for key in ["exp_avg", "exp_avg_sq", "master"] {
+            if key == "master" && !with_master {
+                continue;
+            }
+            // Rank 0 assembles the state on the CPU, one chunk at a time.
+            let full = if main { Tensor::zeros([s.total], (Kind::Float, tch::Device::Cpu)) } else { Tensor::zeros([0], (Kind::Float, tch::Device::Cpu)) };
+            let device = self.params.first().map_or(tch::Device::Cpu, |p| p.var.device());
+            let part = |p: &Param| match key {
+                "exp_avg" => p.exp_avg.shallow_clone(),
+                "exp_avg_sq" => p.exp_avg_sq.shallow_clone(),
+                _ => p.master.as_ref().map_or_else(|| p.flat(&p.var).to_kind(Kind::Float), Tensor::shallow_clone),
+            };
+            let mine = |at: i64, n: i64| -> Vec<Tensor> {
+                s.pieces(at, n)
+                    .map(|(i, off, len)| {
+                        let p = self.params.iter().find(|p| p.name == s.all[i].0).expect("a piece of this rank's shard is one of its parts");
+                        part(p).narrow(0, off - p.start, len)
+                    })
+                    .collect()
+            };
+            s.gather(Kind::Float, device, "gathering the optimizer state", mine, |at, block| {
+                if main {
+                    let n = block.size()[0].min(s.total - at);
+                    if n > 0 {
+                        full.narrow(0, at, n).copy_(&block.narrow(0, 0, n));
+                    }
+                }
+            })?;
+            if main {
+                for (name, var, at) in &s.all {
+                    out.push((format!("{key}.{name}"), full.narrow(0, *at, var.numel() as i64).view(var.size().as_slice())));
+                }
             }
         }
-        out
+        Ok(out)
     }
 
-    /// Restores what `state_tensors` saved, after `steps` updates.
+    /// Restores what `state_tensors` saved (at any world size and stage), after `steps` updates.
     pub fn load_state(&mut self, ckpt: &Checkpoint, steps: i64) -> Result<()> {
         let _g = tch::no_grad_guard();
         for p in &mut self.params {
-            for (key, dst) in [("exp_avg", &mut p.exp_avg), ("exp_avg_sq", &mut p.exp_avg_sq)] {
+            let part = |t: Tensor, what: &str| -> Result<Tensor> {
+                anyhow::ensure!(t.numel() as i64 >= p.start + p.len, "the {what} of {} has {} elements, not {}", p.name, t.numel(), p.var.numel());
+                Ok(t.reshape([-1]).narrow(0, p.start, p.len))
+            };
+            for key in ["exp_avg", "exp_avg_sq"] {
                 let t = ckpt.tensor(&format!("{key}.{}", p.name)).with_context(|| format!("optimizer state of {}", p.name))?;
+                let t = part(t, "optimizer state")?;
+                let dst = if key == "exp_avg" { &mut p.exp_avg } else { &mut p.exp_avg_sq };
                 dst.f_copy_(&t.to_device(dst.device()))?;
             }
-            if let Some(m) = &mut p.master {
+            if p.master.is_some() {
                 let t = ckpt.tensor(&format!("master.{}", p.name)).with_context(|| format!("master weights of {}", p.name))?;
-                m.f_copy_(&t.to_device(m.device()))?;
+                let t = part(t, "master weights")?;
+                if let Some(m) = &mut p.master {
+                    m.f_copy_(&t.to_device(m.device()))?;
+                }
             }
         }
         self.steps = steps;
+        Ok(())
+    }
+}
+
+/// The variables that require grad, in name order.
+fn trainable(vars: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = vars.into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+impl Param {
+    /// The part of `var` from `start` of `len` elements (-1: all of it), with fresh state.
+    fn part(name: String, var: Tensor, start: i64, len: i64) -> Self {
+        let len = if len < 0 { var.numel() as i64 } else { len };
+        let flat = var.detach().reshape([-1]).narrow(0, start, len);
+        let master = (var.kind() != Kind::Float).then(|| flat.to_kind(Kind::Float));
+        let zeros = || Tensor::zeros([len], (Kind::Float, var.device()));
+        Param { decay: decays(&name, var.dim()), exp_avg: zeros(), exp_avg_sq: zeros(), name, var, start, len, master }
+    }
+
+    /// This part of `t` (the parameter or its gradient), flat: a view of a contiguous one.
+    fn flat(&self, t: &Tensor) -> Tensor {
+        t.reshape([-1]).narrow(0, self.start, self.len)
+    }
+}
+
+impl Shard<'_> {
+    /// The parameters' pieces inside the flat range [at, at + n): (index in `all`, offset in
+    /// the flattened parameter, length), in order.
+    fn pieces(&self, at: i64, n: i64) -> impl Iterator<Item = (usize, i64, i64)> + '_ {
+        let end = (at + n).min(self.total);
+        self.all.iter().enumerate().filter_map(move |(i, (_, var, start))| {
+            let (a, b) = ((*start).max(at), (start + var.numel() as i64).min(end));
+            (a < b).then(|| (i, a - start, b - a))
+        })
+    }
+
+    /// All-gathers the flat space chunk by chunk: `mine(at, n)` gives this rank's pieces of
+    /// [at, at + n) (its own shard's), which are padded to `n`; `put(at, block)` receives each
+    /// rank's block, which starts at flat index `at`.
+    fn gather(&self, kind: Kind, device: tch::Device, what: &str, mine: impl Fn(i64, i64) -> Vec<Tensor>, mut put: impl FnMut(i64, &Tensor)) -> Result<()> {
+        let (world, rank) = (self.dist.world as i64, self.dist.rank as i64);
+        let mut c = 0;
+        while c < self.per_rank {
+            let n = self.chunk.min(self.per_rank - c);
+            let mut parts = mine(rank * self.per_rank + c, n);
+            let have: i64 = parts.iter().map(|t| t.size()[0]).sum();
+            if have < n {
+                parts.push(Tensor::zeros([n - have], (kind, device)));
+            }
+            let input = Tensor::cat(&parts.iter().map(|t| t.to_kind(kind)).collect::<Vec<_>>(), 0);
+            let output = Tensor::empty([world * n], (kind, device));
+            self.dist.all_gather(&input, &output, what)?;
+            for r in 0..world {
+                put(r * self.per_rank + c, &output.narrow(0, r * n, n));
+            }
+            c += n;
+        }
         Ok(())
     }
 }

@@ -25,11 +25,13 @@ pub struct Start<'a> {
     pub shuffle: bool,
     pub seed: u64,
     pub tensorboard: bool,
+    /// ZeRO stage (`training.zero`): 1 shards the optimizer state over the ranks.
+    pub zero: usize,
 }
 
 /// A training run's state between steps.
 pub struct Run<'d> {
-    pub opt: AdamW,
+    pub opt: AdamW<'d>,
     /// Over several ranks: the gradients' all-reduce, hooked to the parameters' accumulation.
     pub sync: Option<GradSync<'d>>,
     pub state: TrainState,
@@ -38,6 +40,8 @@ pub struct Run<'d> {
     pub metrics: Option<Metrics>,
     /// Steps this process has taken, for `--stop-after`.
     steps_this_run: usize,
+    /// MiB of optimizer state this rank holds, and the most any rank holds.
+    state_mib: (f64, f64),
 }
 
 impl<'d> Run<'d> {
@@ -45,7 +49,10 @@ impl<'d> Run<'d> {
     /// resuming; `optimizer_steps` reads from a resumed state how many optimizer steps it took.
     pub fn start(trainable: Vec<(String, Tensor)>, s: Start, dist: Option<&'d Dist>, optimizer_steps: impl Fn(&TrainState) -> i64) -> Result<Self> {
         let (world, main) = dist.map_or((1, true), |d| (d.world, d.is_main()));
-        let mut opt = AdamW::new(trainable, s.optimizer);
+        let mut opt = match dist {
+            Some(d) if s.zero >= 1 && d.world > 1 => AdamW::sharded(trainable, s.optimizer, d, super::dist::bucket_mib()? * 1048576.0)?,
+            _ => AdamW::new(trainable, s.optimizer),
+        };
         let sync = dist.map(|d| d.grad_sync(&opt.vars(), super::dist::bucket_mib()?)).transpose()?;
         let mut state = TrainState { step: 0, epoch: 0, index: 0, counters: Default::default() };
         if let Some(dir) = s.resume_from {
@@ -67,7 +74,22 @@ impl<'d> Run<'d> {
         if world > 1 {
             state.counters.insert("world_size".into(), world as f64);
         }
-        Ok(Self { opt, sync, state, sampler, metrics, steps_this_run: 0 })
+        let mine = opt.state_bytes() as f64 / 1048576.0;
+        let state_mib = match dist {
+            Some(d) => {
+                let mut each = vec![0.0; d.world];
+                each[d.rank] = mine;
+                (mine, d.sum(&each, "comparing the ranks' optimizer state")?.into_iter().fold(0.0, f64::max))
+            }
+            None => (mine, mine),
+        };
+        Ok(Self { opt, sync, state, sampler, metrics, steps_this_run: 0, state_mib })
+    }
+
+    /// The optimizer state's memory, for the metrics: this rank's (rank 0 writes them) and
+    /// the most any rank holds (1/N of the whole under ZeRO).
+    pub fn memory_values(&self) -> [(&'static str, f64); 2] {
+        [("memory/optimizer_state_mib", self.state_mib.0), ("memory/optimizer_state_mib_max_rank", self.state_mib.1)]
     }
 
     /// After a step (`state.step` already counts it): the replicas check and rank 0's
@@ -82,8 +104,12 @@ impl<'d> Run<'d> {
                 d.check_replicas(&self.opt.vars())?;
             }
         }
-        if dist.is_none_or(|d| d.is_main()) && due {
-            checkpoint::save(run_dir, model, source_dir, &self.opt, &self.state, keep_last)?;
+        if due {
+            // Under ZeRO every rank sends its shard of the state to rank 0.
+            let optimizer = self.opt.state_tensors()?;
+            if dist.is_none_or(|d| d.is_main()) {
+                checkpoint::save(run_dir, model, source_dir, &optimizer, &self.state, keep_last)?;
+            }
         }
         Ok(stop_after == Some(self.steps_this_run) && !last)
     }

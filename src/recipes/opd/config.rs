@@ -237,6 +237,9 @@ pub struct OpdTraining {
     /// Recompute each student block's activations in the backward pass instead of keeping them.
     #[serde(default)]
     pub activation_checkpointing: bool,
+    /// ZeRO stage over several ranks (`training.zero` of `sft`).
+    #[serde(default, skip_serializing_if = "crate::spec::is_zero")]
+    pub zero: usize,
 }
 
 fn d_micro() -> usize {
@@ -318,6 +321,7 @@ impl crate::spec::Schema for Opd {
             );
         }
         validate_optimizer(&self.optimizer)?;
+        crate::spec::validate_zero(self.training.zero)?;
         if let Some(l) = &self.student.lora {
             l.validate("student.lora")?;
             ensure!(l.dropout == 0.0 || !self.training.activation_checkpointing, "student.lora.dropout: not with training.activation_checkpointing (the recomputed blocks would draw other dropout masks)");

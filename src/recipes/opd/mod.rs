@@ -103,7 +103,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         _ => vec![],
     };
 
-    let start = Start { run_dir, resume_from: resume_from.as_deref(), optimizer: &r.optimizer, examples: examples.len(), shuffle: r.data.shuffle, seed: r.seed, tensorboard: r.logging.tensorboard };
+    let start = Start { run_dir, resume_from: resume_from.as_deref(), optimizer: &r.optimizer, examples: examples.len(), shuffle: r.data.shuffle, seed: r.seed, tensorboard: r.logging.tensorboard, zero: r.training.zero };
     let mut run = Run::start(student.model.trainable(), start, dist, |s| s.counters.get("optimizer_steps").copied().unwrap_or(s.step as f64) as i64)?;
     // Each evaluation: the scorers and their generations, the held-out gap of the student's
     // samples under this run's rollout settings, and a readable dump of a few of them.
@@ -250,6 +250,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         if let Some(gib) = crate::device::peak_memory_gib(student.model.device()) {
             values.push(("memory/peak_gib", gib));
         }
+        values.extend(run.memory_values());
         if let Some(sync) = &run.sync {
             values.extend(sync.values());
         }
