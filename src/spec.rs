@@ -283,14 +283,14 @@ pub struct TrainingSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "one_or_many")]
     pub stop_at: Vec<StopAt>,
     /// ZeRO stage over several ranks: 0 keeps the whole optimizer state on every rank, 1
-    /// shards it (DeepSpeed's stage 1).
+    /// shards it (DeepSpeed's stage 1), 2 shards the summed gradients too.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub zero: usize,
 }
 
 /// `training.zero` is a stage this build runs.
 pub fn validate_zero(zero: usize) -> Result<()> {
-    ensure!(zero <= 1, "training.zero: {zero} is not a stage tokbridge runs (0: replicated optimizer state; 1: sharded over the ranks; stage 2, sharded gradients too, is not implemented yet)");
+    ensure!(zero <= 2, "training.zero: {zero} is not a stage tokbridge runs (0: replicated; 1: the optimizer state sharded over the ranks; 2: the gradients too; stage 3, the parameters, is not implemented)");
     Ok(())
 }
 

@@ -410,7 +410,7 @@ fn train_like_reference(dir: &std::path::Path, kind: Kind, recompute: bool) -> T
         let loss = model
             .backward_tokens(&ids, 0, recompute, |lp, t0| Ok(-(lp * mask.narrow(1, t0, lp.size()[1])).sum(Kind::Float) / n_targets as f64))
             .unwrap();
-        let norm = opt.clip_grad_norm(spec.grad_clip);
+        let norm = opt.clip_grad_norm(spec.grad_clip).unwrap();
         opt.step(spec.lr).unwrap();
         losses.push((loss, r["losses"][step].as_f64().unwrap()));
         grad_norms.push((norm, r["grad_norms"][step].as_f64().unwrap()));

@@ -213,7 +213,7 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         if !loss.is_finite() {
             return Err(checkpoint::non_finite_loss(run_dir, loss, run.state.step + 1));
         }
-        let grad_norm = run.opt.clip_grad_norm(r.optimizer.grad_clip);
+        let grad_norm = run.opt.clip_grad_norm(r.optimizer.grad_clip)?;
         run.opt.step(lr)?;
         run.state.step += 1;
         (run.state.epoch, run.state.index) = (run.sampler.epoch, run.sampler.index);

@@ -100,7 +100,21 @@ struct Reducer {
   std::vector<int64_t> stamp;   // per parameter: when it last received a gradient (-1: never)
   int64_t tick = 0;
   std::vector<at::Tensor> flats;
-  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  std::vector<std::vector<c10::intrusive_ptr<c10d::Work>>> works;
+  // ZeRO stage 2 (per_rank > 0): each gradient sum goes only to the rank that owns it (its
+  // contiguous shard of `per_rank` elements of the parameters flattened in the list's order),
+  // which keeps it in `owned`; a bucket is released as soon as its reductions are done.
+  int64_t per_rank = 0;
+  int rank = 0;
+  at::Tensor owned;
+  std::vector<int64_t> offset;  // per parameter: where it starts, flattened
+  struct Piece {
+    int64_t at, len, dst;  // in the bucket, its length, in `owned`
+    int owner;
+  };
+  std::vector<std::vector<Piece>> pieces;  // per bucket, in bucket order
+  int64_t alive = 0, peak = 0;             // bytes of buckets held, and the most this step
+  int64_t last_peak = 0;                   // the most the last step held
   size_t next = 0;  // the next bucket to send
   bool armed = false, learned = false, late = false;
   // What the last `finish` found: buckets sent during the backward, and whether a late
@@ -110,7 +124,13 @@ struct Reducer {
   std::string failure;
   std::mutex mu;
 
-  Reducer(Group* g, std::vector<at::Tensor> ps, int64_t cap) : g(g), params(std::move(ps)), cap(cap) {
+  Reducer(Group* g, std::vector<at::Tensor> ps, int64_t cap, int64_t per_rank, at::Tensor owned)
+      : g(g), params(std::move(ps)), cap(cap), per_rank(per_rank), rank(g->gloo->getRank()), owned(std::move(owned)) {
+    int64_t at = 0;
+    for (auto& p : params) {
+      offset.push_back(at);
+      at += p.numel();
+    }
     std::vector<size_t> seq(params.size());
     for (size_t i = 0; i < seq.size(); ++i) seq[i] = seq.size() - 1 - i;  // the last parameters first
     build(seq);
@@ -146,6 +166,22 @@ struct Reducer {
       bucket_of[i] = o->second;
       bytes[o->second] += b;
     }
+    // Stage 2: each bucket's pieces by owner.
+    pieces.assign(buckets.size(), {});
+    if (per_rank == 0) return;
+    for (size_t k = 0; k < buckets.size(); ++k) {
+      int64_t q = 0;
+      for (size_t i : buckets[k]) {
+        int64_t lo = offset[i], hi = lo + params[i].numel();
+        for (int64_t a = lo; a < hi;) {
+          int owner = int(a / per_rank);
+          int64_t end = std::min(hi, (owner + 1) * per_rank);
+          pieces[k].push_back({q + a - lo, end - a, a - owner * per_rank, owner});
+          a = end;
+        }
+        q += hi - lo;
+      }
+    }
   }
 
   void reset() {
@@ -162,6 +198,7 @@ struct Reducer {
     tick = 0;
     flats.assign(buckets.size(), at::Tensor());
     works.assign(buckets.size(), {});
+    alive = peak = 0;
     next = 0;
     armed = late = false;
   }
@@ -198,15 +235,56 @@ struct Reducer {
     return flat;
   }
 
-  // Starts the all-reduce of bucket b.
+  // Starts the all-reduce of bucket b (stage 2: a reduce to the owner of each run of its
+  // pieces), and under stage 2 releases the buckets sent before it whose reductions are done.
   void send(size_t b) {
     try {
       std::vector<at::Tensor> flat{take(b)};
       flats[b] = flat[0];
-      works[b] = g->backend(flat).allreduce(flat);
+      alive += flat[0].nbytes();
+      peak = std::max(peak, alive);
+      if (per_rank == 0) {
+        works[b].push_back(g->backend(flat).allreduce(flat));
+        return;
+      }
+      reduce(flat[0], b, works[b]);
+      // Release what is done; past two buckets' worth in flight, wait for the oldest.
+      for (size_t k = 0; k < b; ++k) {
+        if (!flats[k].defined()) continue;
+        bool done = true;
+        for (auto& w : works[k]) done = done && w->isCompleted();
+        if (done || alive > 2 * cap) keep(k);
+      }
     } catch (const std::exception& e) {
       if (failure.empty()) failure = e.what();
     }
+  }
+
+  // Stage 2: reduces `flat` (bucket b's layout) to the owners, one collective per run of pieces
+  // with one owner.
+  void reduce(const at::Tensor& flat, size_t b, std::vector<c10::intrusive_ptr<c10d::Work>>& out) {
+    auto& ps = pieces[b];
+    for (size_t i = 0; i < ps.size();) {
+      size_t j = i;
+      int64_t len = 0;
+      while (j < ps.size() && ps[j].owner == ps[i].owner) len += ps[j++].len;
+      std::vector<at::Tensor> part{flat.narrow(0, ps[i].at, len)};
+      c10d::ReduceOptions o;
+      o.rootRank = ps[i].owner;
+      out.push_back(g->backend(part).reduce(part, o));
+      i = j;
+    }
+  }
+
+  // Stage 2: waits for bucket k's reductions, keeps this rank's pieces and releases the bucket.
+  void keep(size_t k) {
+    for (auto& w : works[k]) w->wait();
+    works[k].clear();
+    at::NoGradGuard no_grad;
+    for (auto& p : pieces[k])
+      if (p.owner == rank) owned.narrow(0, p.dst, p.len).copy_(flats[k].narrow(0, p.at, p.len));
+    alive -= flats[k].nbytes();
+    flats[k] = at::Tensor();
   }
 
   void finish() {
@@ -214,10 +292,13 @@ struct Reducer {
     at::NoGradGuard no_grad;
     sent_early = next;
     while (next < buckets.size()) send(next++);
-    for (auto& w : works) {
-      if (!w) continue;
+    for (size_t b = 0; b < buckets.size(); ++b) {
       try {
-        w->wait();
+        if (per_rank > 0 && flats[b].defined()) {
+          keep(b);
+          continue;
+        }
+        for (auto& w : works[b]) w->wait();
       } catch (const std::exception& e) {
         if (failure.empty()) failure = e.what();
       }
@@ -236,9 +317,24 @@ struct Reducer {
     if (resent) {
       for (size_t b = 0; b < buckets.size(); ++b) {
         std::vector<at::Tensor> rest{take(b)};
+        if (per_rank > 0) {
+          std::vector<c10::intrusive_ptr<c10d::Work>> ws;
+          reduce(rest[0], b, ws);
+          for (auto& w : ws) w->wait();
+          for (auto& p : pieces[b])
+            if (p.owner == rank) owned.narrow(0, p.dst, p.len).add_(rest[0].narrow(0, p.at, p.len));
+          continue;
+        }
         g->backend(rest).allreduce(rest)->wait();
         flats[b].add_(rest[0]);
       }
+    }
+    if (per_rank > 0) {
+      // The sums are in `owned`; the parameters keep no gradient.
+      if (!learned) learn();
+      last_peak = peak;
+      reset();
+      return;
     }
     // The sums become the gradients: views of the bucket.
     for (size_t b = 0; b < buckets.size(); ++b) {
@@ -252,6 +348,7 @@ struct Reducer {
       flats[b] = at::Tensor();
     }
     if (!learned) learn();
+    last_peak = peak;
     reset();
   }
 
@@ -420,10 +517,10 @@ char* tb_dist_barrier(void* g) {
 }
 
 // A gradient reducer over `params` (hooks on each until tb_reducer_free), buckets of at most
-// `cap_bytes`.
-char* tb_reducer_new(void* g, at::Tensor** ps, size_t n, int64_t cap_bytes, void** out) {
+// `cap_bytes`; with `per_rank` > 0 (ZeRO stage 2), the sums of this rank's shard go to `owned`.
+char* tb_reducer_new(void* g, at::Tensor** ps, size_t n, int64_t cap_bytes, int64_t per_rank, at::Tensor* owned, void** out) {
   try {
-    *out = new Reducer(static_cast<Group*>(g), list(ps, n), cap_bytes);
+    *out = new Reducer(static_cast<Group*>(g), list(ps, n), cap_bytes, per_rank, owned ? *owned : at::Tensor());
     return nullptr;
   } catch (const std::exception& e) {
     return error(e);
@@ -448,13 +545,15 @@ char* tb_reducer_finish(void* r) {
 }
 
 // The reducer's buckets, how many of them the last finish found already sent (all-reduced
-// while the backward ran), and whether it had to send all of them again.
-void tb_reducer_stats(void* r, size_t* buckets, size_t* sent_early, int* resent) {
+// while the backward ran), whether it had to send all of them again, and the most bytes of
+// buckets it held at once in the last step.
+void tb_reducer_stats(void* r, size_t* buckets, size_t* sent_early, int* resent, int64_t* peak_bytes) {
   auto rd = static_cast<Reducer*>(r);
   std::lock_guard<std::mutex> lock(rd->mu);
   *buckets = rd->buckets.size();
   *sent_early = rd->sent_early;
   *resent = rd->resent;
+  *peak_bytes = rd->last_peak;
 }
 
 void tb_reducer_free(void* r) {

@@ -259,11 +259,16 @@ impl Dist {
     /// The gradient reducer for `params` (the optimizer's parameters, the same list on every
     /// rank): their gradients are summed over the ranks, in their own dtype, in buckets of at
     /// most `bucket_mib` MiB (`bucket_mib()`), all-reduced while the backward still runs.
-    pub fn grad_sync(&self, params: &[Tensor], bucket_mib: f64) -> Result<GradSync<'_>> {
+    ///
+    /// `owned` (ZeRO stage 2): this rank's shard of the flattened gradients and the shard size;
+    /// each sum then goes only to the rank that owns it, into that tensor, and the parameters
+    /// keep no gradient.
+    pub fn grad_sync(&self, params: &[Tensor], bucket_mib: f64, owned: Option<(&Tensor, i64)>) -> Result<GradSync<'_>> {
         let ptrs: Vec<_> = params.iter().map(|t| t.as_ptr() as *mut std::ffi::c_void).collect();
         let mut reducer = std::ptr::null_mut();
+        let (buffer, per_rank) = owned.map_or((std::ptr::null_mut(), 0), |(t, n)| (t.as_ptr() as *mut std::ffi::c_void, n));
         // SAFETY: the tensors are live for the call (the reducer keeps its own references).
-        self.call("setting up the gradient all-reduce", |g| unsafe { ffi::tb_reducer_new(g, ptrs.as_ptr(), ptrs.len(), (bucket_mib * 1048576.0) as i64, &mut reducer) })?;
+        self.call("setting up the gradient all-reduce", |g| unsafe { ffi::tb_reducer_new(g, ptrs.as_ptr(), ptrs.len(), (bucket_mib * 1048576.0) as i64, per_rank, buffer, &mut reducer) })?;
         Ok(GradSync { dist: self, reducer })
     }
 
@@ -351,13 +356,19 @@ impl GradSync<'_> {
 
     /// The last step's metrics: `dist/buckets` per step, the fraction of them all-reduced
     /// while the backward ran (`dist/overlapped`; 0 in the first step, which learns the order),
-    /// and `dist/resent` (1 when a gradient came after its bucket was sent, so what every rank
-    /// added since was all-reduced as well).
+    /// `dist/resent` (1 when a gradient came after its bucket was sent, so what every rank
+    /// added since was all-reduced as well), and the most MiB of summed-gradient buckets this
+    /// rank held at once (all of them under stage 0 and 1; those in flight under stage 2).
     pub fn values(&self) -> Vec<(&'static str, f64)> {
-        let (mut buckets, mut early, mut resent) = (0, 0, 0);
+        let (mut buckets, mut early, mut resent, mut peak) = (0, 0, 0, 0i64);
         // SAFETY: the reducer is live; the outputs are plain integers.
-        unsafe { ffi::tb_reducer_stats(self.reducer, &mut buckets, &mut early, &mut resent) };
-        vec![("dist/buckets", buckets as f64), ("dist/overlapped", early as f64 / buckets.max(1) as f64), ("dist/resent", f64::from(resent))]
+        unsafe { ffi::tb_reducer_stats(self.reducer, &mut buckets, &mut early, &mut resent, &mut peak) };
+        vec![
+            ("dist/buckets", buckets as f64),
+            ("dist/overlapped", early as f64 / buckets.max(1) as f64),
+            ("dist/resent", f64::from(resent)),
+            ("memory/gradient_buckets_peak_mib", peak as f64 / 1048576.0),
+        ]
     }
 }
 
@@ -382,10 +393,10 @@ mod ffi {
         pub fn tb_dist_store_take(g: *mut c_void, key: *const c_char, out: *mut *mut u8, n: *mut usize) -> *mut c_char;
         pub fn tb_dist_has_nccl() -> i32;
         pub fn tb_dist_add_nccl(g: *mut c_void, rank: i32, world: i32, device: i32) -> *mut c_char;
-        pub fn tb_reducer_new(g: *mut c_void, ps: *const *mut c_void, n: usize, cap_bytes: i64, out: *mut *mut c_void) -> *mut c_char;
+        pub fn tb_reducer_new(g: *mut c_void, ps: *const *mut c_void, n: usize, cap_bytes: i64, per_rank: i64, owned: *mut c_void, out: *mut *mut c_void) -> *mut c_char;
         pub fn tb_reducer_arm(r: *mut c_void);
         pub fn tb_reducer_finish(r: *mut c_void) -> *mut c_char;
-        pub fn tb_reducer_stats(r: *mut c_void, buckets: *mut usize, sent_early: *mut usize, resent: *mut i32);
+        pub fn tb_reducer_stats(r: *mut c_void, buckets: *mut usize, sent_early: *mut usize, resent: *mut i32, peak_bytes: *mut i64);
         pub fn tb_reducer_free(r: *mut c_void);
         fn tb_free(p: *mut c_char);
     }
@@ -434,13 +445,13 @@ mod ffi {
     pub unsafe fn tb_dist_add_nccl(_: *mut std::ffi::c_void, _: i32, _: i32, _: i32) -> *mut std::ffi::c_char {
         std::ptr::null_mut()
     }
-    pub unsafe fn tb_reducer_new(_: *mut std::ffi::c_void, _: *const *mut std::ffi::c_void, _: usize, _: i64, _: *mut *mut std::ffi::c_void) -> *mut std::ffi::c_char {
+    pub unsafe fn tb_reducer_new(_: *mut std::ffi::c_void, _: *const *mut std::ffi::c_void, _: usize, _: i64, _: i64, _: *mut std::ffi::c_void, _: *mut *mut std::ffi::c_void) -> *mut std::ffi::c_char {
         std::ptr::null_mut()
     }
     pub unsafe fn tb_reducer_arm(_: *mut std::ffi::c_void) {}
     pub unsafe fn tb_reducer_finish(_: *mut std::ffi::c_void) -> *mut std::ffi::c_char {
         std::ptr::null_mut()
     }
-    pub unsafe fn tb_reducer_stats(_: *mut std::ffi::c_void, _: *mut usize, _: *mut usize, _: *mut i32) {}
+    pub unsafe fn tb_reducer_stats(_: *mut std::ffi::c_void, _: *mut usize, _: *mut usize, _: *mut i32, _: *mut i64) {}
     pub unsafe fn tb_reducer_free(_: *mut std::ffi::c_void) {}
 }

@@ -1,8 +1,9 @@
 //! AdamW with decoupled weight decay (`torch.optim.AdamW`), written in Rust so its state can be
 //! checkpointed (tch's built-in optimizers cannot save theirs). Norms, biases and embeddings get
 //! no decay. Parameters that are not float32 keep a float32 master copy that the update uses.
-//! Under ZeRO stage 1 (`AdamW::sharded`) each rank keeps the state of its shard of the
-//! flattened parameters only (DeepSpeed's partitioning), and checkpoints gather it whole.
+//! Under ZeRO (`AdamW::sharded`) each rank keeps the state of its shard of the flattened
+//! parameters only (DeepSpeed's partitioning; stage 2: and the summed gradients of it), and
+//! checkpoints gather the state whole.
 use crate::ops;
 use crate::hf::safetensors::Checkpoint;
 use crate::spec::OptimizerSpec;
@@ -18,6 +19,8 @@ struct Param {
     /// Where the part starts in the flattened parameter, and its length.
     start: i64,
     len: i64,
+    /// Under ZeRO, where the part starts in this rank's shard.
+    at: i64,
     /// float32 master weights of the part when `var` is not float32.
     master: Option<Tensor>,
     /// The moments of the part, flat float32.
@@ -39,6 +42,9 @@ struct Shard<'d> {
     per_rank: i64,
     /// The most elements per rank one all-gather carries (the gradient buckets' size).
     chunk: i64,
+    /// Stage 2: this rank's shard of the summed gradients (the reducer writes it; the
+    /// parameters keep no gradient).
+    grads: Option<Tensor>,
 }
 
 pub struct AdamW<'d> {
@@ -63,8 +69,9 @@ impl<'d> AdamW<'d> {
     }
 
     /// AdamW whose state is sharded over the ranks of `dist` (ZeRO stage 1): this rank keeps
-    /// the state of its shard only. `chunk_bytes` bounds each all-gather.
-    pub fn sharded(vars: Vec<(String, Tensor)>, spec: &OptimizerSpec, dist: &'d Dist, chunk_bytes: f64) -> Result<Self> {
+    /// the state of its shard only; at `stage` 2 the summed gradients of its shard too.
+    /// `chunk_bytes` bounds each all-gather.
+    pub fn sharded(vars: Vec<(String, Tensor)>, spec: &OptimizerSpec, dist: &'d Dist, chunk_bytes: f64, stage: usize) -> Result<Self> {
         let vars = trainable(vars);
         let kinds: std::collections::BTreeSet<String> = vars.iter().map(|(_, t)| format!("{:?}", t.kind())).collect();
         anyhow::ensure!(kinds.len() <= 1, "training.zero: the trainable parameters have several dtypes ({}); ZeRO gathers them as one", kinds.into_iter().collect::<Vec<_>>().join(", "));
@@ -82,17 +89,40 @@ impl<'d> AdamW<'d> {
         for (name, var, at) in &all {
             let (a, b) = ((*at).max(lo), (at + var.numel() as i64).min(hi));
             if a < b {
-                params.push(Param::part(name.clone(), var.shallow_clone(), a - at, b - a));
+                let mut part = Param::part(name.clone(), var.shallow_clone(), a - at, b - a);
+                part.at = a - lo;
+                params.push(part);
             }
         }
         let elem = all.first().map_or(4, |(_, t, _)| t.kind().elt_size_in_bytes()) as f64;
         let chunk = ((chunk_bytes / elem) as i64).clamp(1 << 16, per_rank.max(1 << 16));
-        Ok(Self { params, spec: spec.clone(), shard: Some(Shard { dist, all, total, per_rank, chunk }), steps: 0 })
+        let grads = (stage >= 2).then(|| all.first().map(|(_, t, _)| Tensor::zeros([per_rank], (t.kind(), t.device())))).flatten();
+        Ok(Self { params, spec: spec.clone(), shard: Some(Shard { dist, all, total, per_rank, chunk, grads }), steps: 0 })
+    }
+
+    /// Stage 2: the buffer the gradient reducer sums this rank's shard into, and its size.
+    pub fn owned_grads(&self) -> Option<(&Tensor, i64)> {
+        let s = self.shard.as_ref()?;
+        Some((s.grads.as_ref()?, s.per_rank))
+    }
+
+    /// The gradient of this part: the parameter's, or under stage 2 the owned shard's.
+    fn grad_of(&self, p: &Param) -> Option<Tensor> {
+        if let Some(g) = self.shard.as_ref().and_then(|s| s.grads.as_ref()) {
+            return Some(g.narrow(0, p.at, p.len));
+        }
+        let g = p.var.grad();
+        g.defined().then(|| p.flat(&g))
     }
 
     /// The bytes of optimizer state this rank holds (moments and master weights).
     pub fn state_bytes(&self) -> u64 {
         self.params.iter().map(|p| (2 + u64::from(p.master.is_some())) * 4 * p.len as u64).sum()
+    }
+
+    /// Stage 2: the bytes of this rank's shard of the summed gradients.
+    pub fn owned_grad_bytes(&self) -> u64 {
+        self.owned_grads().map_or(0, |(t, _)| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
     }
 
     /// Every trainable parameter, in name order (under ZeRO too, where this rank updates a
@@ -112,9 +142,13 @@ impl<'d> AdamW<'d> {
         }
     }
 
-    /// The global L2 norm of all gradients, in float32.
-    pub fn grad_norm(&self) -> f64 {
+    /// The global L2 norm of all gradients, in float32 (under stage 2, of every rank's shard).
+    pub fn grad_norm(&self) -> Result<f64> {
         let _g = tch::no_grad_guard();
+        if let Some((s, g)) = self.shard.as_ref().and_then(|s| Some((s, s.grads.as_ref()?))) {
+            let mine = g.to_kind(Kind::Float).square().sum(Kind::Float).double_value(&[]);
+            return Ok(s.dist.sum(&[mine], "summing the gradient norm")?[0].sqrt());
+        }
         // One read of the device for all parameters, not one per parameter.
         let norms: Vec<Tensor> = self
             .vars()
@@ -124,27 +158,26 @@ impl<'d> AdamW<'d> {
             .map(|g| g.norm_scalaropt_dtype(2.0, Kind::Float))
             .collect();
         if norms.is_empty() {
-            return 0.0;
+            return Ok(0.0);
         }
-        Tensor::stack(&norms, 0).norm().double_value(&[])
+        Ok(Tensor::stack(&norms, 0).norm().double_value(&[]))
     }
 
     /// Scales gradients so their global norm is at most `max`; returns the norm before clipping.
-    pub fn clip_grad_norm(&mut self, max: Option<f64>) -> f64 {
-        let norm = self.grad_norm();
+    pub fn clip_grad_norm(&mut self, max: Option<f64>) -> Result<f64> {
+        let norm = self.grad_norm()?;
         if let Some(max) = max {
             if norm > max && norm.is_finite() {
                 let _g = tch::no_grad_guard();
                 let scale = max / (norm + 1e-6);
-                for v in self.vars() {
-                    let mut g = v.grad();
-                    if g.defined() {
-                        let _ = g.g_mul_scalar_(scale);
-                    }
+                let mut grads: Vec<Tensor> = self.vars().iter().map(Tensor::grad).filter(Tensor::defined).collect();
+                grads.extend(self.shard.as_ref().and_then(|s| s.grads.as_ref()).map(Tensor::shallow_clone));
+                for mut g in grads {
+                    let _ = g.g_mul_scalar_(scale);
                 }
             }
         }
-        norm
+        Ok(norm)
     }
 
     /// One AdamW update at learning rate `lr` through torch's fused kernel (what
@@ -160,12 +193,9 @@ impl<'d> AdamW<'d> {
         for decay in [true, false] {
             let (mut w, mut g, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for p in self.params.iter().filter(|p| p.decay == decay) {
-                let grad = p.var.grad();
-                if !grad.defined() {
-                    continue;
-                }
+                let Some(grad) = self.grad_of(p) else { continue };
                 w.push(p.master.as_ref().map_or_else(|| p.flat(&p.var), Tensor::shallow_clone));
-                g.push(p.flat(&grad).to_kind(Kind::Float).contiguous());
+                g.push(grad.to_kind(Kind::Float).contiguous());
                 m.push(p.exp_avg.shallow_clone());
                 v.push(p.exp_avg_sq.shallow_clone());
             }
@@ -175,8 +205,8 @@ impl<'d> AdamW<'d> {
             let wd = if decay { self.spec.weight_decay } else { 0.0 };
             ops::fused_adamw(&w, &g, &m, &v, &step, lr, self.spec.betas, wd, self.spec.eps)?;
         }
-        for p in &mut self.params {
-            if let (Some(master), true) = (&p.master, p.var.grad().defined()) {
+        for p in &self.params {
+            if let (Some(master), true) = (&p.master, self.grad_of(p).is_some()) {
                 p.flat(&p.var).f_copy_(&master.to_kind(p.var.kind()))?;
             }
         }
@@ -294,7 +324,7 @@ impl Param {
         let flat = var.detach().reshape([-1]).narrow(0, start, len);
         let master = (var.kind() != Kind::Float).then(|| flat.to_kind(Kind::Float));
         let zeros = || Tensor::zeros([len], (Kind::Float, var.device()));
-        Param { decay: decays(&name, var.dim()), exp_avg: zeros(), exp_avg_sq: zeros(), name, var, start, len, master }
+        Param { decay: decays(&name, var.dim()), exp_avg: zeros(), exp_avg_sq: zeros(), name, var, start, len, at: 0, master }
     }
 
     /// This part of `t` (the parameter or its gradient), flat: a view of a contiguous one.

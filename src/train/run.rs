@@ -25,7 +25,8 @@ pub struct Start<'a> {
     pub shuffle: bool,
     pub seed: u64,
     pub tensorboard: bool,
-    /// ZeRO stage (`training.zero`): 1 shards the optimizer state over the ranks.
+    /// ZeRO stage (`training.zero`): 1 shards the optimizer state over the ranks, 2 the
+    /// gradients too.
     pub zero: usize,
 }
 
@@ -50,10 +51,10 @@ impl<'d> Run<'d> {
     pub fn start(trainable: Vec<(String, Tensor)>, s: Start, dist: Option<&'d Dist>, optimizer_steps: impl Fn(&TrainState) -> i64) -> Result<Self> {
         let (world, main) = dist.map_or((1, true), |d| (d.world, d.is_main()));
         let mut opt = match dist {
-            Some(d) if s.zero >= 1 && d.world > 1 => AdamW::sharded(trainable, s.optimizer, d, super::dist::bucket_mib()? * 1048576.0)?,
+            Some(d) if s.zero >= 1 && d.world > 1 => AdamW::sharded(trainable, s.optimizer, d, super::dist::bucket_mib()? * 1048576.0, s.zero)?,
             _ => AdamW::new(trainable, s.optimizer),
         };
-        let sync = dist.map(|d| d.grad_sync(&opt.vars(), super::dist::bucket_mib()?)).transpose()?;
+        let sync = dist.map(|d| d.grad_sync(&opt.vars(), super::dist::bucket_mib()?, opt.owned_grads())).transpose()?;
         let mut state = TrainState { step: 0, epoch: 0, index: 0, counters: Default::default() };
         if let Some(dir) = s.resume_from {
             state = checkpoint::read_state(dir)?;
@@ -86,10 +87,15 @@ impl<'d> Run<'d> {
         Ok(Self { opt, sync, state, sampler, metrics, steps_this_run: 0, state_mib })
     }
 
-    /// The optimizer state's memory, for the metrics: this rank's (rank 0 writes them) and
-    /// the most any rank holds (1/N of the whole under ZeRO).
-    pub fn memory_values(&self) -> [(&'static str, f64); 2] {
-        [("memory/optimizer_state_mib", self.state_mib.0), ("memory/optimizer_state_mib_max_rank", self.state_mib.1)]
+    /// The optimizer state's memory, for the metrics: this rank's (rank 0 writes them), the
+    /// most any rank holds (1/N of the whole under ZeRO), and under stage 2 this rank's shard
+    /// of the summed gradients.
+    pub fn memory_values(&self) -> [(&'static str, f64); 3] {
+        [
+            ("memory/optimizer_state_mib", self.state_mib.0),
+            ("memory/optimizer_state_mib_max_rank", self.state_mib.1),
+            ("memory/owned_gradient_mib", self.opt.owned_grad_bytes() as f64 / 1048576.0),
+        ]
     }
 
     /// After a step (`state.step` already counts it): the replicas check and rank 0's

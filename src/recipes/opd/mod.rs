@@ -202,7 +202,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             if !loss_value.is_finite() {
                 return Err(checkpoint::non_finite_loss(run_dir, loss_value, run.state.step + 1));
             }
-            grad_norm = run.opt.clip_grad_norm(r.optimizer.grad_clip);
+            grad_norm = run.opt.clip_grad_norm(r.optimizer.grad_clip)?;
             run.opt.step(lr)?;
         }
         run.state.step += 1;
