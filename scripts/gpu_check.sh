@@ -17,7 +17,9 @@
 #      when STEP_BENCH names the step benchmark's binary;
 #   5. data parallelism: two ranks sharing the GPU over Gloo against one process;
 #   6. NCCL: a group of one on GPU 0 against the process alone; with several GPUs, a rank per
-#      GPU, the curve against one process and the scaling of the 1B-shaped training step.
+#      GPU, the curve against one process and the scaling of the 1B-shaped training step;
+#   7. ZeRO: the 1B-shaped training step on two ranks at stages 0, 1 and 2 (a GPU each where
+#      there are two, else both sharing GPU 0 over Gloo): peak memory and state per rank.
 # DEVICE=cpu SMALL=1 runs the same plumbing on a CPU at toy sizes (what CI-less checks use).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -336,6 +338,29 @@ except OSError as e:
     print(f"\n- tiny SFT over NCCL: FAILED ({e})")
 PY
 fi
+say ""
+
+# 7. ZeRO on the 1B shape: two ranks, stages 0, 1 and 2, the same steps; rank 0's peak device
+# memory, the optimizer state and the summed gradients each rank holds.
+say "## 7. ZeRO stages on two ranks, Llama-3.2-1B shape"
+say ""
+say "| stage | step time (median) | peak memory, rank 0 | optimizer state per rank | summed gradients held (owned + buckets) | final loss |"
+say "|---|---|---|---|---|---|"
+zdev="$device"; [ "$device" = cuda ] && [ "${gpus:-0}" -lt 2 ] && zdev=cuda:0
+for z in 0 1 2; do
+  run="$out/zero-$z"
+  rm -rf "$run"
+  "$bin" run recipes/gpu/llama-1b-sft-bench.yaml "vars.root=$out" "output_dir=$run" "device=$zdev" \
+    "training.zero=$z" "${bench[@]}" --stop-after "$steps" --nproc 2 2> "$run.log" || { tail -5 "$run.log" | tee -a "$summary"; continue; }
+  "$py" - "$run/metrics.jsonl" "$z" <<'PY' | tee -a "$summary"
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if "train/loss" in l]
+times = [b["time_s"] - a["time_s"] for a, b in zip(rows, rows[1:])][2:] or [rows[-1]["time_s"]]
+r = rows[-1]
+held = r.get("memory/owned_gradient_mib", 0.0) + r.get("memory/gradient_buckets_peak_mib", float("nan"))
+print(f"| {sys.argv[2]} | {statistics.median(times) * 1e3:.0f} ms | {max(x.get('memory/peak_gib', float('nan')) for x in rows):.2f} GiB | {r['memory/optimizer_state_mib_max_rank'] / 1024:.2f} GiB | {held / 1024:.2f} GiB | {r['train/loss']:.5f} |")
+PY
+done
 say ""
 [ "$fail" = 0 ] || { echo "gpu_check: parity failed" >&2; exit 1; }
 echo "gpu_check: done; summary in $summary" >&2
