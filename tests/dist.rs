@@ -510,7 +510,8 @@ fn ranks_with_different_recipes_are_refused() {
 /// bf16 model (float32 master weights) and LoRA; stage 2 is too where the norm's order of
 /// summation does not show (bf16, LoRA), and within 1e-6 (SFT) or 1e-5 (OPD) otherwise; both
 /// give the one process's curve on the combined batch at 2 and 4 ranks; each rank holds 1/N of
-/// the state, and under stage 2 fewer summed gradients; a stopped run resumes under any stage;
+/// the state, and under stage 2 fewer summed gradients; a full-distribution loss (JSD) and a
+/// tied model with recomputation train alike; a stopped run resumes under any stage;
 /// a dead rank stops the other in one line.
 #[test]
 fn zero_stages_1_and_2_shard_the_state_and_train_as_stage_0() {
@@ -579,6 +580,16 @@ fn zero_stages_1_and_2_shard_the_state_and_train_as_stage_0() {
     assert_eq!(losses(&o0), losses(&o1));
     same_files(&o0, &o1, "step-000006");
     close(&losses(&o0), &losses(&o2), 1e-5, "opd, stage 2");
+    // A full-distribution loss (same-tokenizer JSD), and a tied model with recomputation in
+    // buckets of one parameter (its matrix accumulated twice per backward).
+    let jsd = ["student.path=tests/fixtures/models/qwen3", "loss=jsd", "rollout.temperature=0", "optimizer.grad_clip=0.05", "--nproc", "2"];
+    let j0 = go("j0", "recipes/opd/tiny.yaml", &jsd);
+    assert_eq!(losses(&j0), losses(&go("j1", "recipes/opd/tiny.yaml", &[&jsd[..], &["training.zero=1"]].concat())));
+    close(&losses(&j0), &losses(&go("j2", "recipes/opd/tiny.yaml", &[&jsd[..], &["training.zero=2"]].concat())), 1e-5, "jsd, stage 2");
+    let tied = ["model.path=tests/fixtures/models/qwen2", "training.activation_checkpointing=true", "training.steps=6", "optimizer.grad_clip=0.05", "--nproc", "2"];
+    let one_bucket = [("TOKBRIDGE_DIST_BUCKET_MB", "0.000001")];
+    let t0 = go_with("t0", "recipes/sft/tiny.yaml", &tied, &one_bucket);
+    close(&losses(&t0), &losses(&go_with("t2", "recipes/sft/tiny.yaml", &[&tied[..], &["training.zero=2"]].concat(), &one_bucket)), 1e-6, "tied, stage 2");
     for (name, args, step) in [
         ("b", &["model.dtype=bf16", "training.steps=4", "--nproc", "2"][..], "step-000004"),
         ("l", &["model.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj]}", "training.steps=4", "--nproc", "2"][..], "step-000004"),
