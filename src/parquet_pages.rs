@@ -62,9 +62,9 @@ pub fn check<R: Read + Seek>(file: R, chunks: &[(u64, u64, Inflate)]) -> Result<
             if inflate != Inflate::Bounded && page.is_compressed {
                 let levels = page.levels.clamp(0, page.compressed.min(page.uncompressed)) as u64;
                 r.seek(SeekFrom::Start(at + levels))?;
-                let data = (&mut r).take(page.compressed as u64 - levels);
-                let out = inflated(data, inflate, page.uncompressed as u64 - levels);
-                ensure!(out <= page.uncompressed as u64 - levels, "the page at byte {} inflates past the {} bytes it declares", at - used, page.uncompressed);
+                let most = page.uncompressed as u64 - levels;
+                let out = inflated((&mut r).take(page.compressed as u64 - levels), inflate, most);
+                ensure!(out <= most, "the page at byte {} inflates past the {} bytes it declares", at - used, page.uncompressed);
             }
             at += page.compressed as u64;
         }
@@ -74,7 +74,7 @@ pub fn check<R: Read + Seek>(file: R, chunks: &[(u64, u64, Inflate)]) -> Result<
 
 /// How many bytes `data` inflates to, counted up to one past `most`; a stream that is not
 /// valid counts what it gave before its error (the crate fails on it the same way).
-pub fn inflated(data: impl Read, inflate: Inflate, most: u64) -> u64 {
+fn inflated(data: impl Read, inflate: Inflate, most: u64) -> u64 {
     let mut stream: Box<dyn Read> = match inflate {
         Inflate::Bounded => return 0,
         Inflate::Gzip => Box::new(flate2::read::MultiGzDecoder::new(data)),

@@ -135,11 +135,9 @@ pub fn run(r: &InitModel) -> Result<()> {
             }
         }
     }
-    let out = crate::atomic::tmp_path(&r.output_dir);
-    std::fs::create_dir_all(&out)?;
-    write_dir(&model, &stage, &out, kind, u64::MAX)?;
+    let written = crate::atomic::publish_new(&r.output_dir, |out| write_dir(&model, &stage, out, kind, u64::MAX));
     std::fs::remove_dir_all(&stage)?;
-    crate::atomic::publish_dir(&out, &r.output_dir, false).with_context(|| format!("init_model: output_dir {}", r.output_dir.display()))?;
+    written.with_context(|| format!("init_model: output_dir {}", r.output_dir.display()))?;
     let back = models::load(&r.output_dir, Device::Cpu, kind)?;
     let params: i64 = back.vs.variables().values().map(|t| t.numel() as i64).sum();
     crate::info!("init_model: {} with {:.2}M parameters in {}", r.model_type, params as f64 / 1e6, r.output_dir.display());

@@ -329,15 +329,9 @@ struct Reducer {
         flats[b].add_(rest[0]);
       }
     }
-    if (per_rank > 0) {
-      // The sums are in `owned`; the parameters keep no gradient.
-      if (!learned) learn();
-      last_peak = peak;
-      reset();
-      return;
-    }
-    // The sums become the gradients: views of the bucket.
-    for (size_t b = 0; b < buckets.size(); ++b) {
+    // The sums become the gradients: views of the bucket (stage 2: they are in `owned`, and
+    // the parameters keep no gradient).
+    for (size_t b = 0; per_rank == 0 && b < buckets.size(); ++b) {
       int64_t off = 0;
       for (size_t i : buckets[b]) {
         at::Tensor& p = params[i];
