@@ -182,21 +182,25 @@ fn one_rank_with_a_rendezvous_is_a_group_of_one() {
     assert!(last.contains("\"dist/overlapped\""), "{last}");
 }
 
+/// A stopped run resumes to the uninterrupted curve under the same world size and under
+/// another (#37: the optimizer state is re-sharded, and the global batch is the same).
 #[test]
-fn a_stopped_two_rank_run_resumes_to_its_curve_and_only_with_two_ranks() {
+fn a_stopped_run_resumes_to_its_curve_under_any_world_size() {
     let _one = serial();
     let tmp = TempDir::new();
     if !has_dist(&tmp) {
         return;
     }
-    let (whole, parts) = (tmp.path().join("whole"), tmp.path().join("parts"));
+    let whole = tmp.path().join("whole");
     common::ok(run("recipes/sft/tiny.yaml", &whole, &["--nproc", "2"]));
-    common::ok(run("recipes/sft/tiny.yaml", &parts, &["--nproc", "2", "--stop-after", "6"]));
-    let out = run("recipes/sft/tiny.yaml", &parts, &["--resume"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.trim_end().ends_with("the checkpoint was written by 2 process(es) and this run has 1: resume with the same WORLD_SIZE (or --nproc)"), "{stderr}");
-    common::ok(run("recipes/sft/tiny.yaml", &parts, &["--resume", "--nproc", "2"]));
-    assert_same_curve(&losses(&whole), &losses(&parts), "resumed");
+    for (name, before, after) in [("same", "2", "2"), ("fewer", "2", "1"), ("more", "1", "2")] {
+        let parts = tmp.path().join(name);
+        common::ok(run("recipes/sft/tiny.yaml", &parts, &["--nproc", before, "--stop-after", "6"]));
+        let out = common::ok(run("recipes/sft/tiny.yaml", &parts, &["--resume", "--nproc", after]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.contains(&format!("the checkpoint was written by {before} process(es); resuming with {after}, its optimizer state re-sharded")), before != after, "{stderr}");
+        assert_same_curve(&losses(&whole), &losses(&parts), name);
+    }
 }
 
 #[test]
@@ -603,11 +607,14 @@ fn zero_stages_1_and_2_shard_the_state_and_train_as_stage_0() {
     }
     assert!((last(&tmp.path().join("btraining.zero=1"), "memory/optimizer_state_mib") * 2.0 - last(&tmp.path().join("b0"), "memory/optimizer_state_mib")).abs() * 1048576.0 <= 12.0);
     // Resume: stopped at step 6 under stage 1 or 2, resumed under another stage.
-    for (name, from, to) in [("r11", "training.zero=1", "training.zero=1"), ("r10", "training.zero=1", "training.zero=0"), ("r22", "training.zero=2", "training.zero=2"), ("r02", "training.zero=0", "training.zero=2")] {
-        let dir = go(name, "recipes/sft/tiny.yaml", &[&clip[..], &["--nproc", "2", from, "--stop-after", "6"]].concat());
+    // Resume: stopped at step 6 under stage 1 or 2, resumed under another stage, and under
+    // another world size (the state re-sharded).
+    for (name, from, to) in [("r11", "training.zero=1", "training.zero=1"), ("r10", "training.zero=1", "training.zero=0"), ("r22", "training.zero=2", "training.zero=2"), ("r02", "training.zero=0", "training.zero=2"), ("r24", "training.zero=2", "training.zero=1"), ("r21", "training.zero=1", "training.zero=0")] {
+        let (n, m) = match name { "r24" => ("2", "4"), "r21" => ("2", "1"), _ => ("2", "2") };
+        let dir = go(name, "recipes/sft/tiny.yaml", &[&clip[..], &["--nproc", n, from, "--stop-after", "6"]].concat());
         assert_eq!(losses(&dir).len(), 6);
-        go(name, "recipes/sft/tiny.yaml", &[&clip[..], &["--nproc", "2", to, "--resume"]].concat());
-        close(&losses(&s1), &losses(&dir), 1e-6, &format!("stopped under {from}, resumed under {to}"));
+        go(name, "recipes/sft/tiny.yaml", &[&clip[..], &["--nproc", m, to, "--resume"]].concat());
+        close(&losses(&s1), &losses(&dir), 1e-6, &format!("stopped under {from} on {n} ranks, resumed under {to} on {m}"));
     }
     // A rank that dies under stage 2 stops the other in one line.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();

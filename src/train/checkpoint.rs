@@ -58,14 +58,6 @@ pub fn save_adapters(model: &Model, base: &Path, dir: &Path) -> Result<()> {
 /// Writes a checkpoint for `state.step`, synced to disk, and points `latest` at it; keeps the
 /// newest `keep_last` checkpoints (all when None). Weights that are not finite are refused, so
 /// a diverged model is never saved as a checkpoint. Returns its directory.
-/// A run resumes with as many processes as wrote its checkpoint (`world_size` in its state,
-/// absent for one).
-pub fn check_world(state: &TrainState, world: usize) -> Result<()> {
-    let saved = state.counters.get("world_size").copied().unwrap_or(1.0) as usize;
-    anyhow::ensure!(saved == world, "the checkpoint was written by {saved} process(es) and this run has {world}: resume with the same WORLD_SIZE (or --nproc)");
-    Ok(())
-}
-
 pub fn save(run_dir: &Path, model: &Model, source_dir: &Path, optimizer: &[(String, tch::Tensor)], state: &TrainState, keep_last: Option<usize>) -> Result<PathBuf> {
     let weights: Vec<(String, tch::Tensor)> = model.trainable().into_iter().map(|(n, t)| (n, t.detach())).collect();
     if let Some((name, _)) = weights.iter().find(|(_, t)| !bool::try_from(t.isfinite().all()).unwrap_or(false)) {

@@ -58,7 +58,14 @@ impl<'d> Run<'d> {
         let mut state = TrainState { step: 0, epoch: 0, index: 0, counters: Default::default() };
         if let Some(dir) = s.resume_from {
             state = checkpoint::read_state(dir)?;
-            checkpoint::check_world(&state, world)?;
+            // The state is whole in the checkpoint at any world size and ZeRO stage, and each
+            // rank's share of a step is drawn from the same global batch, so a run resumes under
+            // another world size with its state re-sharded (only sampled rollouts, drawn per
+            // rank, then differ from the uninterrupted run's).
+            let saved = state.counters.get("world_size").copied().unwrap_or(1.0) as usize;
+            if saved != world && main {
+                crate::info!("the checkpoint was written by {saved} process(es); resuming with {world}, its optimizer state re-sharded");
+            }
             let ckpt = crate::hf::safetensors::Checkpoint::open_file(&dir.join("optimizer.safetensors"))?;
             opt.load_state(&ckpt, optimizer_steps(&state))?;
             crate::info!("resuming {} from step {}", s.run_dir.display(), state.step);
@@ -74,6 +81,8 @@ impl<'d> Run<'d> {
         let metrics = if main { Some(Metrics::open(s.run_dir, s.tensorboard, s.resume_from.map(|_| state.step))?) } else { None };
         if world > 1 {
             state.counters.insert("world_size".into(), world as f64);
+        } else {
+            state.counters.remove("world_size");
         }
         let mine = opt.state_bytes() as f64 / 1048576.0;
         let state_mib = match dist {
