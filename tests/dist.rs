@@ -577,6 +577,11 @@ fn zero_stages_1_and_2_shard_the_state_and_train_as_stage_0() {
         assert!(rows(run, "memory/gradient_buckets_peak_mib").iter().skip(1).all(|&m| m < grads / 2.0), "{:?}", rows(run, "memory/gradient_buckets_peak_mib"));
     }
     assert_eq!(last(&s1, "memory/owned_gradient_mib"), 0.0);
+    // Each rank's peak memory is compared: the most any rank reached is at least rank 0's.
+    for run in [&s0, &s2, &f1] {
+        let (mine, most) = (last(run, "memory/peak_gib"), last(run, "memory/peak_gib_max_rank"));
+        assert!(mine > 0.05 && most >= mine && most < 4.0 * mine, "{}: {mine} and {most} GiB", run.display());
+    }
     // OPD (greedy rollouts), a bf16 model with master weights, LoRA.
     let opd = ["rollout.temperature=0", "optimizer.grad_clip=0.05", "--nproc", "2"];
     let o0 = go("o0", "recipes/opd/tiny.yaml", &opd);

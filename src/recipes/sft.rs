@@ -236,10 +236,7 @@ pub fn run(r: &Sft, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             ("budget/optimizer_steps", run.state.step as f64),
             ("time_s", elapsed),
         ];
-        if let Some(gib) = crate::device::peak_memory_gib(device) {
-            values.push(("memory/peak_gib", gib));
-        }
-        values.extend(run.memory_values());
+        values.extend(run.memory_values(device, dist)?);
         if let Some(sync) = &run.sync {
             values.extend(sync.values());
         }

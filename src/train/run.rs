@@ -96,15 +96,27 @@ impl<'d> Run<'d> {
         Ok(Self { opt, sync, state, sampler, metrics, steps_this_run: 0, state_mib })
     }
 
-    /// The optimizer state's memory, for the metrics: this rank's (rank 0 writes them), the
-    /// most any rank holds (1/N of the whole under ZeRO), and under stage 2 this rank's shard
-    /// of the summed gradients.
-    pub fn memory_values(&self) -> [(&'static str, f64); 3] {
-        [
+    /// The memory metrics: this process's peak (`memory/peak_gib`; over several ranks also the
+    /// most any rank reached, `memory/peak_gib_max_rank`, which every rank must ask for at the
+    /// same step), the optimizer state this rank holds (rank 0 writes them) and the most any
+    /// rank holds (1/N of the whole under ZeRO), and under stage 2 this rank's shard of the
+    /// summed gradients.
+    pub fn memory_values(&self, device: tch::Device, dist: Option<&Dist>) -> Result<Vec<(&'static str, f64)>> {
+        let mut values = vec![];
+        if let Some(gib) = crate::device::peak_memory_gib(device) {
+            values.push(("memory/peak_gib", gib));
+            if let Some(d) = dist {
+                let mut each = vec![0.0; d.world];
+                each[d.rank] = gib;
+                values.push(("memory/peak_gib_max_rank", d.sum(&each, "comparing the ranks' peak memory")?.into_iter().fold(0.0, f64::max)));
+            }
+        }
+        values.extend([
             ("memory/optimizer_state_mib", self.state_mib.0),
             ("memory/optimizer_state_mib_max_rank", self.state_mib.1),
             ("memory/owned_gradient_mib", self.opt.owned_grad_bytes() as f64 / 1048576.0),
-        ]
+        ]);
+        Ok(values)
     }
 
     /// After a step (`state.step` already counts it): the replicas check and rank 0's

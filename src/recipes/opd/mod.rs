@@ -247,10 +247,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             values.extend(c.values());
         }
         values.extend(diag.values());
-        if let Some(gib) = crate::device::peak_memory_gib(student.model.device()) {
-            values.push(("memory/peak_gib", gib));
-        }
-        values.extend(run.memory_values());
+        values.extend(run.memory_values(student.model.device(), dist)?);
         if let Some(sync) = &run.sync {
             values.extend(sync.values());
         }
