@@ -614,8 +614,14 @@ fn zero_stages_1_and_2_shard_the_state_and_train_as_stage_0() {
     // Resume: stopped at step 6 under stage 1 or 2, resumed under another stage.
     // Resume: stopped at step 6 under stage 1 or 2, resumed under another stage, and under
     // another world size (the state re-sharded).
-    for (name, from, to) in [("r11", "training.zero=1", "training.zero=1"), ("r10", "training.zero=1", "training.zero=0"), ("r22", "training.zero=2", "training.zero=2"), ("r02", "training.zero=0", "training.zero=2"), ("r24", "training.zero=2", "training.zero=1"), ("r21", "training.zero=1", "training.zero=0")] {
-        let (n, m) = match name { "r24" => ("2", "4"), "r21" => ("2", "1"), _ => ("2", "2") };
+    for (name, from, n, to, m) in [
+        ("r11", "training.zero=1", "2", "training.zero=1", "2"),
+        ("r10", "training.zero=1", "2", "training.zero=0", "2"),
+        ("r22", "training.zero=2", "2", "training.zero=2", "2"),
+        ("r02", "training.zero=0", "2", "training.zero=2", "2"),
+        ("r24", "training.zero=2", "2", "training.zero=1", "4"),
+        ("r21", "training.zero=1", "2", "training.zero=0", "1"),
+    ] {
         let dir = go(name, "recipes/sft/tiny.yaml", &[&clip[..], &["--nproc", n, from, "--stop-after", "6"]].concat());
         assert_eq!(losses(&dir).len(), 6);
         go(name, "recipes/sft/tiny.yaml", &[&clip[..], &["--nproc", m, to, "--resume"]].concat());

@@ -231,6 +231,13 @@ impl Dist {
         Ok(Vec::<f64>::try_from(&t)?)
     }
 
+    /// The largest of every rank's `value` (each rank's in its own slot of one sum).
+    pub fn max(&self, value: f64, what: &str) -> Result<f64> {
+        let mut each = vec![0.0; self.world];
+        each[self.rank] = value;
+        Ok(self.sum(&each, what)?.into_iter().fold(f64::NEG_INFINITY, f64::max))
+    }
+
     /// `output` (world x the size of `input`, one dtype, on one device) becomes every rank's
     /// `input` in rank order.
     pub fn all_gather(&self, input: &Tensor, output: &Tensor, what: &str) -> Result<()> {

@@ -85,14 +85,7 @@ impl<'d> Run<'d> {
             state.counters.remove("world_size");
         }
         let mine = opt.state_bytes() as f64 / 1048576.0;
-        let state_mib = match dist {
-            Some(d) => {
-                let mut each = vec![0.0; d.world];
-                each[d.rank] = mine;
-                (mine, d.sum(&each, "comparing the ranks' optimizer state")?.into_iter().fold(0.0, f64::max))
-            }
-            None => (mine, mine),
-        };
+        let state_mib = (mine, dist.map_or(Ok(mine), |d| d.max(mine, "comparing the ranks' optimizer state"))?);
         Ok(Self { opt, sync, state, sampler, metrics, steps_this_run: 0, state_mib })
     }
 
@@ -106,9 +99,7 @@ impl<'d> Run<'d> {
         if let Some(gib) = crate::device::peak_memory_gib(device) {
             values.push(("memory/peak_gib", gib));
             if let Some(d) = dist {
-                let mut each = vec![0.0; d.world];
-                each[d.rank] = gib;
-                values.push(("memory/peak_gib_max_rank", d.sum(&each, "comparing the ranks' peak memory")?.into_iter().fold(0.0, f64::max)));
+                values.push(("memory/peak_gib_max_rank", d.max(gib, "comparing the ranks' peak memory")?));
             }
         }
         values.extend([
