@@ -135,6 +135,17 @@ fn baselines_train_on_the_same_rollouts() {
     tokbridge(&["run", "recipes/opd/tiny.yaml", &format!("output_dir={}", dir.display()), "lmbda=0.0", "training.steps=2", "eval=null", "logging.progress=false"]);
     assert!(series(&dir, "opd/on_policy").iter().all(|(_, v)| *v == 0.0));
     assert!(series(&dir, "opd/eot_rate").iter().all(|(_, v)| *v == 1.0), "dataset responses end their turn");
+    // Off-policy, a prompt's sample slots would hold copies of its one response: it is scored
+    // once, for the same loss and gradient, whatever samples_per_prompt says.
+    let four = tmp.path().join("offpolicy-4");
+    tokbridge(&["run", "recipes/opd/tiny.yaml", &format!("output_dir={}", four.display()), "lmbda=0.0", "rollout.samples_per_prompt=4", "training.steps=2", "eval=null", "logging.progress=false"]);
+    for key in ["train/loss", "train/grad_norm"] {
+        for ((_, a), (_, b)) in series(&dir, key).iter().zip(series(&four, key)) {
+            assert!((a - b).abs() <= 1e-5 * a.abs(), "{key}: one sample slot {a}, four {b}");
+        }
+    }
+    let tokens = |d: &std::path::Path| series(d, "budget/teacher_forward_tokens").last().map(|x| x.1);
+    assert_eq!(tokens(&dir), tokens(&four), "the teacher scores each dataset response once");
 }
 
 #[test]

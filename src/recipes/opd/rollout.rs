@@ -147,11 +147,15 @@ pub fn old_logprobs(student: &Side, rollouts: &mut [Rollout], micro: usize, top_
 }
 
 /// Samples (or, off-policy, takes the dataset's responses for) the given prompts and builds
-/// the teacher view and the alignment of each rollout.
+/// the teacher view and the alignment of each rollout. Off-policy a prompt has one rollout,
+/// whatever `samples_per_prompt`: its sample slots would hold copies of the same response,
+/// whose losses are equal, so every normalised loss is the one copy's, and the teacher and
+/// the student would score it `samples_per_prompt` times for the same gradient.
 #[allow(clippy::too_many_arguments)]
 pub fn make_rollouts(plan: &Plan, student: &Side, teacher: &Teacher, examples: &[Example], prompts: &[Vec<i64>], picks: &[usize], on_policy: bool, seed: u64) -> Result<Vec<Rollout>> {
     let r = plan;
-    let picks: Vec<usize> = picks.iter().flat_map(|&i| std::iter::repeat_n(i, r.rollout.samples_per_prompt)).collect();
+    let copies = if on_policy { r.rollout.samples_per_prompt } else { 1 };
+    let picks: Vec<usize> = picks.iter().flat_map(|&i| std::iter::repeat_n(i, copies)).collect();
     // (response, finished, the sampler's log-probs and entropies: empty off-policy)
     type Sampled = (Vec<i64>, bool, Vec<f32>, Vec<f32>);
     let responses: Vec<Sampled> = if on_policy {
