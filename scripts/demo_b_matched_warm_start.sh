@@ -17,7 +17,7 @@ w=$out/student-warmup
 if [ ! -e "$out/student-warm/config.json" ]; then
   if [ ! -e "$w/recipe.yaml" ]; then
     # The warm-up's run directory as it stood at step 2,500 (resuming cuts its metrics back).
-    rm -rf "$w.tmp" && cp -r "$root/student-warmup" "$w.tmp" && rm -f "$w.tmp/.lock"
+    rm -rf "$w.tmp" && cp -r "$root/student-warmup" "$w.tmp"
     for c in "$w.tmp"/checkpoints/step-*; do
       [ "${c##*/step-}" -le 2500 ] || rm -rf "$c"
     done

@@ -396,6 +396,10 @@ impl Default for SamplingSpec {
 pub enum Scorer {
     /// Greedy decoding; the final answer (`#### x` or `\boxed{x}`) must equal the reference's.
     ExactMatch,
+    /// With `exact_match`: the share of its greedy responses that say what the reference says
+    /// except for the numbers (`eval/words_match`). It measures copying where a task has one
+    /// canonical answer (the demo's); where valid answers vary it reads 0 and means nothing.
+    WordsMatch,
     /// Mean accuracy of k samples per prompt at the given sampling settings (avg@k).
     AvgAtK(AvgAtK),
     /// Mean negative log-likelihood per reference response token, and its perplexity.
@@ -534,6 +538,10 @@ pub fn validate_eval(e: &EvalSpec, scored: bool) -> Result<()> {
     ensure!(e.every != Some(0), "eval.every must be positive");
     ensure!(e.batch_size > 0, "eval.batch_size must be positive");
     ensure!(!scored || !e.scorers.is_empty(), "eval.scorers must not be empty");
+    ensure!(
+        !e.scorers.iter().any(|s| matches!(s, Scorer::WordsMatch)) || e.scorers.iter().any(|s| matches!(s, Scorer::ExactMatch)),
+        "eval.scorers: words_match reads exact_match's greedy responses; list exact_match too"
+    );
     for s in &e.scorers {
         if let Scorer::AvgAtK(a) = s {
             ensure!(a.k > 0, "eval.scorers.avg_at_k.k must be positive");

@@ -320,18 +320,12 @@ pub fn contrasts(runs: &[Summary], contrasts: &[CompareContrast]) -> Result<Stri
 }
 
 /// The greedy accuracy of `run` once the teacher has processed `cost` tokens (generated and
-/// scored; one forward each, so in proportion to the teacher's forward FLOPs): linear between
-/// the two evaluations around it, the final one past the run's whole budget, none before the
-/// first evaluation's (an SFT run pays its teacher's answers before its first step).
+/// scored; one forward each, so in proportion to the teacher's forward FLOPs): its last
+/// evaluation made within that budget, none before the first (an SFT run pays its teacher's
+/// answers before its first step). Not interpolated: between two evaluations far apart (a run
+/// evaluated only at its start and end) a line would report an accuracy no evaluation measured.
 pub fn at_cost(run: &Summary, cost: f64) -> Option<f64> {
-    let points: Vec<(f64, f64)> = run.points.iter().filter_map(|p| Some((p.teacher_tokens, p.accuracy?))).collect();
-    let &(last_cost, last) = points.last()?;
-    if cost >= last_cost {
-        return Some(last);
-    }
-    let i = points.iter().rposition(|&(c, _)| c <= cost)?;
-    let ((c0, a0), (c1, a1)) = (points[i], points[i + 1]);
-    Some(if c1 > c0 { a0 + (a1 - a0) * (cost - c0) / (c1 - c0) } else { a1 })
+    run.points.iter().filter_map(|p| Some((p.teacher_tokens, p.accuracy?))).take_while(|&(c, _)| c <= cost).last().map(|(_, a)| a)
 }
 
 /// How spread each run's samples are at its last evaluation (runs that sampled for avg@k): the
@@ -535,7 +529,7 @@ pub fn report(runs: &[Summary], sweeps: &[CompareSweep], declared: &[CompareCont
     let mut md = format!("# {title}\n\n{}\n", table(runs));
     md.push_str("\nAccuracy is greedy exact match of the final `#### answer` on the held-out split; words match is the share of greedy responses equal to the reference with numbers masked (it follows the format and copies the prompt's names and objects); avg@k is the mean accuracy of k samples per prompt; held-out log q − log p is the teacher-minus-student log-prob per aligned token of the student's samples at the first and last evaluation. SFT on teacher answers pays the teacher's generation (tokens and time) before training, so its curves start there; OPD pays teacher forward tokens as it trains.\n\n");
     if !declared.is_empty() {
-        md.push_str(&format!("## Contrasts\n\nEach row is the first run's final result minus the second's (accuracy, avg@k and words match in percentage points, the held-out gap in nats per aligned token; positive: the run is ahead). The last column compares both at the smaller of their two teacher budgets, counted in teacher tokens (generated and scored alike: one forward each, so in proportion to the teacher's forward FLOPs), each run's greedy accuracy read off its curve there (linear between evaluations; an SFT run pays its teacher's answers before its first step). Two rows that differ in one change (a control) show what that change accounts for. A few points at one seed can be a single run's noise: read them across seeds.\n\n{}\n", contrasts(runs, declared)?));
+        md.push_str(&format!("## Contrasts\n\nEach row is the first run's final result minus the second's (accuracy, avg@k and words match in percentage points, the held-out gap in nats per aligned token; positive: the run is ahead). The last column compares both at the smaller of their two teacher budgets, counted in teacher tokens (generated and scored alike: one forward each, so in proportion to the teacher's forward FLOPs), each run's greedy accuracy at its last evaluation within that budget (not interpolated: a run evaluated only at its start and end shows its start until its whole budget; an SFT run pays its teacher's answers before its first step). Two rows that differ in one change (a control) show what that change accounts for. A few points at one seed can be a single run's noise: read them across seeds.\n\n{}\n", contrasts(runs, declared)?));
     }
     md.push_str(&spread_section(runs));
     if !repeats.is_empty() {
@@ -613,15 +607,18 @@ mod tests {
         let rows: Vec<&str> = t.lines().skip(2).collect();
         assert_eq!(rows, ["| opd over sft | opd | sft | -7.5 | – | -0.5 | +0.111 | -7.5 (at 0) |", "| sft over warm | sft | warm | +7.0 | – | +0.0 | – | +7.0 (at 0) |"]);
         // At matched teacher tokens: SFT paid 100k generated tokens before its first step; OPD
-        // scores 50k per 20 steps, so at 100k it is halfway between its evaluations at 20 and 60.
+        // had evaluated last at 50k when its teacher reached 100k (its next evaluation, 0.8 at
+        // 150k, is not yet paid for, and nothing between is measured).
         let pt = |tokens: f64, acc: f64| Point { teacher_tokens: tokens, accuracy: Some(acc), avg_k: Some(acc / 2.0), ..Default::default() };
         let sft = Summary { name: "sft".into(), points: vec![pt(1e5, 0.5), pt(1e5, 0.65)], ..Default::default() };
         let opd = Summary { name: "opd".into(), points: vec![pt(0.0, 0.5), pt(5e4, 0.6), pt(1.5e5, 0.8), pt(4e5, 0.9)], ..Default::default() };
-        assert_eq!(at_cost(&opd, 1e5), Some(0.7));
+        assert_eq!(at_cost(&opd, 1e5), Some(0.6));
+        assert_eq!(at_cost(&opd, 1.5e5), Some(0.8));
+        assert_eq!(at_cost(&opd, 1e9), Some(0.9));
         assert_eq!(at_cost(&sft, 5e4), None, "SFT has nothing before its teacher's answers");
         let t = contrasts(&[sft, opd], &[c("opd − sft", "opd", "sft"), c("sft − opd", "sft", "opd")]).unwrap();
         let rows: Vec<&str> = t.lines().skip(2).collect();
-        assert_eq!(rows, ["| opd − sft | opd | sft | +25.0 | +12.5 | – | – | +5.0 (at 100.0k) |", "| sft − opd | sft | opd | -25.0 | -12.5 | – | – | -5.0 (at 100.0k) |"]);
+        assert_eq!(rows, ["| opd − sft | opd | sft | +25.0 | +12.5 | – | – | -5.0 (at 100.0k) |", "| sft − opd | sft | opd | -25.0 | -12.5 | – | – | +5.0 (at 100.0k) |"]);
         let e = contrasts(&runs, &[c("x", "opd", "nope")]).unwrap_err();
         assert!(format!("{e:#}").contains("contrasts: no run named \"nope\""), "{e:#}");
     }

@@ -176,7 +176,7 @@ pub fn same_words(response: &str, reference: &str) -> bool {
 }
 
 /// Runs every scorer of `spec` on `examples`. Returns (metric name, value) pairs:
-/// `eval/exact_match`, `eval/response_tokens`, `eval/words_match` (`same_words`), `eval/avg@k`
+/// `eval/exact_match`, `eval/response_tokens`, `eval/words_match` (`same_words`, when listed), `eval/avg@k`
 /// with `eval/distinct_correct@k` (distinct correct responses per prompt among the k) and
 /// `eval/sample_entropy` (nats per sampled token, at temperature 1),
 /// `eval/nll`, `eval/ppl`, and the greedy generations of `exact_match`. With `dist` each rank
@@ -222,6 +222,8 @@ pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &
                 bar.finish_and_clear();
                 sums.extend([hits as f64, tokens as f64, words as f64]);
             }
+            // Counted in exact_match's pass over the same greedy responses.
+            Scorer::WordsMatch => {}
             Scorer::AvgAtK(a) => {
                 let sp = a.sampling();
                 let bar = metrics::progress(examples.len() as u64, "avg@k", show);
@@ -287,8 +289,11 @@ pub fn evaluate(model: &Model, tok: &Tokenizer, chat: &ChatTemplate, examples: &
                 let (hits, tokens, words) = (next(), next(), next());
                 out.push(("eval/exact_match".into(), hits / n));
                 out.push(("eval/response_tokens".into(), tokens / n));
-                out.push(("eval/words_match".into(), words / n));
+                if spec.scorers.iter().any(|s| matches!(s, Scorer::WordsMatch)) {
+                    out.push(("eval/words_match".into(), words / n));
+                }
             }
+            Scorer::WordsMatch => {}
             Scorer::AvgAtK(a) => {
                 let (hits, distinct, entropy, drawn) = (next(), next(), next(), next());
                 out.push((format!("eval/avg@{}", a.k), hits / (n * a.k as f64)));

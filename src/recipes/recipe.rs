@@ -434,6 +434,10 @@ mod tests {
         let Recipe::Sft(r) = Recipe::parse(&text, &[]).unwrap() else { panic!() };
         let scorers = r.eval.unwrap().scorers;
         assert!(matches!(&scorers[1], Scorer::AvgAtK(a) if a.k == 4 && a.top_k == 20 && a.temperature == 0.6));
+        // words_match reads exact_match's greedy responses: alone it is refused.
+        let with = |scorers: &str| Recipe::parse(&text, &[format!("eval.scorers={scorers}")]).map_err(|e| format!("{e:#}"));
+        with("[exact_match, words_match]").unwrap();
+        assert!(with("[words_match]").unwrap_err().contains("eval.scorers: words_match reads exact_match's greedy responses; list exact_match too"));
     }
 }
 
