@@ -174,3 +174,44 @@ fn sampled_rollouts_carry_the_log_probs_and_entropies_of_a_full_forward() {
     assert!(worst_lp < 1e-4 && worst_h < 1e-4, "sampler vs forward: log-prob {worst_lp:e}, entropy {worst_h:e}");
     eprintln!("sampler vs forward over {n} tokens: log-prob {worst_lp:e}, entropy {worst_h:e}");
 }
+
+#[test]
+fn a_non_canonical_split_is_masked_whole_when_asked() {
+    // The teacher scores text, which every split of it shares: `dpca.non_canonical: mask`
+    // keeps DPCA from rewarding a rare split of good text. Here the llama student's own
+    // encoding of a dataset answer has one token split in two pieces its vocabulary holds.
+    let r = common::tiny_opd(&[]);
+    let student = opd::load_side(&r.student, "cpu").unwrap();
+    let teacher = opd::load_teacher(&r.teacher, "cpu").unwrap();
+    let examples = tokbridge::data::read(&r.data.train, Some(1)).unwrap();
+    let prompt = tokbridge::data::prompt_ids(&student.tok, &student.chat, examples[0].prompt()).unwrap();
+    let table = student.tok.pieces();
+    let id_of: std::collections::HashMap<&[u8], i64> = table.bytes.iter().enumerate().map(|(i, b)| (b.as_slice(), i as i64)).collect();
+    let canonical = student.tok.encode(examples[0].response().unwrap(), false).unwrap();
+    let (at, a, b) = canonical
+        .iter()
+        .enumerate()
+        .find_map(|(at, &t)| {
+            let piece = &table.bytes[t as usize];
+            (1..piece.len()).find_map(|k| Some((at, *id_of.get(&piece[..k])?, *id_of.get(&piece[k..])?)))
+        })
+        .expect("a token of the answer splits into two tokens");
+    let mut split = canonical.clone();
+    split.splice(at..at + 1, [a, b]);
+    let rollout = |ids: &[i64], mask: bool| {
+        let mut plan = opd::Plan::of(&r);
+        plan.mask_non_canonical = mask;
+        let mut ids = ids.to_vec();
+        ids.push(student.eot);
+        let s = opd::Sampled { response: ids, finished: true, old_logp: vec![], entropy: vec![] };
+        opd::rollout_of(&plan, &student, &teacher, &examples[0], (0, &prompt), s, true).unwrap()
+    };
+    let kept = rollout(&split, false);
+    let none_masked = |x: &opd::Rollout| x.chunks.iter().all(|c| c.masked != tokbridge::align::Masked::NonCanonical) && opd::response_mask(x).iter().sum::<f32>() > 0.0;
+    assert!(!kept.canonical && none_masked(&kept), "{:?}", kept.chunks);
+    let masked = rollout(&split, true);
+    assert!(masked.chunks.iter().all(|c| c.masked == tokbridge::align::Masked::NonCanonical), "{:?}", masked.chunks);
+    assert_eq!(opd::response_mask(&masked).iter().sum::<f32>(), 0.0, "no token carries a signal");
+    let own = rollout(&canonical, true);
+    assert!(own.canonical && none_masked(&own), "the tokenizer's own encoding is kept");
+}
