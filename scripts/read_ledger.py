@@ -2,7 +2,8 @@
 """Reads regime B's greedy generations (a run's `generations/step-NNNNNN.jsonl`) the way
 RESULTS.md reports them: which path each answer takes (the days forward or backward; one
 running total, or a total of the gains and one of the losses), how many of each are right,
-the arithmetic lines `a + b = c` / `a - b = c` that are wrong, and the day lines that copy
+the arithmetic lines `a + b = c` / `a - b = c` that are wrong (and those whose result has more
+digits than the true one: a number written as two), and the day lines that copy
 the prompt's verb or amount wrongly. Standard library only.
 
     python3 scripts/read_ledger.py runs/demo-b/eval-student-warm/generations/step-000000.jsonl
@@ -45,8 +46,13 @@ def read(path):
                     counts["day lines copying the prompt wrongly"] += 1
             for a, op, b, c in re.findall(r"(\d+) ([+-]) (\d+) = (\d+)", line):
                 counts["arithmetic lines"] += 1
-                if (int(a) + int(b) if op == "+" else int(a) - int(b)) != int(c):
+                true = int(a) + int(b) if op == "+" else int(a) - int(b)
+                if true != int(c):
                     counts["arithmetic lines wrong"] += 1
+                if len(c) > len(str(true)):
+                    # a result with more digits than the sum can have: one number written
+                    # as two (`8 + 105 = 11110`)
+                    counts["arithmetic lines with a malformed result"] += 1
         if len(set(days)) < 7 or len(days) != len(set(days)):
             counts["answers skipping or repeating a day"] += 1
     print(path)

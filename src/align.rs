@@ -21,9 +21,6 @@ pub enum Masked {
     TooLong,
     /// The rest after the pointers got stuck.
     Stuck,
-    /// Its rollout's student tokens are not the student tokenizer's encoding of the text
-    /// (`dpca.non_canonical: mask`).
-    NonCanonical,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +41,6 @@ impl Chunk {
             Masked::No => format!("{}:{}", self.student.len(), self.teacher.len()),
             Masked::TooLong => format!("masked (>{max_tokens} tokens, or special)"),
             Masked::Stuck => "masked (texts differ from here)".to_string(),
-            Masked::NonCanonical => "masked (not the student tokenizer's encoding)".to_string(),
         }
     }
 }

@@ -339,7 +339,6 @@ pub fn gap_plan(spec: &EvalSpec) -> Plan {
     Plan {
         rollout: crate::recipes::opd::config::RolloutSpec { max_new_tokens: spec.max_new_tokens, ..Default::default() },
         max_chunk_tokens: crate::recipes::opd::config::DpcaSpec::default().max_chunk_tokens,
-        mask_non_canonical: false,
         teacher_max_length: usize::MAX,
         micro: spec.batch_size,
     }

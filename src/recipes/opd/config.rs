@@ -173,21 +173,6 @@ impl Default for RolloutSpec {
     }
 }
 
-/// What DPCA does with a rollout whose student tokens are not the student tokenizer's own
-/// encoding of its text (a number sampled as `11` `3` where the tokenizer writes `113`).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum NonCanonical {
-    /// Trained like any other (the paper).
-    #[default]
-    Keep,
-    /// Masked whole. The teacher scores the text, which every split of it shares, while the
-    /// student's log-prob is its own split's: a rare split of good text gets a large positive
-    /// advantage, so DPCA teaches the student splits it cannot continue from (RESULTS.md,
-    /// regime B's matched warm start).
-    Mask,
-}
-
 /// DPCA and PPO settings (paper defaults).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -201,12 +186,11 @@ pub struct DpcaSpec {
     pub baseline: AdvantageBaseline,
     /// The teacher's distribution over the student's candidate tokens, added to DPCA (off: null).
     pub candidates: Option<CandidateSpec>,
-    pub non_canonical: NonCanonical,
 }
 
 impl Default for DpcaSpec {
     fn default() -> Self {
-        Self { max_chunk_tokens: 6, adv_clamp: 10.0, clip_low: 0.2, clip_high: 0.28, dual_clip: 10.0, baseline: AdvantageBaseline::None, candidates: None, non_canonical: NonCanonical::Keep }
+        Self { max_chunk_tokens: 6, adv_clamp: 10.0, clip_low: 0.2, clip_high: 0.28, dual_clip: 10.0, baseline: AdvantageBaseline::None, candidates: None }
     }
 }
 

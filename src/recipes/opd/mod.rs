@@ -25,7 +25,7 @@ pub mod teacher;
 mod signal;
 
 pub use diagnostics::{competence_warning, diagnose, dump_rollouts, held_out_gap, Diagnostics};
-pub use rollout::{make_rollouts, old_logprobs, rollout_of, rows, score_teacher, Plan, Rollout, Sampled, TeacherKeeps};
+pub use rollout::{make_rollouts, old_logprobs, rows, score_teacher, Plan, Rollout, TeacherKeeps};
 pub use teacher::{load_teacher, teacher_encode, Engine, Teacher};
 // The sides as the tests and benches name them from here.
 pub use crate::recipes::side::{load as load_side, Side};

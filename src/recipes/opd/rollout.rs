@@ -5,7 +5,7 @@
 use crate::align::{dpca, Chunk, Masked};
 use crate::data::Example;
 use crate::generate::{generate, Sampling};
-use crate::recipes::opd::config::{NonCanonical, Opd, RolloutSpec};
+use crate::recipes::opd::config::{Opd, RolloutSpec};
 use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
 use super::teacher::{teacher_sequence, Engine, Teacher};
@@ -57,15 +57,13 @@ pub struct Rollout {
 pub struct Plan {
     pub rollout: RolloutSpec,
     pub max_chunk_tokens: usize,
-    /// `dpca.non_canonical: mask`: every chunk of a non-canonical rollout is masked.
-    pub mask_non_canonical: bool,
     pub teacher_max_length: usize,
     pub micro: usize,
 }
 
 impl Plan {
     pub fn of(r: &Opd) -> Self {
-        Self { rollout: r.rollout.clone(), max_chunk_tokens: r.dpca.max_chunk_tokens, mask_non_canonical: r.dpca.non_canonical == NonCanonical::Mask, teacher_max_length: r.teacher_max_length, micro: r.training.micro_batch_size }
+        Self { rollout: r.rollout.clone(), max_chunk_tokens: r.dpca.max_chunk_tokens, teacher_max_length: r.teacher_max_length, micro: r.training.micro_batch_size }
     }
 }
 
@@ -158,6 +156,8 @@ pub fn make_rollouts(plan: &Plan, student: &Side, teacher: &Teacher, examples: &
     let r = plan;
     let copies = if on_policy { r.rollout.samples_per_prompt } else { 1 };
     let picks: Vec<usize> = picks.iter().flat_map(|&i| std::iter::repeat_n(i, copies)).collect();
+    // (response, finished, the sampler's log-probs and entropies: empty off-policy)
+    type Sampled = (Vec<i64>, bool, Vec<f32>, Vec<f32>);
     let responses: Vec<Sampled> = if on_policy {
         let batch: Vec<Vec<i64>> = picks.iter().map(|&i| prompts[i].clone()).collect();
         let s = Sampling {
@@ -174,7 +174,7 @@ pub fn make_rollouts(plan: &Plan, student: &Side, teacher: &Teacher, examples: &
         let mut out = Vec::with_capacity(batch.len());
         for chunk in batch.chunks(r.micro.max(1) * 4) {
             for g in generate(&student.model, chunk, &s, &stops, student.tok.pad_id)? {
-                out.push(Sampled { response: g.new_ids, finished: g.finished, old_logp: g.logprobs, entropy: g.entropy });
+                out.push((g.new_ids, g.finished, g.logprobs, g.entropy));
             }
         }
         out
@@ -185,64 +185,44 @@ pub fn make_rollouts(plan: &Plan, student: &Side, teacher: &Teacher, examples: &
                 let text = examples[i].response().context("lmbda < 1 needs a response in every training line")?;
                 let mut ids = student.tok.encode(text, false)?;
                 ids.push(student.eot);
-                Ok(Sampled { response: ids, finished: true, old_logp: vec![], entropy: vec![] })
+                Ok((ids, true, vec![], vec![]))
             })
             .collect::<Result<_>>()?
     };
+    let table = student.tok.pieces();
     let mut rollouts = Vec::with_capacity(picks.len());
-    for (&i, s) in picks.iter().zip(responses) {
-        if !s.response.is_empty() {
-            rollouts.push(rollout_of(plan, student, teacher, &examples[i], (i, &prompts[i]), s, on_policy)?);
+    for (&i, (response, finished, old_logp, entropy)) in picks.iter().zip(responses) {
+        if response.is_empty() {
+            continue;
         }
+        let n_body = response.len() - usize::from(finished);
+        let body: Vec<u8> = response[..n_body].iter().flat_map(|&t| table.bytes.get(t as usize).cloned().unwrap_or_default()).collect();
+        let canonical = !on_policy || std::str::from_utf8(&body).is_ok_and(|t| student.tok.encode(t, false).is_ok_and(|ids| ids == response[..n_body]));
+        let (teacher_ids, teacher_start, pieces, straddle) = teacher_sequence(teacher, examples[i].prompt(), &response[..n_body], &body, finished)?;
+        let truncated = teacher_ids.len() > r.teacher_max_length || teacher_start == 0;
+        let chunks = align_response(student, &response, finished, &pieces, straddle, r.max_chunk_tokens);
+        rollouts.push(Rollout {
+            prompt: i,
+            student_prompt: prompts[i].clone(),
+            response,
+            finished,
+            canonical,
+            teacher_ids,
+            teacher_start,
+            truncated,
+            chunks,
+            logq: vec![],
+            teacher_probs: None,
+            teacher_hidden: None,
+            old_logp,
+            entropy,
+            adv: vec![],
+            teacher_prompt: if teacher.same_vocab { String::new() } else { teacher.chat.render(examples[i].prompt(), true)? },
+            top: vec![],
+            scored: vec![],
+        });
     }
     Ok(rollouts)
-}
-
-/// A response of the student to one prompt, as `make_rollouts` draws it: ids (ending with the
-/// end-of-turn token when `finished`), and the sampler's log-probs and entropies (empty when
-/// the response is the dataset's).
-pub struct Sampled {
-    pub response: Vec<i64>,
-    pub finished: bool,
-    pub old_logp: Vec<f32>,
-    pub entropy: Vec<f32>,
-}
-
-/// One rollout: the teacher's view of the response and its alignment, with every masking rule.
-/// `(i, prompt)` is the prompt's index in the dataset and its student ids.
-pub fn rollout_of(plan: &Plan, student: &Side, teacher: &Teacher, example: &Example, (i, prompt): (usize, &[i64]), s: Sampled, on_policy: bool) -> Result<Rollout> {
-    let r = plan;
-    let Sampled { response, finished, old_logp, entropy } = s;
-    let table = student.tok.pieces();
-    let n_body = response.len() - usize::from(finished);
-    let body: Vec<u8> = response[..n_body].iter().flat_map(|&t| table.bytes.get(t as usize).cloned().unwrap_or_default()).collect();
-    let canonical = !on_policy || std::str::from_utf8(&body).is_ok_and(|t| student.tok.encode(t, false).is_ok_and(|ids| ids == response[..n_body]));
-    let (teacher_ids, teacher_start, pieces, straddle) = teacher_sequence(teacher, example.prompt(), &response[..n_body], &body, finished)?;
-    let truncated = teacher_ids.len() > r.teacher_max_length || teacher_start == 0;
-    let mut chunks = align_response(student, &response, finished, &pieces, straddle, r.max_chunk_tokens);
-    if r.mask_non_canonical && !canonical {
-        chunks.iter_mut().for_each(|c| c.masked = Masked::NonCanonical);
-    }
-    Ok(Rollout {
-        prompt: i,
-        student_prompt: prompt.to_vec(),
-        response,
-        finished,
-        canonical,
-        teacher_ids,
-        teacher_start,
-        truncated,
-        chunks,
-        logq: vec![],
-        teacher_probs: None,
-        teacher_hidden: None,
-        old_logp,
-        entropy,
-        adv: vec![],
-        teacher_prompt: if teacher.same_vocab { String::new() } else { teacher.chat.render(example.prompt(), true)? },
-        top: vec![],
-        scored: vec![],
-    })
 }
 
 /// One position where the teacher scored the student's candidates.
