@@ -611,7 +611,6 @@ fn zero_stages_1_and_2_shard_the_state_and_train_as_stage_0() {
         }
     }
     assert!((last(&tmp.path().join("btraining.zero=1"), "memory/optimizer_state_mib") * 2.0 - last(&tmp.path().join("b0"), "memory/optimizer_state_mib")).abs() * 1048576.0 <= 12.0);
-    // Resume: stopped at step 6 under stage 1 or 2, resumed under another stage.
     // Resume: stopped at step 6 under stage 1 or 2, resumed under another stage, and under
     // another world size (the state re-sharded).
     for (name, from, n, to, m) in [
