@@ -11,6 +11,7 @@ pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod log;
+pub mod membound;
 pub mod loss;
 pub mod models;
 pub mod nn;

@@ -9,6 +9,10 @@ use tokbridge::generate::{generate, Sampling};
 use tokbridge::hf::tokenizer::Tokenizer;
 use tokbridge::device;
 
+/// The system allocator, with a per-thread budget for untrusted work such as chat templates.
+#[global_allocator]
+static ALLOCATOR: tokbridge::membound::Bounded = tokbridge::membound::Bounded;
+
 #[derive(Parser)]
 #[command(name = "tokbridge", version, about = "Cross-tokenizer on-policy distillation of Hugging Face models on libtorch")]
 struct Cli {

@@ -196,6 +196,15 @@ fn an_endless_chat_template_stops_with_its_path() {
     // Within its fuel, a loop writing long literals would write gigabytes: refused past 16 MiB.
     std::fs::write(tmp.path().join("chat_template.jinja"), "{% for a in range(10000) %}{% for b in range(10000) %}{{ 'x' * 10000 }}{% endfor %}{% endfor %}").unwrap();
     fails_with(&sft(&tmp.path().join("run2"), &[&model, &train, "eval=null"], &[]), &["chat_template.jinja", "the output is longer than 16 MiB"]);
+    // Strings and lists built in variables are bounded too, by the memory the render holds: each
+    // doubles in a loop (40 steps ask for a terabyte); under a 3 GiB address-space limit (without
+    // the bound: an abort, 'memory allocation ... failed').
+    for (i, template) in ["{% set ns = namespace(x='ab') %}{% for i in range(64) %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}{{ ns.x|length }}", "{% set ns = namespace(l=[1]) %}{% for i in range(64) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l|length }}"].iter().enumerate() {
+        std::fs::write(tmp.path().join("chat_template.jinja"), template).unwrap();
+        let out = tmp.path().join(format!("run-grow{i}"));
+        let cmd = format!("ulimit -v 3145728; exec {} run recipes/sft/tiny.yaml output_dir={} {model} {train} eval=null logging.progress=false", env!("CARGO_BIN_EXE_tokbridge"), p(&out));
+        fails_with(&Command::new("sh").arg("-c").arg(cmd).output().unwrap(), &["chat_template.jinja", "rendering the chat template: it used more than 256 MiB of memory"]);
+    }
 }
 
 #[test]

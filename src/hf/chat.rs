@@ -43,6 +43,11 @@ const TEMPLATE_FUEL: u64 = 50_000_000;
 /// write a long literal) would allow gigabytes.
 const MAX_RENDER_BYTES: usize = 16 << 20;
 
+/// The most memory one render may hold beyond what it frees: its output (`MAX_RENDER_BYTES`)
+/// and the strings a template builds in variables, which neither fuel nor the output bound
+/// limits (`{% set x = x ~ x %}` doubles per step).
+const MAX_RENDER_MEMORY: usize = 256 << 20;
+
 /// A render's output, refused past `MAX_RENDER_BYTES`.
 struct Capped(Vec<u8>);
 
@@ -143,7 +148,10 @@ impl ChatTemplate {
         ctx.extend(self.kwargs.clone());
         let tmpl = env.get_template("chat")?;
         let mut out = Capped(Vec::new());
-        let rendered = tmpl.render_captured_to(minijinja::Value::from_serialize(&ctx), &mut out);
+        let rendered = {
+            let _budget = crate::membound::Budget::new(MAX_RENDER_MEMORY, &format!("{}: rendering the chat template: it used more than {} MiB of memory", self.origin, MAX_RENDER_MEMORY >> 20));
+            tmpl.render_captured_to(minijinja::Value::from_serialize(&ctx), &mut out)
+        };
         anyhow::ensure!(out.0.len() < MAX_RENDER_BYTES, "{}: rendering the chat template: the output is longer than {} MiB", self.origin, MAX_RENDER_BYTES >> 20);
         rendered.map_err(|e| anyhow::anyhow!("{}: rendering the chat template: {e:#}", self.origin))?;
         String::from_utf8(out.0).map_err(|_| anyhow::anyhow!("{}: the chat template rendered invalid UTF-8", self.origin))
