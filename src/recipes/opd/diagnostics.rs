@@ -128,6 +128,11 @@ impl Diagnostics {
         a[..n].iter().map(|&x| x as f64).sum::<f64>() / total
     }
 
+    /// The share of rollouts whose sampled ids are not the student's encoding of their text.
+    pub fn non_canonical_rate(&self) -> f64 {
+        self.non_canonical as f64 / self.rollouts.max(1) as f64
+    }
+
     /// The per-step metrics, under `opd/`.
     pub fn values(&self) -> Vec<(&'static str, f64)> {
         let per_rollout = |x: usize| x as f64 / self.rollouts.max(1) as f64;
@@ -142,7 +147,7 @@ impl Diagnostics {
             ("opd/eot_rate", per_rollout(self.finished)),
             ("opd/stuck_rate", per_rollout(self.stuck)),
             ("opd/truncated_rate", per_rollout(self.truncated)),
-            ("opd/non_canonical_rate", per_rollout(self.non_canonical)),
+            ("opd/non_canonical_rate", self.non_canonical_rate()),
             ("opd/teacher_tokens", self.teacher_tokens as f64),
             ("opd/entropy", self.entropy / unmasked),
             ("opd/positive_advantage_fraction", self.positive as f64 / unmasked),
@@ -212,6 +217,51 @@ pub fn competence_warning(gap: f64, accuracy: Option<f64>, teacher_on_samples: f
     ))
 }
 
+/// Steps averaged at each end of the run by the non-canonical drift warning.
+const DRIFT_WINDOW: usize = 10;
+/// The drift warning fires once the last `DRIFT_WINDOW` steps' mean rate reaches this and is
+/// `DRIFT_RATIO` times the first steps' (at least this over `DRIFT_RATIO`).
+const DRIFT_RATE: f64 = 0.05;
+const DRIFT_RATIO: f64 = 3.0;
+
+/// Watches `opd/non_canonical_rate`, the share of rollouts whose sampled tokens are not the
+/// student tokenizer's own encoding of their text, for the drift that came with the
+/// cross-tokenizer losses in regime B (RESULTS.md, predictions 8-10): a teacher that scores
+/// text cannot tell two splits of one text apart, and a student that packs several digits into
+/// one token drifted onto splits of numbers it could not continue from (1-2% of rollouts over
+/// the first 10 steps, 12-17% over the last 10), while a student with one digit per token
+/// stayed below 1% and beat SFT. Warns once per run (a resumed run starts watching anew).
+#[derive(Default)]
+pub struct DriftWatch {
+    rates: Vec<f64>,
+    warned: bool,
+}
+
+impl DriftWatch {
+    /// Records one step's rate; returns the warning the first time the drift shows.
+    pub fn push(&mut self, step: usize, rate: f64) -> Option<String> {
+        self.rates.push(rate);
+        let n = self.rates.len();
+        if self.warned || n < 2 * DRIFT_WINDOW {
+            return None;
+        }
+        let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len() as f64;
+        let (first, last) = (mean(&self.rates[..DRIFT_WINDOW]), mean(&self.rates[n - DRIFT_WINDOW..]));
+        if last < DRIFT_RATE || last < DRIFT_RATIO * first {
+            return None;
+        }
+        self.warned = true;
+        Some(format!(
+            "warning: step {step}: {:.1}% of the last {DRIFT_WINDOW} steps' rollouts are not the student tokenizer's own encoding of their text \
+             ({:.1}% over the first {DRIFT_WINDOW}; opd/non_canonical_rate): the student is moving onto token splits that the teacher, scoring text, cannot tell apart. \
+             In regime B (RESULTS.md) this drift came with numbers written over two tokens (8 + 105 = 11110) and a loss to SFT for a student that packs digits, \
+             while one whose digits are one token each did not drift and beat SFT; read the generations before trusting this run",
+            100.0 * last,
+            100.0 * first
+        ))
+    }
+}
+
 /// A readable dump of the first `n` rollouts: the student's text, then each chunk's student
 /// and teacher pieces, L_S and L_T, the advantage of each student token, and whether it is
 /// masked. This is how a user debugs a teacher/student pair.
@@ -249,6 +299,24 @@ mod tests {
         assert!(w.contains("-1.28") && w.contains("20%") && w.contains("-0.10"), "{w}");
         assert!(competence_warning(-0.3, Some(0.1), -0.5, None).is_some(), "weak by accuracy alone");
         assert!(competence_warning(-2.0, None, -2.5, None).is_some(), "far by the gap alone");
+    }
+
+    #[test]
+    fn drift_warns_once_when_the_rate_rises() {
+        // Regime B's packed student (seed 0 of the matched runs): 1-2% early, 17% late.
+        let mut w = DriftWatch::default();
+        let rates: Vec<f64> = (0..160).map(|i| if i < 100 { 0.015 } else { 0.17 }).collect();
+        let fired: Vec<usize> = rates.iter().enumerate().filter_map(|(i, &r)| w.push(i + 1, r).map(|_| i + 1)).collect();
+        // The last 10 steps' mean reaches 5% with 3 of them at 17%: (7 * 0.015 + 3 * 0.17) / 10.
+        assert_eq!(fired, vec![103]);
+        // The split-digit student: under 1% throughout; a high rate from the start is no drift.
+        for flat in [0.006, 0.2] {
+            let mut w = DriftWatch::default();
+            assert!((0..160).all(|i| w.push(i + 1, flat).is_none()), "{flat}");
+        }
+        let mut w = DriftWatch::default();
+        let msg = (0..40).find_map(|i| w.push(i + 1, if i < 20 { 0.0 } else { 0.3 })).unwrap();
+        assert!(msg.starts_with("warning: step 22: 6.0% of the last 10") && msg.contains("(0.0% over the first 10;") && !msg.contains('\n'), "{msg}");
     }
 
     #[test]

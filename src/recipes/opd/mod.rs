@@ -24,7 +24,7 @@ pub mod rollout;
 pub mod teacher;
 mod signal;
 
-pub use diagnostics::{competence_warning, diagnose, dump_rollouts, held_out_gap, Diagnostics};
+pub use diagnostics::{competence_warning, diagnose, dump_rollouts, held_out_gap, Diagnostics, DriftWatch};
 pub use rollout::{make_rollouts, old_logprobs, rows, score_teacher, Plan, Rollout, TeacherKeeps};
 pub use teacher::{load_teacher, teacher_encode, Engine, Teacher};
 // The sides as the tests and benches name them from here.
@@ -138,6 +138,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     let bar = progress(total as u64, "opd", r.logging.progress && main);
     bar.set_position(run.state.step as u64);
     let counter = |state: &TrainState, k: &str| state.counters.get(k).copied().unwrap_or(0.0);
+    let mut drift = DriftWatch::default();
     while run.state.step < total {
         let started = Instant::now();
         let lr = lr_at(run.state.step, total, r.optimizer.lr, &r.schedule);
@@ -247,6 +248,9 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
             values.extend(c.values());
         }
         values.extend(diag.values());
+        if let Some(w) = drift.push(run.state.step, diag.non_canonical_rate()) {
+            crate::info!("{w}");
+        }
         values.extend(run.memory_values(student.model.device(), dist)?);
         if let Some(sync) = &run.sync {
             values.extend(sync.values());
