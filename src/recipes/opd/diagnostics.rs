@@ -186,25 +186,26 @@ pub fn held_out_gap(plan: &Plan, student: &Side, teacher: &Teacher, examples: &[
 /// Prompts sampled together for the held-out gap.
 const GAP_BATCH: usize = 64;
 
-/// Below this held-out `log q − log p` per token, or this greedy accuracy, on-policy training
-/// is likely to hurt. From the controls in shared/research/opd-recipes-and-controls.md (same
-/// teacher and task): students that OPD improved started at 71–78% accuracy with a gap of
-/// −0.20 to −0.25 nats per token; students it made worse started at 11–20% with −1.28 to
-/// −2.27. The thresholds sit between the two groups.
+/// Below this held-out `log q − log p` per token, on-policy training is likely to hurt. From
+/// the controls in shared/research/opd-recipes-and-controls.md (same teacher and task):
+/// students that OPD improved started with a gap of −0.20 to −0.25 nats per token (71–78%
+/// greedy accuracy); students it made worse started at −1.28 to −2.27 (11–20%). The threshold
+/// sits between the two groups. Greedy accuracy alone does not separate them: in regime B
+/// (RESULTS.md, prediction 9) a student at 40% greedy with a gap of −0.08 to −0.10 gained
+/// 1.9-8.0 points of sampled accuracy from DPCA over SFT (three seeds), so accuracy is reported,
+/// not tested.
 pub const MIN_GAP: f64 = -1.0;
-pub const MIN_ACCURACY: f64 = 0.5;
 
 /// A warning when the student looks too far from the teacher's support for on-policy
-/// training, naming what was measured; `None` when it looks competent.
+/// training to help: the held-out gap below `MIN_GAP`, with the greedy accuracy and the
+/// teacher's log-prob of the student's samples (against the dataset's responses) beside it.
 pub fn competence_warning(gap: f64, accuracy: Option<f64>, teacher_on_samples: f64, teacher_on_reference: Option<f64>) -> Option<String> {
-    let far = gap < MIN_GAP;
-    let weak = accuracy.is_some_and(|a| a < MIN_ACCURACY);
-    if !far && !weak {
+    if gap >= MIN_GAP {
         return None;
     }
     let mut why = format!("held-out log q − log p is {gap:.2} nats per token (warning below {MIN_GAP})");
     if let Some(a) = accuracy {
-        let _ = write!(why, ", greedy accuracy {:.0}% (warning below {:.0}%)", 100.0 * a, 100.0 * MIN_ACCURACY);
+        let _ = write!(why, ", greedy accuracy {:.0}%", 100.0 * a);
     }
     let _ = write!(why, ", the teacher's log-prob per token of the student's samples {teacher_on_samples:.2}");
     if let Some(t) = teacher_on_reference {
@@ -293,11 +294,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn competence_warns_only_when_far_or_weak() {
+    fn competence_warns_only_when_far() {
         assert!(competence_warning(-0.25, Some(0.78), -0.4, Some(-0.1)).is_none());
         let w = competence_warning(-1.28, Some(0.20), -1.9, Some(-0.1)).unwrap();
         assert!(w.contains("-1.28") && w.contains("20%") && w.contains("-0.10"), "{w}");
-        assert!(competence_warning(-0.3, Some(0.1), -0.5, None).is_some(), "weak by accuracy alone");
+        // Regime B's split-digit student: 40% greedy, gap -0.08; DPCA beat SFT from it.
+        assert!(competence_warning(-0.08, Some(0.40), -0.13, Some(-0.03)).is_none(), "weak by accuracy alone");
         assert!(competence_warning(-2.0, None, -2.5, None).is_some(), "far by the gap alone");
     }
 
