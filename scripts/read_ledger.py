@@ -20,7 +20,7 @@ def events(prompt):
     """Each day's (verb, amount) as the prompt states it."""
     out = {}
     for day in DAYS:
-        m = re.search(r"On %s (\w+) (\w+) (\d+)\." % day, prompt)
+        m = re.search(r"On %s (\w+) ([a-z ]+?) (\d+)\." % day, prompt)
         if m:
             out[day] = (m.group(2), int(m.group(3)))
     return out
@@ -32,7 +32,9 @@ def read(path):
     for row in rows:
         said, lines = events(row["prompt"]), row["response"].split("\n")
         days = [l.split(":")[0] for l in lines if l.split(":")[0] in DAYS]
-        direction = {"Monday": "forward", "Sunday": "backward"}.get(days[0] if days else "", "other")
+        named = [d for d in DAYS if d in said]  # the prompt's days, in order (2 to 7 of them)
+        first = days[0] if days else ""
+        direction = "forward" if named and first == named[0] else "backward" if named and first == named[-1] else "other"
         totals = "two totals" if ("gains" in row["response"] or "losses" in row["response"]) else "one total"
         kind = f"{direction}/{totals}"
         paths[kind] += 1
@@ -41,7 +43,7 @@ def read(path):
             day = line.split(":")[0]
             if day in DAYS:
                 counts["day lines"] += 1
-                m = re.match(r"\w+: \w+ (\w+) (\d+)", line)
+                m = re.match(r"\w+: \w+ ([a-z ]+?) (\d+)", line)
                 if m and day in said and (m.group(1), int(m.group(2))) != said[day]:
                     counts["day lines copying the prompt wrongly"] += 1
             for a, op, b, c in re.findall(r"(\d+) ([+-]) (\d+) = (\d+)", line):
@@ -53,7 +55,7 @@ def read(path):
                     # a result with more digits than the sum can have: one number written
                     # as two (`8 + 105 = 11110`)
                     counts["arithmetic lines with a malformed result"] += 1
-        if len(set(days)) < 7 or len(days) != len(set(days)):
+        if set(days) != set(named) or len(days) != len(set(days)):
             counts["answers skipping or repeating a day"] += 1
     print(path)
     print(f"  correct {sum(bool(r['correct']) for r in rows)} of {len(rows)}")

@@ -62,7 +62,8 @@ fn tree_pass_equals_scoring_each_candidate_alone() {
     opd::old_logprobs(&student, &mut rollouts, 8, 8).unwrap();
     opd::assign_advantages(&r, &mut rollouts);
     let spec = r.dpca.candidates.clone().unwrap();
-    let stats = candidates::score_candidates(&spec, &student, &teacher, &mut rollouts, 3, 6, false).unwrap();
+    let mut cache = candidates::PathCache::default();
+    let stats = candidates::score_candidates(&spec, &student, &teacher, &mut rollouts, 3, 6, false, &mut cache).unwrap();
     assert!(stats.positions > 20, "{stats:?}");
     let mut multi = 0;
     let mut checked = 0;
@@ -73,7 +74,7 @@ fn tree_pass_equals_scoring_each_candidate_alone() {
             let mut paths = Vec::new();
             let mut logp = Vec::new();
             for &id in &s.ids {
-                let path = candidates::candidate_path(&student, &teacher, x, prefix, &before, id, 6).unwrap().expect("a scored candidate has a path");
+                let path = candidates::candidate_path(&student, &teacher, x, prefix, &before, id, 6, &mut candidates::PathCache::default()).unwrap().expect("a scored candidate has a path");
                 // The window encoding equals the whole conversation's.
                 if !student.tok.eos_ids.contains(&id) && id != student.eot {
                     let text = format!("{}{}{}", x.teacher_prompt, String::from_utf8(before.clone()).unwrap(), String::from_utf8(student.tok.pieces().bytes[id as usize].clone()).unwrap());
@@ -99,14 +100,23 @@ fn tree_pass_equals_scoring_each_candidate_alone() {
     eprintln!("{stats:?}; {checked} candidates checked, {multi} with several teacher tokens");
     assert!(checked > 100 && multi > 10, "checked {checked} candidates, {multi} with several teacher tokens");
     // The merged pass (positions: all) also gives log q of every response token, as the
-    // plain scoring pass does, in one teacher pass.
+    // plain scoring pass does, in one teacher pass; and with the cache of the first pass it
+    // finds the same candidates with the same teacher distribution.
     let plain: Vec<Vec<f32>> = rollouts.iter().map(|x| x.logq.clone()).collect();
+    let first: Vec<Vec<(usize, Vec<i64>, Vec<f32>)>> = rollouts.iter().map(|x| x.scored.iter().map(|s| (s.pos, s.ids.clone(), s.logt.clone())).collect()).collect();
     for x in rollouts.iter_mut() {
         x.logq.clear();
         x.scored.clear();
     }
-    let merged = candidates::score_candidates(&spec, &student, &teacher, &mut rollouts, 3, 6, true).unwrap();
+    let merged = candidates::score_candidates(&spec, &student, &teacher, &mut rollouts, 3, 6, true, &mut cache).unwrap();
     assert_eq!(merged.positions, stats.positions);
+    for (x, want) in rollouts.iter().zip(&first) {
+        assert_eq!(x.scored.len(), want.len());
+        for (s, (pos, ids, logt)) in x.scored.iter().zip(want) {
+            assert_eq!((s.pos, &s.ids), (*pos, ids));
+            assert!(s.logt.iter().zip(logt).all(|(a, b)| (a - b).abs() < 1e-5), "{:?} vs {logt:?}", s.logt);
+        }
+    }
     for (x, want) in rollouts.iter().zip(&plain) {
         assert_eq!(x.logq.len(), want.len());
         assert!(x.logq.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-5), "{:?} vs {want:?}", x.logq);
@@ -122,7 +132,7 @@ fn masking_rules_at_the_boundaries() {
     let rollouts = rollouts_of(&r, &student, &teacher, &[("Q", "Tom has 1234 apples. Café")]);
     let x = &rollouts[0];
     let id = |s: &str| student.tok.encode(s, false).unwrap();
-    let path = |pos: usize, cand: i64| candidates::candidate_path(&student, &teacher, x, prefix_of(x, pos), &text_before(&student, x, pos), cand, 6).unwrap();
+    let path = |pos: usize, cand: i64| candidates::candidate_path(&student, &teacher, x, prefix_of(x, pos), &text_before(&student, x, pos), cand, 6, &mut candidates::PathCache::default()).unwrap();
     // The chunk of "12" (this fixture student packs up to two digits): a digit group becomes
     // the teacher's single digits.
     let p12 = x.response.iter().position(|&t| t == id("12")[0]).expect("the student packs 12");
@@ -131,7 +141,7 @@ fn masking_rules_at_the_boundaries() {
     assert_eq!(path(p12, id("12")[0]), Some(digits("12")));
     assert_eq!(path(p12, id("9")[0]), Some(digits("9")));
     // More teacher tokens than K: left out.
-    assert_eq!(candidates::candidate_path(&student, &teacher, x, prefix_of(x, p12), &text_before(&student, x, p12), id("12")[0], 1).unwrap(), None);
+    assert_eq!(candidates::candidate_path(&student, &teacher, x, prefix_of(x, p12), &text_before(&student, x, p12), id("12")[0], 1, &mut candidates::PathCache::default()).unwrap(), None);
     // Text that merges with the prefix in the teacher's tokenization: after "Tom has " the
     // candidate "s" makes the teacher write " s" as one token, so its prefix changes.
     assert_eq!(teacher.tok.encode(" s", false).unwrap().len(), 1, "the fixture teacher has the token ' s'");
@@ -188,7 +198,7 @@ fn a_teacher_that_knows_the_answer_prefers_the_right_multi_digit_token() {
     let pos = x.response.iter().position(|&t| t == id("92")).unwrap();
     x.top[pos] = ["92", "56", "5", "58", "65", "6", "8"].iter().map(|s| (id(s), -2.0f32)).collect();
     let spec = r.dpca.candidates.clone().unwrap();
-    candidates::score_candidates(&spec, &student, &teacher, &mut rollouts, 1, 6, false).unwrap();
+    candidates::score_candidates(&spec, &student, &teacher, &mut rollouts, 1, 6, false, &mut candidates::PathCache::default()).unwrap();
     let s = rollouts[0].scored.iter().find(|s| s.pos == pos).expect("the answer's position is scored");
     let best = (0..s.ids.len()).max_by(|&a, &b| s.logt[a].total_cmp(&s.logt[b])).unwrap();
     let probs: Vec<(String, f32)> = s.ids.iter().zip(&s.logt).map(|(&i, &l)| (student.tok.decode(&[i], false).unwrap(), l.exp())).collect();

@@ -86,7 +86,7 @@ impl CandidateStats {
 /// The teacher tokens that spell candidate `id` after the first `prefix` teacher tokens of
 /// `r` (whose response text before the position is `text_before`), or `None` when the rules
 /// leave it out.
-pub fn candidate_path<M>(student: &Side, teacher: &Side<M>, r: &Rollout, prefix: usize, text_before: &[u8], id: i64, k: usize) -> Result<Option<Vec<i64>>> {
+pub fn candidate_path<M>(student: &Side, teacher: &Side<M>, r: &Rollout, prefix: usize, text_before: &[u8], id: i64, k: usize, cache: &mut PathCache) -> Result<Option<Vec<i64>>> {
     let stops = student.tok.eos_ids.contains(&id) || id == student.eot;
     if stops {
         return Ok(Some(vec![teacher.eot]));
@@ -112,12 +112,15 @@ pub fn candidate_path<M>(student: &Side, teacher: &Side<M>, r: &Rollout, prefix:
     let lowest = prefix.saturating_sub(WINDOW).max(r.teacher_start);
     let anchor = (lowest..prefix).rev().find(|&a| tpiece(r.teacher_ids[a]).first().is_some_and(|b| b.is_ascii_whitespace()));
     let windowed = anchor.and_then(|a| {
-        let mut text: Vec<u8> = r.teacher_ids[a..prefix].iter().flat_map(|&t| tpiece(t).to_vec()).collect();
-        text.extend_from_slice(cand.as_bytes());
-        let text = String::from_utf8(text).ok()?;
-        let ids = teacher.tok.encode(&text, false).ok()?;
-        let n = prefix - a;
-        (ids.len() > n && ids[..n] == r.teacher_ids[a..prefix]).then(|| ids[n..].to_vec())
+        let window = &r.teacher_ids[a..prefix];
+        cache.0.entry((window.to_vec(), id)).or_insert_with(|| {
+            let mut text: Vec<u8> = window.iter().flat_map(|&t| tpiece(t).to_vec()).collect();
+            text.extend_from_slice(cand.as_bytes());
+            let text = String::from_utf8(text).ok()?;
+            let ids = teacher.tok.encode(&text, false).ok()?;
+            let n = window.len();
+            (ids.len() > n && ids[..n] == *window).then(|| ids[n..].to_vec())
+        }).clone()
     });
     let path = match windowed {
         Some(path) => path,
@@ -139,6 +142,19 @@ pub fn candidate_path<M>(student: &Side, teacher: &Side<M>, r: &Rollout, prefix:
 
 /// How many teacher tokens back `candidate_path` looks for a window's start.
 const WINDOW: usize = 8;
+
+/// The windowed encodings `candidate_path` has made in this run: (the window's teacher tokens,
+/// the candidate) → the candidate's teacher tokens, or `None` where the window did not
+/// reproduce itself. Encoding is deterministic, so a hit is exact, and the windows are a few
+/// tokens of text that repeats across positions and steps, so most candidates hit: one encode
+/// costs tens of microseconds, and a step scores about ten candidates at each of thousands of
+/// positions. Cleared when it reaches `PathCache::MAX` entries.
+#[derive(Default)]
+pub struct PathCache(HashMap<(Vec<i64>, i64), Option<Vec<i64>>>);
+
+impl PathCache {
+    const MAX: usize = 1 << 20;
+}
 
 /// Exclusive probabilities of candidates from the log-probabilities of their teacher paths:
 /// a candidate whose path is a proper prefix of others loses the probability of its minimal
@@ -172,7 +188,7 @@ struct Site {
 }
 
 /// Chooses the positions of `r`, finds every candidate's teacher path, and returns them.
-fn sites<M>(spec: &CandidateSpec, student: &Side, teacher: &Side<M>, index: usize, r: &Rollout, k_tokens: usize) -> Result<Vec<Site>> {
+fn sites<M>(spec: &CandidateSpec, student: &Side, teacher: &Side<M>, index: usize, r: &Rollout, k_tokens: usize, cache: &mut PathCache) -> Result<Vec<Site>> {
     if r.truncated || r.top.is_empty() {
         return Ok(vec![]);
     }
@@ -195,7 +211,7 @@ fn sites<M>(spec: &CandidateSpec, student: &Side, teacher: &Side<M>, index: usiz
         }
         let mut site = Site { rollout: index, pos, prefix, ids: vec![], paths: vec![] };
         for id in ids {
-            if let Some(path) = candidate_path(student, teacher, r, prefix, &text_before, id, k_tokens)? {
+            if let Some(path) = candidate_path(student, teacher, r, prefix, &text_before, id, k_tokens, cache)? {
                 if !site.paths.contains(&path) {
                     site.ids.push(id);
                     site.paths.push(path);
@@ -249,11 +265,14 @@ fn tree_row(main: &[i64], sites: &[(usize, &Site)]) -> TreeRow {
 /// Scores the candidates of every rollout (no grad) and fills `Rollout::scored`. With
 /// `with_logq` the same pass also gives log q of every rollout's response tokens (as
 /// `score_teacher` does), so `positions: all` needs one teacher pass per step, not two.
-pub fn score_candidates(spec: &CandidateSpec, student: &Side, teacher: &Teacher, rollouts: &mut [Rollout], micro: usize, k_tokens: usize, with_logq: bool) -> Result<CandidateStats> {
+pub fn score_candidates(spec: &CandidateSpec, student: &Side, teacher: &Teacher, rollouts: &mut [Rollout], micro: usize, k_tokens: usize, with_logq: bool, cache: &mut PathCache) -> Result<CandidateStats> {
     let model = teacher.model.local()?;
     let _g = tch::no_grad_guard();
     let mut stats = CandidateStats::default();
-    let all: Vec<Site> = rollouts.iter().enumerate().map(|(i, r)| sites(spec, student, teacher, i, r, k_tokens)).collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
+    if cache.0.len() >= PathCache::MAX {
+        cache.0.clear();
+    }
+    let all: Vec<Site> = rollouts.iter().enumerate().map(|(i, r)| sites(spec, student, teacher, i, r, k_tokens, cache)).collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
     let with_sites: Vec<usize> = if with_logq {
         (0..rollouts.len()).filter(|&i| !rollouts[i].truncated).collect()
     } else {

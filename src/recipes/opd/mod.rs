@@ -139,6 +139,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
     bar.set_position(run.state.step as u64);
     let counter = |state: &TrainState, k: &str| state.counters.get(k).copied().unwrap_or(0.0);
     let mut drift = DriftWatch::default();
+    let mut path_cache = candidates::PathCache::default();
     while run.state.step < total {
         let started = Instant::now();
         let lr = lr_at(run.state.step, total, r.optimizer.lr, &r.schedule);
@@ -170,7 +171,7 @@ pub fn run(r: &Opd, opts: &RunOptions, dist: Option<&Dist>) -> Result<()> {
         old_logprobs(&student, &mut rollouts, r.training.micro_batch_size, cands.map_or(0, |c| c.k))?;
         let t_old = started.elapsed().as_secs_f64();
         let cand_stats = match cands {
-            Some(spec) => Some(candidates::score_candidates(spec, &student, &teacher, &mut rollouts, r.training.micro_batch_size, r.dpca.max_chunk_tokens, merged)?),
+            Some(spec) => Some(candidates::score_candidates(spec, &student, &teacher, &mut rollouts, r.training.micro_batch_size, r.dpca.max_chunk_tokens, merged, &mut path_cache)?),
             None => None,
         };
         assign_advantages(r, &mut rollouts);
