@@ -155,6 +155,44 @@ fn masking_rules_at_the_boundaries() {
     assert_eq!(path(p12, student.eot), Some(vec![teacher.eot]));
 }
 
+/// A candidate's teacher path by the rule itself, on the whole conversation's text.
+fn whole_text_path(student: &opd::Side, teacher: &opd::Teacher, x: &opd::Rollout, pos: usize, id: i64, k: usize) -> Option<Vec<i64>> {
+    let piece = String::from_utf8(student.tok.pieces().bytes[id as usize].clone()).ok().filter(|p| !p.is_empty())?;
+    let text = format!("{}{}{piece}", x.teacher_prompt, String::from_utf8(text_before(student, x, pos)).unwrap());
+    let (full, _) = opd::teacher_encode(teacher, &text).unwrap();
+    let prefix = prefix_of(x, pos);
+    let path = full.get(prefix..).filter(|p| !p.is_empty() && full[..prefix] == x.teacher_ids[..prefix])?.to_vec();
+    let spelled: Vec<u8> = path.iter().flat_map(|&t| teacher.tok.pieces().bytes[t as usize].clone()).collect();
+    (path.len() <= k && spelled == piece.as_bytes()).then_some(path)
+}
+
+#[test]
+fn windows_after_a_line_end_give_the_whole_texts_paths() {
+    // Words the fixture teacher spells in many pieces right after a line end, where no
+    // whitespace-led token lies within the window: every student token as a candidate at
+    // every chunk start gets the path the whole conversation's encoding gives it, and with one
+    // cache for all of them.
+    let r = recipe(&[]);
+    let (student, teacher) = sides(&r);
+    let rollouts = rollouts_of(&r, &student, &teacher, &[("Q", "Tom has 12.\nXyzzyqwvkjhgf: Tom sells 3.\nQwvkjhgxyzzy")]);
+    let x = &rollouts[0];
+    let mut cache = candidates::PathCache::default();
+    let (mut some, mut compared) = (0, 0);
+    for c in x.chunks.iter().filter(|c| c.student.start > 0) {
+        let pos = c.student.start;
+        for id in 0..student.tok.pieces().bytes.len() as i64 {
+            if student.tok.pieces().special[id as usize] || student.tok.eos_ids.contains(&id) || id == student.eot {
+                continue;
+            }
+            let got = candidates::candidate_path(&student, &teacher, x, prefix_of(x, pos), &text_before(&student, x, pos), id, 6, &mut cache).unwrap();
+            assert_eq!(got, whole_text_path(&student, &teacher, x, pos, id, 6), "candidate {id} at {pos}");
+            some += usize::from(got.is_some());
+            compared += 1;
+        }
+    }
+    assert!(compared > 1000 && some > 100, "{compared} compared, {some} with a path");
+}
+
 #[test]
 fn exclusive_probabilities_by_hand() {
     // A teacher sure of "123" after the prefix: q(1) = q(2|1) = q(3|12) = 0.9.

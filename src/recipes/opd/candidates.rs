@@ -18,8 +18,9 @@
 //!   before the position unchanged (its text does not merge with the prefix), its own tokens
 //!   spell exactly its text, and they are at most K (DPCA's `max_chunk_tokens`). With a shared
 //!   vocabulary the candidate is its own teacher token. For speed the encoding runs on a window
-//!   from the last whitespace-led teacher token before the position, accepted only when it
-//!   reproduces the teacher's tokens of the window; otherwise on the whole text (tested equal).
+//!   from the last teacher token before the position that is whitespace-led or follows a line
+//!   end, accepted only when it reproduces the teacher's tokens of the window; otherwise on the
+//!   whole text (tested equal). Windows are cached for the run.
 //! - Text that is not whole UTF-8 characters (a byte-fallback piece of a character) cannot be
 //!   scored by text and is left out; so are special tokens, except the student's end tokens,
 //!   which are scored by the teacher's end-of-turn token.
@@ -105,12 +106,15 @@ pub fn candidate_path<M>(student: &Side, teacher: &Side<M>, r: &Rollout, prefix:
     }
     let tpieces = teacher.tok.pieces();
     // Encoding the whole conversation for every candidate is slow; a window from the last
-    // teacher token before the position that starts with whitespace (where byte-level
-    // pre-tokenizers start a new word) gives the same tokens when it reproduces the teacher's
-    // own tokens up to the position, which is checked. Otherwise the whole text is encoded.
+    // teacher token before the position that starts with whitespace or follows a line end
+    // (where byte-level pre-tokenizers start a new word) gives the same tokens when it
+    // reproduces the teacher's own tokens up to the position, which is checked. Otherwise the
+    // whole text is encoded.
     let tpiece = |t: i64| tpieces.bytes.get(t as usize).map_or(&[][..], |b| b.as_slice());
     let lowest = prefix.saturating_sub(WINDOW).max(r.teacher_start);
-    let anchor = (lowest..prefix).rev().find(|&a| tpiece(r.teacher_ids[a]).first().is_some_and(|b| b.is_ascii_whitespace()));
+    let starts_word = |a: usize| tpiece(r.teacher_ids[a]).first().is_some_and(|b| b.is_ascii_whitespace());
+    let after_line = |a: usize| a > 0 && tpiece(r.teacher_ids[a - 1]).last() == Some(&b'\n');
+    let anchor = (lowest..prefix).rev().find(|&a| starts_word(a) || after_line(a));
     let windowed = anchor.and_then(|a| {
         let window = &r.teacher_ids[a..prefix];
         cache.0.entry((window.to_vec(), id)).or_insert_with(|| {
@@ -334,17 +338,38 @@ pub fn score_candidates(spec: &CandidateSpec, student: &Side, teacher: &Teacher,
                 }
             }
         }
-        let flat: Vec<i64> = wanted.iter().map(|w| (w.0 * t + w.1) as i64).collect();
+        // The candidates of one position share the row that predicts their first token, so
+        // each distinct row's distribution is computed once (a position has about 16).
+        let mut slot_of: HashMap<usize, usize> = HashMap::new();
+        let mut flat: Vec<i64> = Vec::new();
+        let slots: Vec<usize> = wanted
+            .iter()
+            .map(|w| {
+                *slot_of.entry(w.0 * t + w.1).or_insert_with(|| {
+                    flat.push((w.0 * t + w.1) as i64);
+                    flat.len() - 1
+                })
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..wanted.len()).collect();
+        order.sort_by_key(|&i| slots[i]);
         let hs = hidden.view([(b * t) as i64, -1]).index_select(0, &Tensor::from_slice(&flat).to_device(device));
         let vocab = model.config["vocab_size"].as_i64().unwrap_or(1).max(1);
         let per = ((1i64 << 25) / vocab).max(1) as usize;
-        for (start, part) in wanted.chunks(per).enumerate().map(|(i, p)| (i * per, p)) {
-            let logits = model.head(&hs.narrow(0, start as i64, part.len() as i64));
-            let targets = Tensor::from_slice(&part.iter().map(|w| w.2).collect::<Vec<_>>()).to_device(device).unsqueeze(1);
-            let lp = Vec::<f32>::try_from(logits.log_softmax(-1, Kind::Float).gather(1, &targets, false).view([-1]).to_device(Device::Cpu))?;
-            for (w, l) in part.iter().zip(lp) {
-                path_logp[w.3][w.4] += l as f64;
+        let mut done = 0;
+        for start in (0..flat.len()).step_by(per) {
+            let n = per.min(flat.len() - start);
+            let logp = model.head(&hs.narrow(0, start as i64, n as i64)).log_softmax(-1, Kind::Float);
+            let end = done + order[done..].partition_point(|&i| slots[i] < start + n);
+            let part = &order[done..end];
+            let at = |v: Vec<i64>| Tensor::from_slice(&v).to_device(device);
+            let rows = at(part.iter().map(|&i| (slots[i] - start) as i64).collect());
+            let targets = at(part.iter().map(|&i| wanted[i].2).collect());
+            let lp = Vec::<f32>::try_from(logp.index(&[Some(rows), Some(targets)]).to_device(Device::Cpu))?;
+            for (&i, l) in part.iter().zip(lp) {
+                path_logp[wanted[i].3][wanted[i].4] += l as f64;
             }
+            done = end;
         }
     }
     for (site, logp) in all.iter().zip(&path_logp) {
