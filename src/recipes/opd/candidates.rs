@@ -149,10 +149,9 @@ const WINDOW: usize = 8;
 
 /// The windowed encodings `candidate_path` has made in this run: (the window's teacher tokens,
 /// the candidate) → the candidate's teacher tokens, or `None` where the window did not
-/// reproduce itself. Encoding is deterministic, so a hit is exact, and the windows are a few
-/// tokens of text that repeats across positions and steps, so most candidates hit: one encode
-/// costs tens of microseconds, and a step scores about ten candidates at each of thousands of
-/// positions. Cleared when it reaches `PathCache::MAX` entries.
+/// reproduce itself. Encoding is deterministic, so a hit is exact. Measured before windows
+/// could start after a line end, it saved no measurable time (BENCHMARKS.md); its hit rate
+/// since is not measured. Cleared when it reaches `PathCache::MAX` entries.
 #[derive(Default)]
 pub struct PathCache(HashMap<(Vec<i64>, i64), Option<Vec<i64>>>);
 
